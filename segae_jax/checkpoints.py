@@ -1,0 +1,84 @@
+"""Checkpoints through orbax; the only module that imports it, so an orbax API move is one file.
+
+A checkpoint at step N holds three items:
+  'state': the pytree {'train_state': TrainState, 'rng': the run's PRNG key}, unreplicated;
+  'data':  the input iterator's position (JSON), so a resumed run reads the exact next batch;
+  'meta':  what the checkpoint is of (model config, dataset, image shape; JSON), checked on resume
+           so a workdir of another model is refused instead of overwritten.
+"""
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from segae_jax.errors import UserInputError
+
+
+def abstract_tree(tree, sharding=None):
+  """Shape/dtype(/sharding) skeleton of `tree`, the target orbax restores into."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), sharding=sharding), tree)
+
+
+class Checkpointer:
+  """Saves and restores training checkpoints under `directory`, keeping the newest `max_to_keep`.
+
+  Saves are asynchronous; call `wait_until_finished()` (or `close()`) before the process exits.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step: int) -> Dict[str, Any]:
+    return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+
+  def check_compatible(self, step: int, meta: Dict[str, Any]) -> None:
+    """Raises UserInputError if the checkpoint at `step` is of another model or dataset."""
+    saved = self.read_meta(step)
+    for key in meta:
+      if _jsonable(saved.get(key)) != _jsonable(meta[key]):
+        raise UserInputError(
+            f'workdir checkpoint {self.directory}/{step} holds {key}={saved.get(key)}, but this '
+            f'run has {key}={meta[key]}; use another --workdir (nothing was overwritten)')
+
+  def restore(self, step: int, target, sharding=None) -> Tuple[Any, Dict[str, Any]]:
+    """Restores (state, data_state) at `step` into the structure of `target` (arrays or
+    ShapeDtypeStructs), placing arrays with `sharding`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_tree(target, sharding)),
+        data=ocp.args.JsonRestore()))
+    return restored['state'], dict(restored['data'])
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _jsonable(x):
+  """Lists and tuples compare equal after a JSON round trip."""
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  return x

@@ -1,0 +1,157 @@
+"""Loss terms as pure functions, registered by name and composed with weights from the config.
+
+Every term has the signature `term(outputs, batch, **params) -> (scalar, metrics)`:
+  outputs: the model's output dict (see segae_jax.models), e.g. 'rec_logits', 'mean', 'logvar', 'z'.
+  batch:   dict with 'image' [batch, height, width, channels] float32 in [0, 1] and optionally
+           'mask' [batch] float32 (1 = real example, 0 = padding), which every term respects.
+  returns: a float32 scalar (mean over the real examples) and {term_name: scalar}.
+
+Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
+so per-image values are in nats.
+
+A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_loss_fn` turns
+that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one decorated
+function in this module (or anywhere that is imported), with no change to the train loop.
+"""
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from segae_jax.errors import UserInputError
+from segae_jax.registry import Registry
+
+Metrics = Dict[str, jnp.ndarray]
+LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]], Tuple[jnp.ndarray, Metrics]]
+
+LOSSES: Registry = Registry('loss')
+
+
+def batch_mean(per_example: jnp.ndarray, batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+  """Mean of a [batch] array over the real examples (batch['mask'] == 1), or over all of them."""
+  mask = batch.get('mask')
+  if mask is None:
+    return jnp.mean(per_example)
+  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _sum_per_example(x: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(x.reshape((x.shape[0], -1)), axis=-1)
+
+
+def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats: [batch, latent] -> [batch].
+
+  Analytic form from Kingma & Welling (2014), Appendix B:
+  -1/2 * sum_j (1 + logvar_j - mean_j^2 - exp(logvar_j)).
+  """
+  return -0.5 * jnp.sum(1.0 + logvar - jnp.square(mean) - jnp.exp(logvar), axis=-1)
+
+
+@LOSSES.register('rec_bce')
+def rec_bce(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """Bernoulli negative log-likelihood -log p(x|z): sigmoid cross-entropy summed over pixels (nats)."""
+  per_pixel = optax.sigmoid_binary_cross_entropy(outputs['rec_logits'], batch['image'])
+  value = batch_mean(_sum_per_example(per_pixel), batch)
+  return value, {'rec_bce': value}
+
+
+@LOSSES.register('rec_mse')
+def rec_mse(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """Squared error of sigmoid(rec_logits) against the image, summed over pixels per image."""
+  recon = jax.nn.sigmoid(outputs['rec_logits'])
+  value = batch_mean(_sum_per_example(optax.squared_error(recon, batch['image'])), batch)
+  return value, {'rec_mse': value}
+
+
+@LOSSES.register('kl')
+def kl(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """Analytic Gaussian KL of q(z|x) from the N(0, I) prior, nats per image."""
+  value = batch_mean(gaussian_kl(outputs['mean'], outputs['logvar']), batch)
+  return value, {'kl': value}
+
+
+@LOSSES.register('sparsity_l1')
+def sparsity_l1(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """L1 norm of the code z, summed over latent units, mean over images."""
+  value = batch_mean(jnp.sum(jnp.abs(outputs['z']), axis=-1), batch)
+  return value, {'sparsity_l1': value}
+
+
+@LOSSES.register('sparsity_kl')
+def sparsity_kl(outputs, batch, target: float = 0.05) -> Tuple[jnp.ndarray, Metrics]:
+  """KL sparsity penalty sum_j KL(Bernoulli(target) || Bernoulli(rho_j)), nats.
+
+  rho_j is unit j's mean activation over the (real examples of the) batch, so the code must lie in
+  (0, 1): use a sigmoid code (SparseAutoencoder, code_activation='sigmoid'). Source: A. Ng,
+  "Sparse autoencoder", CS294A lecture notes (2011), Sec. 3. Under pmap rho_j is each device's
+  batch mean.
+  """
+  z = outputs['z']
+  mask = batch.get('mask')
+  if mask is None:
+    rho = jnp.mean(z, axis=0)
+  else:
+    rho = jnp.sum(z * mask[:, None], axis=0) / jnp.maximum(jnp.sum(mask), 1.0)
+  rho = jnp.clip(rho, 1e-6, 1.0 - 1e-6)
+  value = jnp.sum(target * jnp.log(target / rho)
+                  + (1.0 - target) * jnp.log((1.0 - target) / (1.0 - rho)))
+  return value, {'sparsity_kl': value}
+
+
+def make_loss_fn(weights: Mapping[str, float],
+                 params: Optional[Mapping[str, Mapping[str, Any]]] = None) -> LossFn:
+  """Composes registered terms: total = sum_name weights[name] * term_name(outputs, batch).
+
+  Args:
+    weights: {term name: weight}; terms with weight 0 are skipped.
+    params: optional {term name: {keyword: value}} passed to that term (e.g. the sparsity target).
+
+  Returns:
+    A pure function (outputs, batch) -> (total, metrics) whose metrics hold every active term
+    (unweighted) and 'loss' (the weighted total).
+
+  Raises:
+    UserInputError: an unknown term name, params for a term not in `weights`, or all weights zero.
+  """
+  weights = dict(weights)
+  params = {k: dict(v) for k, v in (params or {}).items()}
+  terms = {name: LOSSES.get(name) for name in weights}
+  for name in params:
+    if name not in weights:
+      raise UserInputError(f'config.loss_params.{name}: {name!r} is not a term of config.loss '
+                           f'({", ".join(sorted(weights))})')
+  active = {name: w for name, w in weights.items() if w != 0}
+  if not active:
+    raise UserInputError(f'config.loss: every weight is zero ({weights}); give at least one '
+                         'term a non-zero weight')
+  bound = {name: functools.partial(terms[name], **params.get(name, {})) for name in active}
+
+  def loss_fn(outputs, batch):
+    total = 0.0
+    metrics = {}
+    for name, weight in active.items():
+      value, term_metrics = bound[name](outputs, batch)
+      total = total + weight * value
+      metrics.update(term_metrics)
+    metrics['loss'] = total
+    return total, metrics
+
+  return loss_fn
+
+
+def beta_vae_weights(beta: float, reconstruction: str = 'rec_bce') -> Dict[str, float]:
+  """The beta-VAE objective L_rec + beta * KL (Higgins et al., ICLR 2017) as term weights."""
+  return {reconstruction: 1.0, 'kl': beta}
+
+
+def alpha_weights(alpha: float, first: str, second: str) -> Dict[str, float]:
+  """The weighted objective alpha * L_first + (1 - alpha) * L_second as term weights.
+
+  Raises UserInputError unless 0 <= alpha <= 1.
+  """
+  if not 0.0 <= alpha <= 1.0:
+    raise UserInputError(f'alpha must be in [0, 1], got {alpha}')
+  return {first: alpha, second: 1.0 - alpha}

@@ -1,0 +1,112 @@
+"""Data-parallel strategies: `pmap` over local devices, or `jit` over a NamedSharding mesh.
+
+Both take the same pure step functions `train_step(state, batch, rng, axis_name=None)` and
+`eval_step(state, batch, rng, axis_name=None)`, and give the same parameters as one device on the
+same global batch:
+  - 'pmap': state replicated per device (leading device axis), batches [devices, per_device, ...],
+    gradients and metrics averaged with lax.pmean over axis 'batch' inside the step.
+  - 'jit':  one program over a ('data',) mesh of all devices, batch sharded along its first axis,
+    state replicated; XLA inserts the all-reduce. This is pmap's successor in current JAX and the
+    one that scales to multi-host meshes.
+"""
+import functools
+from typing import Any, Callable, Dict, Optional
+
+import flax.jax_utils
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from segae_jax.errors import UserInputError
+
+STRATEGIES = ('pmap', 'jit')
+AXIS_NAME = 'batch'
+
+
+class PmapStrategy:
+  """jax.pmap over jax.local_devices(); see the module docstring."""
+
+  name = 'pmap'
+
+  def __init__(self, train_step: Callable, eval_step: Callable):
+    self.num_local_devices = jax.local_device_count()
+    # The state argument is donated: its buffers are reused for the new state.
+    self.train_step = jax.pmap(functools.partial(train_step, axis_name=AXIS_NAME),
+                               axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
+    self.eval_step = jax.pmap(functools.partial(eval_step, axis_name=AXIS_NAME),
+                              axis_name=AXIS_NAME, in_axes=(0, 0, None))
+
+  @property
+  def batch_device_axis(self) -> Optional[int]:
+    """Pipelines reshape batches to [this many devices, per_device, ...]."""
+    return self.num_local_devices
+
+  def replicate(self, state):
+    return flax.jax_utils.replicate(jax.device_get(state))
+
+  def unreplicate(self, state):
+    return flax.jax_utils.unreplicate(state)
+
+  def put_batch(self, batch: Dict[str, np.ndarray]):
+    return batch  # pmap shards the leading axis itself.
+
+  def scalars(self, metrics) -> Dict[str, float]:
+    """Per-device identical (pmean'd / psum'd) metrics -> host floats."""
+    return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+
+  def restore_sharding(self):
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+class JitStrategy:
+  """jax.jit with the batch sharded over a ('data',) mesh of all devices; see the module docstring."""
+
+  name = 'jit'
+
+  def __init__(self, train_step: Callable, eval_step: Callable):
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.train_step = jax.jit(train_step, in_shardings=(self.replicated, self.data_sharding,
+                                                        self.replicated),
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    self.eval_step = jax.jit(eval_step, in_shardings=(self.replicated, self.data_sharding,
+                                                      self.replicated),
+                             out_shardings=self.replicated)
+
+  batch_device_axis = None
+
+  def replicate(self, state):
+    return jax.device_put(jax.device_get(state), self.replicated)
+
+  def unreplicate(self, state):
+    return state
+
+  def put_batch(self, batch: Dict[str, np.ndarray]):
+    # Each process passes its own slice; together they form the global batch.
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
+            for k, v in batch.items()}
+
+  def scalars(self, metrics) -> Dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  def restore_sharding(self):
+    return self.replicated
+
+
+def make_strategy(name: str, train_step: Callable, eval_step: Callable):
+  """Builds the strategy `name` ('pmap' or 'jit') around pure step functions."""
+  if name == 'pmap':
+    return PmapStrategy(train_step, eval_step)
+  if name == 'jit':
+    return JitStrategy(train_step, eval_step)
+  raise UserInputError(f'unknown config.parallel {name!r}; known: {", ".join(STRATEGIES)}')
+
+
+def check_batch_divisible(batch_size: int, what: str = 'config.batch_size') -> None:
+  """Raises UserInputError unless batch_size splits evenly over all devices of all processes."""
+  devices, processes = jax.device_count(), jax.process_count()
+  if batch_size % devices:
+    raise UserInputError(
+        f'{what}={batch_size} is not divisible by the {devices} devices '
+        f'({jax.local_device_count()} local x {processes} processes); use a multiple of {devices}')

@@ -1,0 +1,271 @@
+"""Training: TrainState, pure train_step / eval_step, and train_and_evaluate(config, workdir).
+
+Reads top to bottom like the flax examples: create_train_state, train_step, eval_step, evaluate,
+train_and_evaluate. The step functions are pure; the data-parallel strategy (segae_jax.parallel)
+compiles them with pmap or sharded jit.
+"""
+import functools
+import logging
+import os
+import tempfile
+import time
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax.training import train_state
+from tqdm import tqdm
+
+from segae_jax import checkpoints, data, losses, metrics as metrics_lib, models, optimizers
+from segae_jax import parallel, validation, writers
+from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(train_state.TrainState):
+  """flax TrainState: step, params, opt_state, apply_fn and tx."""
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
+                       rng: jax.Array) -> TrainState:
+  """Initialises parameters on a dummy batch [1, height, width, channels] and the optimizer."""
+  params_rng, reparam_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      {'params': params_rng, 'reparam': reparam_rng, 'dropout': reparam_rng}, dummy)
+  tx, _ = optimizers.make_optimizer(config)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+
+
+def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
+  # Randomness is a function of (run key, step[, device]), so a resumed run draws what an
+  # uninterrupted one would have drawn.
+  rng = jax.random.fold_in(rng, step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  reparam, dropout = jax.random.split(rng)
+  return {'reparam': reparam, 'dropout': dropout}
+
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
+               loss_fn: losses.LossFn, axis_name: Optional[str] = None):
+  """One optimisation step on `batch` (pure).
+
+  Args:
+    state: the TrainState.
+    batch: {'image': float32 [batch, height, width, channels] in [0, 1], ...}.
+    rng: the run's PRNG key; the step's key is derived from it and state.step.
+    loss_fn: (outputs, batch) -> (scalar, metrics), e.g. losses.make_loss_fn(config.loss).
+    axis_name: the pmap axis to average gradients and metrics over, or None.
+
+  Returns:
+    (new state, metrics: {'loss', each loss term, 'grad_norm'} float32 scalars).
+  """
+  rngs = _step_rngs(rng, state.step, axis_name)
+
+  def compute_loss(params):
+    outputs = state.apply_fn({'params': params}, batch['image'], train=True, rngs=rngs)
+    return loss_fn(outputs, batch)
+
+  (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    step_metrics = jax.lax.pmean(step_metrics, axis_name)
+  step_metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g))
+                                           for g in jax.tree.leaves(grads)))
+  return state.apply_gradients(grads=grads), step_metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
+              loss_fn: losses.LossFn, axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
+  """Sums of per-example metrics over the real examples of `batch` (pure).
+
+  `batch['mask']` (float32 [batch]) marks real examples. Returns {'count': number of real
+  examples, name: sum of the metric over them} so that dividing totals over all batches (and
+  devices: psum over `axis_name`) gives exact means over the split.
+  """
+  rngs = _step_rngs(rng, 0, axis_name)
+  outputs = state.apply_fn({'params': state.params}, batch['image'], train=False, rngs=rngs)
+  _, values = loss_fn(outputs, batch)
+  values.update(metrics_lib.reconstruction_metrics(outputs, batch))
+  count = jnp.sum(batch['mask'])
+  sums = {k: v * count for k, v in values.items()}
+  sums['count'] = count
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
+             split: str = 'test') -> Dict[str, float]:
+  """Exact means of eval_step's metrics over the whole split."""
+  totals: Dict[str, float] = {}
+  source = getattr(dataset, split)
+  for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
+                                 seed=config.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 num_local_devices=strategy.batch_device_axis):
+    sums = strategy.scalars(strategy.eval_step(state, strategy.put_batch(batch), rng))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + v
+  count = totals.pop('count')
+  return {k: v / count for k, v in totals.items()}
+
+
+def _check_workdir_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise UserInputError(f'workdir {workdir} is not writable: {e.strerror}') from None
+
+
+def _pictures(model, params, dataset: data.Dataset, config, rng: jax.Array, workdir: str,
+              writer: writers.MetricWriter, step: int) -> None:
+  """Test inputs vs reconstructions, and for a VAE samples from the prior, as PNG grids."""
+  n = config.num_pictures
+  batch = next(data.eval_batches(dataset.test, n, dataset.preprocess, seed=config.seed))
+  outputs = jax.jit(functools.partial(model.apply, train=False))(
+      {'params': params}, batch['image'], rngs={'reparam': rng, 'dropout': rng})
+  recon = np.asarray(jax.nn.sigmoid(outputs['rec_logits']))
+  # Rows alternate: inputs, then their reconstructions.
+  cols = min(n, 8)
+  rows = []
+  for start in range(0, n, cols):
+    rows += [batch['image'][start:start + cols], recon[start:start + cols]]
+  grid = writers.image_grid(np.concatenate(rows), cols)
+  writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
+  writer.write_image(step, 'reconstructions', grid)
+  if isinstance(model, models.VAE):
+    samples = jax.jit(model.apply, static_argnums=2, static_argnames='method')(
+        {'params': params}, rng, 2 * n, method=models.VAE.sample)
+    grid = writers.image_grid(np.asarray(samples), cols)
+    writers.save_png(os.path.join(workdir, 'samples.png'), grid)
+    writer.write_image(step, 'samples', grid)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
+
+  Resumes from the latest checkpoint in `workdir` if there is one. Writes config.json,
+  metrics.jsonl, TensorBoard events, reconstructions.png (+ samples.png for VAEs) and
+  results.json (final test metrics).
+
+  Returns:
+    The contents of results.json.
+
+  Raises:
+    UserInputError: invalid config, missing data, an unwritable workdir, or a workdir holding a
+      checkpoint of another model.
+  """
+  validation.validate_config(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  _check_workdir_writable(workdir)
+  is_main = jax.process_index() == 0
+
+  dataset = data.build(config.data)
+  model = models.build(config.model, dataset.image_shape)
+  loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
+  strategy = parallel.make_strategy(
+      config.parallel, functools.partial(train_step, loss_fn=loss_fn),
+      functools.partial(eval_step, loss_fn=loss_fn))
+  _, schedule = optimizers.make_optimizer(config)
+
+  init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(config, model, dataset.image_shape, init_rng)
+  train_iter = data.TrainIterator(
+      dataset.train, config.batch_size, config.seed, dataset.preprocess,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_local_devices=strategy.batch_device_axis)
+
+  # What a checkpoint is of; a workdir holding another model's checkpoint is refused, untouched.
+  meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
+          'image_shape': list(dataset.image_shape)}
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), config.max_to_keep)
+  start_step = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    ckpt.check_compatible(latest, meta)
+    restored, data_state = ckpt.restore(latest, {'train_state': state, 'rng': run_rng},
+                                        strategy.restore_sharding())
+    state, run_rng = restored['train_state'], restored['rng']
+    train_iter.set_state(data_state)
+    start_step = int(state.step)
+    log.info('Resumed from %s at step %d.', ckpt.directory, start_step)
+
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  writer = writers.MetricWriter(workdir, enabled=is_main)
+  state = strategy.replicate(state)
+  eval_rng = jax.random.fold_in(run_rng, 2**31 - 1)
+
+  def save(step):
+    ckpt.save(step, {'train_state': strategy.unreplicate(state), 'rng': run_rng},
+              train_iter.get_state(), meta)
+
+  step = start_step
+  pending = []  # Device-side metrics; fetched only at log steps, so steps are not synchronised.
+  window_start, window_images = time.perf_counter(), 0
+  train_time, train_images = 0.0, 0
+  eval_metrics: Dict[str, float] = {}
+  bar = tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
+             mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
+  while step < config.num_train_steps:
+    batch = strategy.put_batch(next(train_iter))
+    state, step_metrics = strategy.train_step(state, batch, run_rng)
+    pending.append(step_metrics)
+    step += 1
+    window_images += config.batch_size
+    bar.update(1)
+    if step == start_step + 1:
+      # Leave compilation out of throughput figures.
+      jax.block_until_ready(step_metrics)
+      window_start, window_images, pending = time.perf_counter(), 0, []
+    is_last = step == config.num_train_steps
+    if pending and (step % config.log_every_steps == 0 or is_last):
+      fetched = [strategy.scalars(m) for m in pending]
+      elapsed = time.perf_counter() - window_start
+      scalars = {f'train/{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      scalars['train/learning_rate'] = float(schedule(step - 1))
+      scalars['train/images_per_s'] = window_images / elapsed
+      train_time, train_images = train_time + elapsed, train_images + window_images
+      writer.write_scalars(step, scalars)
+      bar.set_postfix(loss=f'{scalars["train/loss"]:.2f}',
+                      img_s=f'{scalars["train/images_per_s"]:.0f}', refresh=False)
+      pending = []
+      window_start, window_images = time.perf_counter(), 0
+    if step % config.eval_every_steps == 0 or is_last:
+      eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
+      writer.write_scalars(step, {f'test/{k}': v for k, v in eval_metrics.items()})
+      log.info('step %d test %s', step, ' '.join(f'{k}={v:.4g}' for k, v in eval_metrics.items()))
+      window_start = time.perf_counter()  # Evaluation is not training time.
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      save(step)
+  bar.close()
+
+  if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
+    eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
+  host_params = jax.device_get(strategy.unreplicate(state).params)
+  results = {
+      'step': step,
+      'model': config.model.name,
+      'dataset': config.data.name,
+      'parallel': strategy.name,
+      'num_devices': jax.device_count(),
+      'num_processes': jax.process_count(),
+      'test': eval_metrics,
+      'train_images_per_s': train_images / train_time if train_time else None,
+      'train_time_s': train_time,
+      'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_params))),
+  }
+  if is_main:
+    _pictures(model, host_params, dataset, config, eval_rng, workdir, writer, step)
+    writers.write_json(os.path.join(workdir, 'results.json'), results)
+  ckpt.close()
+  writer.close()
+  return results

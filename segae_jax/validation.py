@@ -1,0 +1,37 @@
+"""Config checks run before anything is built or written, each failing with one clear line."""
+import ml_collections
+
+from segae_jax import data, losses, models, optimizers, parallel
+from segae_jax.errors import UserInputError
+
+POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_train_steps', 'log_every_steps',
+                 'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'num_pictures')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks values, names and device divisibility of a training config.
+
+  Raises:
+    UserInputError: naming the key, the value and what was expected.
+  """
+  for key in POSITIVE_INTS:
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise UserInputError(f'config.{key} must be a positive integer, got {value!r}')
+  if not config.learning_rate > 0:
+    raise UserInputError(f'config.learning_rate must be > 0, got {config.learning_rate!r}')
+  if not 0 <= config.warmup_steps <= config.num_train_steps:
+    raise UserInputError(f'config.warmup_steps must be in [0, num_train_steps='
+                         f'{config.num_train_steps}], got {config.warmup_steps!r}')
+  if config.get('grad_clip_norm', 0.0) < 0:
+    raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got {config.grad_clip_norm}')
+  if config.parallel not in parallel.STRATEGIES:
+    raise UserInputError(f'unknown config.parallel {config.parallel!r}; known: '
+                         f'{", ".join(parallel.STRATEGIES)}')
+  models.MODELS.get(config.model.name)
+  data.DATASETS.get(config.data.name)
+  optimizers.OPTIMIZERS.get(config.optimizer)
+  optimizers.make_schedule(config)
+  losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
+  parallel.check_batch_divisible(config.batch_size, 'config.batch_size')
+  parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')

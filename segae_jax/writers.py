@@ -1,0 +1,75 @@
+"""Run outputs: metrics.jsonl, TensorBoard event files (tensorboardX, no TensorFlow needed), PNGs.
+
+Only process 0 writes; other processes get a writer that does nothing, so callers need no checks.
+"""
+import json
+import os
+from typing import Dict, Mapping
+
+import numpy as np
+from PIL import Image
+
+
+class MetricWriter:
+  """Appends one JSON line per `write_scalars` call to `<workdir>/metrics.jsonl` and mirrors the
+  scalars and images to TensorBoard under `<workdir>/tensorboard`."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'), flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, float(v), int(step))
+
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    """image: uint8 [height, width, channels]."""
+    if self.enabled:
+      self._tb.add_image(name, image, int(step), dataformats='HWC')
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def write_json(path: str, obj: Mapping) -> None:
+  """Writes JSON atomically (temporary file + rename): readers never see a half-written file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def image_grid(images: np.ndarray, num_columns: int, padding: int = 2) -> np.ndarray:
+  """Tiles float images [n, h, w, c] in [0, 1] into one uint8 [rows*(h+p)+p, cols*(w+p)+p, c]
+  picture (row-major, white padding). Grayscale stays one channel."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  rows = -(-n // num_columns)
+  grid = np.ones((rows * (h + padding) + padding, num_columns * (w + padding) + padding, c),
+                 np.float32)
+  for i in range(n):
+    r, col = divmod(i, num_columns)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images[i]
+  return np.round(grid * 255).astype(np.uint8)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  """Saves uint8 [h, w, 1 or 3] as PNG through a temporary file (no half-written pictures)."""
+  img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  tmp = path + '.tmp.png'
+  img.save(tmp)
+  os.replace(tmp, path)
