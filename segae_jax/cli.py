@@ -1,6 +1,8 @@
 """Shared command-line behaviour: one-line errors with exit status 2 for bad input."""
 import contextlib
+import re
 import sys
+from typing import List, Optional
 
 from absl import flags
 
@@ -15,13 +17,51 @@ def fail(message: str) -> None:
   sys.exit(EXIT_BAD_INPUT)
 
 
-def parse_flags(argv):
-  """absl flag parsing that reports bad flags (unknown config key, wrong type, missing config
-  file) as one line with status 2 instead of absl's usage dump and status 1."""
+def _flag_value(argv: List[str], name: str) -> Optional[str]:
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      return arg.split('=', 1)[1]
+    if arg == f'--{name}' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _unknown_override(argv: List[str], error: str) -> str:
+  """ml_collections reports a missing field as a KeyError/AttributeError holding the name (and
+  maybe a "Did you mean" hint); turn that into one line naming the offending argument."""
+  match = re.search(r"([A-Za-z_]\w*)", error)
+  key = match.group(1) if match else error
+  hint = re.search(r'Did you mean "(\w+)"', error)
+  hint = f'; did you mean {hint.group(1)!r}?' if hint else ''
+  for arg in argv:
+    path = arg.split('=', 1)[0]
+    if path.startswith('--config.') and key in path.split('.'):
+      return f'unknown config key {path[2:]!r} (from {arg}): the config has no such field{hint}'
+  return f'unknown config key {key!r}{hint}'
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl flag parsing for config-file CLIs that reports bad input as one line with status 2.
+
+  Covers: unknown or mistyped flags, `--config.<key>` naming no field, a value of the wrong type,
+  a config file that does not exist, fails to import or has no get_config().
+  """
+  config_file = _flag_value(argv, 'config')
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
+  except (AttributeError, KeyError) as e:
+    if 'get_config' in str(e):
+      fail(f'config file {config_file} has no get_config() function')
+    fail(_unknown_override(argv, str(e)))
+  if 'config' in flags.FLAGS:
+    try:
+      flags.FLAGS.config.get('seed')  # config_flags defers a failed load to the first access.
+    except OSError as e:
+      reason = str(e).strip().splitlines()[-1].strip()
+      fail(f'config file {config_file} could not be loaded: {reason}')
+  return remaining
 
 
 @contextlib.contextmanager
@@ -31,4 +71,3 @@ def user_errors():
     yield
   except UserInputError as e:
     fail(str(e))
-

@@ -23,12 +23,14 @@ def psnr(reconstruction: jnp.ndarray, image: jnp.ndarray, max_value: float = 1.0
 
 def reconstruction_metrics(outputs: Mapping[str, jnp.ndarray],
                            batch: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
-  """rec_bce and rec_mse (nats / squared error summed over pixels), pixel_mse, psnr (dB); for
+  """rec_bce and rec_mse (nats / squared error summed over pixels) against the model's target
+  batch['image']; pixel_mse and psnr (dB) against batch['clean_image'] when the pipeline
+  binarised the input (the grayscale image), else against batch['image']; for
   models with a posterior ('mean', 'logvar') also kl and neg_elbo = rec_bce + kl (nats per image,
   the single-sample estimate of -ELBO under the Bernoulli likelihood; Kingma & Welling 2014, Eq. 10).
   """
   recon = jax.nn.sigmoid(outputs['rec_logits'])
-  image = batch['image']
+  image = batch.get('clean_image', batch['image'])
   out = {}
   out['rec_bce'], _ = losses.rec_bce(outputs, batch)
   out['rec_mse'], _ = losses.rec_mse(outputs, batch)

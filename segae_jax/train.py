@@ -253,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   host_params = jax.device_get(strategy.unreplicate(state).params)
   results = {
       'step': step,
+      'resumed_from_step': start_step or None,
       'model': config.model.name,
       'dataset': config.data.name,
       'parallel': strategy.name,
