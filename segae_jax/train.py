@@ -132,11 +132,13 @@ def _pictures(model, params, dataset: data.Dataset, config, rng: jax.Array, work
   outputs = jax.jit(functools.partial(model.apply, train=False))(
       {'params': params}, batch['image'], rngs={'reparam': rng, 'dropout': rng})
   recon = np.asarray(jax.nn.sigmoid(outputs['rec_logits']))
-  # Rows alternate: inputs, then their reconstructions.
+  # Rows alternate: inputs (grayscale, also when the model saw a binarised draw), then their
+  # reconstructions.
+  inputs = batch.get('clean_image', batch['image'])
   cols = min(n, 8)
   rows = []
   for start in range(0, n, cols):
-    rows += [batch['image'][start:start + cols], recon[start:start + cols]]
+    rows += [inputs[start:start + cols], recon[start:start + cols]]
   grid = writers.image_grid(np.concatenate(rows), cols)
   writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
   writer.write_image(step, 'reconstructions', grid)
