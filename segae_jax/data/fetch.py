@@ -39,7 +39,9 @@ def _try_download() -> bool:
   tmp = tempfile.mkdtemp(dir=os.path.dirname(fm.CACHE_DIR), prefix='.fashion-mnist-')
   try:
     for name in fm.IDX_FILES:
-      urllib.request.urlretrieve(UPSTREAM_URL + name, os.path.join(tmp, name))
+      with urllib.request.urlopen(UPSTREAM_URL + name, timeout=60) as response, \
+          open(os.path.join(tmp, name), 'wb') as f:
+        shutil.copyfileobj(response, f)
       fm.read_idx(os.path.join(tmp, name))  # Checks the SHA-256 of the contents.
     if os.path.isdir(fm.CACHE_DIR):
       shutil.rmtree(fm.CACHE_DIR)
