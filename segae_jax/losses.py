@@ -3,7 +3,7 @@
 Every term has the signature `term(outputs, batch, **params) -> (scalar, metrics)`:
   outputs: the model's output dict (see segae_jax.models), e.g. 'rec_logits', 'mean', 'logvar', 'z'.
   batch:   dict with 'image' [batch, height, width, channels] float32 in [0, 1] and optionally
-           'mask' [batch] float32 (1 = real example, 0 = padding), which every term respects.
+           'valid' [batch] float32 (1 = real example, 0 = padding), which every term respects.
   returns: a float32 scalar (mean over the real examples) and {term_name: scalar}.
 
 Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
@@ -30,11 +30,11 @@ LOSSES: Registry = Registry('loss')
 
 
 def batch_mean(per_example: jnp.ndarray, batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
-  """Mean of a [batch] array over the real examples (batch['mask'] == 1), or over all of them."""
-  mask = batch.get('mask')
-  if mask is None:
+  """Mean of a [batch] array over the real examples (batch['valid'] == 1), or over all of them."""
+  valid = batch.get('valid')
+  if valid is None:
     return jnp.mean(per_example)
-  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
 def _sum_per_example(x: jnp.ndarray) -> jnp.ndarray:
@@ -90,11 +90,11 @@ def sparsity_kl(outputs, batch, target: float = 0.05) -> Tuple[jnp.ndarray, Metr
   batch mean.
   """
   z = outputs['z']
-  mask = batch.get('mask')
-  if mask is None:
+  valid = batch.get('valid')
+  if valid is None:
     rho = jnp.mean(z, axis=0)
   else:
-    rho = jnp.sum(z * mask[:, None], axis=0) / jnp.maximum(jnp.sum(mask), 1.0)
+    rho = jnp.sum(z * valid[:, None], axis=0) / jnp.maximum(jnp.sum(valid), 1.0)
   rho = jnp.clip(rho, 1e-6, 1.0 - 1e-6)
   value = jnp.sum(target * jnp.log(target / rho)
                   + (1.0 - target) * jnp.log((1.0 - target) / (1.0 - rho)))

@@ -1,7 +1,7 @@
 """Evaluation metrics: reconstruction quality (MSE, PSNR) and the VAE's negative ELBO.
 
 All functions take the model's outputs dict and a batch (see segae_jax.losses) and return
-{name: scalar}, each the mean over the batch's real examples (batch['mask']).
+{name: scalar}, each the mean over the batch's real examples (batch['valid']).
 """
 from typing import Dict, Mapping
 

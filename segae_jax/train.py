@@ -83,7 +83,7 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
               loss_fn: losses.LossFn, axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
   """Sums of per-example metrics over the real examples of `batch` (pure).
 
-  `batch['mask']` (float32 [batch]) marks real examples. Returns {'count': number of real
+  `batch['valid']` (float32 [batch]) marks real examples. Returns {'count': number of real
   examples, name: sum of the metric over them} so that dividing totals over all batches (and
   devices: psum over `axis_name`) gives exact means over the split.
   """
@@ -91,7 +91,7 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   outputs = state.apply_fn({'params': state.params}, batch['image'], train=False, rngs=rngs)
   _, values = loss_fn(outputs, batch)
   values.update(metrics_lib.reconstruction_metrics(outputs, batch))
-  count = jnp.sum(batch['mask'])
+  count = jnp.sum(batch['valid'])
   sums = {k: v * count for k, v in values.items()}
   sums['count'] = count
   if axis_name is not None:

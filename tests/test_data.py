@@ -90,15 +90,15 @@ def test_dynamic_binarisation(fashion_mnist):
   np.testing.assert_array_equal(next(again_same)['image'], first['image'])
 
 
-def test_eval_batches_cover_split_once_with_mask(fashion_mnist):
+def test_eval_batches_cover_split_once_with_valid_flags(fashion_mnist):
   batches = list(data.eval_batches(fashion_mnist.test, 3000, fashion_mnist.preprocess))
   assert len(batches) == 4
-  assert [int(b['mask'].sum()) for b in batches] == [3000, 3000, 3000, 1000]
-  labels = np.concatenate([b['label'][b['mask'] > 0] for b in batches])
+  assert [int(b['valid'].sum()) for b in batches] == [3000, 3000, 3000, 1000]
+  labels = np.concatenate([b['label'][b['valid'] > 0] for b in batches])
   np.testing.assert_array_equal(labels, fashion_mnist.test.__getitems__(np.arange(10_000))['label'])
   sharded = list(data.eval_batches(fashion_mnist.test, 3000, fashion_mnist.preprocess,
                                    num_local_devices=4))
-  assert sharded[-1]['image'].shape == (4, 750, 28, 28, 1) and sharded[-1]['mask'].shape == (4, 750)
+  assert sharded[-1]['image'].shape == (4, 750, 28, 28, 1) and sharded[-1]['valid'].shape == (4, 750)
 
 
 def test_missing_and_corrupt_files(tmp_path):

@@ -66,9 +66,9 @@ def test_sparsity_terms_by_hand():
   np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 
-def test_mask_excludes_padding():
-  mask = jnp.array([1.0, 1.0, 0.0, 0.0])
-  value, _ = losses.rec_bce(OUTPUTS, {'image': BATCH['image'], 'mask': mask})
+def test_valid_excludes_padding():
+  valid = jnp.array([1.0, 1.0, 0.0, 0.0])
+  value, _ = losses.rec_bce(OUTPUTS, {'image': BATCH['image'], 'valid': valid})
   first_two, _ = losses.rec_bce({'rec_logits': OUTPUTS['rec_logits'][:2]},
                                 {'image': BATCH['image'][:2]})
   np.testing.assert_allclose(value, first_two, rtol=1e-6)

@@ -126,7 +126,7 @@ def eval_batches(source, global_batch_size: int, preprocess: Preprocess, seed: i
                  num_examples: Optional[int] = None) -> Iterator[Batch]:
   """Every example of `source` once, in order, in fixed-size batches.
 
-  The last batch is padded with copies of example 0 and a 'mask' feature (float32 [batch],
+  The last batch is padded with copies of example 0 and a 'valid' feature (float32 [batch],
   1 = real, 0 = padding) marks what counts, so metrics are exact over the split with one compiled
   shape. Preprocessing randomness is seeded from (seed, batch) and so the same at every evaluation.
   """
@@ -134,10 +134,10 @@ def eval_batches(source, global_batch_size: int, preprocess: Preprocess, seed: i
   local = global_batch_size // process_count
   for b, start in enumerate(range(0, n, global_batch_size)):
     indices = np.zeros(global_batch_size, np.int64)
-    mask = np.zeros(global_batch_size, np.float32)
+    valid = np.zeros(global_batch_size, np.float32)
     real = np.arange(start, min(start + global_batch_size, n))
-    indices[:len(real)], mask[:len(real)] = real, 1.0
+    indices[:len(real)], valid[:len(real)] = real, 1.0
     mine = slice(process_index * local, (process_index + 1) * local)
     batch = preprocess(_read(source, indices[mine]), np.random.default_rng([seed, b, process_index, 2]))
-    batch['mask'] = mask[mine]
+    batch['valid'] = valid[mine]
     yield _to_devices(batch, num_local_devices)
