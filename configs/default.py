@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9         # sgd only.
 
   config.batch_size = 128       # Global: split over all devices of all processes.
+  config.labeled_fraction = 1.0  # < 1: semi-supervised, only this fraction keeps its masks.
   config.num_train_steps = 4000
   config.parallel = 'pmap'      # 'pmap' or 'jit' (batch sharded over a NamedSharding mesh).
 
@@ -47,5 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   config.checkpoint_every_steps = 1000
   config.max_to_keep = 3
+  config.best_metric = ''       # e.g. 'miou': also keep the best checkpoint by this test metric.
   config.num_pictures = 32
   return config

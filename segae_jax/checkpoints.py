@@ -24,16 +24,22 @@ def abstract_tree(tree, sharding=None):
 
 
 class Checkpointer:
-  """Saves and restores training checkpoints under `directory`, keeping the newest `max_to_keep`.
+  """Saves and restores training checkpoints under `directory`.
 
-  Saves are asynchronous; call `wait_until_finished()` (or `close()`) before the process exits.
+  Keeps the newest `max_to_keep` steps, or with `best_metric` (e.g. 'miou') the `max_to_keep`
+  steps with the highest value of that metric (passed to `save`). Saves are asynchronous; call
+  `wait_until_finished()` (or `close()`) before the process exits.
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 3):
+  def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = None):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.best_metric = best_metric
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    if best_metric:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True, best_mode='max',
+          best_fn=lambda metrics: metrics[best_metric])
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -41,11 +47,17 @@ class Checkpointer:
   def all_steps(self):
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any]) -> None:
+  def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any],
+           metrics: Optional[Dict[str, Any]] = None) -> None:
+    """Saves `state` (a pytree), the data iterator state and `meta` (JSON) as step `step`;
+    `metrics` must hold `best_metric` when the checkpointer keeps the best steps."""
+    kwargs = {}
+    if self.best_metric:
+      kwargs['metrics'] = {self.best_metric: float(metrics[self.best_metric])}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)))
+        meta=ocp.args.JsonSave(meta)), **kwargs)
 
   def read_meta(self, step: int) -> Dict[str, Any]:
     return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])

@@ -6,8 +6,13 @@ Every term has the signature `term(outputs, batch, **params) -> (scalar, metrics
            'valid' [batch] float32 (1 = real example, 0 = padding), which every term respects.
   returns: a float32 scalar (mean over the real examples) and {term_name: scalar}.
 
+Segmentation terms read batch['segmentation'] (int32 [batch, height, width] class ids, with
+`ignore_label` for unlabelled pixels) and outputs['seg_logits'] ([batch, height, width, classes]);
+examples with batch['labeled'] == 0 (semi-supervised training) do not count for them.
+
 Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
-so per-image values are in nats.
+so per-image values are in nats; segmentation cross-entropy and focal loss are means over labelled
+pixels (nats per pixel), Dice loss is in [0, 1].
 
 A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_loss_fn` turns
 that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one decorated
@@ -42,12 +47,13 @@ def _sum_per_example(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
-  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats: [batch, latent] -> [batch].
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats: [batch, ...] -> [batch].
 
   Analytic form from Kingma & Welling (2014), Appendix B:
-  -1/2 * sum_j (1 + logvar_j - mean_j^2 - exp(logvar_j)).
+  -1/2 * sum_j (1 + logvar_j - mean_j^2 - exp(logvar_j)), summed over every latent dimension
+  (a vector latent [batch, latent] or a spatial one [batch, h, w, channels]).
   """
-  return -0.5 * jnp.sum(1.0 + logvar - jnp.square(mean) - jnp.exp(logvar), axis=-1)
+  return _sum_per_example(-0.5 * (1.0 + logvar - jnp.square(mean) - jnp.exp(logvar)))
 
 
 @LOSSES.register('rec_bce')
@@ -64,6 +70,26 @@ def rec_mse(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
   recon = jax.nn.sigmoid(outputs['rec_logits'])
   value = batch_mean(_sum_per_example(optax.squared_error(recon, batch['image'])), batch)
   return value, {'rec_mse': value}
+
+
+@LOSSES.register('rec_mse_per_pixel')
+def rec_mse_per_pixel(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """Mean squared error of sigmoid(rec_logits) per pixel and channel (rec_mse / pixel count):
+  on the scale of per-pixel segmentation losses, for the alpha-weighted joint objective."""
+  recon = jax.nn.sigmoid(outputs['rec_logits'])
+  per_image = jnp.mean(optax.squared_error(recon, batch['image']).reshape((recon.shape[0], -1)),
+                       axis=-1)
+  value = batch_mean(per_image, batch)
+  return value, {'rec_mse_per_pixel': value}
+
+
+@LOSSES.register('kl_per_pixel')
+def kl_per_pixel(outputs, batch) -> Tuple[jnp.ndarray, Metrics]:
+  """The analytic KL divided by the image's pixel count (height * width * channels): nats per
+  pixel, on the scale of the per-pixel reconstruction and segmentation terms."""
+  pixels = jnp.size(batch['image'][0])
+  value = batch_mean(gaussian_kl(outputs['mean'], outputs['logvar']), batch) / pixels
+  return value, {'kl_per_pixel': value}
 
 
 @LOSSES.register('kl')
@@ -155,3 +181,94 @@ def alpha_weights(alpha: float, first: str, second: str) -> Dict[str, float]:
   if not 0.0 <= alpha <= 1.0:
     raise UserInputError(f'alpha must be in [0, 1], got {alpha}')
   return {first: alpha, second: 1.0 - alpha}
+
+
+def _example_weights(batch) -> jnp.ndarray:
+  """[batch] weights of examples that count for segmentation terms: real and labelled."""
+  weights = jnp.ones(batch['segmentation'].shape[:1], jnp.float32)
+  for key in ('valid', 'labeled'):
+    if key in batch:
+      weights = weights * batch[key].astype(jnp.float32)
+  return weights
+
+
+def _labels_and_keep(batch, num_classes: int, ignore_label: int):
+  """([batch, h, w] int32 labels with ignored pixels set to 0, [batch, h, w] float32 1 = counts)."""
+  labels = batch['segmentation'].astype(jnp.int32)
+  keep = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  return jnp.where(keep, labels, 0), keep.astype(jnp.float32)
+
+
+def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
+  """([batch, h, w] float32 weights, [batch, h, w] int32 labels with ignored pixels set to 0)."""
+  labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
+  weights = keep * _example_weights(batch)[:, None, None]
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights, jnp.float32)
+    if class_weights.shape != (num_classes,):
+      raise UserInputError(f'class_weights has {class_weights.shape[0]} entries, the model '
+                           f'predicts {num_classes} classes')
+    weights = weights * class_weights[labels]
+  return weights, labels
+
+
+def _weighted_pixel_mean(per_pixel, weights):
+  # Sum over all pixels of the batch divided by the total weight: PyTorch's CrossEntropyLoss
+  # convention with class weights, so weights re-balance classes rather than rescale the loss.
+  return jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+
+
+@LOSSES.register('seg_ce')
+def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
+  """Softmax cross-entropy of seg_logits against integer labels, nats per labelled pixel.
+
+  class_weights: optional [num_classes] per-class weights; pixels equal to `ignore_label` (or
+  outside [0, num_classes)) do not count.
+  """
+  logits = outputs['seg_logits']
+  weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  value = _weighted_pixel_mean(ce, weights)
+  return value, {'seg_ce': value}
+
+
+@LOSSES.register('focal')
+def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: int = 255):
+  """Multi-class focal loss -(1 - p_t)^gamma * log p_t per labelled pixel (Lin et al., "Focal Loss
+  for Dense Object Detection", ICCV 2017, Eq. 5; class_weights play the role of alpha_t).
+
+  optax ships only the sigmoid (binary / multi-label) focal loss, so the softmax form is here.
+  """
+  logits = outputs['seg_logits']
+  weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
+  per_pixel = -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
+  value = _weighted_pixel_mean(per_pixel, weights)
+  return value, {'focal': value}
+
+
+@LOSSES.register('dice')
+def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
+         ignore_label: int = 255):
+  """Soft multi-class Dice loss per class 1 - (I + s) / (I + (P - I) / 2 + (T - I) / 2 + s) with
+  I = sum(p * t), P = sum(p), T = sum(t) over the image (= 1 - 2I / (P + T) for s = 0), averaged
+  over classes, per image, then over labelled images (optax.losses.dice_loss; Milletari et al.,
+  V-Net, 2016).
+
+  Ignored pixels are removed from both prediction and target; with `exclude_background` class 0
+  does not count.
+  """
+  logits = outputs['seg_logits']
+  num_classes = logits.shape[-1]
+  labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
+  # optax's Dice has no ignore mask and wants distributions summing to 1, so ignored pixels are
+  # moved into an extra class in both prediction and target, whose Dice is then dropped.
+  probs = jnp.concatenate([jax.nn.softmax(logits) * keep[..., None], 1.0 - keep[..., None]], -1)
+  targets = jnp.concatenate([jax.nn.one_hot(labels, num_classes) * keep[..., None],
+                             1.0 - keep[..., None]], -1)
+  per_class = optax.losses.dice_loss(probs, targets, smooth=smooth, apply_softmax=False,
+                                     reduction='none', axis=(1, 2))  # [batch, classes + 1]
+  per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:num_classes], axis=-1)
+  weights = _example_weights(batch)
+  value = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+  return value, {'dice': value}

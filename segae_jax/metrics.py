@@ -1,12 +1,14 @@
-"""Evaluation metrics: reconstruction quality (MSE, PSNR) and the VAE's negative ELBO.
+"""Evaluation metrics: reconstruction quality (MSE, PSNR), the VAE's negative ELBO, and
+segmentation scores (IoU, Dice, pixel accuracy) from an accumulated confusion matrix.
 
 All functions take the model's outputs dict and a batch (see segae_jax.losses) and return
 {name: scalar}, each the mean over the batch's real examples (batch['valid']).
 """
-from typing import Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from segae_jax import losses
 
@@ -41,3 +43,50 @@ def reconstruction_metrics(outputs: Mapping[str, jnp.ndarray],
     out['kl'], _ = losses.kl(outputs, batch)
     out['neg_elbo'] = out['rec_bce'] + out['kl']
   return out
+
+
+def confusion_matrix(labels: jnp.ndarray, predictions: jnp.ndarray, num_classes: int,
+                     weights: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """Pixel counts C[true, predicted] as float32 [num_classes, num_classes].
+
+  labels, predictions: int [...] of the same shape; labels outside [0, num_classes) (the ignore
+  label) and pixels with weight 0 are not counted. Summing matrices over batches and devices gives
+  the exact matrix of the whole split, from which `segmentation_scores` computes every metric.
+  """
+  labels = labels.astype(jnp.int32).reshape(-1)
+  predictions = predictions.astype(jnp.int32).reshape(-1)
+  keep = (labels >= 0) & (labels < num_classes)
+  w = keep.astype(jnp.float32)
+  if weights is not None:  # Same shape as labels.
+    w = w * weights.reshape(-1).astype(jnp.float32)
+  index = jnp.where(keep, labels, 0) * num_classes + predictions
+  counts = jnp.bincount(index, weights=w, length=num_classes * num_classes)
+  return counts.reshape(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: np.ndarray,
+                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """Metrics from a confusion matrix C[true, predicted] (numpy, on the host).
+
+  Per class c: IoU_c = TP / (TP + FP + FN), Dice_c = 2 TP / (2 TP + FP + FN) (= F1). mIoU and
+  mean Dice average over the classes that occur in the ground truth or the predictions (a class
+  absent from both has no defined IoU); pixel_accuracy = trace / total. Returns floats plus
+  'per_class': {name: {'iou', 'dice', 'pixels'}}.
+  """
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  fp = confusion.sum(0) - tp
+  fn = confusion.sum(1) - tp
+  union = tp + fp + fn
+  present = union > 0
+  iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+  dice = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=present)
+  names = list(class_names) if class_names is not None else [str(c) for c in range(len(tp))]
+  return {
+      'miou': float(iou[present].mean()) if present.any() else 0.0,
+      'mean_dice': float(dice[present].mean()) if present.any() else 0.0,
+      'pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1.0)),
+      'per_class': {name: {'iou': float(iou[c]), 'dice': float(dice[c]),
+                           'pixels': int(confusion[c].sum())}
+                    for c, name in enumerate(names)},
+  }

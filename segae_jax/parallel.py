@@ -37,6 +37,10 @@ class PmapStrategy:
                               axis_name=AXIS_NAME, in_axes=(0, 0, None))
 
   @property
+  def sync_each_step(self) -> bool:
+    return _cpu_collectives_need_sync()
+
+  @property
   def batch_device_axis(self) -> Optional[int]:
     """Pipelines reshape batches to [this many devices, per_device, ...]."""
     return self.num_local_devices
@@ -50,9 +54,12 @@ class PmapStrategy:
   def put_batch(self, batch: Dict[str, np.ndarray]):
     return batch  # pmap shards the leading axis itself.
 
+  def fetch(self, tree):
+    """Per-device identical (pmean'd / psum'd) values -> host numpy, device axis dropped."""
+    return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))
+
   def scalars(self, metrics) -> Dict[str, float]:
-    """Per-device identical (pmean'd / psum'd) metrics -> host floats."""
-    return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in self.fetch(metrics).items()}
 
   def restore_sharding(self):
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -76,6 +83,10 @@ class JitStrategy:
 
   batch_device_axis = None
 
+  @property
+  def sync_each_step(self) -> bool:
+    return _cpu_collectives_need_sync()
+
   def replicate(self, state):
     return jax.device_put(jax.device_get(state), self.replicated)
 
@@ -87,11 +98,24 @@ class JitStrategy:
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
             for k, v in batch.items()}
 
+  def fetch(self, tree):
+    """Replicated values -> host numpy."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
   def scalars(self, metrics) -> Dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in self.fetch(metrics).items()}
 
   def restore_sharding(self):
     return self.replicated
+
+
+def _cpu_collectives_need_sync() -> bool:
+  """XLA:CPU runs every virtual device's part of a step on one shared thread pool. With several
+  steps queued (asynchronous dispatch) and more devices than cores, the parts of two steps can
+  hold all the threads while waiting in an all-reduce for a part that cannot start: a deadlock
+  seen here with 4 forced devices on 2 cores. Waiting for each step before dispatching the next
+  avoids it; on accelerators dispatch stays asynchronous."""
+  return jax.local_devices()[0].platform == 'cpu' and jax.local_device_count() > 1
 
 
 def make_strategy(name: str, train_step: Callable, eval_step: Callable):

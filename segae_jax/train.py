@@ -19,14 +19,17 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from segae_jax import checkpoints, data, losses, metrics as metrics_lib, models, optimizers
-from segae_jax import parallel, validation, writers
+from segae_jax import parallel, validation, visualise, writers
+from segae_jax.data import augment
 from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 
 class TrainState(train_state.TrainState):
-  """flax TrainState: step, params, opt_state, apply_fn and tx."""
+  """flax TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics
+  (`batch_stats`, an empty dict for models without BatchNorm)."""
+  batch_stats: Any = None
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
@@ -37,7 +40,15 @@ def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
   variables = jax.jit(functools.partial(model.init, train=False))(
       {'params': params_rng, 'reparam': reparam_rng, 'dropout': reparam_rng}, dummy)
   tx, _ = optimizers.make_optimizer(config)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def _variables(state: TrainState, params) -> Dict[str, Any]:
+  variables = {'params': params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
 
 
 def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
@@ -67,52 +78,95 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
   rngs = _step_rngs(rng, state.step, axis_name)
 
   def compute_loss(params):
-    outputs = state.apply_fn({'params': params}, batch['image'], train=True, rngs=rngs)
-    return loss_fn(outputs, batch)
+    if state.batch_stats:
+      # BatchNorm: batch statistics in training mode (averaged over devices inside the model
+      # when it was built with norm_axis_name), running averages updated.
+      outputs, updates = state.apply_fn(_variables(state, params), batch['image'], train=True,
+                                        rngs=rngs, mutable=['batch_stats'])
+    else:
+      outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
+                                        rngs=rngs), {}
+    loss, step_metrics = loss_fn(outputs, batch)
+    return loss, (step_metrics, updates)
 
-  (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  (_, (step_metrics, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+      state.params)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     step_metrics = jax.lax.pmean(step_metrics, axis_name)
   step_metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g))
                                            for g in jax.tree.leaves(grads)))
-  return state.apply_gradients(grads=grads), step_metrics
+  state = state.apply_gradients(grads=grads)
+  if updates:
+    state = state.replace(batch_stats=updates['batch_stats'])
+  return state, step_metrics
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
               loss_fn: losses.LossFn, axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
-  """Sums of per-example metrics over the real examples of `batch` (pure).
+  """Sums over the real examples of `batch` (pure).
 
   `batch['valid']` (float32 [batch]) marks real examples. Returns {'count': number of real
-  examples, name: sum of the metric over them} so that dividing totals over all batches (and
-  devices: psum over `axis_name`) gives exact means over the split.
+  examples, name: sum of the per-example metric} for the loss terms (and reconstruction metrics
+  when the model reconstructs), plus for segmentation models 'confusion': float32
+  [classes, classes] pixel counts C[true, predicted]. Summing over all batches (and devices: psum
+  over `axis_name`) gives exact values over the split.
   """
   rngs = _step_rngs(rng, 0, axis_name)
-  outputs = state.apply_fn({'params': state.params}, batch['image'], train=False, rngs=rngs)
+  outputs = state.apply_fn(_variables(state, state.params), batch['image'], train=False,
+                           rngs=rngs)
+  # Every test image counts for evaluation, also when training hid some labels.
+  batch = {k: v for k, v in batch.items() if k != 'labeled'}
   _, values = loss_fn(outputs, batch)
-  values.update(metrics_lib.reconstruction_metrics(outputs, batch))
+  if 'rec_logits' in outputs:
+    values.update(metrics_lib.reconstruction_metrics(outputs, batch))
   count = jnp.sum(batch['valid'])
   sums = {k: v * count for k, v in values.items()}
   sums['count'] = count
+  if 'seg_logits' in outputs:
+    pixel_weights = jnp.broadcast_to(batch['valid'][:, None, None], batch['segmentation'].shape)
+    sums['confusion'] = metrics_lib.confusion_matrix(
+        batch['segmentation'], jnp.argmax(outputs['seg_logits'], -1),
+        outputs['seg_logits'].shape[-1], pixel_weights)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums
 
 
 def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
-             split: str = 'test') -> Dict[str, float]:
-  """Exact means of eval_step's metrics over the whole split."""
-  totals: Dict[str, float] = {}
+             split: str = 'test') -> Dict[str, Any]:
+  """Exact metrics over the whole split: means of eval_step's per-example sums, and for
+  segmentation models the scores of the summed confusion matrix (metrics.segmentation_scores:
+  'miou', 'mean_dice', 'pixel_accuracy', 'per_class')."""
+  totals: Dict[str, np.ndarray] = {}
   source = getattr(dataset, split)
   for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
                                  seed=config.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(),
                                  num_local_devices=strategy.batch_device_axis):
-    sums = strategy.scalars(strategy.eval_step(state, strategy.put_batch(batch), rng))
+    sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
     for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + v
-  count = totals.pop('count')
-  return {k: v / count for k, v in totals.items()}
+      totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)
+  count = float(totals.pop('count'))
+  confusion = totals.pop('confusion', None)
+  results: Dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
+  if confusion is not None:
+    results.update(metrics_lib.segmentation_scores(confusion, dataset.class_names))
+  return results
+
+
+def flat_scalars(metrics: Mapping[str, Any], prefix: str) -> Dict[str, float]:
+  """{'miou': .., 'per_class': {'bag': {'iou': ..}}} -> {'test/miou': .., 'test/iou/bag': ..}."""
+  out = {}
+  for k, v in metrics.items():
+    if k == 'per_class':
+      for name, values in v.items():
+        for metric, value in values.items():
+          if metric != 'pixels':
+            out[f'{prefix}/{metric}/{name}'] = value
+    else:
+      out[f'{prefix}/{k}'] = v
+  return out
 
 
 def _check_workdir_writable(workdir: str) -> None:
@@ -122,32 +176,6 @@ def _check_workdir_writable(workdir: str) -> None:
       pass
   except OSError as e:
     raise UserInputError(f'workdir {workdir} is not writable: {e.strerror}') from None
-
-
-def _pictures(model, params, dataset: data.Dataset, config, rng: jax.Array, workdir: str,
-              writer: writers.MetricWriter, step: int) -> None:
-  """Test inputs vs reconstructions, and for a VAE samples from the prior, as PNG grids."""
-  n = config.num_pictures
-  batch = next(data.eval_batches(dataset.test, n, dataset.preprocess, seed=config.seed))
-  outputs = jax.jit(functools.partial(model.apply, train=False))(
-      {'params': params}, batch['image'], rngs={'reparam': rng, 'dropout': rng})
-  recon = np.asarray(jax.nn.sigmoid(outputs['rec_logits']))
-  # Rows alternate: inputs (grayscale, also when the model saw a binarised draw), then their
-  # reconstructions.
-  inputs = batch.get('clean_image', batch['image'])
-  cols = min(n, 8)
-  rows = []
-  for start in range(0, n, cols):
-    rows += [inputs[start:start + cols], recon[start:start + cols]]
-  grid = writers.image_grid(np.concatenate(rows), cols)
-  writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
-  writer.write_image(step, 'reconstructions', grid)
-  if isinstance(model, models.VAE):
-    samples = jax.jit(model.apply, static_argnums=2, static_argnames='method')(
-        {'params': params}, rng, 2 * n, method=models.VAE.sample)
-    grid = writers.image_grid(np.asarray(samples), cols)
-    writers.save_png(os.path.join(workdir, 'samples.png'), grid)
-    writer.write_image(step, 'samples', grid)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -170,7 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   is_main = jax.process_index() == 0
 
   dataset = data.build(config.data)
-  model = models.build(config.model, dataset.image_shape)
+  if config.labeled_fraction < 1.0:
+    dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
+  model = models.build(
+      config.model, dataset.image_shape, num_classes=dataset.num_classes,
+      # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
+      norm_axis_name=parallel.AXIS_NAME if config.parallel == 'pmap' else None)
   loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
   strategy = parallel.make_strategy(
       config.parallel, functools.partial(train_step, loss_fn=loss_fn),
@@ -180,14 +213,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, model, dataset.image_shape, init_rng)
   train_iter = data.TrainIterator(
-      dataset.train, config.batch_size, config.seed, dataset.preprocess,
+      dataset.train, config.batch_size, config.seed,
+      augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_local_devices=strategy.batch_device_axis)
 
   # What a checkpoint is of; a workdir holding another model's checkpoint is refused, untouched.
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
-          'image_shape': list(dataset.image_shape)}
+          'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
+          'class_names': list(dataset.class_names)}
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), config.max_to_keep)
+  # Segmentation runs also keep the checkpoint with the best test mIoU, apart from the latest ones
+  # (one orbax manager cannot keep both without dropping the newest step).
+  best_ckpt = None
+  if config.best_metric:
+    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints_best'), 1,
+                                         best_metric=config.best_metric)
   start_step = 0
   latest = ckpt.latest_step()
   if latest is not None:
@@ -206,9 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   state = strategy.replicate(state)
   eval_rng = jax.random.fold_in(run_rng, 2**31 - 1)
 
-  def save(step):
-    ckpt.save(step, {'train_state': strategy.unreplicate(state), 'rng': run_rng},
-              train_iter.get_state(), meta)
+  def save(manager, step, metrics=None):
+    manager.save(step, {'train_state': strategy.unreplicate(state), 'rng': run_rng},
+                 train_iter.get_state(), meta, metrics)
 
   step = start_step
   pending = []  # Device-side metrics; fetched only at log steps, so steps are not synchronised.
@@ -220,6 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   while step < config.num_train_steps:
     batch = strategy.put_batch(next(train_iter))
     state, step_metrics = strategy.train_step(state, batch, run_rng)
+    if strategy.sync_each_step:
+      jax.block_until_ready(step_metrics)
     pending.append(step_metrics)
     step += 1
     window_images += config.batch_size
@@ -243,16 +286,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       window_start, window_images = time.perf_counter(), 0
     if step % config.eval_every_steps == 0 or is_last:
       eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-      writer.write_scalars(step, {f'test/{k}': v for k, v in eval_metrics.items()})
-      log.info('step %d test %s', step, ' '.join(f'{k}={v:.4g}' for k, v in eval_metrics.items()))
+      writer.write_scalars(step, flat_scalars(eval_metrics, 'test'))
+      log.info('step %d test %s', step, ' '.join(
+          f'{k}={v:.4g}' for k, v in eval_metrics.items() if k != 'per_class'))
+      if best_ckpt is not None:
+        save(best_ckpt, step, eval_metrics)
       window_start = time.perf_counter()  # Evaluation is not training time.
     if step % config.checkpoint_every_steps == 0 or is_last:
-      save(step)
+      save(ckpt, step)
   bar.close()
 
   if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
     eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-  host_params = jax.device_get(strategy.unreplicate(state).params)
+  host_state = jax.device_get(strategy.unreplicate(state))
+  host_params = host_state.params
   results = {
       'step': step,
       'resumed_from_step': start_step or None,
@@ -267,8 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_params))),
   }
   if is_main:
-    _pictures(model, host_params, dataset, config, eval_rng, workdir, writer, step)
+    pictures_batch = next(data.eval_batches(dataset.test, config.num_pictures, dataset.preprocess,
+                                            seed=config.seed))
+    visualise.write_pictures(model, _variables(host_state, host_params), pictures_batch, eval_rng,
+                             workdir, writer, step, num_samples=2 * config.num_pictures)
     writers.write_json(os.path.join(workdir, 'results.json'), results)
   ckpt.close()
+  if best_ckpt is not None:
+    best_ckpt.close()
   writer.close()
   return results

@@ -25,6 +25,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f'{config.num_train_steps}], got {config.warmup_steps!r}')
   if config.get('grad_clip_norm', 0.0) < 0:
     raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got {config.grad_clip_norm}')
+  if not 0.0 < config.labeled_fraction <= 1.0:
+    raise UserInputError(f'config.labeled_fraction must be in (0, 1], got {config.labeled_fraction}')
   if config.parallel not in parallel.STRATEGIES:
     raise UserInputError(f'unknown config.parallel {config.parallel!r}; known: '
                          f'{", ".join(parallel.STRATEGIES)}')

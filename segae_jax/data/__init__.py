@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Sequence, Tuple
 import numpy as np
 
 from segae_jax.data.pipeline import ArraySource, TrainIterator, eval_batches, stack_examples
+from segae_jax.errors import UserInputError
 from segae_jax.registry import Registry
 
 DATASETS = Registry('dataset')
@@ -64,6 +65,46 @@ def _fashion_mnist(config: Mapping) -> Dataset:
                  preprocess=lambda ex, rng: scale_images(ex, rng, binarize))
 
 
+@DATASETS.register('fashion_mnist_scenes')
+def _fashion_mnist_scenes(config: Mapping) -> Dataset:
+  from segae_jax.data import scenes
+  return scenes.load(config)
+
+
+@DATASETS.register('segmentation_folder')
+def _segmentation_folder(config: Mapping) -> Dataset:
+  from segae_jax.data import folder
+  return folder.load(config)
+
+
+def with_labeled_fraction(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+  """Semi-supervised training: keeps the segmentation masks of a `fraction` of the training
+  images (chosen from `seed`, the same for every run with that seed) and marks the others with
+  'labeled' = 0, so segmentation losses skip them while reconstruction terms still use them.
+
+  Raises:
+    UserInputError: the dataset has no masks or is not held in memory (config.data.cache).
+  """
+  train = dataset.train
+  if not isinstance(train, ArraySource) or 'segmentation' not in train.arrays:
+    raise UserInputError(f'config.labeled_fraction={fraction} needs a segmentation dataset held '
+                         f'in memory; {dataset.name} has no masks or config.data.cache is off')
+  n = len(train)
+  labeled = np.zeros(n, np.float32)
+  chosen = np.random.default_rng([seed, 0x5E6]).permutation(n)[:max(1, round(fraction * n))]
+  labeled[chosen] = 1.0
+  preprocess = dataset.preprocess
+
+  def preprocess_keeping_flags(examples, rng):
+    batch = preprocess({k: v for k, v in examples.items() if k != 'labeled'}, rng)
+    if 'labeled' in examples:  # Training batches; the test split has every mask.
+      batch['labeled'] = examples['labeled']
+    return batch
+
+  return dataclasses.replace(dataset, train=ArraySource({**train.arrays, 'labeled': labeled}),
+                             preprocess=preprocess_keeping_flags)
+
+
 def build(config: Mapping) -> Dataset:
   """Loads the dataset named config['name'] (preparing it on first use).
 
@@ -74,4 +115,4 @@ def build(config: Mapping) -> Dataset:
 
 
 __all__ = ['ArraySource', 'DATASETS', 'Dataset', 'TrainIterator', 'build', 'eval_batches',
-           'scale_images', 'stack_examples']
+           'scale_images', 'stack_examples', 'with_labeled_fraction']

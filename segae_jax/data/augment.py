@@ -1,0 +1,78 @@
+"""Augmentation for segmentation: the image and its mask move together.
+
+Operates on host numpy batches inside the input pipeline, with the pipeline's seeded
+np.random.Generator, so augmented runs stay reproducible and resumable.
+"""
+from typing import Callable, Mapping
+
+import numpy as np
+from PIL import Image
+
+
+def random_flip(batch, rng: np.random.Generator):
+  """Mirrors each example left-right with probability 1/2 (image and 'segmentation')."""
+  flip = rng.random(len(batch['image'])) < 0.5
+  out = dict(batch)
+  for key in ('image', 'segmentation', 'clean_image'):
+    if key in batch:
+      out[key] = np.where(flip.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
+                          batch[key][:, :, ::-1], batch[key])
+  return out
+
+
+def random_resized_crop(batch, rng: np.random.Generator, min_scale: float):
+  """Crops a random square-ish box covering a fraction in [min_scale, 1] of each image's area and
+  resizes it back (image bilinear, mask nearest, with Pillow); expects uint8 images."""
+  images, masks = batch['image'], batch.get('segmentation')
+  n, h, w = images.shape[:3]
+  out_images, out_masks = np.empty_like(images), None if masks is None else np.empty_like(masks)
+  for i in range(n):
+    scale = rng.uniform(min_scale, 1.0)
+    ch, cw = max(1, round(h * np.sqrt(scale))), max(1, round(w * np.sqrt(scale)))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    box = (int(left), int(top), int(left + cw), int(top + ch))
+    image = images[i]
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    resized = np.asarray(pil.resize((w, h), Image.BILINEAR, box=box))
+    out_images[i] = resized.reshape(image.shape)
+    if masks is not None:
+      out_masks[i] = np.asarray(Image.fromarray(masks[i]).resize((w, h), Image.NEAREST, box=box))
+  out = dict(batch, image=out_images)
+  if masks is not None:
+    out['segmentation'] = out_masks
+  return out
+
+
+def brightness_contrast(batch, rng: np.random.Generator, brightness: float, contrast: float):
+  """Float images in [0, 1]: x -> (x - mean) * c + mean + b with c ~ U[1 - contrast, 1 + contrast]
+  and b ~ U[-brightness, brightness] per image, clipped to [0, 1]. Masks are unchanged."""
+  images = batch['image']
+  n = len(images)
+  shape = (n,) + (1,) * (images.ndim - 1)
+  c = rng.uniform(1 - contrast, 1 + contrast, n).reshape(shape).astype(np.float32)
+  b = rng.uniform(-brightness, brightness, n).reshape(shape).astype(np.float32)
+  mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
+  return dict(batch, image=np.clip((images - mean) * c + mean + b, 0.0, 1.0))
+
+
+def with_augmentation(preprocess: Callable, config: Mapping) -> Callable:
+  """Wraps a dataset's preprocess (uint8 examples -> float batch) with the augmentations that
+  `config` turns on: flip (bool), crop_min_scale (< 1 enables random resized crop),
+  brightness and contrast (> 0 enable them). Returns preprocess itself when all are off."""
+  flip = bool(config.get('flip', False))
+  crop = float(config.get('crop_min_scale', 1.0))
+  brightness, contrast = float(config.get('brightness', 0.0)), float(config.get('contrast', 0.0))
+  if not (flip or crop < 1.0 or brightness > 0 or contrast > 0):
+    return preprocess
+
+  def augmented(examples, rng):
+    if crop < 1.0:
+      examples = random_resized_crop(examples, rng, crop)
+    if flip:
+      examples = random_flip(examples, rng)
+    batch = preprocess(examples, rng)
+    if brightness > 0 or contrast > 0:
+      batch = brightness_contrast(batch, rng, brightness, contrast)
+    return batch
+
+  return augmented

@@ -1,0 +1,64 @@
+"""Evaluates a trained run on a split: python -m segae_jax.evaluate --workdir=DIR [--split=test]
+
+Restores the best checkpoint (highest test mIoU for segmentation runs; the latest otherwise, or
+with --checkpoint=latest) and writes <workdir>/eval_<split>.json with every metric, including the
+per-class IoU/Dice table, which is also printed.
+"""
+import functools
+import os
+import sys
+
+from absl import app, flags
+
+from segae_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).')
+flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to evaluate.')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+
+
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
+  """Returns (and writes to eval_<split>.json) the metrics of the restored run on `split`."""
+  import jax
+  from segae_jax import data, inference, losses, parallel, train, writers
+
+  run = inference.load_run(workdir, checkpoint)
+  config = run.config
+  dataset = data.build(config.data)
+  loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
+  # Evaluation uses sharded jit whatever trained the model: same numbers, no replication.
+  strategy = parallel.make_strategy('jit', functools.partial(train.train_step, loss_fn=loss_fn),
+                                    functools.partial(train.eval_step, loss_fn=loss_fn))
+  state = train.TrainState(step=run.step, apply_fn=run.model.apply, params=run.variables['params'],
+                           tx=None, opt_state=None, batch_stats=run.variables.get('batch_stats', {}))
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
+  metrics = train.evaluate(strategy, strategy.replicate(state), dataset, config, rng, split)
+  results = {'workdir': os.path.abspath(workdir), 'split': split, 'step': run.step,
+             'checkpoint': run.checkpoint, 'metrics': metrics}
+  writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
+  return results
+
+
+def format_table(metrics) -> str:
+  lines = [' '.join(f'{k}={v:.4f}' for k, v in metrics.items() if k != 'per_class')]
+  if 'per_class' in metrics:
+    lines.append(f'{"class":<16} {"IoU":>7} {"Dice":>7} {"pixels":>10}')
+    for name, row in metrics['per_class'].items():
+      lines.append(f'{name:<16} {row["iou"]:7.4f} {row["dice"]:7.4f} {row["pixels"]:10d}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
+  with cli.user_errors():
+    results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
+  print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split}:')
+  print(format_table(results['metrics']))
+  print(f'wrote {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main, flags_parser=cli.parse_flags)
