@@ -3,9 +3,9 @@
 Config fields are overridden with --config.<key>=<value>. Bad input (unknown key, wrong type,
 invalid value, missing data, a workdir of another model) prints one line and exits with status 2.
 """
-import logging as std_logging
+import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from segae_jax import cli
@@ -20,15 +20,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  # Our progress lines at INFO; library chatter (orbax logs every save at INFO) only from WARNING.
-  logging.set_verbosity(logging.WARNING)
-  std_logging.getLogger('segae_jax').setLevel(std_logging.INFO)
+  cli.setup_logging()
   from segae_jax import train  # After flag parsing: `--help` stays fast.
   with cli.user_errors():
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(f'Results in {FLAGS.workdir}: results.json (test metrics), metrics.jsonl, '
-        'reconstructions.png, tensorboard/, checkpoints/')
-  print('test ' + ' '.join(f'{k}={v:.4g}' for k, v in sorted(results['test'].items())))
+  outputs = ', '.join(sorted(os.listdir(FLAGS.workdir)))
+  print(f'Results in {FLAGS.workdir}: {outputs} (results.json holds the test metrics)')
+  print('test ' + ' '.join(f'{k}={v:.4g}' for k, v in sorted(results['test'].items())
+                           if k != 'per_class'))
 
 
 if __name__ == '__main__':

@@ -1,14 +1,22 @@
 """Shared command-line behaviour: one-line errors with exit status 2 for bad input."""
 import contextlib
+import logging as std_logging
 import re
 import sys
 from typing import List, Optional
 
-from absl import flags
+from absl import flags, logging
 
 from segae_jax.errors import UserInputError
 
 EXIT_BAD_INPUT = 2
+
+
+def setup_logging() -> None:
+  """Our progress lines at INFO; library chatter (orbax logs every save at INFO, JAX its backend
+  probing) only from WARNING."""
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger('segae_jax').setLevel(std_logging.INFO)
 
 
 def fail(message: str) -> None:

@@ -52,6 +52,7 @@ def format_table(metrics) -> str:
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
+  cli.setup_logging()
   with cli.user_errors():
     results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
   print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split}:')

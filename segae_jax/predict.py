@@ -95,6 +95,7 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
+  cli.setup_logging()
   with cli.user_errors():
     results, run = predict(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint,
                            FLAGS.batch_size)

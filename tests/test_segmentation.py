@@ -1,0 +1,153 @@
+"""Segmentation end to end on real fashion_mnist_scenes: train, evaluate, predict, semi-supervised."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, small_config
+from segae_jax import data, train
+from segae_jax.data import augment
+from segae_jax.data import fashion_mnist as fm
+
+SCENES = {'data.canvas_size': 32, 'data.num_train': 64, 'data.num_test': 32, 'data.max_scale': 1.0,
+          'model.features': (8, 16), 'batch_size': 8, 'eval_batch_size': 16, 'num_pictures': 4,
+          'num_train_steps': 4, 'eval_every_steps': 2, 'checkpoint_every_steps': 2}
+
+
+def scenes_config(tfds_dir, config_file='unet_scenes', **overrides):
+  return small_config(tfds_dir, config_file, **{**SCENES, **overrides})
+
+
+@pytest.fixture(scope='module')
+def unet_run(tmp_path_factory, tfds_dir):
+  workdir = str(tmp_path_factory.mktemp('seg') / 'unet')
+  return workdir, train.train_and_evaluate(scenes_config(tfds_dir), workdir)
+
+
+def test_unet_scenes_end_to_end(unet_run):
+  workdir, results = unet_run
+  test = results['test']
+  assert 0.0 <= test['miou'] <= 1.0 and 0.0 <= test['pixel_accuracy'] <= 1.0
+  assert list(test['per_class']) == ['background'] + list(fm.CLASS_NAMES)
+  # Every test pixel is counted once: 32 scenes of 32x32.
+  assert sum(row['pixels'] for row in test['per_class'].values()) == 32 * 32 * 32
+  assert os.listdir(os.path.join(workdir, 'checkpoints_best')) != []
+  picture = np.asarray(Image.open(os.path.join(workdir, 'segmentation.png')))
+  assert picture.shape == (4 * 34 + 2, 3 * 34 + 2, 3)  # image | truth | prediction, 4 rows.
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert any('test/iou/background' in r for r in records)
+
+
+def _run_module(module, *args):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_evaluate_cli_reproduces_training_metrics(unet_run):
+  workdir, results = unet_run
+  proc = _run_module('segae_jax.evaluate', f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'background' in proc.stdout and 'miou=' in proc.stdout
+  evaluated = json.load(open(os.path.join(workdir, 'eval_test.json')))
+  # The best checkpoint holds the step whose test mIoU was highest.
+  best = max((r for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+              if 'test/miou' in r), key=lambda r: r['test/miou'])
+  assert evaluated['checkpoint'] == 'best' and evaluated['step'] == best['step']
+  assert evaluated['metrics']['miou'] == pytest.approx(best['test/miou'], abs=1e-6)
+  assert evaluated['metrics']['pixel_accuracy'] == pytest.approx(best['test/pixel_accuracy'],
+                                                                 abs=1e-6)
+
+
+def test_predict_cli_writes_masks_of_input_sizes(unet_run, tmp_path):
+  workdir, _ = unet_run
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  sizes = {'a.png': (40, 50, 'RGB'), 'b.jpg': (20, 20, 'L'), 'c.tif': (33, 31, 'L')}
+  for name, (h, w, mode) in sizes.items():
+    shape = (h, w, 3) if mode == 'RGB' else (h, w)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / name)
+  (folder / 'notes.txt').write_text('not an image, and not listed as one')
+  out = tmp_path / 'out'
+  proc = _run_module('segae_jax.predict', f'--workdir={workdir}', f'--input={folder}',
+                     f'--output={out}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith(f'segmented 3 images into {out}')
+  for name, (h, w, _) in sizes.items():
+    stem = name.split('.')[0]
+    labels = np.asarray(Image.open(out / f'{stem}_labels.png'))
+    assert labels.shape == (h, w) and labels.max() < 11
+    assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == (h, w, 3)
+
+
+def test_predict_and_evaluate_refuse_bad_input(unet_run, tmp_path):
+  workdir, _ = unet_run
+  bad = tmp_path / 'fake.png'
+  bad.write_bytes(b'definitely not a PNG')
+  proc = _run_module('segae_jax.predict', f'--workdir={workdir}', f'--input={bad}',
+                     f'--output={tmp_path / "out"}')
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1
+  assert f'{bad}: not a readable image' in proc.stderr
+  assert not (tmp_path / 'out').exists()
+  empty = tmp_path / 'empty_run'
+  empty.mkdir()
+  (empty / 'config.json').write_text(open(os.path.join(workdir, 'config.json')).read())
+  for module, extra in [('segae_jax.evaluate', []),
+                        ('segae_jax.predict', [f'--input={bad}', f'--output={tmp_path / "o"}'])]:
+    proc = _run_module(module, f'--workdir={empty}', *extra)
+    assert proc.returncode == 2 and 'has no checkpoint' in proc.stderr, proc.stderr
+  proc = _run_module('segae_jax.evaluate', f'--workdir={tmp_path / "nowhere"}')
+  assert proc.returncode == 2 and 'is not a training workdir' in proc.stderr
+
+
+def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir):
+  config = scenes_config(tfds_dir)
+  dataset = data.build(config.data)
+  a = data.with_labeled_fraction(dataset, 0.25, seed=3)
+  b = data.with_labeled_fraction(dataset, 0.25, seed=3)
+  flags = a.train.arrays['labeled']
+  assert flags.sum() == 16 and set(np.unique(flags)) == {0.0, 1.0}
+  np.testing.assert_array_equal(flags, b.train.arrays['labeled'])
+  assert not np.array_equal(flags, data.with_labeled_fraction(dataset, 0.25, 4).train.arrays['labeled'])
+  batch = next(data.TrainIterator(a.train, 64, 0, a.preprocess))
+  assert batch['labeled'].sum() == 16 and batch['segmentation'].shape == (64, 32, 32)
+  test_batch = next(data.eval_batches(a.test, 8, a.preprocess))
+  assert 'labeled' not in test_batch  # Every test mask counts.
+
+
+@pytest.mark.parametrize('config_file', ['segae_scenes', 'vaeunet_scenes'])
+def test_joint_models_train_semi_supervised(tmp_path, tfds_dir, config_file):
+  config = scenes_config(tfds_dir, config_file, labeled_fraction=0.25, num_train_steps=2,
+                         eval_every_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path / config_file))
+  test = results['test']
+  assert 0 <= test['miou'] <= 1 and test['psnr'] > 0 and np.isfinite(test['rec_mse_per_pixel'])
+  assert ('kl_per_pixel' in test) == (config_file == 'vaeunet_scenes')
+  lines = [json.loads(l) for l in open(tmp_path / config_file / 'metrics.jsonl')]
+  assert all(np.isfinite(r['train/loss']) for r in lines if 'train/loss' in r)
+
+
+def test_augmentation_moves_image_and_mask_together():
+  rng = np.random.default_rng(0)
+  image = rng.integers(1, 255, (6, 16, 16, 1), dtype=np.uint8)
+  mask = (image[..., 0] // 64).astype(np.uint8)  # The mask is a function of the pixel value.
+  examples = {'image': image, 'segmentation': mask}
+  flipped = augment.random_flip(examples, np.random.default_rng(1))
+  assert (flipped['segmentation'] == flipped['image'][..., 0] // 64).all()
+  assert any((flipped['image'][i] == image[i, :, ::-1]).all() for i in range(6))
+  cropped = augment.random_resized_crop(examples, np.random.default_rng(2), 0.3)
+  assert cropped['image'].shape == image.shape and cropped['segmentation'].shape == mask.shape
+  assert set(np.unique(cropped['segmentation'])) <= set(np.unique(mask))  # Nearest: no new labels.
+  floats = {'image': image.astype(np.float32) / 255, 'segmentation': mask}
+  jittered = augment.brightness_contrast(floats, np.random.default_rng(3), 0.2, 0.2)
+  assert jittered['image'].min() >= 0 and jittered['image'].max() <= 1
+  assert not np.allclose(jittered['image'], floats['image'])
+  np.testing.assert_array_equal(jittered['segmentation'], mask)
+  wrapped = augment.with_augmentation(lambda ex, r: dict(ex), {'flip': True})
+  a, b = wrapped(examples, np.random.default_rng(5)), wrapped(examples, np.random.default_rng(5))
+  np.testing.assert_array_equal(a['image'], b['image'])  # Seeded: reproducible on resume.
+  assert augment.with_augmentation(len, {}) is len  # All off: no wrapper.
