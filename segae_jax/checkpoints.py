@@ -53,6 +53,9 @@ class Checkpointer:
     `metrics` must hold `best_metric` when the checkpointer keeps the best steps."""
     kwargs = {}
     if self.best_metric:
+      if self.best_metric not in (metrics or {}):
+        raise UserInputError(f'config.best_metric={self.best_metric!r} is not a test metric of this '
+                             f'run; available: {", ".join(sorted(metrics or {}))}')
       kwargs['metrics'] = {self.best_metric: float(metrics[self.best_metric])}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),

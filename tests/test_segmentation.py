@@ -151,3 +151,25 @@ def test_augmentation_moves_image_and_mask_together():
   a, b = wrapped(examples, np.random.default_rng(5)), wrapped(examples, np.random.default_rng(5))
   np.testing.assert_array_equal(a['image'], b['image'])  # Seeded: reproducible on resume.
   assert augment.with_augmentation(len, {}) is len  # All off: no wrapper.
+
+
+def test_folder_config_trains_on_images_written_here(tmp_path):
+  """configs/folder.py end to end on a folder of real files the test writes (two classes)."""
+  rng = np.random.default_rng(0)
+  for sub in ('images', 'masks'):
+    (tmp_path / sub).mkdir()
+  for i in range(12):
+    mask = np.zeros((24, 24), np.uint8)
+    top, left = rng.integers(0, 12, 2)
+    mask[top:top + 10, left:left + 10] = 1
+    image = np.where(mask[..., None] == 1, 200, 30).astype(np.uint8).repeat(3, -1)
+    Image.fromarray(image).save(tmp_path / 'images' / f'im{i}.png')
+    Image.fromarray(mask).save(tmp_path / 'masks' / f'im{i}.png')
+  config = small_config(str(tmp_path / 'tfds'), 'folder', **{
+      'data.images_dir': str(tmp_path / 'images'), 'data.masks_dir': str(tmp_path / 'masks'),
+      'data.image_size': (16, 16), 'data.test_fraction': 0.25, 'model.features': (8, 16),
+      'batch_size': 8, 'eval_batch_size': 4, 'num_pictures': 2, 'num_train_steps': 2,
+      'eval_every_steps': 2})
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert list(results['test']['per_class']) == ['class_0', 'class_1']
+  assert sum(r['pixels'] for r in results['test']['per_class'].values()) == 3 * 16 * 16

@@ -1,0 +1,31 @@
+"""U-Net on your own data: a folder of images and a folder of integer label masks (same file
+stems). Set the paths and classes on the command line, e.g.
+
+  python train.py --config=configs/folder.py --workdir=runs/mine \\
+    --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
+    --config.data.num_classes=3 --config.data.channels=3
+"""
+import ml_collections
+
+from configs import unet_scenes
+
+
+def get_config():
+  config = unet_scenes.get_config()
+  config.data = ml_collections.ConfigDict({
+      'name': 'segmentation_folder',
+      'images_dir': 'data/images',
+      'masks_dir': 'data/masks',
+      'num_classes': 2,
+      'class_names_file': '',      # Optional: one class name per line.
+      'image_size': (64, 64),      # (height, width) the model sees.
+      'channels': 3,               # 1 = grayscale, 3 = RGB; other images are refused.
+      'resize': 'resize',          # or 'center_crop'.
+      'split': 'fraction',         # or 'folders' (images_dir/train, images_dir/test, same for masks).
+      'test_fraction': 0.2,
+      'split_seed': 0,
+      'tfds_dir': '',
+      'augment': {'flip': True, 'crop_min_scale': 0.7, 'brightness': 0.1, 'contrast': 0.1},
+  })
+  config.eval_batch_size = 32
+  return config
