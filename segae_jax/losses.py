@@ -250,25 +250,24 @@ def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: 
 @LOSSES.register('dice')
 def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
          ignore_label: int = 255):
-  """Soft multi-class Dice loss per class 1 - (I + s) / (I + (P - I) / 2 + (T - I) / 2 + s) with
-  I = sum(p * t), P = sum(p), T = sum(t) over the image (= 1 - 2I / (P + T) for s = 0), averaged
-  over classes, per image, then over labelled images (optax.losses.dice_loss; Milletari et al.,
-  V-Net, 2016).
+  """Soft multi-class Dice loss per class 1 - (I + s) / ((P + T) / 2 + s) with I = sum(p * t),
+  P = sum(p), T = sum(t) over the image's labelled pixels (= 1 - 2I / (P + T) for s = 0),
+  averaged over classes, per image, then over labelled images (Milletari et al., V-Net, 2016).
 
-  Ignored pixels are removed from both prediction and target; with `exclude_background` class 0
-  does not count.
+  This is optax.losses.dice_loss's formula (alpha = beta = 1/2), written here because optax's
+  version has no ignore mask and, given probabilities, checks them with Python control flow that
+  fails under jit. Ignored pixels are removed from prediction and target alike; with
+  `exclude_background` class 0 does not count.
   """
   logits = outputs['seg_logits']
   num_classes = logits.shape[-1]
   labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
-  # optax's Dice has no ignore mask and wants distributions summing to 1, so ignored pixels are
-  # moved into an extra class in both prediction and target, whose Dice is then dropped.
-  probs = jnp.concatenate([jax.nn.softmax(logits) * keep[..., None], 1.0 - keep[..., None]], -1)
-  targets = jnp.concatenate([jax.nn.one_hot(labels, num_classes) * keep[..., None],
-                             1.0 - keep[..., None]], -1)
-  per_class = optax.losses.dice_loss(probs, targets, smooth=smooth, apply_softmax=False,
-                                     reduction='none', axis=(1, 2))  # [batch, classes + 1]
-  per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:num_classes], axis=-1)
+  probs = jax.nn.softmax(logits) * keep[..., None]
+  targets = jax.nn.one_hot(labels, num_classes) * keep[..., None]
+  intersection = jnp.sum(probs * targets, axis=(1, 2))  # [batch, classes]
+  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(targets, axis=(1, 2))
+  per_class = 1.0 - (intersection + smooth) / (0.5 * total + smooth)
+  per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:], axis=-1)
   weights = _example_weights(batch)
   value = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
   return value, {'dice': value}

@@ -96,7 +96,7 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tfds_dir
     (['--config.model.name=unet3d'],
      "unknown model 'unet3d'; known: ae, segae, segnet, sparse_ae, unet, vae, vae_unet"),
     (['--config.optimizer=adagrad'], "unknown optimizer 'adagrad'; known: adam, adamw, sgd"),
-    (['--config.data.name=mnist'], "unknown dataset 'mnist'; known: fashion_mnist, fashion_mnist_scenes, segmentation_folder"),
+    (['--config.data.name=mnist'], "unknown dataset 'mnist'; known: fashion_mnist, fashion_mnist_scenes, oxford_iiit_pet, segmentation_folder"),
     (['--config.loss.rec_bce=0', '--config.loss.kl=0'], 'config.loss: every weight is zero'),
     (['--config.parallel=dp'], "unknown config.parallel 'dp'; known: pmap, jit"),
     (['--config.data.idx_dir=/nonexistent/fmnist'],

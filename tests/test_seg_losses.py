@@ -106,3 +106,17 @@ def test_confusion_matrix_and_scores_by_hand():
   # A class absent from truth and prediction does not drag mIoU down.
   s2 = metrics.segmentation_scores(np.array([[2, 0, 0], [0, 2, 0], [0, 0, 0]]))
   assert s2['miou'] == 1.0 and s2['per_class']['2']['pixels'] == 0
+
+
+@pytest.mark.parametrize('name', ['seg_ce', 'dice', 'focal'])
+def test_segmentation_terms_run_under_jit_and_match_eager(name):
+  import jax
+  rng = np.random.default_rng(0)
+  outputs = {'seg_logits': jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)}
+  labels = rng.integers(0, 3, (2, 4, 4))
+  labels[0, 0, 0] = 255
+  batch = {'segmentation': jnp.asarray(labels), 'labeled': jnp.array([1.0, 0.0])}
+  eager, _ = losses.LOSSES.get(name)(outputs, batch)
+  jitted, _ = jax.jit(losses.LOSSES.get(name))(outputs, batch)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5)
+  assert np.isfinite(float(jitted)) and float(jitted) > 0

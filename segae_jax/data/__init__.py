@@ -77,6 +77,12 @@ def _segmentation_folder(config: Mapping) -> Dataset:
   return folder.load(config)
 
 
+@DATASETS.register('oxford_iiit_pet')
+def _oxford_iiit_pet(config: Mapping) -> Dataset:
+  from segae_jax.data import pets
+  return pets.load(config)
+
+
 def with_labeled_fraction(dataset: Dataset, fraction: float, seed: int) -> Dataset:
   """Semi-supervised training: keeps the segmentation masks of a `fraction` of the training
   images (chosen from `seed`, the same for every run with that seed) and marks the others with
