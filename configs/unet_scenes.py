@@ -28,10 +28,10 @@ def get_config():
   config.learning_rate = 3e-3
   config.warmup_steps = 100
   config.batch_size = 32
-  config.num_train_steps = 1500
+  config.num_train_steps = 1200
   config.log_every_steps = 100
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
+  config.eval_every_steps = 400
+  config.checkpoint_every_steps = 400
   config.eval_batch_size = 200
   config.best_metric = 'miou'
   config.num_pictures = 8
