@@ -182,8 +182,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
 
   Resumes from the latest checkpoint in `workdir` if there is one. Writes config.json,
-  metrics.jsonl, TensorBoard events, reconstructions.png (+ samples.png for VAEs) and
-  results.json (final test metrics).
+  metrics.jsonl, TensorBoard events, checkpoints/ (and checkpoints_best/ with
+  config.best_metric), picture grids (reconstructions.png and samples.png for autoencoders,
+  segmentation.png for segmentation models) and results.json (final test metrics).
 
   Returns:
     The contents of results.json.
