@@ -104,8 +104,9 @@ def test_alpha_and_beta_config_references():
 
 
 def test_bad_loss_configs():
-  with pytest.raises(UserInputError, match="unknown loss 'kll'; known: dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, "
-                     "rec_mse_per_pixel, seg_ce, sparsity_kl, sparsity_l1$"):
+  known = ('dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, rec_mse_per_pixel, seg_ce, '
+           'sparsity_kl, sparsity_l1')
+  with pytest.raises(UserInputError, match=f"unknown loss 'kll'; known: {known}$"):
     losses.make_loss_fn({'kll': 1.0})
   with pytest.raises(UserInputError, match='every weight is zero'):
     losses.make_loss_fn({'rec_bce': 0.0, 'kl': 0.0})
