@@ -462,8 +462,7 @@ def load(data_config: Mapping):
   sources = prepare(config, data_config.get('tfds_dir') or None).as_data_source()
   splits = {}
   for name in SPLITS:
-    arrays = ArraySource.from_data_source(sources[name]).arrays
-    splits[name] = ArraySource({k: arrays[k] for k in ('image', 'segmentation')})
+    splits[name] = ArraySource.from_data_source(sources[name], keys=('image', 'segmentation'))
   return Dataset(name='segmentation_folder', train=splits['train'], test=splits['test'],
                  image_shape=config.image_size + (config.channels,),
                  num_classes=config.num_classes, class_names=class_names, preprocess=preprocess)

@@ -28,12 +28,17 @@ class ArraySource:
     self._len = lengths.pop()
 
   @classmethod
-  def from_data_source(cls, source, chunk: int = 10_000) -> 'ArraySource':
-    """Reads a whole tfds data source (random access, numpy dicts) into memory once."""
+  def from_data_source(cls, source, chunk: int = 10_000,
+                       keys: Optional[Sequence[str]] = None) -> 'ArraySource':
+    """Reads a whole tfds data source (random access, numpy dicts) into memory once, keeping
+    only `keys` if given (e.g. the fixed-shape features when others vary in length)."""
     parts = []
     for start in range(0, len(source), chunk):
-      parts.append(stack_examples(source.__getitems__(range(start, min(start + chunk, len(source))))))
-    return cls({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+      examples = source.__getitems__(range(start, min(start + chunk, len(source))))
+      if keys is not None and not isinstance(examples, dict):
+        examples = [{k: e[k] for k in keys} for e in examples]
+      parts.append(stack_examples(examples))
+    return cls({k: np.concatenate([p[k] for p in parts]) for k in (keys or parts[0])})
 
   def __len__(self) -> int:
     return self._len

@@ -328,15 +328,8 @@ def config_from(data_config: Mapping) -> ScenesConfig:
                          for field, key in keys.items()})
 
 
-def _read_fixed_features(source, keys=('image', 'segmentation'),
-                         chunk: int = 2_000) -> ArraySource:
-  """Reads a whole split into memory, keeping only fixed-shape features (objects vary in length)."""
-  parts = {k: [] for k in keys}
-  for start in range(0, len(source), chunk):
-    examples = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-    for k in keys:
-      parts[k].append(np.stack([e[k] for e in examples]))
-  return ArraySource({k: np.concatenate(v) for k, v in parts.items()})
+# Held in memory for training; 'objects' varies in length and stays in the tfds files.
+FIXED_FEATURES = ('image', 'segmentation')
 
 
 def preprocess(examples: Mapping[str, np.ndarray], rng: np.random.Generator) -> Dict[str, np.ndarray]:
@@ -371,7 +364,8 @@ def load(data_config: Mapping):
   builder = prepare(config, data_config.get('idx_dir', ''), data_config.get('tfds_dir') or None)
   sources = builder.as_data_source()
   s = config.canvas_size
-  return Dataset(name=NAME, train=_read_fixed_features(sources['train']),
-                 test=_read_fixed_features(sources['test']), image_shape=(s, s, 1),
+  train, test = (ArraySource.from_data_source(sources[split], keys=FIXED_FEATURES)
+                 for split in ('train', 'test'))
+  return Dataset(name=NAME, train=train, test=test, image_shape=(s, s, 1),
                  num_classes=len(fm.CLASS_NAMES) + 1,
                  class_names=('background',) + tuple(fm.CLASS_NAMES), preprocess=preprocess)
