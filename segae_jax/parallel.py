@@ -23,7 +23,19 @@ STRATEGIES = ('pmap', 'jit')
 AXIS_NAME = 'batch'
 
 
-class PmapStrategy:
+class _Strategy:
+  """What both strategies share; subclasses define fetch(tree) -> host numpy."""
+
+  @property
+  def sync_each_step(self) -> bool:
+    return _cpu_collectives_need_sync()
+
+  def scalars(self, metrics) -> Dict[str, float]:
+    """Step metrics -> host floats."""
+    return {k: float(v) for k, v in self.fetch(metrics).items()}
+
+
+class PmapStrategy(_Strategy):
   """jax.pmap over jax.local_devices(); see the module docstring."""
 
   name = 'pmap'
@@ -35,10 +47,6 @@ class PmapStrategy:
                                axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
     self.eval_step = jax.pmap(functools.partial(eval_step, axis_name=AXIS_NAME),
                               axis_name=AXIS_NAME, in_axes=(0, 0, None))
-
-  @property
-  def sync_each_step(self) -> bool:
-    return _cpu_collectives_need_sync()
 
   @property
   def batch_device_axis(self) -> Optional[int]:
@@ -58,14 +66,12 @@ class PmapStrategy:
     """Per-device identical (pmean'd / psum'd) values -> host numpy, device axis dropped."""
     return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))
 
-  def scalars(self, metrics) -> Dict[str, float]:
-    return {k: float(v) for k, v in self.fetch(metrics).items()}
 
   def restore_sharding(self):
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
-class JitStrategy:
+class JitStrategy(_Strategy):
   """jax.jit with the batch sharded over a ('data',) mesh of all devices; see the module docstring."""
 
   name = 'jit'
@@ -83,10 +89,6 @@ class JitStrategy:
 
   batch_device_axis = None
 
-  @property
-  def sync_each_step(self) -> bool:
-    return _cpu_collectives_need_sync()
-
   def replicate(self, state):
     return jax.device_put(jax.device_get(state), self.replicated)
 
@@ -102,8 +104,6 @@ class JitStrategy:
     """Replicated values -> host numpy."""
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
-  def scalars(self, metrics) -> Dict[str, float]:
-    return {k: float(v) for k, v in self.fetch(metrics).items()}
 
   def restore_sharding(self):
     return self.replicated
