@@ -67,14 +67,15 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
   run = inference.load_run(workdir, checkpoint)
   height, width, channels = run.image_shape
   images = [read_image(f, channels) for f in files]  # All checked before anything is written.
-  probe = run.model.apply(run.variables, np.zeros((1, height, width, channels), np.float32),
-                          train=False, rngs={'reparam': jax.random.PRNGKey(0)})
-  if 'seg_logits' not in probe:
+  rng = jax.random.PRNGKey(0)
+  forward = lambda v, x: run.model.apply(v, x, train=False, rngs={'reparam': rng})
+  # Output names only (shapes, no computation): is this a segmentation model?
+  outputs = jax.eval_shape(forward, run.variables,
+                           np.zeros((1, height, width, channels), np.float32))
+  if 'seg_logits' not in outputs:
     raise UserInputError(f'workdir {workdir} holds a {run.config.model.name!r} model, which does '
                          'not segment')
-  rng = jax.random.PRNGKey(0)
-  apply = jax.jit(lambda v, x: run.model.apply(v, x, train=False, rngs={'reparam': rng})[
-      'seg_logits'].argmax(-1))
+  apply = jax.jit(lambda v, x: forward(v, x)['seg_logits'].argmax(-1))
   os.makedirs(output, exist_ok=True)
   results = {}
   for start in range(0, len(images), batch_size):
