@@ -12,7 +12,7 @@ from segae_jax.models.autoencoder import Autoencoder, SparseAutoencoder
 from segae_jax.models.conv import ConvDecoder, ConvEncoder
 from segae_jax.models.registry import MODELS
 from segae_jax.models.segnet import SegNet
-from segae_jax.models.unet import SegAutoencoder, UNet, VAEUNet
+from segae_jax.models.unet import SegAutoencoder, UNet, UNetAutoencoder, VAEUNet
 from segae_jax.models.vae import VAE, reparameterize
 from segae_jax.errors import UserInputError
 
@@ -44,4 +44,5 @@ def build(model_config: Mapping[str, Any], image_shape: Sequence[int], **from_da
 
 
 __all__ = ['Autoencoder', 'SparseAutoencoder', 'VAE', 'ConvEncoder', 'ConvDecoder', 'MODELS',
-           'SegAutoencoder', 'SegNet', 'UNet', 'VAEUNet', 'build', 'reparameterize']
+           'SegAutoencoder', 'SegNet', 'UNet', 'UNetAutoencoder', 'VAEUNet', 'build',
+           'reparameterize']

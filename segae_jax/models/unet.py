@@ -349,6 +349,31 @@ class SegAutoencoder(_UNetBase):
     return {'seg_logits': seg_logits, 'rec_logits': rec_logits, 'z': z}
 
 
+@MODELS.register('unet_ae')
+class UNetAutoencoder(_UNetBase):
+  """Convolutional autoencoder with a spatial bottleneck, trained without labels: the U-Net
+  encoder and a decoder without skips that reconstructs the image from the bottleneck alone.
+
+  SegAutoencoder without its segmentation decoder (same parameter names for the shared parts), so
+  the encoder features of an unsupervised run feed segae_jax.unsupervised exactly like those of a
+  SegAutoencoder; `num_classes` is unused.
+
+  Outputs of `__call__`:
+    'rec_logits': float32 [batch, height, width, channels]; sigmoid gives the image.
+    'z': the bottleneck features, float32 [batch, h/2^(L-1), w/2^(L-1), features[-1]].
+  """
+
+  def setup(self):
+    self._check()
+    self.encoder = self._encoder()
+    self.rec_decoder = self._decoder(self.image_shape[2], False, 'rec_decoder')
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
+    """x: float32 [batch, height, width, channels] in [0, 1]."""
+    _, z = self.encoder(x, train)
+    return {'rec_logits': self.rec_decoder(z, None, train), 'z': z}
+
+
 @MODELS.register('vae_unet')
 class VAEUNet(_UNetBase):
   """U-Net with a variational bottleneck (Kingma & Welling 2014 on top of Ronneberger et al.).
