@@ -227,6 +227,21 @@ def test_rerun_reads_finished_points_and_sorts_by_mode(swept):
   assert len(rows) == 2
 
 
+def test_unfinished_point_resumes_from_its_checkpoint(swept):
+  workdir = swept['workdir']
+  path = os.path.join(workdir, '1_beta=0.5', 'results.json')
+  old = json.load(open(path))
+  os.remove(path)  # As if the run had been stopped after its last checkpoint.
+  proc = run_sweep(*swept['args'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '1 finished, 1 to run' in proc.stdout and 'training 1_beta=0.5' in proc.stdout
+  new = json.load(open(path))
+  assert new['step'] == 4 and new['resumed_from_step'] == 4  # Restored, not retrained.
+  assert new['test']['neg_elbo'] == pytest.approx(old['test']['neg_elbo'], rel=1e-6)
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'results.csv'))))
+  assert len(rows) == 2
+
+
 def test_changed_sweep_in_the_same_workdir_is_refused(swept):
   workdir = swept['workdir']
   recorded = open(os.path.join(workdir, 'sweep.json')).read()
