@@ -7,14 +7,14 @@ neighbour). Writes OUT/<stem>_labels.png (uint8 class ids) and OUT/<stem>_overla
 over the image), and prints one summary line.
 """
 import os
-from typing import List
 
 import numpy as np
 from absl import app, flags
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
+from segae_jax.images import list_images, read_image
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model.')
@@ -22,40 +22,6 @@ flags.DEFINE_string('input', None, 'An image file or a folder of images.')
 flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
 flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
-
-
-def list_images(path: str) -> List[str]:
-  """The image files to segment: `path` itself, or the image files of the folder `path`.
-
-  Raises:
-    UserInputError: `path` does not exist, or the folder holds no image file.
-  """
-  if os.path.isfile(path):
-    return [path]
-  if not os.path.isdir(path):
-    raise UserInputError(f'--input {path} does not exist')
-  files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                 if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
-  if not files:
-    raise UserInputError(f'--input folder {path} holds no image file ({", ".join(IMAGE_SUFFIXES)})')
-  return files
-
-
-def read_image(path: str, channels: int) -> Image.Image:
-  """Opens an image with Pillow as 'L' (channels=1) or 'RGB' (channels=3).
-
-  Raises:
-    UserInputError: the file is not an image Pillow can decode.
-  """
-  try:
-    with Image.open(path) as img:
-      img.load()
-      return img.convert('L' if channels == 1 else 'RGB')
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise UserInputError(f'{path}: not a readable image ({e.__class__.__name__}: {e})') from None
-
 
 def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best',
             batch_size: int = 32):

@@ -1,0 +1,40 @@
+"""Reading the user's image files (predict, unsupervised): listing a folder, decoding with Pillow."""
+import os
+from typing import List
+
+from PIL import Image, UnidentifiedImageError
+
+from segae_jax.errors import UserInputError
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+
+
+def list_images(path: str) -> List[str]:
+  """The image files to read: `path` itself, or the image files of the folder `path`.
+
+  Raises:
+    UserInputError: `path` does not exist, or the folder holds no image file.
+  """
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise UserInputError(f'--input {path} does not exist')
+  files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                 if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
+  if not files:
+    raise UserInputError(f'--input folder {path} holds no image file ({", ".join(IMAGE_SUFFIXES)})')
+  return files
+
+
+def read_image(path: str, channels: int) -> Image.Image:
+  """Opens an image with Pillow as 'L' (channels=1) or 'RGB' (channels=3).
+
+  Raises:
+    UserInputError: the file is not an image Pillow can decode.
+  """
+  try:
+    with Image.open(path) as img:
+      img.load()
+      return img.convert('L' if channels == 1 else 'RGB')
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise UserInputError(f'{path}: not a readable image ({e.__class__.__name__}: {e})') from None

@@ -1,0 +1,147 @@
+"""Unsupervised segmentation: Hungarian-matched scores on hand-built counts, clustering, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import ml_collections
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from segae_jax import train, unsupervised
+from test_segmentation import scenes_config
+
+
+def test_hungarian_matching_on_a_hand_built_confusion():
+  # Rows: true classes 0..2; columns: clusters 0..3 (one more cluster than classes).
+  confusion = np.array([[2, 50, 0, 8],
+                        [30, 0, 5, 0],
+                        [0, 10, 20, 0]])
+  scores = unsupervised.hungarian_scores(confusion)
+  # Best one-to-one matching: cluster 1 -> class 0, 0 -> 1, 2 -> 2 (50 + 30 + 20 = 100 pixels);
+  # cluster 3 stays unmatched.
+  assert scores['assignment'] == [1, 0, 2, -1]
+  # IoU_c = TP / (truth + predicted - TP): class 0: 50 / (60 + 60 - 50); class 1: 30 / (35 + 32
+  # - 30); class 2: 20 / (30 + 25 - 20).
+  expected = [50 / 70, 30 / 37, 20 / 35]
+  np.testing.assert_allclose(scores['per_class_iou'], expected)
+  assert scores['miou'] == pytest.approx(np.mean(expected))
+  assert scores['pixel_accuracy'] == pytest.approx(100 / 125)
+
+
+def test_fewer_clusters_than_classes_leaves_a_class_at_zero():
+  scores = unsupervised.hungarian_scores(np.array([[10, 0], [0, 10], [3, 0]]))
+  assert scores['assignment'] == [0, 1]
+  np.testing.assert_allclose(scores['per_class_iou'], [10 / 13, 1.0, 0.0])
+  # A class absent from the ground truth is not averaged.
+  assert unsupervised.hungarian_scores(np.array([[10, 0], [0, 0]]))['miou'] == 1.0
+
+
+def test_foreground_iou_by_majority_vote():
+  # Clusters: 0 mostly background, 1 and 2 mostly foreground (classes 1 and 2 together).
+  confusion = np.array([[40, 3, 1],
+                        [4, 20, 0],
+                        [2, 0, 30]])
+  # Foreground TP = 20 + 30, FP = 3 + 1, FN = 4 + 2.
+  assert unsupervised.foreground_iou(confusion) == pytest.approx(50 / 60)
+
+
+def test_cluster_confusion_counts_and_ignores_out_of_range_labels():
+  labels = np.array([[0, 0, 1], [2, 255, 1]])
+  clusters = np.array([[1, 1, 0], [0, 1, 2]])
+  confusion = unsupervised.cluster_confusion(labels, clusters, 3, 3)
+  np.testing.assert_array_equal(confusion, [[0, 2, 0], [1, 0, 1], [1, 0, 0]])
+
+
+def test_kmeans_on_the_raw_pixel_baseline_separates_two_intensities():
+  # Two flat halves: the colour block alone splits them exactly, whatever the seed.
+  images = np.zeros((4, 8, 8, 1), np.float32)
+  images[:, :, 4:] = 1.0
+  extractor = unsupervised.FeatureExtractor(None, (), 0.0, colour_weight=1.0, position_weight=0.0)
+  config = ml_collections.ConfigDict({'fit_pixels_per_image': 16, 'num_clusters': 2,
+                                      'kmeans_iterations': 10, 'seed': 0})
+  clustering = unsupervised.Clustering(extractor, config)
+  clustering.fit([images], np.random.default_rng(0))
+  regions = clustering.regions(images)
+  assert regions.shape == (4, 8, 8)
+  assert len(np.unique(regions[..., :4])) == 1 and len(np.unique(regions[..., 4:])) == 1
+  assert regions[0, 0, 0] != regions[0, 0, 7]
+  confusion = unsupervised.cluster_confusion((images[..., 0] > 0).astype(int), regions, 2, 2)
+  assert unsupervised.hungarian_scores(confusion)['miou'] == 1.0
+
+
+def test_position_block_is_the_pixel_grid():
+  grid = unsupervised.pixel_grid(2, 4)
+  np.testing.assert_allclose(grid[..., 0], [[0.25] * 4, [0.75] * 4])
+  np.testing.assert_allclose(grid[1, :, 1], [0.125, 0.375, 0.625, 0.875])
+
+
+@pytest.fixture(scope='module')
+def ae_workdir(tmp_path_factory, tfds_dir):
+  workdir = str(tmp_path_factory.mktemp('unsup') / 'ae')
+  train.train_and_evaluate(scenes_config(tfds_dir, 'ae_scenes'), workdir)
+  return workdir
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, '-m', 'segae_jax.unsupervised', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+SMALL = ['--config=configs/unsup_scenes.py', '--config.fit_images=32', '--config.num_pictures=4',
+         '--config.fit_pixels_per_image=64', '--config.kmeans_iterations=5',
+         '--config.levels=(0, 1)']
+
+
+def test_unsupervised_cli_scores_regions_against_real_masks(ae_workdir, tmp_path):
+  out = str(tmp_path / 'out')
+  proc = _run(f'--workdir={ae_workdir}', f'--output={out}', *SMALL)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'matched mIoU' in proc.stdout
+  result = json.load(open(os.path.join(out, 'unsupervised.json')))
+  assert result['model'] == 'unet_ae' and result['num_images'] == 32
+  for name in ('autoencoder', 'baseline_pixels'):
+    r = result[name]
+    assert 0.0 <= r['miou'] <= 1.0 and 0.0 <= r['pixel_accuracy'] <= 1.0
+    assert sorted(a for a in r['assignment'] if a >= 0) == list(range(11))
+  # Background is exactly 0 in these scenes: intensity alone finds most of the foreground.
+  assert result['baseline_pixels']['foreground_iou'] > 0.5
+  grid = np.asarray(Image.open(os.path.join(out, 'regions.png')))
+  assert grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3)  # 4 images x (image|truth|regions|baseline).
+  regions = np.asarray(Image.open(os.path.join(out, 'test_00000_regions.png')))
+  assert regions.shape == (32, 32) and regions.max() < 11
+  # Rerunning gives the same regions: everything is seeded.
+  again = str(tmp_path / 'again')
+  assert _run(f'--workdir={ae_workdir}', f'--output={again}', *SMALL).returncode == 0
+  assert json.load(open(os.path.join(again, 'unsupervised.json')))['autoencoder'] == (
+      result['autoencoder'])
+
+
+def test_unsupervised_cli_on_a_folder_without_masks(ae_workdir, tmp_path):
+  folder = tmp_path / 'mine'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i, size in enumerate([(40, 30), (32, 32), (64, 48)]):
+    Image.fromarray(rng.integers(0, 255, size[::-1], dtype=np.uint8)).save(folder / f'im{i}.png')
+  out = str(tmp_path / 'out')
+  proc = _run(f'--workdir={ae_workdir}', f'--input={folder}', f'--output={out}', *SMALL,
+              '--config.num_clusters=3')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.load(open(os.path.join(out, 'unsupervised.json')))
+  assert result['num_images'] == 3 and 'autoencoder' not in result
+  for i, size in enumerate([(40, 30), (32, 32), (64, 48)]):
+    regions = Image.open(os.path.join(out, f'im{i}_regions.png'))
+    assert regions.size == size and np.asarray(regions).max() < 3
+    assert Image.open(os.path.join(out, f'im{i}_overlay.png')).size == size
+
+
+def test_unsupervised_refuses_bad_input(ae_workdir, tmp_path):
+  proc = _run(f'--workdir={ae_workdir}', *SMALL, '--config.num_clusters=1')
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      'error: config.num_clusters must be >= 2, got 1']
+  proc = _run(f'--workdir={ae_workdir}', *SMALL, '--config.levels=(0, 7)')
+  assert proc.returncode == 2 and 'the model has levels 0..1' in proc.stderr
+  proc = _run(f'--workdir={tmp_path}', *SMALL)
+  assert proc.returncode == 2 and 'not a training workdir' in proc.stderr
