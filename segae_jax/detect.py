@@ -35,13 +35,19 @@ from segae_jax import cli
 from segae_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model on scenes.')
-flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to detect on.')
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
-flags.DEFINE_integer('min_area', 4, 'Components of fewer pixels are dropped.')
-flags.DEFINE_integer('merge_radius', 3, 'Same-class pieces with gaps of at most 2x this many pixels merge.')
-flags.DEFINE_integer('num_pictures', 16, 'Images drawn into detections.png.')
-flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/detect).')
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model on scenes.')
+  flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to detect on.')
+  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+  flags.DEFINE_integer('min_area', 4, 'Components of fewer pixels are dropped.')
+  flags.DEFINE_integer('merge_radius', 3,
+                       'Same-class pieces with gaps of at most 2x this many pixels merge.')
+  flags.DEFINE_integer('num_pictures', 16, 'Images drawn into detections.png.')
+  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/detect).')
 
 # 8-connectivity: diagonal neighbours belong to the same component.
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
@@ -284,5 +290,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['workdir'])
   app.run(main, flags_parser=cli.parse_flags)

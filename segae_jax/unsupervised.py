@@ -32,11 +32,16 @@ from segae_jax import cli
 from segae_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir of a U-Net-family autoencoder.')
-config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
-                                lock_config=True)
-flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
-flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised).')
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('workdir', None, 'Training workdir of a U-Net-family autoencoder.')
+  config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
+  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised).')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,5 +411,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['workdir', 'config'])
   app.run(main, flags_parser=cli.parse_flags)
