@@ -5,7 +5,8 @@
 Restores the latest checkpoint of an `ae`, `sparse_ae` or `vae` run trained on Fashion-MNIST and,
 for each fraction in config.label_fractions, trains three classifiers with optax on the same
 labelled subset:
-  linear    softmax regression on the frozen codes (the posterior mean for a VAE), computed once;
+  linear    softmax regression on the frozen codes (the posterior mean for a VAE), computed once
+            and standardised per dimension with the labelled subset's mean and sd;
   finetune  EncoderClassifier (the run's encoder + a linear head on its code) trained end to end,
             its encoder starting from the run's encoder parameters;
   scratch   the same network and head initialisation, encoder randomly initialised (baseline).
@@ -303,7 +304,10 @@ def init_params(classifier: EncoderClassifier, image_shape, seed: int,
   Raises:
     ValueError: encoder_params does not have the encoder's tree or shapes.
   """
-  params = classifier.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32))
+  # Folded: PRNGKey(seed) alone would give the encoder the very initialisation an AE trained
+  # from that seed may have started at (same submodule path), not an independent baseline.
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5C7A)
+  params = classifier.init(key, jnp.zeros((1, *image_shape), jnp.float32))
   params = dict(jax.tree_util.tree_map(lambda a: a, params['params']))
   if encoder_params is not None:
     expected = jax.tree_util.tree_map(jnp.shape, params['encoder'])
@@ -329,6 +333,14 @@ def _chunked(fn, params, x: np.ndarray, batch_size: int) -> np.ndarray:
       chunk = np.concatenate([chunk, np.zeros((size - real,) + chunk.shape[1:], chunk.dtype)])
     out.append(np.asarray(fn(params, chunk))[:real])
   return np.concatenate(out)
+
+
+def standardizer(codes: np.ndarray):
+  """z -> (z - mean) / max(sd, 1e-6) per dimension, the statistics of `codes` (float [n, d],
+  the labelled training codes), so one learning rate suits codes of any scale."""
+  codes = np.asarray(codes, np.float64)
+  mean, sd = codes.mean(0), np.maximum(codes.std(0), 1e-6)
+  return lambda z: ((np.asarray(z, np.float64) - mean) / sd).astype(np.float32)
 
 
 def per_class_recall(labels: np.ndarray, predictions: np.ndarray,
@@ -468,11 +480,12 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
     for method in config.methods:
       start = time.perf_counter()
       if method == 'linear':
+        scale = standardizer(codes['train'][subset])
         params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
-        out = train_classifier(head.apply, params, codes['train'][subset], y_lab,
-                               codes['train'][val_idx], y_val,
+        out = train_classifier(head.apply, params, scale(codes['train'][subset]), y_lab,
+                               scale(codes['train'][val_idx]), y_val,
                                learning_rate=float(config.linear_learning_rate), **common)
-        test_inputs = codes['test']
+        test_inputs = scale(codes['test'])
       else:
         params = init_params(classifier, run.image_shape, seed,
                              ae_encoder if method == 'finetune' else None)
