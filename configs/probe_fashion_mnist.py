@@ -3,8 +3,9 @@
 
 Not a training config: the workdir holds the trained autoencoder (configs/default.py), this file
 sets the classifiers. Override fields with --config.<key>=<value>, e.g.
-  --config.label_fractions=(0.01,) --config.methods=(linear,) --config.loss=focal
-  --config.imbalance.minority_classes=(0,6) --config.imbalance.ratio=0.1
+  --config.label_fractions='(0.01,)' --config.methods="('linear','finetune')" --config.loss=focal
+  --config.imbalance.minority_classes='(0,6)' --config.imbalance.ratio=0.1
+(tuples are Python literals: quote the strings inside them).
 """
 import ml_collections
 

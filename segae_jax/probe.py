@@ -367,7 +367,7 @@ def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.n
   Returns:
     {'params': the best parameters, 'best_step', 'stop_step' (last step trained),
      'val_accuracy' (at best_step), 'history': [[step, validation accuracy], ...],
-     'early_stopped': bool}.
+     'early_stopped': bool, 'predict': jitted (params, inputs) -> int class ids [batch]}.
   """
   tx = (optax.adamw(learning_rate, weight_decay=weight_decay) if weight_decay > 0
         else optax.adam(learning_rate))
