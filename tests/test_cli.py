@@ -1,26 +1,12 @@
 """train.py end to end on the real data, and its one-line errors for bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
-
-SMALL = ['--config.num_train_steps=6', '--config.warmup_steps=2', '--config.batch_size=32',
-         '--config.log_every_steps=2', '--config.eval_every_steps=3',
-         '--config.checkpoint_every_steps=3', '--config.num_pictures=8']
-
-
-def run_train(*args, tfds_dir=None):
-  cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *args]
-  if tfds_dir:
-    cmd.append(f'--config.data.tfds_dir={tfds_dir}')
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
+from conftest import SMALL, run_train
 
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory, tfds_dir):
@@ -94,7 +80,7 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tfds_dir
     (['--config.num_train_steps=-5'], 'config.num_train_steps must be a positive integer, got -5'),
     (['--config.learning_rate=0'], 'config.learning_rate must be > 0, got 0.0'),
     (['--config.model.name=unet3d'],
-     "unknown model 'unet3d'; known: ae, segae, segnet, sparse_ae, unet, vae, vae_unet"),
+     "unknown model 'unet3d'; known: ae, segae, segnet, sparse_ae, unet, unet_ae, vae, vae_unet"),
     (['--config.optimizer=adagrad'], "unknown optimizer 'adagrad'; known: adam, adamw, sgd"),
     (['--config.data.name=mnist'], "unknown dataset 'mnist'; known: fashion_mnist, fashion_mnist_scenes, oxford_iiit_pet, segmentation_folder"),
     (['--config.loss.rec_bce=0', '--config.loss.kl=0'], 'config.loss: every weight is zero'),

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from segae_jax import detect, train
-from test_segmentation import scenes_config
+from segae_jax import detect
 
 
 def _probs(label_map, num_classes, confidence=1.0):
@@ -96,19 +95,13 @@ def test_average_precision_on_boxes_with_known_answers():
   assert detect.average_precision(one, [_dets()], [1])['ap'] == 0.0
 
 
-@pytest.fixture(scope='module')
-def unet_workdir(tmp_path_factory, tfds_dir):
-  workdir = str(tmp_path_factory.mktemp('detect') / 'unet')
-  train.train_and_evaluate(scenes_config(tfds_dir), workdir)
-  return workdir
-
-
 def _run(*args):
   return subprocess.run([sys.executable, '-m', 'segae_jax.detect', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 
-def test_detect_cli_on_real_scenes(unet_workdir, tmp_path):
+def test_detect_cli_on_real_scenes(unet_scenes_run, tmp_path):
+  unet_workdir, _ = unet_scenes_run
   out = str(tmp_path / 'out')
   proc = _run(f'--workdir={unet_workdir}', f'--output={out}', '--num_pictures=4')
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -130,7 +123,8 @@ def test_detect_cli_on_real_scenes(unet_workdir, tmp_path):
   assert picture.shape == (130 + 2, 4 * 130 + 2, 3)
 
 
-def test_detect_refuses_bad_input(unet_workdir, tmp_path):
+def test_detect_refuses_bad_input(unet_scenes_run, tmp_path):
+  unet_workdir, _ = unet_scenes_run
   proc = _run(f'--workdir={unet_workdir}', '--min_area=0')
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       'error: --min_area must be >= 1, got 0']

@@ -13,10 +13,6 @@ from PIL import Image
 from conftest import ROOT
 from segae_jax import compress, generate
 from segae_jax.errors import UserInputError
-from test_cli import SMALL, run_train
-
-# One evaluation (at the last step) instead of two: the training is not what is tested here.
-TINY = SMALL + ['--config.eval_every_steps=6', '--config.checkpoint_every_steps=6']
 
 
 def run_module(module, *args):
@@ -202,20 +198,11 @@ def test_non_autoencoder_is_refused(fake_ae_run, tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope='module')
-def vae_workdir(tmp_path_factory, tfds_dir):
-  workdir = str(tmp_path_factory.mktemp('generate') / 'vae')
-  proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *TINY,
-                   tfds_dir=tfds_dir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
-
-
-def test_generate_end_to_end(vae_workdir):
-  proc = run_module('generate', f'--workdir={vae_workdir}', '--num=16', '--pairs=4', '--steps=10',
+def test_generate_end_to_end(tiny_vae_workdir):
+  proc = run_module('generate', f'--workdir={tiny_vae_workdir}', '--num=16', '--pairs=4', '--steps=10',
                     '--dims=4', '--seed=3')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = os.path.join(vae_workdir, 'generate')
+  out = os.path.join(tiny_vae_workdir, 'generate')
   shapes = {name: np.asarray(Image.open(os.path.join(out, name))).shape
             for name in ('samples.png', 'reconstructions.png', 'interpolations.png',
                          'traversals.png')}
@@ -239,15 +226,15 @@ def test_generate_end_to_end(vae_workdir):
   assert trav['dims'] == np.argsort(-kl, kind='stable')[:4].tolist()
   assert trav['kl_nats'] == pytest.approx(kl[trav['dims']], abs=1e-5)
   # Same inputs (seeded binarisation, same batches) as train.evaluate: the KL term it reported.
-  results = json.load(open(os.path.join(vae_workdir, 'results.json')))
+  results = json.load(open(os.path.join(tiny_vae_workdir, 'results.json')))
   assert info['kl_total_nats'] == pytest.approx(results['test']['kl'], rel=1e-3)
   assert 'traversed dims:' in proc.stdout and 'wrote samples.png' in proc.stdout
 
 
-def test_compress_end_to_end(vae_workdir):
-  proc = run_module('compress', f'--workdir={vae_workdir}', '--bits=2,16')
+def test_compress_end_to_end(tiny_vae_workdir):
+  proc = run_module('compress', f'--workdir={tiny_vae_workdir}', '--bits=2,16')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.load(open(os.path.join(vae_workdir, 'compress.json')))
+  r = json.load(open(os.path.join(tiny_vae_workdir, 'compress.json')))
   assert (r['step'], r['latent_dim'], r['raw_bits_per_image']) == (6, 32, 6272)
   assert (r['num_train_images'], r['num_test_images']) == (60000, 10000)
   q2, q16 = r['quantised']

@@ -71,7 +71,7 @@ def test_reparameterize_moments():
 
 
 def test_bad_model_config_errors():
-  with pytest.raises(UserInputError, match="unknown model 'vea'; known: ae, segae, segnet, sparse_ae, unet, vae, vae_unet"):
+  with pytest.raises(UserInputError, match="unknown model 'vea'; known: ae, segae, segnet, sparse_ae, unet, unet_ae, vae, vae_unet"):
     models.build({'name': 'vea'}, SHAPE)
   with pytest.raises(UserInputError, match='has no field'):
     models.build({'name': 'ae', 'code_activation': 'relu'}, SHAPE)

@@ -13,8 +13,7 @@ import pytest
 from configs import probe_fashion_mnist
 from segae_jax import probe
 from segae_jax.errors import UserInputError
-from test_generate import TINY, run_module
-from test_cli import run_train
+from test_generate import run_module
 
 # ----------------------------------------------------------------------------- labelled subsets
 
@@ -176,15 +175,6 @@ def test_validate_names_the_field(field, value, message):
 # ----------------------------------------------------------------------------- with a trained VAE
 
 
-@pytest.fixture(scope='module')
-def vae_workdir(tmp_path_factory, tfds_dir):
-  workdir = str(tmp_path_factory.mktemp('probe') / 'vae')
-  proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *TINY,
-                   tfds_dir=tfds_dir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
-
-
 def _codes_match(run):
   from segae_jax import latents
   lm = latents.LatentModel(run)
@@ -201,9 +191,9 @@ def _codes_match(run):
                         scratch['classifier']['head']['kernel'])
 
 
-def test_finetune_encoder_starts_at_the_vae_encoder(vae_workdir):
+def test_finetune_encoder_starts_at_the_vae_encoder(tiny_vae_workdir):
   from segae_jax import inference
-  run = inference.load_run(vae_workdir, 'latest')
+  run = inference.load_run(tiny_vae_workdir, 'latest')
   _codes_match(run)  # The VAE's posterior mean.
 
 
@@ -216,9 +206,9 @@ def test_finetune_encoder_starts_at_a_sparse_ae_encoder():
     probe.init_params(classifier, (28, 28, 1), 0, run.variables['params']['encoder'])
 
 
-def test_probe_end_to_end(vae_workdir, fashion_mnist, tmp_path):
+def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
   out = str(tmp_path / 'probe')
-  proc = run_module('probe', f'--workdir={vae_workdir}', '--config=configs/probe_fashion_mnist.py',
+  proc = run_module('probe', f'--workdir={tiny_vae_workdir}', '--config=configs/probe_fashion_mnist.py',
                     f'--output={out}', '--config.label_fractions=(0.1,1.0)',
                     '--config.num_steps=20', '--config.eval_every=10', '--config.patience=2',
                     '--config.validation_size=1000', '--config.batch_size=64',

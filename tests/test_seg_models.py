@@ -7,7 +7,7 @@ import pytest
 from segae_jax import models
 from segae_jax.errors import UserInputError
 from segae_jax.models.segnet import SegNet, max_pool_with_indices, max_unpool
-from segae_jax.models.unet import SegAutoencoder, UNet, VAEUNet
+from segae_jax.models.unet import SegAutoencoder, UNet, UNetAutoencoder, VAEUNet
 
 SHAPE = (16, 16, 2)  # Two channels, so a reconstruction head of the wrong width shows.
 FEATURES = (4, 8, 16)  # U-Net: 2 pools, 16 -> 8 -> 4.
@@ -88,6 +88,25 @@ def test_segae_shapes_and_skip_wiring(seg_skips, rec_skips):
 
   assert (grad_wrt_skips(0) > 0) == seg_skips
   assert (grad_wrt_skips(1) > 0) == rec_skips
+
+
+def test_unet_ae_is_segae_without_its_segmentation_decoder():
+  kwargs = dict(num_classes=3, features=FEATURES, upsample='resize', norm='group',
+                group_norm_groups=2)
+  model = UNetAutoencoder(SHAPE, **kwargs)
+  x = _images()
+  variables = _init(model, x)
+  out = _apply(model, variables, x)
+  assert set(out) == {'rec_logits', 'z'}
+  assert out['rec_logits'].shape == (2, 16, 16, 2) and out['z'].shape == (2, 4, 4, 16)
+  # Same parameter tree as SegAutoencoder's encoder and reconstruction decoder, so with those
+  # parameters it computes SegAutoencoder's reconstruction exactly.
+  segae = SegAutoencoder(SHAPE, **kwargs)
+  segae_vars = _init(segae, x)
+  shared = {k: segae_vars['params'][k] for k in ('encoder', 'rec_decoder')}
+  assert jax.tree.structure(shared) == jax.tree.structure(variables['params'])
+  np.testing.assert_allclose(_apply(model, {'params': shared}, x)['rec_logits'],
+                             _apply(segae, segae_vars, x)['rec_logits'], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('norm,upsample', [('batch', 'transpose'), ('group', 'resize'),

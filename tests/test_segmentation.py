@@ -8,28 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, small_config
+from conftest import ROOT, scenes_config, small_config
 from segae_jax import data, train
 from segae_jax.data import augment
 from segae_jax.data import fashion_mnist as fm
 
-SCENES = {'data.canvas_size': 32, 'data.num_train': 64, 'data.num_test': 32, 'data.max_scale': 1.0,
-          'model.features': (8, 16), 'batch_size': 8, 'eval_batch_size': 16, 'num_pictures': 4,
-          'num_train_steps': 4, 'eval_every_steps': 2, 'checkpoint_every_steps': 2}
-
-
-def scenes_config(tfds_dir, config_file='unet_scenes', **overrides):
-  return small_config(tfds_dir, config_file, **{**SCENES, **overrides})
-
-
-@pytest.fixture(scope='module')
-def unet_run(tmp_path_factory, tfds_dir):
-  workdir = str(tmp_path_factory.mktemp('seg') / 'unet')
-  return workdir, train.train_and_evaluate(scenes_config(tfds_dir), workdir)
-
-
-def test_unet_scenes_end_to_end(unet_run):
-  workdir, results = unet_run
+def test_unet_scenes_end_to_end(unet_scenes_run):
+  workdir, results = unet_scenes_run
   test = results['test']
   assert 0.0 <= test['miou'] <= 1.0 and 0.0 <= test['pixel_accuracy'] <= 1.0
   assert list(test['per_class']) == ['background'] + list(fm.CLASS_NAMES)
@@ -47,8 +32,8 @@ def _run_module(module, *args):
                         text=True, timeout=300)
 
 
-def test_evaluate_cli_reproduces_training_metrics(unet_run):
-  workdir, results = unet_run
+def test_evaluate_cli_reproduces_training_metrics(unet_scenes_run):
+  workdir, results = unet_scenes_run
   proc = _run_module('segae_jax.evaluate', f'--workdir={workdir}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'background' in proc.stdout and 'miou=' in proc.stdout
@@ -62,8 +47,8 @@ def test_evaluate_cli_reproduces_training_metrics(unet_run):
                                                                  abs=1e-6)
 
 
-def test_predict_cli_writes_masks_of_input_sizes(unet_run, tmp_path):
-  workdir, _ = unet_run
+def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):
+  workdir, _ = unet_scenes_run
   folder = tmp_path / 'images'
   folder.mkdir()
   rng = np.random.default_rng(0)
@@ -84,8 +69,8 @@ def test_predict_cli_writes_masks_of_input_sizes(unet_run, tmp_path):
     assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == (h, w, 3)
 
 
-def test_predict_and_evaluate_refuse_bad_input(unet_run, tmp_path):
-  workdir, _ = unet_run
+def test_predict_and_evaluate_refuse_bad_input(unet_scenes_run, tmp_path):
+  workdir, _ = unet_scenes_run
   bad = tmp_path / 'fake.png'
   bad.write_bytes(b'definitely not a PNG')
   proc = _run_module('segae_jax.predict', f'--workdir={workdir}', f'--input={bad}',

@@ -9,9 +9,8 @@ import ml_collections
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, scenes_config
 from segae_jax import train, unsupervised
-from test_segmentation import scenes_config
 
 
 def test_hungarian_matching_on_a_hand_built_confusion():
