@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Class imbalance: the labelled images of these classes are subsampled to `ratio` of their
   # number (1.0 = off).
   config.imbalance = ml_collections.ConfigDict({'minority_classes': (0, 6), 'ratio': 1.0})
+  # Generated data: per labelled image, `per_image` codes drawn near its code (noise_scale times
+  # the VAE posterior's sd; for an AE, its class's code sd), decoded, kept with its label (0 = off).
+  config.generated = ml_collections.ConfigDict({'per_image': 0, 'noise_scale': 1.0})
   config.loss = 'ce'                # 'ce', 'weighted_ce' or 'focal'.
   config.focal_gamma = 2.0
   config.eval_batch_size = 1000

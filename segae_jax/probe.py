@@ -26,6 +26,14 @@ validation accuracy every config.eval_every steps; the best parameters (first hi
 are kept and training stops after config.patience evaluations without a strict improvement, or
 at config.num_steps. Loss: 'ce', 'weighted_ce' or 'focal' (see `classification_loss`).
 
+Generated data (config.generated.per_image > 0): every labelled image is encoded and
+`per_image` codes are drawn near its code, z = mean + noise_scale * spread * eps with eps ~ N(0, I)
+(spread: the VAE's posterior standard deviation of that image; for an AE or sparse AE, the
+standard deviation of the codes of the labelled images of its class, per dimension). Each code is
+decoded (Bernoulli means), binarised with a seeded draw when the run trained on binarised images,
+and joins the labelled set with the class label of its source image, for all three methods. The
+validation and test images are never generated.
+
 Writes <output>/probe.json (the config, and per method and fraction: test accuracy on the 10,000
 test images, per-class recall, best and stopping step, labelled images per class, train time) and
 prints a Markdown table.
@@ -97,6 +105,13 @@ def validate(config, num_classes: int = 10) -> None:
     raise UserInputError(f'config.loss: unknown {config.loss!r}; known: {", ".join(LOSS_KINDS)}')
   if not float(config.focal_gamma) >= 0.0:
     raise UserInputError(f'config.focal_gamma must be >= 0, got {config.focal_gamma}')
+  generated = config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+  if int(generated['per_image']) < 0:
+    raise UserInputError(f'config.generated.per_image must be >= 0 (0 = off), got '
+                         f'{generated["per_image"]}')
+  if not float(generated['noise_scale']) >= 0.0:
+    raise UserInputError(f'config.generated.noise_scale must be >= 0, got '
+                         f'{generated["noise_scale"]}')
   ratio = float(config.imbalance.ratio)
   if not 0.0 < ratio <= 1.0:
     raise UserInputError(f'config.imbalance.ratio must be in (0, 1] (1 = off), got {ratio}')
@@ -172,6 +187,74 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
   present = counts > 0
   inverse = np.where(present, 1.0 / np.maximum(counts, 1.0), 0.0)
   return (inverse / inverse[present].mean()).astype(np.float32)
+
+
+def code_spread(mean: np.ndarray, logvar: Optional[np.ndarray], labels: np.ndarray) -> np.ndarray:
+  """How far generated codes stray from each labelled image's code, per dimension.
+
+  Args:
+    mean: float [n, latent_dim] codes (VAE: posterior means); labels: int [n] their classes.
+    logvar: float [n, latent_dim] VAE posterior log-variances, or None (AE / sparse AE).
+  Returns:
+    float64 [n, latent_dim]: exp(logvar / 2), the posterior standard deviation, for a VAE; else
+    row i holds the standard deviation (ddof 0) over the codes of the images of class labels[i]
+    (0 for a class of one image).
+  """
+  mean = np.asarray(mean, np.float64)
+  if logvar is not None:
+    return np.exp(0.5 * np.asarray(logvar, np.float64))
+  labels = np.asarray(labels)
+  spread = np.zeros_like(mean)
+  for c in np.unique(labels):
+    members = labels == c
+    spread[members] = mean[members].std(0)
+  return spread
+
+
+def codes_near(mean: np.ndarray, spread: np.ndarray, per_image: int, noise_scale: float,
+               rng: np.random.Generator) -> np.ndarray:
+  """z = mean_i + noise_scale * spread_i * eps, eps ~ N(0, I), `per_image` draws per row i.
+
+  Args:
+    mean, spread: float [n, latent_dim] (see code_spread).
+  Returns:
+    float32 [n * per_image, latent_dim]; rows i * per_image ... (i + 1) * per_image - 1 are
+    drawn around mean[i].
+  """
+  mean, spread = np.asarray(mean, np.float64), np.asarray(spread, np.float64)
+  eps = rng.standard_normal((len(mean), per_image, mean.shape[1]))
+  z = mean[:, None] + noise_scale * spread[:, None] * eps
+  return z.reshape(-1, mean.shape[1]).astype(np.float32)
+
+
+def generate_near_codes(lm, x: np.ndarray, y: np.ndarray, per_image: int, noise_scale: float,
+                        seed: int, binarize: bool,
+                        batch_size: int = 1000) -> Tuple[np.ndarray, np.ndarray]:
+  """Class-conditional generated images: decoded codes drawn near the codes of labelled images
+  (codes_near with code_spread), labelled with their source image's class.
+
+  Args:
+    lm: latents.LatentModel of the trained run.
+    x: float32 [n, h, w, c] encoder inputs in [0, 1]; y: int [n] their class labels.
+    per_image: draws per labelled image (>= 1).
+    noise_scale: multiplies the spread (>= 0); 0 gives per_image copies of each reconstruction.
+    seed: seeds eps and the binarisation draw.
+    binarize: draw Bernoulli pixels from the decoded means (the run trained on binarised inputs,
+      so its encoder and classifiers see binary images).
+  Returns:
+    (images float32 [n * per_image, h, w, c] in [0, 1], labels int32 [n * per_image]); rows
+    i * per_image ... (i + 1) * per_image - 1 come from image i.
+  """
+  x, y = np.asarray(x, np.float32), np.asarray(y)
+  encoded = [lm.encode(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+  mean = np.concatenate([m for m, _ in encoded])
+  logvar = None if encoded[0][1] is None else np.concatenate([v for _, v in encoded])
+  rng = np.random.default_rng([seed, 0x6E4])
+  z = codes_near(mean, code_spread(mean, logvar, y), per_image, noise_scale, rng)
+  images = lm.decode(z, batch_size)
+  if binarize:
+    images = (rng.random(images.shape) < images).astype(np.float32)
+  return images.astype(np.float32), np.repeat(y, per_image).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -454,9 +537,9 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
 
   timing = {}
   codes = {}
+  encode = lambda _, chunk: lm.encode(chunk)[0]
   if 'linear' in config.methods:
     start = time.perf_counter()
-    encode = lambda _, chunk: lm.encode(chunk)[0]
     codes = {'train': _chunked(encode, None, x_train, config.eval_batch_size),
              'test': _chunked(encode, None, x_test, config.eval_batch_size)}
     timing['encode_s'] = round(time.perf_counter() - start, 2)
@@ -467,11 +550,24 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
   minority = tuple(int(c) for c in config.imbalance.minority_classes)
   ratio = float(config.imbalance.ratio)
   rows = []
+  generated = config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+  per_image, noise_scale = int(generated['per_image']), float(generated['noise_scale'])
   for fraction in config.label_fractions:
     fraction = float(fraction)
     subset = labelled_subset(y_train, pool, fraction, seed, minority, ratio)
-    y_lab = y_train[subset]
-    weights = class_weights(y_lab, num_classes)
+    y_real = y_train[subset]
+    x_lab, y_lab = x_train[subset], y_real
+    x_gen = np.zeros((0,) + x_train.shape[1:], np.float32)
+    if per_image > 0:
+      start = time.perf_counter()
+      x_gen, y_gen = generate_near_codes(lm, x_lab, y_real, per_image, noise_scale, seed,
+                                         bool(run.config.data.get('binarize', False)),
+                                         int(config.eval_batch_size))
+      timing[f'generate_s_{fraction:g}'] = round(time.perf_counter() - start, 2)
+      x_lab, y_lab = np.concatenate([x_lab, x_gen]), np.concatenate([y_real, y_gen])
+    # Generated images share their sources' class proportions, so the weights of the real
+    # labelled images are those of the enlarged set.
+    weights = class_weights(y_real, num_classes)
     common = dict(num_steps=int(config.num_steps), batch_size=int(config.batch_size),
                   weight_decay=float(config.weight_decay), eval_every=int(config.eval_every),
                   patience=int(config.patience), loss=config.loss, weights=weights,
@@ -480,16 +576,20 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
     for method in config.methods:
       start = time.perf_counter()
       if method == 'linear':
-        scale = standardizer(codes['train'][subset])
+        lab_codes = codes['train'][subset]
+        if len(x_gen):
+          lab_codes = np.concatenate([lab_codes, _chunked(encode, None, x_gen,
+                                                          int(config.eval_batch_size))])
+        scale = standardizer(lab_codes)
         params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
-        out = train_classifier(head.apply, params, scale(codes['train'][subset]), y_lab,
+        out = train_classifier(head.apply, params, scale(lab_codes), y_lab,
                                scale(codes['train'][val_idx]), y_val,
                                learning_rate=float(config.linear_learning_rate), **common)
         test_inputs = scale(codes['test'])
       else:
         params = init_params(classifier, run.image_shape, seed,
                              ae_encoder if method == 'finetune' else None)
-        out = train_classifier(classifier.apply, params, x_train[subset], y_lab, x_val, y_val,
+        out = train_classifier(classifier.apply, params, x_lab, y_lab, x_val, y_val,
                                learning_rate=float(config.learning_rate), **common)
         test_inputs = x_test
       train_time = time.perf_counter() - start
@@ -497,7 +597,8 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
                              int(config.eval_batch_size))
       row = {
           'method': method, 'label_fraction': fraction, 'num_labelled': int(len(subset)),
-          'labelled_per_class': np.bincount(y_lab, minlength=num_classes).tolist(),
+          'labelled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
+          'num_generated': int(len(x_gen)),
           'test_accuracy': float(np.mean(predictions == y_test)),
           'per_class_recall': per_class_recall(y_test, predictions, num_classes),
           'val_accuracy': out['val_accuracy'], 'best_step': out['best_step'],
@@ -538,7 +639,9 @@ def markdown_table(results: Dict) -> str:
   for r in results['results']:
     recall = ['-' if v is None else f'{100 * v:.0f}' for v in r['per_class_recall']]
     lines.append('| ' + ' | '.join(
-        [r['method'], f'{100 * r["label_fraction"]:g}%', f'{r["num_labelled"]:,}',
+        [r['method'], f'{100 * r["label_fraction"]:g}%',
+         f'{r["num_labelled"]:,}' + (f' + {r["num_generated"]:,} generated'
+                                     if r.get('num_generated') else ''),
          f'{100 * r["test_accuracy"]:.2f}%', f'{r["best_step"]} / {r["stop_step"]}',
          f'{r["train_time_s"]:.0f}'] + recall) + ' |')
   return '\n'.join(lines)

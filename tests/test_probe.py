@@ -212,7 +212,8 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
                     f'--output={out}', '--config.label_fractions=(0.1,1.0)',
                     '--config.num_steps=20', '--config.eval_every=10', '--config.patience=2',
                     '--config.validation_size=1000', '--config.batch_size=64',
-                    '--config.loss=focal', '--config.imbalance.ratio=0.2')
+                    '--config.loss=focal', '--config.imbalance.ratio=0.2',
+                    '--config.generated.per_image=1')
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.load(open(os.path.join(out, 'probe.json')))
   assert (r['model'], r['step'], r['num_test'], r['num_validation']) == ('vae', 6, 10000, 1000)
@@ -230,6 +231,7 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
     for method in probe.METHODS:
       row = rows[(method, fraction)]
       assert row['labelled_per_class'] == expected and row['num_labelled'] == sum(expected)
+      assert row['num_generated'] == row['num_labelled']  # One generated image per real one.
   for row in r['results']:
     assert 0.0 <= row['test_accuracy'] <= 1.0 and len(row['per_class_recall']) == 10
     assert all(0.0 <= v <= 1.0 for v in row['per_class_recall'])
@@ -242,6 +244,7 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
     assert row['train_time_s'] > 0
   # A 6-step VAE's standardised code, 20 Adam steps: 37% when written (chance: 10%).
   assert rows[('linear', 1.0)]['test_accuracy'] > 0.2
+  assert '| linear | 100% | ' in proc.stdout and ' generated |' in proc.stdout
   assert '| linear | 100% | ' in proc.stdout and 't-shirt* |' in proc.stdout
 
 
@@ -256,3 +259,60 @@ def test_bad_fraction_one_line_exit_2(tmp_path, override, message):
   assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
   assert message in proc.stderr
   assert os.listdir(tmp_path) == []  # Refused before writing anything.
+
+
+# ----------------------------------------------------------------------------- generated data
+
+
+def test_code_spread_vae_posterior_sd_and_ae_class_sd():
+  mean = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 7.0], [5.0, 5.0]])
+  logvar = np.log(np.array([[4.0, 1.0], [0.25, 9.0], [1.0, 1.0], [16.0, 0.01]]))
+  np.testing.assert_allclose(probe.code_spread(mean, logvar, [0, 0, 1, 2]),
+                             [[2.0, 1.0], [0.5, 3.0], [1.0, 1.0], [4.0, 0.1]])
+  # AE: class 0 = rows 0, 1, 3 share their class's sd per dimension; class 1 has one image: 0.
+  np.testing.assert_allclose(probe.code_spread(mean, None, [0, 0, 1, 0]),
+                             [[np.std([0, 2, 5]), np.std([1, 1, 5])]] * 2 + [[0.0, 0.0]] +
+                             [[np.std([0, 2, 5]), np.std([1, 1, 5])]])
+
+
+def test_codes_near_repeats_each_row_and_draws_at_the_given_spread():
+  mean = np.array([[1.0, -3.0], [10.0, 0.0]])
+  spread = np.array([[0.5, 2.0], [0.0, 1.0]])
+  z = probe.codes_near(mean, spread, 20000, 1.0, np.random.default_rng(0))
+  assert z.shape == (40000, 2) and z.dtype == np.float32
+  first, second = z[:20000], z[20000:]
+  np.testing.assert_allclose(first.mean(0), [1.0, -3.0], atol=0.05)
+  np.testing.assert_allclose(first.std(0), [0.5, 2.0], rtol=0.03)
+  assert np.all(second[:, 0] == 10.0)  # Zero spread: no noise in that dimension.
+  np.testing.assert_allclose(second[:, 1].std(), 1.0, rtol=0.03)
+  half = probe.codes_near(mean, spread, 20000, 0.5, np.random.default_rng(0))
+  np.testing.assert_allclose(half - mean.repeat(20000, 0), 0.5 * (z - mean.repeat(20000, 0)),
+                             atol=1e-5)  # Same eps, half the step.
+  assert np.array_equal(probe.codes_near(mean, spread, 3, 0.0, np.random.default_rng(1)),
+                        mean.repeat(3, 0).astype(np.float32))
+
+
+def test_generated_images_are_reconstructions_at_zero_noise_and_seeded(tiny_vae_workdir):
+  from segae_jax import data, inference, latents
+  run = inference.load_run(tiny_vae_workdir, 'latest')
+  lm = latents.LatentModel(run)
+  dataset = data.build(run.config.data)
+  x, _ = lm.read_examples(dataset.train, dataset.preprocess, range(6), seed=0)
+  y = np.array([3, 3, 1, 1, 1, 0])
+  images, labels = probe.generate_near_codes(lm, x, y, 4, 0.0, seed=0, binarize=False,
+                                             batch_size=4)
+  assert images.shape == (24, 28, 28, 1) and labels.tolist() == np.repeat(y, 4).tolist()
+  reconstruction = lm.decode(lm.encode(x)[0])
+  np.testing.assert_allclose(images, reconstruction.repeat(4, 0), atol=1e-6)
+  noisy, _ = probe.generate_near_codes(lm, x, y, 4, 1.0, seed=0, binarize=True)
+  again, _ = probe.generate_near_codes(lm, x, y, 4, 1.0, seed=0, binarize=True)
+  other, _ = probe.generate_near_codes(lm, x, y, 4, 1.0, seed=1, binarize=True)
+  assert np.array_equal(noisy, again) and not np.array_equal(noisy, other)
+  assert set(np.unique(noisy)) <= {0.0, 1.0}
+
+
+def test_bad_generated_config_names_the_field():
+  config = probe_fashion_mnist.get_config()
+  config.generated.per_image = -1
+  with pytest.raises(UserInputError, match=r'config.generated.per_image must be >= 0 \(0 = off\), got -1'):
+    probe.validate(config)
