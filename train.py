@@ -5,25 +5,23 @@ invalid value, missing data, a workdir of another model) prints one line and exi
 """
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from segae_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
-                                lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                  lock_config=True)
+
+
+def main() -> None:
   from segae_jax import train  # After flag parsing: `--help` stays fast.
-  with cli.user_errors():
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   outputs = ', '.join(sorted(os.listdir(FLAGS.workdir)))
   print(f'Results in {FLAGS.workdir}: {outputs} (results.json holds the test metrics)')
   print('test ' + ' '.join(f'{k}={v:.4g}' for k, v in sorted(results['test'].items())
@@ -31,4 +29,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['config', 'workdir'])

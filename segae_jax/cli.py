@@ -3,9 +3,9 @@ import contextlib
 import logging as std_logging
 import re
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from segae_jax.errors import UserInputError
 
@@ -79,3 +79,22 @@ def user_errors():
     yield
   except UserInputError as e:
     fail(str(e))
+
+
+def run_command(main: Callable[[], None], define_flags: Callable[[], None],
+                required: Sequence[str]) -> None:
+  """Runs a `python -m segae_jax.<command>` program: defines its flags (only now, so several
+  commands import side by side as libraries), marks `required` ones, parses argv (bad flags: one
+  line, status 2), refuses positional arguments, sets up logging and calls main() with
+  UserInputError turned into one line and status 2."""
+  define_flags()
+  flags.mark_flags_as_required(list(required))
+
+  def _main(argv: List[str]) -> None:
+    if len(argv) > 1:
+      fail(f'unexpected arguments {" ".join(argv[1:])}')
+    setup_logging()
+    with user_errors():
+      main()
+
+  app.run(_main, flags_parser=parse_flags)

@@ -22,7 +22,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
@@ -182,17 +182,12 @@ def format_table(r: Dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results = compress(FLAGS.workdir, FLAGS.bits, FLAGS.output)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = compress(FLAGS.workdir, FLAGS.bits, FLAGS.output)
   print(format_table(results))
   print(f'wrote {results["output"]}')
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir'])

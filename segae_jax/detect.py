@@ -27,7 +27,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
@@ -273,13 +273,10 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
   return summary
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    summary = detect(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.min_area,
-                     FLAGS.merge_radius, FLAGS.num_pictures, FLAGS.output)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  summary = detect(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.min_area,
+                   FLAGS.merge_radius, FLAGS.num_pictures, FLAGS.output)
   oracle = summary['oracle']
   print(f'{summary["num_detections"]} detections of {summary["num_ground_truth"]} objects on '
         f'{summary["num_images"]} {FLAGS.split} images ({summary["checkpoint"]} checkpoint, step '
@@ -290,6 +287,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir'])

@@ -6,16 +6,20 @@ per-class IoU/Dice table, which is also printed.
 """
 import functools
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from segae_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).')
-flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to evaluate.')
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).')
+  flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to evaluate.')
+  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
 
 
 def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
@@ -49,17 +53,13 @@ def format_table(metrics) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
   print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split}:')
   print(format_table(results['metrics']))
   print(f'wrote {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir'])

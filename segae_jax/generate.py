@@ -21,7 +21,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
@@ -225,13 +225,10 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
   return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results = generate(FLAGS.workdir, FLAGS.output, FLAGS.num, FLAGS.seed, FLAGS.pictures,
-                       FLAGS.pairs, FLAGS.steps, FLAGS.dims)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = generate(FLAGS.workdir, FLAGS.output, FLAGS.num, FLAGS.seed, FLAGS.pictures,
+                     FLAGS.pairs, FLAGS.steps, FLAGS.dims)
   trav = results['traversal']
   score = 'kl_nats' if 'kl_nats' in trav else 'variance'
   unit = ' nats' if score == 'kl_nats' else ' var'
@@ -246,6 +243,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir'])

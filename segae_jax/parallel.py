@@ -10,7 +10,7 @@ same global batch:
     one that scales to multi-host meshes.
 """
 import functools
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
 import flax.jax_utils
 import jax

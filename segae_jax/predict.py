@@ -9,7 +9,7 @@ over the image), and prints one summary line.
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from segae_jax import cli
@@ -17,11 +17,17 @@ from segae_jax.errors import UserInputError
 from segae_jax.images import list_images, read_image
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model.')
-flags.DEFINE_string('input', None, 'An image file or a folder of images.')
-flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
-flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model.')
+  flags.DEFINE_string('input', None, 'An image file or a folder of images.')
+  flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
+  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+  flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
+
 
 def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best',
             batch_size: int = 32):
@@ -59,13 +65,10 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
   return results, run
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results, run = predict(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint,
-                           FLAGS.batch_size)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results, run = predict(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint,
+                         FLAGS.batch_size)
   counts = np.bincount(np.concatenate([r.reshape(-1) for r in results.values()]),
                        minlength=len(run.class_names) or 1)
   total = counts.sum()
@@ -77,5 +80,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir', 'input', 'output'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir', 'input', 'output'])

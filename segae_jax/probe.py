@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
@@ -647,12 +647,9 @@ def markdown_table(results: Dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results = probe(FLAGS.workdir, FLAGS.config, FLAGS.output)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = probe(FLAGS.workdir, FLAGS.config, FLAGS.output)
   print(f'{results["model"]} step {results["step"]}, loss {results["config"]["loss"]}: '
         f'test accuracy (%) and recall per class (%) on {results["num_test"]:,} test images; '
         f'wrote {os.path.join(results["output"], "probe.json")}')
@@ -660,6 +657,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'config'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir', 'config'])

@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from scipy import optimize
 from scipy.cluster import vq
@@ -395,12 +395,9 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output)
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
   if 'autoencoder' in results:
     for name in ('autoencoder', 'baseline_pixels'):
@@ -411,6 +408,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'config'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_command(main, define_flags, ['workdir', 'config'])

@@ -1,7 +1,6 @@
 """Pictures of what a model learned: reconstruction grids, prior samples, segmentation panels."""
 import functools
 import os
-from typing import Optional
 
 import jax
 import numpy as np

@@ -4,7 +4,7 @@ Only process 0 writes; other processes get a writer that does nothing, so caller
 """
 import json
 import os
-from typing import Dict, Mapping
+from typing import Mapping
 
 import numpy as np
 from PIL import Image

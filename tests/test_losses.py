@@ -1,6 +1,5 @@
 """Loss values against hand-computed numpy."""
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

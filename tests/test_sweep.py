@@ -2,7 +2,6 @@
 one-line errors for bad input."""
 import csv
 import json
-import math
 import os
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """train_step, data parallelism, checkpoints and exact resume."""
 import functools
-import json
 import os
 import shutil
 
