@@ -17,10 +17,21 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
                                   lock_config=True)
+  # Multi-process runs (see README "Scaling out"): every process runs the same command.
+  flags.DEFINE_bool('distributed', False, 'Join a multi-process run whose coordinator, process '
+                    'count and id JAX detects (Slurm, Open MPI, TPU pods, ...).')
+  flags.DEFINE_string('coordinator_address', None, "Process 0's host:port; with --num_processes "
+                      'and --process_id, joins a multi-process run explicitly.')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+  flags.DEFINE_integer('process_id', None, "This process's index, 0 .. num_processes - 1.")
+  flags.DEFINE_string('coordinator_bind_address', None, "Where process 0's coordinator listens "
+                      '(e.g. 127.0.0.1:PORT for a run on one machine); default every interface.')
 
 
 def main() -> None:
-  from segae_jax import train  # After flag parsing: `--help` stays fast.
+  from segae_jax import distributed, train  # After flag parsing: `--help` stays fast.
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         FLAGS.coordinator_bind_address, FLAGS.distributed)
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   outputs = ', '.join(sorted(os.listdir(FLAGS.workdir)))
   print(f'Results in {FLAGS.workdir}: {outputs} (results.json holds the test metrics)')

@@ -49,5 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.max_to_keep = 3
   config.best_metric = ''       # e.g. 'miou': also keep the best checkpoint by this test metric.
+  # A NaN/inf loss or gradient: 'stop' (exit 3, that state never checkpointed) or 'skip' the
+  # batch (parameters unchanged, counted as train/skipped_steps).
+  config.nonfinite = 'stop'
   config.num_pictures = 32
   return config

@@ -18,7 +18,11 @@ from segae_jax.errors import UserInputError
 
 
 def abstract_tree(tree, sharding=None):
-  """Shape/dtype(/sharding) skeleton of `tree`, the target orbax restores into."""
+  """The target orbax restores `tree`'s structure into: with a sharding, shape/dtype/sharding
+  skeletons (jax.Arrays placed there); without one, numpy placeholders (host numpy arrays, which
+  every process of a multi-process run can read on its own)."""
+  if sharding is None:
+    return jax.tree.map(lambda x: np.zeros(np.shape(x), jnp.result_type(x)), tree)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), sharding=sharding), tree)
 
@@ -34,12 +38,12 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = None):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     if best_metric:
-      options = ocp.CheckpointManagerOptions(
+      self._options = ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, create=True, best_mode='max',
           best_fn=lambda metrics: metrics[best_metric])
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -65,9 +69,11 @@ class Checkpointer:
   def read_meta(self, step: int) -> Dict[str, Any]:
     return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
-  def check_compatible(self, step: int, meta: Dict[str, Any]) -> None:
-    """Raises UserInputError if the checkpoint at `step` is of another model or dataset."""
-    saved = self.read_meta(step)
+  def check_compatible(self, step: int, meta: Dict[str, Any],
+                       saved: Optional[Dict[str, Any]] = None) -> None:
+    """Raises UserInputError if the checkpoint at `step` (its meta `saved`, read if not given)
+    is of another model or dataset."""
+    saved = self.read_meta(step) if saved is None else saved
     for key in meta:
       if _jsonable(saved.get(key)) != _jsonable(meta[key]):
         raise UserInputError(
@@ -81,6 +87,26 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_tree(target, sharding)),
         data=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['data'])
+
+  def quarantine(self, step: int) -> str:
+    """Moves the (damaged) checkpoint `step` to `<directory>.damaged/<step>[.n]` and reloads the
+    manager, so the step can be written again; returns the new path. Only process 0 moves files;
+    every process waits for it."""
+    damaged = self.directory + '.damaged'
+    target = os.path.join(damaged, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(damaged, f'{step}.{suffix}')
+    self._manager.close()
+    if jax.process_index() == 0:
+      os.makedirs(damaged, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'quarantine checkpoint {step}')
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    return target
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags, logging
 
-from segae_jax.errors import UserInputError
+from segae_jax.errors import RunStopped, UserInputError
 
 EXIT_BAD_INPUT = 2
 
@@ -74,11 +74,15 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 @contextlib.contextmanager
 def user_errors():
-  """Turns UserInputError into a one-line message and exit status 2; other errors propagate."""
+  """Turns UserInputError into a one-line message and exit status 2, and RunStopped (divergence,
+  preemption) into one line and its own exit status; other errors propagate."""
   try:
     yield
   except UserInputError as e:
     fail(str(e))
+  except RunStopped as e:
+    print(f'stopped: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 def run_command(main: Callable[[], None], define_flags: Callable[[], None],

@@ -66,9 +66,13 @@ class PmapStrategy(_Strategy):
     """Per-device identical (pmean'd / psum'd) values -> host numpy, device axis dropped."""
     return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))
 
+  def checkpoint_state(self, state):
+    """The state as saved: one host copy. Orbax cannot save pmap's per-process device arrays
+    in a multi-process run, and numpy arrays are written once, by process 0."""
+    return jax.device_get(self.unreplicate(state))
 
   def restore_sharding(self):
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return None  # Restored as host numpy, then replicated.
 
 
 class JitStrategy(_Strategy):
@@ -101,9 +105,13 @@ class JitStrategy(_Strategy):
             for k, v in batch.items()}
 
   def fetch(self, tree):
-    """Replicated values -> host numpy."""
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    """Replicated values -> host numpy (this process's copy: across processes a replicated
+    array is not fully addressable, but every copy is the same)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
+  def checkpoint_state(self, state):
+    """The state as saved: the replicated global arrays (orbax writes one replica)."""
+    return state
 
   def restore_sharding(self):
     return self.replicated

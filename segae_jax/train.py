@@ -7,7 +7,9 @@ compiles them with pmap or sharded jit.
 import functools
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Any, Dict, Mapping, Optional
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from segae_jax import checkpoints, data, losses, metrics as metrics_lib, models, optimizers
 from segae_jax import parallel, validation, visualise, writers
 from segae_jax.data import augment
-from segae_jax.errors import UserInputError
+from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,10 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     axis_name: the pmap axis to average gradients and metrics over, or None.
 
   Returns:
-    (new state, metrics: {'loss', each loss term, 'grad_norm'} float32 scalars).
+    (new state, metrics: {'loss', each loss term, 'grad_norm', 'nonfinite'} float32 scalars).
+    'nonfinite' is 1 when the loss, a term or the gradient norm is NaN or infinite; the new state
+    then keeps the old parameters, optimizer state and BatchNorm statistics (only the step
+    advances), so no non-finite value enters the state whatever config.nonfinite decides.
   """
   rngs = _step_rngs(rng, state.step, axis_name)
 
@@ -96,10 +101,16 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     step_metrics = jax.lax.pmean(step_metrics, axis_name)
   step_metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g))
                                            for g in jax.tree.leaves(grads)))
-  state = state.apply_gradients(grads=grads)
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in step_metrics.values()]))
+  new_state = state.apply_gradients(grads=grads)
   if updates:
-    state = state.replace(batch_stats=updates['batch_stats'])
-  return state, step_metrics
+    new_state = new_state.replace(batch_stats=updates['batch_stats'])
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                opt_state=keep(new_state.opt_state, state.opt_state),
+                                batch_stats=keep(new_state.batch_stats, state.batch_stats))
+  step_metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
+  return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
@@ -178,6 +189,86 @@ def _check_workdir_writable(workdir: str) -> None:
     raise UserInputError(f'workdir {workdir} is not writable: {e.strerror}') from None
 
 
+class StopSignals:
+  """SIGTERM and SIGINT handlers that only note the signal, so the training loop can stop at the
+  next step boundary with a checkpoint (a preemption notice gives seconds, not minutes). A second
+  signal of the same kind gets the previous handler (e.g. Ctrl-C twice interrupts at once).
+  Installed only from the main thread (Python's rule for signal handlers)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    if self.received == signum:
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+      return
+    self.received = signum
+    log.warning('Received %s: stopping after this step with a checkpoint.',
+                signal.Signals(signum).name)
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self) -> Optional[str]:
+    """The signal's name once one arrived (in any process of a multi-process run: all of them
+    must stop at the same step, or the next collective would wait forever), else None."""
+    received = self.received or 0
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      received = int(np.max(multihost_utils.process_allgather(np.int32(received))))
+    return signal.Signals(received).name if received else None
+
+
+def restore_latest_intact(ckpt: checkpoints.Checkpointer, meta: Mapping[str, Any], target,
+                          sharding=None):
+  """Restores the newest checkpoint that reads back whole, moving damaged newer ones aside.
+
+  A step whose files are truncated, missing or unreadable is moved to `<checkpoints>.damaged/`
+  (kept for inspection; the resumed run will write that step again) with a warning naming it.
+
+  Returns:
+    ((state tree, data state), step), or None when the directory holds no checkpoint.
+  Raises:
+    UserInputError: a checkpoint of another model or dataset (nothing moved), or no intact
+      checkpoint among several (rather than a silent fresh start).
+  """
+  steps = sorted(ckpt.all_steps(), reverse=True)
+  damaged = []
+  for step in steps:
+    try:
+      saved_meta = ckpt.read_meta(step)
+    except Exception as e:  # noqa: BLE001 -- any read failure means a damaged checkpoint.
+      damaged.append((step, e))
+      continue
+    ckpt.check_compatible(step, meta, saved_meta)
+    try:
+      restored = ckpt.restore(step, target, sharding)
+    except Exception as e:  # noqa: BLE001
+      damaged.append((step, e))
+      continue
+    for bad, error in damaged:
+      where = ckpt.quarantine(bad)
+      log.warning('Checkpoint step %d is damaged (%s: %s); moved to %s, resuming from step %d.',
+                  bad, type(error).__name__, ' '.join(str(error).split())[:200], where, step)
+    return restored, step
+  if damaged:
+    raise UserInputError(
+        f'no intact checkpoint in {ckpt.directory}: steps {", ".join(str(b) for b, _ in damaged)} '
+        f'fail to read ({type(damaged[0][1]).__name__}); move the directory away to start afresh')
+  return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
 
@@ -230,15 +321,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if config.best_metric:
     best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints_best'), 1,
                                          best_metric=config.best_metric)
-  start_step = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    ckpt.check_compatible(latest, meta)
-    restored, data_state = ckpt.restore(latest, {'train_state': state, 'rng': run_rng},
-                                        strategy.restore_sharding())
-    state, run_rng = restored['train_state'], restored['rng']
+  start_step, skipped = 0, 0
+  restored = restore_latest_intact(ckpt, meta, {'train_state': state, 'rng': run_rng},
+                                   strategy.restore_sharding())
+  if restored is not None:
+    (tree, data_state), start_step = restored
+    state, run_rng = tree['train_state'], tree['rng']
+    data_state = dict(data_state)
+    skipped = int(data_state.pop('skipped_steps', 0))
     train_iter.set_state(data_state)
-    start_step = int(state.step)
     log.info('Resumed from %s at step %d.', ckpt.directory, start_step)
 
   if is_main:
@@ -247,59 +338,114 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer = writers.MetricWriter(workdir, enabled=is_main)
   state = strategy.replicate(state)
   eval_rng = jax.random.fold_in(run_rng, 2**31 - 1)
+  saved_step = start_step if restored is not None else None
 
   def save(manager, step, metrics=None):
-    manager.save(step, {'train_state': strategy.unreplicate(state), 'rng': run_rng},
-                 train_iter.get_state(), meta, metrics)
+    # The key as host numpy: a single-device array cannot be saved by a multi-process run.
+    manager.save(step, {'train_state': strategy.checkpoint_state(state),
+                        'rng': np.asarray(jax.device_get(run_rng))},
+                 {**train_iter.get_state(), 'skipped_steps': skipped}, meta, metrics)
 
   step = start_step
-  pending = []  # Device-side metrics; fetched only at log steps, so steps are not synchronised.
+  pending = []  # (step, device-side metrics): fetched at log/save steps, so steps are not synchronised.
+  window = []   # Host metrics of the finite steps since the last log line.
+
+  def drain():
+    """Fetches the pending step metrics; a non-finite step stops the run (config.nonfinite =
+    'stop') before anything after it is saved, or is counted as skipped ('skip')."""
+    nonlocal skipped
+    for at, device_metrics in pending:
+      values = strategy.scalars(device_metrics)
+      if values.pop('nonfinite') > 0:
+        if config.nonfinite == 'stop':
+          bad = ', '.join(f'{k}={v}' for k, v in values.items() if not np.isfinite(v))
+          kept = (f'the newest checkpoint, {ckpt.directory}/{saved_step}, is the last good state'
+                  if saved_step is not None else 'no checkpoint had been written yet')
+          raise TrainingDiverged(
+              f'train step {at} went non-finite ({bad}); that state was not checkpointed and '
+              f'{kept}. Lower config.learning_rate, set config.grad_clip_norm, or use '
+              'config.nonfinite=skip')
+        skipped += 1
+      else:
+        window.append(values)
+    pending.clear()
+
   window_start, window_images = time.perf_counter(), 0
   train_time, train_images = 0.0, 0
   eval_metrics: Dict[str, float] = {}
   bar = tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
              mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
-  while step < config.num_train_steps:
-    batch = strategy.put_batch(next(train_iter))
-    state, step_metrics = strategy.train_step(state, batch, run_rng)
-    if strategy.sync_each_step:
-      jax.block_until_ready(step_metrics)
-    pending.append(step_metrics)
-    step += 1
-    window_images += config.batch_size
-    bar.update(1)
-    if step == start_step + 1:
-      # Leave compilation out of throughput figures.
-      jax.block_until_ready(step_metrics)
-      window_start, window_images, pending = time.perf_counter(), 0, []
-    is_last = step == config.num_train_steps
-    if pending and (step % config.log_every_steps == 0 or is_last):
-      fetched = [strategy.scalars(m) for m in pending]
-      elapsed = time.perf_counter() - window_start
-      scalars = {f'train/{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      scalars['train/learning_rate'] = float(schedule(step - 1))
-      scalars['train/images_per_s'] = window_images / elapsed
-      train_time, train_images = train_time + elapsed, train_images + window_images
-      writer.write_scalars(step, scalars)
-      bar.set_postfix(loss=f'{scalars["train/loss"]:.2f}',
-                      img_s=f'{scalars["train/images_per_s"]:.0f}', refresh=False)
-      pending = []
-      window_start, window_images = time.perf_counter(), 0
-    if step % config.eval_every_steps == 0 or is_last:
-      eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-      writer.write_scalars(step, flat_scalars(eval_metrics, 'test'))
-      log.info('step %d test %s', step, ' '.join(
-          f'{k}={v:.4g}' for k, v in eval_metrics.items() if k != 'per_class'))
-      if best_ckpt is not None:
-        save(best_ckpt, step, eval_metrics)
-      window_start = time.perf_counter()  # Evaluation is not training time.
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      save(ckpt, step)
+  try:
+    with StopSignals() as signals:
+      while step < config.num_train_steps:
+        batch = strategy.put_batch(next(train_iter))
+        state, step_metrics = strategy.train_step(state, batch, run_rng)
+        if strategy.sync_each_step:
+          jax.block_until_ready(step_metrics)
+        step += 1
+        pending.append((step, step_metrics))
+        window_images += config.batch_size
+        bar.update(1)
+        if step == start_step + 1:
+          # Leave compilation out of throughput figures (its metrics are still checked).
+          drain()
+          window_start, window_images = time.perf_counter(), 0
+          window.clear()
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+          drain()
+          elapsed = time.perf_counter() - window_start
+          scalars = {f'train/{k}': float(np.mean([m[k] for m in window])) for k in
+                     (window[0] if window else {})}
+          scalars['train/learning_rate'] = float(schedule(step - 1))
+          if elapsed > 0 and window_images:
+            scalars['train/images_per_s'] = window_images / elapsed
+            train_time, train_images = train_time + elapsed, train_images + window_images
+          if config.nonfinite == 'skip':
+            scalars['train/skipped_steps'] = skipped
+          writer.write_scalars(step, scalars)
+          if 'train/loss' in scalars and 'train/images_per_s' in scalars:
+            bar.set_postfix(loss=f'{scalars["train/loss"]:.2f}',
+                            img_s=f'{scalars["train/images_per_s"]:.0f}', refresh=False)
+          window.clear()
+          window_start, window_images = time.perf_counter(), 0
+        if step % config.eval_every_steps == 0 or is_last:
+          drain()
+          eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
+          writer.write_scalars(step, flat_scalars(eval_metrics, 'test'))
+          log.info('step %d test %s', step, ' '.join(
+              f'{k}={v:.4g}' for k, v in eval_metrics.items() if k != 'per_class'))
+          if best_ckpt is not None:
+            save(best_ckpt, step, eval_metrics)
+          window_start = time.perf_counter()  # Evaluation is not training time.
+        if step % config.checkpoint_every_steps == 0 or is_last:
+          drain()
+          save(ckpt, step)
+          saved_step = step
+        reason = signals.requested()
+        if reason and not is_last:
+          drain()
+          if saved_step != step:
+            save(ckpt, step)
+          ckpt.wait_until_finished()
+          message = (f'{reason} at step {step} of {config.num_train_steps}: checkpoint '
+                     f'{ckpt.directory}/{step} written; re-run the same command to resume')
+          log.warning('Preempted: %s', message)
+          raise Preempted(message)
+  except BaseException:
+    # Stopped (divergence, preemption, a bug): saves already started finish, so the newest
+    # checkpoint is whole.
+    bar.close()
+    for manager in (ckpt, best_ckpt):
+      if manager is not None:
+        manager.close()
+    writer.close()
+    raise
   bar.close()
 
   if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
     eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-  host_state = jax.device_get(strategy.unreplicate(state))
+  host_state = strategy.fetch(state)
   host_params = host_state.params
   results = {
       'step': step,
@@ -314,6 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       'train_time_s': train_time,
       'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_params))),
   }
+  if config.nonfinite == 'skip':
+    results['skipped_steps'] = skipped
   if is_main:
     pictures_batch = next(data.eval_batches(dataset.test, config.num_pictures, dataset.preprocess,
                                             seed=config.seed))

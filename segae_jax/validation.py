@@ -6,6 +6,7 @@ from segae_jax.errors import UserInputError
 
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_train_steps', 'log_every_steps',
                  'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'num_pictures')
+NONFINITE = ('stop', 'skip')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -27,6 +28,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got {config.grad_clip_norm}')
   if not 0.0 < config.labeled_fraction <= 1.0:
     raise UserInputError(f'config.labeled_fraction must be in (0, 1], got {config.labeled_fraction}')
+  if config.get('nonfinite', 'stop') not in NONFINITE:
+    raise UserInputError(f'config.nonfinite must be one of {", ".join(NONFINITE)}, got '
+                         f'{config.nonfinite!r}')
   if config.parallel not in parallel.STRATEGIES:
     raise UserInputError(f'unknown config.parallel {config.parallel!r}; known: '
                          f'{", ".join(parallel.STRATEGIES)}')

@@ -1,0 +1,59 @@
+"""Joining a multi-process (multi-host) run through JAX's own runtime, `jax.distributed`.
+
+Every process runs the same `python train.py ...` command; `initialize` connects it to the
+coordinator (process 0's address) before any computation, after which `jax.devices()` lists the
+devices of all processes and both data-parallel strategies span them: pmap's collectives and the
+sharded-jit mesh cover every device, each process reads its own slice of every global batch
+(segae_jax.data.TrainIterator), process 0 alone writes logs, TensorBoard events and pictures, and
+every process takes part in each orbax checkpoint.
+"""
+import logging
+from typing import Optional
+
+import jax
+
+from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+MODES = ('off', 'auto', 'explicit')
+
+
+def mode(coordinator_address: Optional[str], enabled: bool) -> str:
+  """'explicit' with a coordinator address, 'auto' (JAX's cluster detection: Slurm, Open MPI,
+  TPU pods, Kubernetes, ...) with --distributed alone, else 'off'."""
+  if coordinator_address:
+    return 'explicit'
+  return 'auto' if enabled else 'off'
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, bind_address: Optional[str] = None,
+               enabled: bool = False) -> None:
+  """Calls jax.distributed.initialize when asked; must run before JAX touches a device.
+
+  Args:
+    coordinator_address: 'host:port' of process 0's coordinator service (all processes give the
+      same one); None with enabled=True lets JAX detect the cluster.
+    num_processes, process_id: required with an explicit coordinator_address.
+    bind_address: where process 0's coordinator listens, e.g. '127.0.0.1:PORT' to keep a
+      single-machine run on loopback (default: every interface).
+    enabled: join a run whose parameters JAX detects from the cluster's environment.
+  Raises:
+    UserInputError: an explicit coordinator without num_processes/process_id, or a process_id
+      outside [0, num_processes).
+  """
+  how = mode(coordinator_address, enabled)
+  if how == 'off':
+    return
+  if how == 'explicit':
+    if num_processes is None or process_id is None:
+      raise UserInputError('--coordinator_address needs --num_processes and --process_id')
+    if not 0 <= process_id < num_processes:
+      raise UserInputError(f'--process_id={process_id} must be in [0, --num_processes='
+                           f'{num_processes})')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             coordinator_bind_address=bind_address)
+  log.info('Process %d of %d (%d local devices of %d in all).', jax.process_index(),
+           jax.process_count(), jax.local_device_count(), jax.device_count())
