@@ -272,7 +272,8 @@ def restore_latest_intact(ckpt: checkpoints.Checkpointer, meta: Mapping[str, Any
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
 
-  Resumes from the latest checkpoint in `workdir` if there is one. Writes config.json,
+  Resumes from the newest intact checkpoint in `workdir` if there is one (damaged newer ones are
+  moved to checkpoints.damaged/). Writes config.json,
   metrics.jsonl, TensorBoard events, checkpoints/ (and checkpoints_best/ with
   config.best_metric), picture grids (reconstructions.png and samples.png for autoencoders,
   segmentation.png for segmentation models) and results.json (final test metrics).
@@ -281,8 +282,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     The contents of results.json.
 
   Raises:
-    UserInputError: invalid config, missing data, an unwritable workdir, or a workdir holding a
-      checkpoint of another model.
+    UserInputError: invalid config, missing data, an unwritable workdir, a workdir holding a
+      checkpoint of another model, or checkpoints none of which reads back whole.
+    TrainingDiverged: a non-finite loss, loss term or gradient with config.nonfinite='stop'
+      (the state of that step is never checkpointed).
+    Preempted: SIGTERM or SIGINT arrived; the current step was checkpointed and the save
+      finished, so re-running resumes there.
   """
   validation.validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))

@@ -85,6 +85,8 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tfds_dir
     (['--config.data.name=mnist'], "unknown dataset 'mnist'; known: fashion_mnist, fashion_mnist_scenes, oxford_iiit_pet, segmentation_folder"),
     (['--config.loss.rec_bce=0', '--config.loss.kl=0'], 'config.loss: every weight is zero'),
     (['--config.parallel=dp'], "unknown config.parallel 'dp'; known: pmap, jit"),
+    (['--config.labeled_fraction=1.5'], 'config.labeled_fraction must be in (0, 1], got 1.5'),
+    (['--config.nonfinite=ignore'], "config.nonfinite must be one of stop, skip, got 'ignore'"),
     (['--config.data.idx_dir=/nonexistent/fmnist'],
      'Fashion-MNIST data directory /nonexistent/fmnist does not exist; run `make data`'),
 ])
@@ -120,3 +122,23 @@ def test_bad_config_file(tmp_path, config_arg, message):
   proc = run_train(f'--config={config_arg}', f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
   assert message in proc.stderr
+
+
+def test_image_size_not_divisible_by_the_downsampling(tmp_path, tfds_dir):
+  workdir = tmp_path / 'w'
+  proc = run_train('--config=configs/default.py', f'--workdir={workdir}',
+                   '--config.model.features=(16,32,64)', tfds_dir=tfds_dir)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
+  assert 'image size 28x28 is not divisible by 8, the total downsampling of 3' in proc.stderr
+  assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_unknown_loss_term_lists_the_known_ones(tmp_path):
+  config_file = tmp_path / 'bad_loss.py'
+  config_file.write_text('from configs import default\n\n\ndef get_config():\n'
+                         '  config = default.get_config()\n'
+                         "  config.loss = {'rec_l7': 1.0}\n  return config\n")
+  proc = run_train(f'--config={config_file}', f'--workdir={tmp_path / "w"}')
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
+  assert "'rec_l7'; known: " in proc.stderr and 'rec_bce' in proc.stderr
+  assert not (tmp_path / 'w').exists() or not os.listdir(tmp_path / 'w')
