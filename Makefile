@@ -10,7 +10,7 @@ WORKDIR ?= runs/default
 # 4 forced CPU devices let the tests exercise pmap and sharded jit on one machine.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=4
 
-.PHONY: install data train test test-faults test-slow clean
+.PHONY: install data train test test-faults test-slow bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: data
 # two processes on 127.0.0.1: about 15 minutes on 2 cores.
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
+
+# Speed and memory figures (JSON lines, benchmarks/results.json); about 10 minutes on 2 cores.
+bench: data
+	$(BIN)/python -m benchmarks.run
 
 test-slow: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow

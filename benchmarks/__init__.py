@@ -1,0 +1,1 @@
+"""Speed and memory figures of the project's own training code (`python -m benchmarks.run`)."""

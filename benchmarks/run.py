@@ -1,0 +1,320 @@
+"""The benchmark suite: `make bench` or `python -m benchmarks.run [--only=NAME,...]`.
+
+Prints one JSON line per figure and writes them all to benchmarks/results.json (--output).
+Every figure goes through the project's own code: models.build, losses.make_loss_fn,
+train.create_train_state / train.train_step, parallel.make_strategy, data.TrainIterator.
+
+Figures (name: what is measured):
+  matmul_peak              float32 [2048, 2048] @ [2048, 2048] under jit, GFLOP/s (the machine's
+                           practical peak, the yardstick for the train steps).
+  train_step/<model>       one device, one real batch reused: compile_s (lower + compile),
+                           images_per_s (batch / median of >= 10 timed steps after 3 warm-up
+                           steps, each waited for), step_gflop (XLA cost analysis, forward +
+                           backward + Adam), gflop_per_s and fraction_of_matmul_peak.
+                           Models: vae_fmnist and unet64 exactly as ../shared/bench/README.md
+                           specifies them, then the main configs (default VAE, U-Net scenes,
+                           SegAE scenes).
+  parallel/<strategy>/<n>  pmap vs sharded jit on n = 2 and 4 forced CPU devices, same global
+                           batch (U-Net scenes model, deterministic): images_per_s, and the max
+                           absolute parameter difference between the two strategies after 5 steps
+                           (one subprocess per device count: XLA fixes it at start-up).
+  input_pipeline/<dataset> data.TrainIterator producing device-shaped batches (with the config's
+                           preprocessing and augmentation): examples_per_s, and its ratio to
+                           the matching train step's images/s.
+  data_wait/<config>       a real training loop of 30 steps: the fraction of wall time spent
+                           waiting for the next batch.
+  peak_memory/unet64       peak resident memory (MiB, ru_maxrss) of a subprocess that trains
+                           unet64 for 5 steps.
+"""
+import argparse
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+TIMED_STEPS = 10
+WARMUP_STEPS = 3
+
+
+def emit(results: List[Dict], figure: Dict) -> None:
+  print(json.dumps(figure), flush=True)
+  results.append(figure)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def reference_config(name: str):
+  """The two reference models of ../shared/bench/README.md as training configs."""
+  from configs import default, unet_scenes
+  if name == 'vae_fmnist':
+    config = default.get_config()   # Conv(32, 64) stride 2, Dense 256, latent 32: the spec.
+    config.batch_size = 256
+    config.loss = {'rec_bce': 1.0, 'kl': 1.0}
+  elif name == 'unet64':
+    config = unet_scenes.get_config()
+    config.model.features = (32, 64, 128, 256)   # BatchNorm, transposed-conv up path.
+    config.batch_size = 32
+  else:
+    raise ValueError(name)
+  config.learning_rate = 1e-3
+  config.schedule = 'constant'
+  config.warmup_steps = 0
+  return config
+
+
+def main_configs():
+  from configs import default, segae_scenes, unet_scenes
+  return {'default_vae': default.get_config(), 'unet_scenes': unet_scenes.get_config(),
+          'segae_scenes': segae_scenes.get_config()}
+
+
+def _setup(config, num_local_devices=None):
+  """(dataset, model, state, loss_fn, one real training batch) for a config."""
+  import jax
+  from segae_jax import data, losses, models, parallel, train
+  from segae_jax.data import augment
+  dataset = data.build(config.data)
+  model = models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
+                       norm_axis_name=parallel.AXIS_NAME if num_local_devices else None)
+  loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
+  state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
+  iterator = data.TrainIterator(
+      dataset.train, config.batch_size, config.seed,
+      augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
+      num_local_devices=num_local_devices)
+  return dataset, model, state, loss_fn, iterator
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def matmul_peak() -> Dict:
+  import jax
+  import jax.numpy as jnp
+  n = 2048
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  times = []
+  for _ in range(TIMED_STEPS):
+    start = time.perf_counter()
+    f(a, a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return {'figure': 'matmul_peak', 'shape': [n, n, n], 'dtype': 'float32',
+          'gflop_per_s': 2 * n ** 3 / np.median(times) / 1e9}
+
+
+def train_step_figure(name: str, config, peak: float) -> Dict:
+  import jax
+  from segae_jax import train
+  _, _, state, loss_fn, iterator = _setup(config)
+  batch = next(iterator)
+  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+  rng = jax.random.PRNGKey(1)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0))
+  for _ in range(WARMUP_STEPS):
+    state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(TIMED_STEPS):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  median = float(np.median(times))
+  gflops = flops / median / 1e9
+  return {'figure': f'train_step/{name}', 'model': config.model.name,
+          'batch_size': config.batch_size, 'image_shape': list(batch['image'].shape[1:]),
+          'compile_s': compile_s, 'images_per_s': config.batch_size / median,
+          'step_s_median': median, 'step_s_min': float(np.min(times)),
+          'timed_steps': TIMED_STEPS, 'step_gflop': flops / 1e9, 'gflop_per_s': gflops,
+          'fraction_of_matmul_peak': gflops / peak if peak else None}
+
+
+def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Dict:
+  _, _, _, _, iterator = _setup(config, num_local_devices=1)
+  next(iterator)
+  batches = 0
+  start = time.perf_counter()
+  while time.perf_counter() - start < 5.0:
+    next(iterator)
+    batches += 1
+  elapsed = time.perf_counter() - start
+  per_s = batches * config.batch_size / elapsed
+  return {'figure': f'input_pipeline/{name}', 'dataset': config.data.name,
+          'batch_size': config.batch_size, 'examples_per_s': per_s,
+          'train_step_images_per_s': steps_per_s_reference,
+          'ratio_to_train_step': per_s / steps_per_s_reference if steps_per_s_reference else None}
+
+
+def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
+  """A real loop (the project's strategy, iterator and step) timing next(iterator) apart."""
+  import jax
+  from segae_jax import parallel, train
+  _, _, state, loss_fn, _ = _setup(config)
+  strategy = parallel.make_strategy('pmap', functools.partial(train.train_step, loss_fn=loss_fn),
+                                    functools.partial(train.eval_step, loss_fn=loss_fn))
+  _, _, _, _, iterator = _setup(config, num_local_devices=strategy.batch_device_axis)
+  state = strategy.replicate(state)
+  rng = jax.random.PRNGKey(1)
+  state, metrics = strategy.train_step(state, strategy.put_batch(next(iterator)), rng)
+  jax.block_until_ready(metrics)
+  waiting = 0.0
+  start = time.perf_counter()
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    batch = strategy.put_batch(next(iterator))
+    waiting += time.perf_counter() - t0
+    state, metrics = strategy.train_step(state, batch, rng)
+  jax.block_until_ready(metrics)
+  total = time.perf_counter() - start
+  return {'figure': f'data_wait/{name}', 'steps': steps, 'wall_s': total,
+          'waiting_for_data_s': waiting, 'fraction_waiting': waiting / total}
+
+
+def parallel_child(num_devices: int) -> List[Dict]:
+  """Runs inside a subprocess with `num_devices` forced CPU devices."""
+  import jax
+  from segae_jax import parallel, train
+  from configs import unet_scenes
+  config = unet_scenes.get_config()
+  figures, params = [], {}
+  for name in parallel.STRATEGIES:
+    _, _, state, loss_fn, _ = _setup(config, num_local_devices=num_devices if name == 'pmap'
+                                     else None)
+    strategy = parallel.make_strategy(name, functools.partial(train.train_step, loss_fn=loss_fn),
+                                      functools.partial(train.eval_step, loss_fn=loss_fn))
+    _, _, _, _, iterator = _setup(config, num_local_devices=strategy.batch_device_axis)
+    state = strategy.replicate(state)
+    rng = jax.random.PRNGKey(1)
+    batches = [strategy.put_batch(next(iterator)) for _ in range(WARMUP_STEPS + TIMED_STEPS)]
+    times = []
+    for i, batch in enumerate(batches):
+      start = time.perf_counter()
+      state, metrics = strategy.train_step(state, batch, rng)
+      jax.block_until_ready(metrics)
+      if i >= WARMUP_STEPS:
+        times.append(time.perf_counter() - start)
+    # Parameters after the first 5 steps, from a fresh state, for the strategy comparison.
+    _, _, fresh, _, _ = _setup(config)
+    fresh = strategy.replicate(fresh)
+    for batch in batches[:5]:
+      fresh, metrics = strategy.train_step(fresh, batch, rng)
+    params[name] = strategy.fetch(fresh).params
+    figures.append({'figure': f'parallel/{name}/{num_devices}', 'devices': num_devices,
+                    'batch_size': config.batch_size, 'model': config.model.name,
+                    'images_per_s': config.batch_size / float(np.median(times))})
+  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(params['pmap']), jax.tree.leaves(params['jit'])))
+  for f in figures:
+    f['max_abs_param_diff_pmap_vs_jit_after_5_steps'] = diff
+  return figures
+
+
+def memory_child() -> Dict:
+  import jax
+  from segae_jax import train
+  config = reference_config('unet64')
+  _, _, state, loss_fn, iterator = _setup(config)
+  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+  for _ in range(5):
+    state, metrics = step(state, next(iterator), jax.random.PRNGKey(0))
+  jax.block_until_ready(metrics)
+  return {'figure': 'peak_memory/unet64', 'steps': 5, 'batch_size': config.batch_size,
+          'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _child(args: List[str], devices: int) -> List[Dict]:
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.run', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+  if proc.returncode:
+    raise RuntimeError(f'benchmark child {args} failed: {proc.stderr[-2000:]}')
+  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory')
+
+
+def run(only, output: str) -> List[Dict]:
+  results: List[Dict] = []
+  peak = 0.0
+  steps = {}
+  if 'matmul' in only or 'reference' in only or 'configs' in only:
+    figure = matmul_peak()
+    peak = figure['gflop_per_s']
+    emit(results, figure)
+  if 'reference' in only:
+    for name in ('vae_fmnist', 'unet64'):
+      figure = train_step_figure(name, reference_config(name), peak)
+      steps[name] = figure['images_per_s']
+      emit(results, figure)
+  configs = main_configs()
+  if 'configs' in only:
+    for name, config in configs.items():
+      figure = train_step_figure(name, config, peak)
+      steps[name] = figure['images_per_s']
+      emit(results, figure)
+  if 'pipeline' in only:
+    for name in ('default_vae', 'unet_scenes'):
+      emit(results, input_pipeline_figure(name, configs[name], steps.get(name, 0.0)))
+      emit(results, data_wait_figure(name, configs[name]))
+  if 'parallel' in only:
+    for devices in (2, 4):
+      for figure in _child(['--child=parallel', f'--devices={devices}'], devices):
+        emit(results, figure)
+  if 'memory' in only:
+    for figure in _child(['--child=memory'], 1):
+      emit(results, figure)
+  import jax
+  meta = {'figure': 'machine', 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+          'backend': jax.default_backend(), 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
+  emit(results, meta)
+  with open(output, 'w') as f:
+    json.dump(results, f, indent=1)
+  return results
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', default=','.join(ALL),
+                      help=f'comma-separated subset of {", ".join(ALL)}')
+  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
+  parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
+  parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.child == 'parallel':
+    for figure in parallel_child(args.devices):
+      print(json.dumps(figure), flush=True)
+    return
+  if args.child == 'memory':
+    print(json.dumps(memory_child()), flush=True)
+    return
+  only = [x for x in args.only.split(',') if x]
+  unknown = [x for x in only if x not in ALL]
+  if unknown:
+    parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
+  run(only, args.output)
+
+
+if __name__ == '__main__':
+  main()
