@@ -1,6 +1,7 @@
 """Runs that survive: non-finite steps, damaged checkpoints, preemption (SIGTERM/SIGINT), crashes
 (SIGKILL at random steps), another device count on resume, and multi-process training on
-127.0.0.1. The subprocess-heavy tests are marked `faults` (`make test-faults`, run by CI)."""
+127.0.0.1. Tests that train whole runs are marked `faults` (`make test-faults`, which CI runs after
+`make test`); the default run keeps the fast ones."""
 import functools
 import json
 import os
@@ -85,6 +86,7 @@ def test_train_step_keeps_the_state_on_a_nonfinite_batch(tfds_dir, fashion_mnist
   _assert_trees_equal(after.opt_state, good.opt_state)
 
 
+@pytest.mark.faults
 def test_divergence_stops_keeps_last_good_checkpoint(tmp_path, tfds_dir):
   config = small_config(tfds_dir, **_tiny_overrides(
       learning_rate=1e9, num_train_steps=30, checkpoint_every_steps=1, log_every_steps=10,
@@ -105,6 +107,7 @@ def test_divergence_stops_keeps_last_good_checkpoint(tmp_path, tfds_dir):
   assert error.value.exit_code == 3 and '\n' not in message
 
 
+@pytest.mark.faults
 def test_skip_mode_counts_skipped_steps(tmp_path, tfds_dir):
   config = small_config(tfds_dir, **_tiny_overrides(
       learning_rate=1e9, num_train_steps=12, log_every_steps=4, nonfinite='skip'))
@@ -120,6 +123,7 @@ def test_skip_mode_counts_skipped_steps(tmp_path, tfds_dir):
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 
+@pytest.mark.faults
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, tfds_dir, caplog):
   config = small_config(tfds_dir, **_tiny_overrides())  # 6 steps, checkpoints at 3 and 6.
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
@@ -146,6 +150,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, tfd
   _assert_trees_equal(_state(a), _state(b))  # Resumed from 3: the same step 6, bit for bit.
 
 
+@pytest.mark.faults
 def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path, tfds_dir):
   config = small_config(tfds_dir, **_tiny_overrides(num_train_steps=3))
   workdir = str(tmp_path / 'w')

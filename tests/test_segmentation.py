@@ -104,7 +104,8 @@ def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir)
   assert 'labeled' not in test_batch  # Every test mask counts.
 
 
-@pytest.mark.parametrize('config_file', ['segae_scenes', 'vaeunet_scenes'])
+@pytest.mark.parametrize('config_file', [
+    'segae_scenes', pytest.param('vaeunet_scenes', marks=pytest.mark.slow)])  # Same loop; keeps the default run short.
 def test_joint_models_train_semi_supervised(tmp_path, tfds_dir, config_file):
   config = scenes_config(tfds_dir, config_file, labeled_fraction=0.25, num_train_steps=2,
                          eval_every_steps=2)

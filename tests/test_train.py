@@ -114,6 +114,7 @@ def _params(workdir, step):
   return restored['state']
 
 
+@pytest.mark.faults  # Three whole runs; the kill tests of test_faults check the same end to end.
 def test_resume_gives_bit_identical_result(tmp_path, tfds_dir):
   """Uninterrupted 6 steps vs (6 steps, lose the last checkpoint, resume from step 3)."""
   config = small_config(tfds_dir)
