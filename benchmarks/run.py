@@ -79,21 +79,27 @@ def main_configs():
           'segae_scenes': segae_scenes.get_config()}
 
 
-def _setup(config, num_local_devices=None):
-  """(dataset, model, state, loss_fn, one real training batch) for a config."""
+def _setup(config, pmap: bool = False):
+  """(dataset, initial TrainState, loss_fn) for a config, built as train_and_evaluate builds
+  them; with `pmap` the model averages BatchNorm statistics over the pmap axis."""
   import jax
   from segae_jax import data, losses, models, parallel, train
-  from segae_jax.data import augment
   dataset = data.build(config.data)
   model = models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
-                       norm_axis_name=parallel.AXIS_NAME if num_local_devices else None)
+                       norm_axis_name=parallel.AXIS_NAME if pmap else None)
   loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
   state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
-  iterator = data.TrainIterator(
+  return dataset, state, loss_fn
+
+
+def _iterator(config, dataset, num_local_devices=None):
+  """The training input pipeline of train_and_evaluate (preprocessing and augmentation)."""
+  from segae_jax import data
+  from segae_jax.data import augment
+  return data.TrainIterator(
       dataset.train, config.batch_size, config.seed,
       augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
       num_local_devices=num_local_devices)
-  return dataset, model, state, loss_fn, iterator
 
 
 # ----------------------------------------------------------------------------- figures
@@ -118,8 +124,8 @@ def matmul_peak() -> Dict:
 def train_step_figure(name: str, config, peak: float) -> Dict:
   import jax
   from segae_jax import train
-  _, _, state, loss_fn, iterator = _setup(config)
-  batch = next(iterator)
+  dataset, state, loss_fn = _setup(config)
+  batch = next(_iterator(config, dataset))
   step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
   rng = jax.random.PRNGKey(1)
   start = time.perf_counter()
@@ -148,7 +154,8 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
 
 
 def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Dict:
-  _, _, _, _, iterator = _setup(config, num_local_devices=1)
+  from segae_jax import data
+  iterator = _iterator(config, data.build(config.data), num_local_devices=1)
   next(iterator)
   batches = 0
   start = time.perf_counter()
@@ -167,10 +174,10 @@ def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
   """A real loop (the project's strategy, iterator and step) timing next(iterator) apart."""
   import jax
   from segae_jax import parallel, train
-  _, _, state, loss_fn, _ = _setup(config)
+  dataset, state, loss_fn = _setup(config, pmap=True)
   strategy = parallel.make_strategy('pmap', functools.partial(train.train_step, loss_fn=loss_fn),
                                     functools.partial(train.eval_step, loss_fn=loss_fn))
-  _, _, _, _, iterator = _setup(config, num_local_devices=strategy.batch_device_axis)
+  iterator = _iterator(config, dataset, strategy.batch_device_axis)
   state = strategy.replicate(state)
   rng = jax.random.PRNGKey(1)
   state, metrics = strategy.train_step(state, strategy.put_batch(next(iterator)), rng)
@@ -196,12 +203,11 @@ def parallel_child(num_devices: int) -> List[Dict]:
   config = unet_scenes.get_config()
   figures, params = [], {}
   for name in parallel.STRATEGIES:
-    _, _, state, loss_fn, _ = _setup(config, num_local_devices=num_devices if name == 'pmap'
-                                     else None)
+    dataset, initial, loss_fn = _setup(config, pmap=name == 'pmap')
     strategy = parallel.make_strategy(name, functools.partial(train.train_step, loss_fn=loss_fn),
                                       functools.partial(train.eval_step, loss_fn=loss_fn))
-    _, _, _, _, iterator = _setup(config, num_local_devices=strategy.batch_device_axis)
-    state = strategy.replicate(state)
+    iterator = _iterator(config, dataset, strategy.batch_device_axis)
+    state = strategy.replicate(initial)  # A copy: `initial` survives the donated steps.
     rng = jax.random.PRNGKey(1)
     batches = [strategy.put_batch(next(iterator)) for _ in range(WARMUP_STEPS + TIMED_STEPS)]
     times = []
@@ -211,9 +217,8 @@ def parallel_child(num_devices: int) -> List[Dict]:
       jax.block_until_ready(metrics)
       if i >= WARMUP_STEPS:
         times.append(time.perf_counter() - start)
-    # Parameters after the first 5 steps, from a fresh state, for the strategy comparison.
-    _, _, fresh, _, _ = _setup(config)
-    fresh = strategy.replicate(fresh)
+    # Parameters after the first 5 steps, from the initial state, for the strategy comparison.
+    fresh = strategy.replicate(initial)
     for batch in batches[:5]:
       fresh, metrics = strategy.train_step(fresh, batch, rng)
     params[name] = strategy.fetch(fresh).params
@@ -231,7 +236,8 @@ def memory_child() -> Dict:
   import jax
   from segae_jax import train
   config = reference_config('unet64')
-  _, _, state, loss_fn, iterator = _setup(config)
+  dataset, state, loss_fn = _setup(config)
+  iterator = _iterator(config, dataset)
   step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
   for _ in range(5):
     state, metrics = step(state, next(iterator), jax.random.PRNGKey(0))
