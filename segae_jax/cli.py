@@ -89,8 +89,8 @@ def run_command(main: Callable[[], None], define_flags: Callable[[], None],
                 required: Sequence[str]) -> None:
   """Runs a `python -m segae_jax.<command>` program: defines its flags (only now, so several
   commands import side by side as libraries), marks `required` ones, parses argv (bad flags: one
-  line, status 2), refuses positional arguments, sets up logging and calls main() with
-  UserInputError turned into one line and status 2."""
+  line, status 2), refuses positional arguments, sets up logging and calls main() inside
+  user_errors (UserInputError: one line, status 2; RunStopped: one line, its own status)."""
   define_flags()
   flags.mark_flags_as_required(list(required))
 

@@ -16,17 +16,6 @@ from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-MODES = ('off', 'auto', 'explicit')
-
-
-def mode(coordinator_address: Optional[str], enabled: bool) -> str:
-  """'explicit' with a coordinator address, 'auto' (JAX's cluster detection: Slurm, Open MPI,
-  TPU pods, Kubernetes, ...) with --distributed alone, else 'off'."""
-  if coordinator_address:
-    return 'explicit'
-  return 'auto' if enabled else 'off'
-
-
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, bind_address: Optional[str] = None,
                enabled: bool = False) -> None:
@@ -43,10 +32,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     UserInputError: an explicit coordinator without num_processes/process_id, or a process_id
       outside [0, num_processes).
   """
-  how = mode(coordinator_address, enabled)
-  if how == 'off':
+  if not (coordinator_address or enabled):
     return
-  if how == 'explicit':
+  if coordinator_address:  # Explicit; otherwise JAX detects the cluster (Slurm, TPU pods, ...).
     if num_processes is None or process_id is None:
       raise UserInputError('--coordinator_address needs --num_processes and --process_id')
     if not 0 <= process_id < num_processes:

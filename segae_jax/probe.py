@@ -75,6 +75,11 @@ def define_flags() -> None:
 # ----------------------------------------------------------------------------- config
 
 
+def _generated(config):
+  """config.generated, or 'off' for a probe config written before the option existed."""
+  return config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+
+
 def validate(config, num_classes: int = 10) -> None:
   """Raises UserInputError naming the first bad field of a probe config."""
   methods = tuple(config.methods)
@@ -105,7 +110,7 @@ def validate(config, num_classes: int = 10) -> None:
     raise UserInputError(f'config.loss: unknown {config.loss!r}; known: {", ".join(LOSS_KINDS)}')
   if not float(config.focal_gamma) >= 0.0:
     raise UserInputError(f'config.focal_gamma must be >= 0, got {config.focal_gamma}')
-  generated = config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+  generated = _generated(config)
   if int(generated['per_image']) < 0:
     raise UserInputError(f'config.generated.per_image must be >= 0 (0 = off), got '
                          f'{generated["per_image"]}')
@@ -550,7 +555,7 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
   minority = tuple(int(c) for c in config.imbalance.minority_classes)
   ratio = float(config.imbalance.ratio)
   rows = []
-  generated = config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+  generated = _generated(config)
   per_image, noise_scale = int(generated['per_image']), float(generated['noise_scale'])
   for fraction in config.label_fractions:
     fraction = float(fraction)

@@ -432,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           drain()
           if saved_step != step:
             save(ckpt, step)
-          ckpt.wait_until_finished()
+          # The except clause below closes the checkpointers, which waits for this save.
           message = (f'{reason} at step {step} of {config.num_train_steps}: checkpoint '
                      f'{ckpt.directory}/{step} written; re-run the same command to resume')
           log.warning('Preempted: %s', message)

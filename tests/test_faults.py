@@ -184,9 +184,8 @@ def _logged_step(workdir):
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
-  steps = [int(line.split('"step": ')[1].split(',')[0]) for line in open(path)
-           if '"train/loss"' in line and line.endswith('\n')]
-  return max(steps, default=0)
+  records = [json.loads(line) for line in open(path) if line.endswith('\n')]  # Whole lines.
+  return max((r['step'] for r in records if 'train/loss' in r), default=0)
 
 
 def _start_and_wait(workdir, steps, until_step, tfds_dir, *extra, devices=2):
