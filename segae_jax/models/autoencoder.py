@@ -5,7 +5,7 @@ Every model in segae_jax returns a dict of outputs, so losses can pick what they
                 [0, 1] is sigmoid(rec_logits).
   'z':          [batch, latent_dim] the code.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -27,19 +27,24 @@ class Autoencoder(nn.Module):
     features: channels of the encoder's stride-2 convolutions.
     hidden_dim: dense width between the convolutions and the code.
     activation: hidden-layer nonlinearity.
+    conv_impl: 'auto' | 'xla' | 'matmul_grad', how convolution gradients are computed
+      (segae_jax.models.conv_ops); results are the same.
+    dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
   """
   image_shape: Tuple[int, int, int]
   latent_dim: int = 32
   features: Sequence[int] = (32, 64)
   hidden_dim: int = 256
   activation: str = 'relu'
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   def setup(self):
     check_divisible(self.image_shape, len(self.features))
     self.encoder = ConvEncoder(self.features, self.hidden_dim, self._encoder_outputs(),
-                               self.activation)
+                               self.activation, self.conv_impl, self.dtype)
     self.decoder = ConvDecoder(self.features, self.hidden_dim, tuple(self.image_shape),
-                               self.activation)
+                               self.activation, self.conv_impl, self.dtype)
 
   def _encoder_outputs(self) -> int:
     return self.latent_dim

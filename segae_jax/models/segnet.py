@@ -10,13 +10,14 @@ Here each level is two [3x3 conv -> norm -> ReLU] (the paper's VGG-16 encoder ha
 level) and every level, including the last, is followed by a pool, so height and width must be
 divisible by 2**len(features).
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
+from segae_jax.models import conv_ops
 from segae_jax.models.conv import check_divisible
 from segae_jax.models.registry import MODELS
 from segae_jax.models.unet import DoubleConv, validate_common
@@ -99,6 +100,8 @@ class SegNet(nn.Module):
     pooling_indices: upsample with the encoder's max-pooling indices (SegNet); False gives plain
       nearest-neighbour upsampling (an ablation: the decoder then gets nothing from the encoder
       but the bottleneck).
+    conv_impl: 'auto' | 'xla' | 'matmul_grad' (segae_jax.models.conv_ops; same results).
+    dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
 
   Outputs of `__call__`: {'seg_logits': float32 [batch, height, width, num_classes]}.
 
@@ -113,6 +116,8 @@ class SegNet(nn.Module):
   group_norm_groups: int = 8
   dropout: float = 0.0
   pooling_indices: bool = True
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
@@ -121,7 +126,8 @@ class SegNet(nn.Module):
     if self.num_classes < 1:
       raise UserInputError(f'config.model.num_classes must be >= 1, got {self.num_classes}')
     check_divisible(self.image_shape, len(self.features))
-    norm_args = (self.norm, self.norm_axis_name, self.group_norm_groups)
+    norm_args = (self.norm, self.norm_axis_name, self.group_norm_groups, self.conv_impl,
+                 self.dtype)
 
     all_indices = []
     for i, f in enumerate(self.features):
@@ -135,4 +141,5 @@ class SegNet(nn.Module):
       x = max_unpool(x, all_indices[i]) if self.pooling_indices else upsample_nearest(x)
       out = self.features[max(i - 1, 0)]
       x = DoubleConv((self.features[i], out), *norm_args, name=f'dec_level{i}')(x, train)
-    return {'seg_logits': nn.Conv(self.num_classes, (1, 1), name='head')(x)}
+    return {'seg_logits': conv_ops.Conv(self.conv_impl, self.num_classes, (1, 1), dtype=self.dtype,
+                                        name='head')(x)}

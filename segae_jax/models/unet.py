@@ -28,13 +28,14 @@ statistics are averaged over the devices (the statistics of the global batch); a
 with `norm_axis_name` set must then run inside a transform binding that axis. Under sharded
 `jit` leave it None: the arrays are global and XLA computes global statistics already.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
+from segae_jax.models import conv_ops
 from segae_jax.models.conv import check_divisible
 from segae_jax.models.registry import MODELS
 from segae_jax.models.vae import reparameterize
@@ -74,6 +75,20 @@ def validate_upsample(upsample: str) -> None:
         f'unknown config.model.upsample {upsample!r}; known: {", ".join(UPSAMPLES)}')
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """2x2 stride-2 max-pool, [batch, h, w, c] -> [batch, h/2, w/2, c] (h, w even).
+
+  The same values as nn.max_pool(x, (2, 2), strides=(2, 2)), written as a reshape and a max:
+  XLA:CPU expands nn.max_pool's gradient into a variadic reduce-window over four int32 index
+  arrays, 7% of a unet64 training step. The gradients differ only where a window holds tied
+  maxima: here each tied position gets an equal share rather than one position all of it. In
+  the U-Nets the pool follows a ReLU, so ties are zeros, where the ReLU passes no gradient
+  either way, and the parameter gradients are the same.
+  """
+  b, h, w, c = x.shape
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class ConvNormReLU(nn.Module):
   """3x3 SAME convolution -> normalisation -> ReLU.
 
@@ -85,23 +100,30 @@ class ConvNormReLU(nn.Module):
     norm: 'batch' | 'group' | 'none'.
     norm_axis_name: pmap axis over which BatchNorm averages its batch statistics, or None.
     group_norm_groups: number of groups for norm='group'.
+    conv_impl: 'auto' | 'xla' | 'matmul_grad', how the convolution's gradients are computed
+      (segae_jax.models.conv_ops; the same mathematics either way).
+    dtype: computation dtype (config.compute_dtype); parameters and normalisation statistics
+      stay float32. None: float32.
   """
   features: int
   norm: str = 'batch'
   norm_axis_name: Optional[str] = None
   group_norm_groups: int = 8
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """[batch, h, w, c_in] float32 -> [batch, h, w, features] float32."""
-    x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=self.norm == 'none',
-                name='conv')(x)
+    x = conv_ops.Conv(self.conv_impl, self.features, (3, 3), padding='SAME',
+                      use_bias=self.norm == 'none', dtype=self.dtype, name='conv')(x)
     if self.norm == 'batch':
       # momentum 0.9: running = 0.9 * running + 0.1 * batch, PyTorch's default momentum of 0.1.
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.norm_axis_name, name='norm')(x)
+                       axis_name=self.norm_axis_name, dtype=self.dtype, name='norm')(x)
     elif self.norm == 'group':
-      x = nn.GroupNorm(num_groups=self.group_norm_groups, epsilon=1e-5, name='norm')(x)
+      x = nn.GroupNorm(num_groups=self.group_norm_groups, epsilon=1e-5, dtype=self.dtype,
+                       name='norm')(x)
     elif self.norm != 'none':
       raise UserInputError(f'unknown config.model.norm {self.norm!r}; known: {", ".join(NORMS)}')
     return nn.relu(x)
@@ -112,19 +134,21 @@ class DoubleConv(nn.Module):
 
   Attributes:
     features: output channels of the (first, second) convolution.
-    norm, norm_axis_name, group_norm_groups: as in ConvNormReLU.
+    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
   """
   features: Tuple[int, int]
   norm: str = 'batch'
   norm_axis_name: Optional[str] = None
   group_norm_groups: int = 8
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """[batch, h, w, c_in] float32 -> [batch, h, w, features[1]] float32."""
     for i, f in enumerate(self.features):
       x = ConvNormReLU(f, self.norm, self.norm_axis_name, self.group_norm_groups,
-                       name=f'block{i}')(x, train)
+                       self.conv_impl, self.dtype, name=f'block{i}')(x, train)
     return x
 
 
@@ -137,7 +161,7 @@ class UNetEncoder(nn.Module):
 
   Attributes:
     features: channels per level, e.g. (32, 64, 128, 256).
-    norm, norm_axis_name, group_norm_groups: as in ConvNormReLU.
+    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
     dropout: rate of nn.Dropout on the bottleneck (rng name 'dropout' when training).
   """
   features: Sequence[int]
@@ -145,6 +169,8 @@ class UNetEncoder(nn.Module):
   norm_axis_name: Optional[str] = None
   group_norm_groups: int = 8
   dropout: float = 0.0
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray,
@@ -159,10 +185,10 @@ class UNetEncoder(nn.Module):
     skips = []
     for i, f in enumerate(self.features):
       x = DoubleConv((f, f), self.norm, self.norm_axis_name, self.group_norm_groups,
-                     name=f'level{i}')(x, train)
+                     self.conv_impl, self.dtype, name=f'level{i}')(x, train)
       if i < len(self.features) - 1:
         skips.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train, name='dropout')(x)
     return skips, x
@@ -179,20 +205,24 @@ class Upsample2x(nn.Module):
   Attributes:
     features: output channels.
     upsample: 'transpose' | 'resize'.
+    conv_impl, dtype: as in ConvNormReLU.
   """
   features: int
   upsample: str = 'transpose'
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """[batch, h, w, c] float32 -> [batch, 2h, 2w, features] float32."""
     if self.upsample == 'transpose':
-      return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
-                              name='deconv')(x)
+      return conv_ops.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
+                                    impl=self.conv_impl, dtype=self.dtype, name='deconv')(x)
     if self.upsample == 'resize':
       b, h, w, c = x.shape
       x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='bilinear')
-      return nn.Conv(self.features, (3, 3), padding='SAME', name='conv')(x)
+      return conv_ops.Conv(self.conv_impl, self.features, (3, 3), padding='SAME',
+                           dtype=self.dtype, name='conv')(x)
     raise UserInputError(
         f'unknown config.model.upsample {self.upsample!r}; known: {", ".join(UPSAMPLES)}')
 
@@ -208,7 +238,7 @@ class UNetDecoder(nn.Module):
     features: the encoder's features (the decoder runs features[:-1] in reverse).
     out_channels: channels of the output logits (classes, or image channels).
     use_skips: concatenate the encoder skips; False gives a plain decoder that sees only its input.
-    norm, norm_axis_name, group_norm_groups: as in ConvNormReLU.
+    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
     upsample: 'transpose' | 'resize' (see Upsample2x).
   """
   features: Sequence[int]
@@ -218,6 +248,8 @@ class UNetDecoder(nn.Module):
   norm_axis_name: Optional[str] = None
   group_norm_groups: int = 8
   upsample: str = 'transpose'
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, skips: Optional[Sequence[jnp.ndarray]] = None,
@@ -237,12 +269,13 @@ class UNetDecoder(nn.Module):
       raise ValueError(f'UNetDecoder with use_skips needs {num_up} skips, got '
                        f'{None if skips is None else len(skips)}')
     for i, f in enumerate(reversed(self.features[:-1])):
-      x = Upsample2x(f, self.upsample, name=f'up{i}')(x)
+      x = Upsample2x(f, self.upsample, self.conv_impl, self.dtype, name=f'up{i}')(x)
       if self.use_skips:
         x = jnp.concatenate([x, skips[num_up - 1 - i]], axis=-1)
       x = DoubleConv((f, f), self.norm, self.norm_axis_name, self.group_norm_groups,
-                     name=f'level{i}')(x, train)
-    return nn.Conv(self.out_channels, (1, 1), name='head')(x)
+                     self.conv_impl, self.dtype, name=f'level{i}')(x, train)
+    return conv_ops.Conv(self.conv_impl, self.out_channels, (1, 1), dtype=self.dtype,
+                         name='head')(x)
 
 
 class _UNetBase(nn.Module):
@@ -255,6 +288,8 @@ class _UNetBase(nn.Module):
   group_norm_groups: int = 8
   upsample: str = 'transpose'
   dropout: float = 0.0
+  conv_impl: str = 'auto'
+  dtype: Optional[Any] = None
 
   def _check(self) -> None:
     validate_common(self.features, self.norm, self.group_norm_groups, self.dropout)
@@ -265,11 +300,15 @@ class _UNetBase(nn.Module):
 
   def _encoder(self) -> UNetEncoder:
     return UNetEncoder(self.features, self.norm, self.norm_axis_name, self.group_norm_groups,
-                       self.dropout, name='encoder')
+                       self.dropout, self.conv_impl, self.dtype, name='encoder')
 
   def _decoder(self, out_channels: int, use_skips: bool, name: str) -> UNetDecoder:
     return UNetDecoder(self.features, out_channels, use_skips, self.norm, self.norm_axis_name,
-                       self.group_norm_groups, self.upsample, name=name)
+                       self.group_norm_groups, self.upsample, self.conv_impl, self.dtype,
+                       name=name)
+
+  def _conv1x1(self, features: int) -> nn.Conv:
+    return conv_ops.Conv(self.conv_impl, features, (1, 1), dtype=self.dtype)
 
 
 @MODELS.register('unet')
@@ -289,8 +328,10 @@ class UNet(_UNetBase):
     group_norm_groups: groups for norm='group'; must divide every entry of features.
     upsample: 'transpose' (ConvTranspose 2x2 stride 2) | 'resize' (bilinear x2 + 3x3 conv).
     dropout: dropout rate on the bottleneck; training with dropout > 0 needs rngs={'dropout': k}.
+    conv_impl: 'auto' | 'xla' | 'matmul_grad' (segae_jax.models.conv_ops; same results).
+    dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
 
-  Outputs of `__call__`: {'seg_logits': float32 [batch, height, width, num_classes]}.
+  Outputs of `__call__`: {'seg_logits': [batch, height, width, num_classes]} in `dtype`.
 
   Raises:
     UserInputError (at init/apply): bad norm, upsample, dropout, features, or image size.
@@ -401,10 +442,10 @@ class VAEUNet(_UNetBase):
       raise UserInputError(
           f'config.model.latent_channels must be >= 1, got {self.latent_channels}')
     self.encoder = self._encoder()
-    self.to_mean = nn.Conv(self.latent_channels, (1, 1))
-    self.to_logvar = nn.Conv(self.latent_channels, (1, 1))
-    self.seg_project = nn.Conv(self.features[-1], (1, 1))
-    self.rec_project = nn.Conv(self.features[-1], (1, 1))
+    self.to_mean = self._conv1x1(self.latent_channels)
+    self.to_logvar = self._conv1x1(self.latent_channels)
+    self.seg_project = self._conv1x1(self.features[-1])
+    self.rec_project = self._conv1x1(self.features[-1])
     self.seg_decoder = self._decoder(self.num_classes, True, 'seg_decoder')
     self.rec_decoder = self._decoder(self.image_shape[2], False, 'rec_decoder')
 
