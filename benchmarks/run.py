@@ -80,16 +80,21 @@ def main_configs():
 
 
 def _setup(config, pmap: bool = False):
-  """(dataset, initial TrainState, loss_fn) for a config, built as train_and_evaluate builds
-  them; with `pmap` the model averages BatchNorm statistics over the pmap axis."""
+  """(dataset, initial TrainState, train step, eval step) for a config, built as
+  train_and_evaluate builds them (compute dtype and loss scale included); with `pmap` the model
+  averages BatchNorm statistics over the pmap axis. The steps are the pure functions, not yet
+  compiled."""
   import jax
   from segae_jax import data, losses, models, parallel, train
   dataset = data.build(config.data)
   model = models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
-                       norm_axis_name=parallel.AXIS_NAME if pmap else None)
+                       norm_axis_name=parallel.AXIS_NAME if pmap else None,
+                       dtype=jax.numpy.dtype(config.get('compute_dtype', 'float32')))
   loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
   state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
-  return dataset, state, loss_fn
+  train_fn = functools.partial(train.train_step, loss_fn=loss_fn,
+                               loss_scale=train.loss_scale_for(config))
+  return dataset, state, train_fn, functools.partial(train.eval_step, loss_fn=loss_fn)
 
 
 def _iterator(config, dataset, num_local_devices=None):
@@ -123,10 +128,9 @@ def matmul_peak() -> Dict:
 
 def train_step_figure(name: str, config, peak: float) -> Dict:
   import jax
-  from segae_jax import train
-  dataset, state, loss_fn = _setup(config)
+  dataset, state, train_fn, _ = _setup(config)
   batch = next(_iterator(config, dataset))
-  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+  step = jax.jit(train_fn, donate_argnums=(0,))
   rng = jax.random.PRNGKey(1)
   start = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
@@ -173,10 +177,9 @@ def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Di
 def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
   """A real loop (the project's strategy, iterator and step) timing next(iterator) apart."""
   import jax
-  from segae_jax import parallel, train
-  dataset, state, loss_fn = _setup(config, pmap=True)
-  strategy = parallel.make_strategy('pmap', functools.partial(train.train_step, loss_fn=loss_fn),
-                                    functools.partial(train.eval_step, loss_fn=loss_fn))
+  from segae_jax import parallel
+  dataset, state, train_fn, eval_fn = _setup(config, pmap=True)
+  strategy = parallel.make_strategy('pmap', train_fn, eval_fn)
   iterator = _iterator(config, dataset, strategy.batch_device_axis)
   state = strategy.replicate(state)
   rng = jax.random.PRNGKey(1)
@@ -198,14 +201,13 @@ def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
 def parallel_child(num_devices: int) -> List[Dict]:
   """Runs inside a subprocess with `num_devices` forced CPU devices."""
   import jax
-  from segae_jax import parallel, train
+  from segae_jax import parallel
   from configs import unet_scenes
   config = unet_scenes.get_config()
   figures, params = [], {}
   for name in parallel.STRATEGIES:
-    dataset, initial, loss_fn = _setup(config, pmap=name == 'pmap')
-    strategy = parallel.make_strategy(name, functools.partial(train.train_step, loss_fn=loss_fn),
-                                      functools.partial(train.eval_step, loss_fn=loss_fn))
+    dataset, initial, train_fn, eval_fn = _setup(config, pmap=name == 'pmap')
+    strategy = parallel.make_strategy(name, train_fn, eval_fn)
     iterator = _iterator(config, dataset, strategy.batch_device_axis)
     state = strategy.replicate(initial)  # A copy: `initial` survives the donated steps.
     rng = jax.random.PRNGKey(1)
@@ -234,11 +236,10 @@ def parallel_child(num_devices: int) -> List[Dict]:
 
 def memory_child() -> Dict:
   import jax
-  from segae_jax import train
   config = reference_config('unet64')
-  dataset, state, loss_fn = _setup(config)
+  dataset, state, train_fn, _ = _setup(config)
   iterator = _iterator(config, dataset)
-  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+  step = jax.jit(train_fn, donate_argnums=(0,))
   for _ in range(5):
     state, metrics = step(state, next(iterator), jax.random.PRNGKey(0))
   jax.block_until_ready(metrics)

@@ -52,5 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
   # A NaN/inf loss or gradient: 'stop' (exit 3, that state never checkpointed) or 'skip' the
   # batch (parameters unchanged, counted as train/skipped_steps).
   config.nonfinite = 'stop'
+  # Mixed precision: activations, convolutions and matmuls in this dtype; parameters, optimizer
+  # state, BatchNorm statistics, losses and metrics stay float32. 'bfloat16' for CPU/TPU,
+  # 'float16' for GPU, where the loss is multiplied by loss_scale before differentiation (and the
+  # gradients divided by it) so that small gradients do not flush to zero; an overflow then
+  # gives a non-finite step, handled by config.nonfinite ('skip' suits float16).
+  config.compute_dtype = 'float32'
+  config.loss_scale = 128.0     # float16 only; 1024 overflows the VAE's pixel-summed loss.
   config.num_pictures = 32
   return config

@@ -63,8 +63,19 @@ def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.
   return {'reparam': reparam, 'dropout': dropout}
 
 
+def _float32(outputs: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+  # Losses and metrics in float32 whatever the model's compute dtype (mixed precision).
+  return {k: v.astype(jnp.float32) for k, v in outputs.items()}
+
+
+def loss_scale_for(config: ml_collections.ConfigDict) -> float:
+  """config.loss_scale for float16 training, 1 otherwise (bfloat16 has float32's range)."""
+  return float(config.loss_scale) if config.get('compute_dtype') == 'float16' else 1.0
+
+
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
-               loss_fn: losses.LossFn, axis_name: Optional[str] = None):
+               loss_fn: losses.LossFn, axis_name: Optional[str] = None,
+               loss_scale: float = 1.0):
   """One optimisation step on `batch` (pure).
 
   Args:
@@ -73,6 +84,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     rng: the run's PRNG key; the step's key is derived from it and state.step.
     loss_fn: (outputs, batch) -> (scalar, metrics), e.g. losses.make_loss_fn(config.loss).
     axis_name: the pmap axis to average gradients and metrics over, or None.
+    loss_scale: the loss is multiplied by this before differentiation and the gradients divided
+      by it (static loss scaling for float16 compute; Micikevicius et al., "Mixed Precision
+      Training", ICLR 2018, Sec. 3.2). 1 for float32/bfloat16.
 
   Returns:
     (new state, metrics: {'loss', each loss term, 'grad_norm', 'nonfinite'} float32 scalars).
@@ -91,11 +105,13 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     else:
       outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
                                         rngs=rngs), {}
-    loss, step_metrics = loss_fn(outputs, batch)
-    return loss, (step_metrics, updates)
+    loss, step_metrics = loss_fn(_float32(outputs), batch)
+    return loss * loss_scale, (step_metrics, updates)
 
   (_, (step_metrics, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
       state.params)
+  if loss_scale != 1.0:
+    grads = jax.tree.map(lambda g: g / loss_scale, grads)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     step_metrics = jax.lax.pmean(step_metrics, axis_name)
@@ -124,8 +140,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   over `axis_name`) gives exact values over the split.
   """
   rngs = _step_rngs(rng, 0, axis_name)
-  outputs = state.apply_fn(_variables(state, state.params), batch['image'], train=False,
-                           rngs=rngs)
+  outputs = _float32(state.apply_fn(_variables(state, state.params), batch['image'],
+                                    train=False, rngs=rngs))
   # Every test image counts for evaluation, also when training hid some labels.
   batch = {k: v for k, v in batch.items() if k != 'labeled'}
   _, values = loss_fn(outputs, batch)
@@ -300,10 +316,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   model = models.build(
       config.model, dataset.image_shape, num_classes=dataset.num_classes,
       # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
-      norm_axis_name=parallel.AXIS_NAME if config.parallel == 'pmap' else None)
+      norm_axis_name=parallel.AXIS_NAME if config.parallel == 'pmap' else None,
+      dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
   loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
   strategy = parallel.make_strategy(
-      config.parallel, functools.partial(train_step, loss_fn=loss_fn),
+      config.parallel,
+      functools.partial(train_step, loss_fn=loss_fn, loss_scale=loss_scale_for(config)),
       functools.partial(eval_step, loss_fn=loss_fn))
   _, schedule = optimizers.make_optimizer(config)
 

@@ -7,6 +7,7 @@ from segae_jax.errors import UserInputError
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_train_steps', 'log_every_steps',
                  'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'num_pictures')
 NONFINITE = ('stop', 'skip')
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -31,6 +32,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get('nonfinite', 'stop') not in NONFINITE:
     raise UserInputError(f'config.nonfinite must be one of {", ".join(NONFINITE)}, got '
                          f'{config.nonfinite!r}')
+  if config.get('compute_dtype', 'float32') not in COMPUTE_DTYPES:
+    raise UserInputError(f'config.compute_dtype must be one of {", ".join(COMPUTE_DTYPES)}, got '
+                         f'{config.compute_dtype!r}')
+  if not config.get('loss_scale', 1.0) > 0:
+    raise UserInputError(f'config.loss_scale must be > 0, got {config.loss_scale!r}')
   if config.parallel not in parallel.STRATEGIES:
     raise UserInputError(f'unknown config.parallel {config.parallel!r}; known: '
                          f'{", ".join(parallel.STRATEGIES)}')

@@ -87,6 +87,8 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tfds_dir
     (['--config.parallel=dp'], "unknown config.parallel 'dp'; known: pmap, jit"),
     (['--config.labeled_fraction=1.5'], 'config.labeled_fraction must be in (0, 1], got 1.5'),
     (['--config.nonfinite=ignore'], "config.nonfinite must be one of stop, skip, got 'ignore'"),
+    (['--config.compute_dtype=float64'],
+     "config.compute_dtype must be one of float32, bfloat16, float16, got 'float64'"),
     (['--config.data.idx_dir=/nonexistent/fmnist'],
      'Fashion-MNIST data directory /nonexistent/fmnist does not exist; run `make data`'),
 ])
