@@ -10,7 +10,7 @@ WORKDIR ?= runs/default
 # 4 forced CPU devices let the tests exercise pmap and sharded jit on one machine.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=4
 
-.PHONY: install data train test test-faults test-slow bench clean
+.PHONY: install data train test test-faults test-slow bench profile clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ test-faults: data
 # Speed and memory figures (JSON lines, benchmarks/results.json); about 10 minutes on 2 cores.
 bench: data
 	$(BIN)/python -m benchmarks.run
+
+# Where a CPU step spends its time: per-layer convolution timings and a traced step by op
+# category (JSON lines, benchmarks/profile.json); about 2 minutes on 2 cores.
+profile: data
+	$(BIN)/python -m benchmarks.profile_convs
 
 test-slow: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow

@@ -33,3 +33,18 @@ def test_unet64_is_the_reference_network():
   assert _count(config, (64, 64, 1)) == 1_926_763  # Hand count in test_seg_models.
   assert (config.batch_size, config.learning_rate, config.model.norm) == (32, 1e-3, 'batch')
   assert tuple(config.model.features) == (32, 64, 128, 256) and dict(config.loss) == {'seg_ce': 1.0}
+
+
+def test_profile_categories_name_the_convolutions_of_a_step():
+  # The step profile assigns XLA ops to categories from the optimized HLO: a convolution's
+  # forward and input gradient, and the matmul kernel gradient as dots.
+  from benchmarks import profile_convs
+  from segae_jax.models import conv_ops
+  x = jnp.ones((2, 8, 8, 16))
+  w = jnp.ones((3, 3, 16, 16))
+  loss = lambda x, w: jnp.sum(conv_ops.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  found = {category for category, _ in profile_convs._categories(hlo).values()}
+  assert {'convolution forward', 'convolution input gradient',
+          'dot (dense layers, matmul kernel gradients)'} <= found, found

@@ -1,0 +1,209 @@
+"""Where a CPU training step spends its time: `python -m benchmarks.profile_convs`.
+
+Two profiles, printed as JSON lines (and written to --output):
+  layer/<model>/<layer>   Each convolution of the reference models (vae_fmnist, unet64 of
+                          ../shared/bench/README.md) alone at the model's batch size: milliseconds
+                          (median of 10 after 2 warm-up calls) of XLA's forward, input gradient and
+                          kernel gradient, and of the kernel gradient of segae_jax.models.conv_ops
+                          (conv_impl='matmul_grad'), with the layer's forward GFLOP.
+  step/<model>/<category> One jax.profiler trace of 3 train steps of the reference model as
+                          configured (conv_impl 'auto'), each executed XLA op assigned a category
+                          from the optimized HLO (the root instruction of its fusion: convolution
+                          forward or input gradient, dot, copies/slices, elementwise, ...):
+                          milliseconds per step and share. XLA:CPU runs independent ops on both
+                          cores at once, so the shares add up to more wall time than the step takes.
+"""
+import argparse
+import collections
+import functools
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# (model, layer, input shape, kernel shape, strides, padding, transposed)
+LAYERS = [
+    ('vae_fmnist', 'encoder/conv0', (256, 28, 28, 1), (3, 3, 1, 32), (2, 2), 'SAME', False),
+    ('vae_fmnist', 'encoder/conv1', (256, 14, 14, 32), (3, 3, 32, 64), (2, 2), 'SAME', False),
+    ('vae_fmnist', 'decoder/deconv0', (256, 7, 7, 64), (3, 3, 64, 32), (2, 2), 'SAME', True),
+    ('vae_fmnist', 'decoder/out', (256, 14, 14, 32), (3, 3, 32, 1), (2, 2), 'SAME', True),
+    ('unet64', 'level0 conv 1->32', (32, 64, 64, 1), (3, 3, 1, 32), (1, 1), 'SAME', False),
+    ('unet64', 'level0 conv 32->32', (32, 64, 64, 32), (3, 3, 32, 32), (1, 1), 'SAME', False),
+    ('unet64', 'level1 conv 64->64', (32, 32, 32, 64), (3, 3, 64, 64), (1, 1), 'SAME', False),
+    ('unet64', 'up level1 conv 128->64', (32, 32, 32, 128), (3, 3, 128, 64), (1, 1), 'SAME',
+     False),
+    ('unet64', 'level2 conv 128->128', (32, 16, 16, 128), (3, 3, 128, 128), (1, 1), 'SAME',
+     False),
+    ('unet64', 'level3 conv 256->256', (32, 8, 8, 256), (3, 3, 256, 256), (1, 1), 'SAME', False),
+    ('unet64', 'up 8->16 (2x2 transposed)', (32, 8, 8, 256), (2, 2, 256, 128), (2, 2), 'VALID',
+     True),
+    ('unet64', 'up 32->64 (2x2 transposed)', (32, 32, 32, 64), (2, 2, 64, 32), (2, 2), 'VALID',
+     True),
+]
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _median_ms(fn, *args, repeats: int = 10) -> float:
+  import jax
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) * 1e3
+
+
+def layer_figures() -> List[Dict]:
+  import jax
+  from jax import lax
+  from segae_jax.models import conv_ops
+  figures = []
+  for model, layer, x_shape, k_shape, strides, padding, transposed in LAYERS:
+    x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+    if transposed:
+      conv = lambda x, w: lax.conv_transpose(x, w, strides, padding, dimension_numbers=NHWC)
+      pads = [conv_ops._transpose_padding(k, s, padding) for k, s in zip(k_shape[:2], strides)]
+      conv_strides, dilation = (1, 1), tuple(strides)
+    else:
+      conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding,
+                                                   dimension_numbers=NHWC)
+      pads = lax.padtype_to_pads(x_shape[1:3], k_shape[:2], strides, padding)
+      conv_strides, dilation = tuple(strides), (1, 1)
+    y, vjp = jax.vjp(conv, x, w)
+    dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+    forward = jax.jit(conv)
+    input_grad = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0])
+    kernel_grad_xla = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1])
+    kernel_grad_matmul = jax.jit(functools.partial(
+        conv_ops.kernel_grad, kernel_size=k_shape[:2], strides=conv_strides,
+        padding=tuple(map(tuple, pads)), lhs_dilation=dilation))
+    # Same gradient from both, or the timing means nothing.
+    ref, new = kernel_grad_xla(x, w, dy), kernel_grad_matmul(x, dy)
+    rel = float(np.max(np.abs(np.asarray(ref) - np.asarray(new))) / np.max(np.abs(ref)))
+    # Forward FLOPs over the real (not dilation-zero) inputs: 2 * outputs * taps * cin * cout
+    # / (stride^2 for transposed layers, whose taps each see one input in stride^2 outputs).
+    gflop = 2 * np.prod(y.shape[:3]) * np.prod(k_shape) / np.prod(dilation) / 1e9
+    times = {'forward_ms': _median_ms(forward, x, w),
+             'xla_input_grad_ms': _median_ms(input_grad, x, w, dy),
+             'xla_kernel_grad_ms': _median_ms(kernel_grad_xla, x, w, dy),
+             'matmul_kernel_grad_ms': _median_ms(kernel_grad_matmul, x, dy)}
+    figures.append({'figure': f'layer/{model}/{layer}', 'input': list(x_shape),
+                    'kernel': list(k_shape), 'strides': list(strides), 'padding': padding,
+                    'transposed': transposed, 'forward_gflop': gflop, **times,
+                    'kernel_grad_speedup': times['xla_kernel_grad_ms'] /
+                                           times['matmul_kernel_grad_ms'],
+                    'kernel_grad_max_rel_diff': rel})
+  return figures
+
+
+def _categories(hlo_text: str) -> Dict[str, tuple]:
+  """Instruction name -> (category, op_name) from optimized HLO text."""
+  roots, current = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r'^%?(\S+) .*\{$', line)
+    if header and not line.startswith(' '):
+      current = header.group(1)
+    root = re.match(r'\s*ROOT %\S+ = \S+ ([a-z\-]+)\(', line)
+    if root and current:
+      roots[current] = root.group(1)
+  out = {}
+  for line in hlo_text.splitlines():
+    inst = re.match(r'\s*(?:ROOT )?%(\S+) = \S+ ([a-z\-]+)\(', line)
+    if not inst:
+      continue
+    calls = re.search(r'calls=%(\S+?)[,\s]', line)
+    opcode = roots.get(calls.group(1), inst.group(2)) if calls else inst.group(2)
+    op_name = re.search(r'op_name="([^"]+)"', line)
+    op_name = op_name.group(1) if op_name else ''
+    if opcode == 'convolution':
+      category = 'convolution input gradient' if 'transpose(' in op_name else (
+          'convolution forward')
+    elif opcode == 'dot':
+      category = 'dot (dense layers, matmul kernel gradients)'
+    elif opcode in ('slice', 'bitcast', 'copy', 'transpose', 'pad', 'concatenate'):
+      category = 'copies (slices, pads, transposes, concatenations)'
+    elif opcode in ('reduce', 'reduce-window', 'select-and-scatter'):
+      category = 'reductions'
+    else:
+      category = 'elementwise (' + opcode + ')' if opcode in ('select', 'maximum') else (
+          'elementwise (other)')
+    out[inst.group(1)] = (category, op_name)
+  return out
+
+
+def step_figures(name: str, steps: int = 3) -> List[Dict]:
+  import jax
+  from benchmarks import run
+  config = run.reference_config(name)
+  dataset, state, train_fn, _ = run._setup(config)
+  batch = next(run._iterator(config, dataset))
+  step = jax.jit(train_fn, donate_argnums=(0,))
+  rng = jax.random.PRNGKey(1)
+  hlo = step.lower(state, batch, rng).compile().as_text()
+  for _ in range(2):
+    state, metrics = step(state, batch, rng)
+  jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = step(state, batch, rng)
+      jax.block_until_ready(metrics)
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    trace_file = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
+    events = json.load(gzip.open(trace_file))['traceEvents']
+  categories = _categories(hlo)
+  totals = collections.defaultdict(float)
+  top = collections.defaultdict(list)
+  for event in events:
+    if event.get('ph') != 'X' or event['name'] not in categories:
+      continue
+    category, op_name = categories[event['name']]
+    totals[category] += event['dur'] / 1e3 / steps
+    top[category].append((event['dur'] / 1e3 / steps, op_name.replace('jit(train_step)/', '')))
+  summed = sum(totals.values())
+  figures = []
+  for category, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
+    largest = sorted(top[category], reverse=True)[:3]
+    figures.append({'figure': f'step/{name}/{category}', 'ms_per_step': ms,
+                    'share_of_op_time': ms / summed, 'step_wall_ms_traced': wall_ms,
+                    'largest_ops': [f'{ms:.1f} ms {op}' for ms, op in largest]})
+  return figures
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', default='layers,step', help='layers, step or both')
+  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'profile.json'))
+  args = parser.parse_args(argv)
+  figures = []
+  parts = args.only.split(',')
+  if 'layers' in parts:
+    for figure in layer_figures():
+      print(json.dumps(figure), flush=True)
+      figures.append(figure)
+  if 'step' in parts:
+    for name in ('vae_fmnist', 'unet64'):
+      for figure in step_figures(name):
+        print(json.dumps(figure), flush=True)
+        figures.append(figure)
+  with open(args.output, 'w') as f:
+    json.dump(figures, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
