@@ -150,6 +150,7 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
   median = float(np.median(times))
   gflops = flops / median / 1e9
   return {'figure': f'train_step/{name}', 'model': config.model.name,
+          'conv_impl': config.model.get('conv_impl', 'auto'),
           'batch_size': config.batch_size, 'image_shape': list(batch['image'].shape[1:]),
           'compile_s': compile_s, 'images_per_s': config.batch_size / median,
           'step_s_median': median, 'step_s_min': float(np.min(times)),
@@ -262,7 +263,9 @@ def _child(args: List[str], devices: int) -> List[Dict]:
 ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory')
 
 
-def run(only, output: str) -> List[Dict]:
+def run(only, output: str, conv_impl: str = 'auto') -> List[Dict]:
+  """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
+  ('auto' | 'xla' | 'matmul_grad', segae_jax.models.conv_ops), to compare implementations."""
   results: List[Dict] = []
   peak = 0.0
   steps = {}
@@ -272,12 +275,16 @@ def run(only, output: str) -> List[Dict]:
     emit(results, figure)
   if 'reference' in only:
     for name in ('vae_fmnist', 'unet64'):
-      figure = train_step_figure(name, reference_config(name), peak)
+      config = reference_config(name)
+      config.model.conv_impl = conv_impl
+      figure = train_step_figure(name, config, peak)
       steps[name] = figure['images_per_s']
       emit(results, figure)
   configs = main_configs()
   if 'configs' in only:
     for name, config in configs.items():
+      config = config.copy_and_resolve_references()
+      config.model.conv_impl = conv_impl
       figure = train_step_figure(name, config, peak)
       steps[name] = figure['images_per_s']
       emit(results, figure)
@@ -306,6 +313,8 @@ def main(argv=None) -> None:
   parser.add_argument('--only', default=','.join(ALL),
                       help=f'comma-separated subset of {", ".join(ALL)}')
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
+  parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'matmul_grad'),
+                      help='convolution gradients of the train-step figures (conv_ops)')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -320,7 +329,7 @@ def main(argv=None) -> None:
   unknown = [x for x in only if x not in ALL]
   if unknown:
     parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
-  run(only, args.output)
+  run(only, args.output, args.conv_impl)
 
 
 if __name__ == '__main__':
