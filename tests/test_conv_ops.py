@@ -134,7 +134,8 @@ def test_max_pool_2x2_matches_nn_max_pool_after_relu():
 
 @pytest.mark.parametrize('name,fields', [
     ('unet', {'features': (4, 8)}),
-    ('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16}),
+    pytest.param('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16},
+                 marks=pytest.mark.slow),   # its layers are covered one by one above
     pytest.param('segnet', {'features': (4, 8)}, marks=pytest.mark.slow),
 ])
 def test_whole_model_same_loss_and_gradients_either_impl(name, fields):

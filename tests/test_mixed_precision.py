@@ -58,6 +58,7 @@ def test_loss_scale_is_undone_on_the_gradients(tfds_dir, fashion_mnist):
   np.testing.assert_allclose(norms_scaled, norms_plain, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_unet_bfloat16_outputs_and_loss():
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 1))
   seg = jax.random.randint(jax.random.PRNGKey(1), (4, 16, 16), 0, 3)
