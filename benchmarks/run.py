@@ -89,7 +89,8 @@ def _setup(config, pmap: bool = False):
   dataset = data.build(config.data)
   model = models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
                        norm_axis_name=parallel.AXIS_NAME if pmap else None,
-                       dtype=jax.numpy.dtype(config.get('compute_dtype', 'float32')))
+                       dtype=jax.numpy.dtype(config.get('compute_dtype', 'float32')),
+                       conv_impl=config.get('conv_impl', 'auto'))
   loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
   state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
   train_fn = functools.partial(train.train_step, loss_fn=loss_fn,
@@ -150,7 +151,7 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
   median = float(np.median(times))
   gflops = flops / median / 1e9
   return {'figure': f'train_step/{name}', 'model': config.model.name,
-          'conv_impl': config.model.get('conv_impl', 'auto'),
+          'conv_impl': config.get('conv_impl', 'auto'),
           'batch_size': config.batch_size, 'image_shape': list(batch['image'].shape[1:]),
           'compile_s': compile_s, 'images_per_s': config.batch_size / median,
           'step_s_median': median, 'step_s_min': float(np.min(times)),
@@ -276,7 +277,7 @@ def run(only, output: str, conv_impl: str = 'auto') -> List[Dict]:
   if 'reference' in only:
     for name in ('vae_fmnist', 'unet64'):
       config = reference_config(name)
-      config.model.conv_impl = conv_impl
+      config.conv_impl = conv_impl
       figure = train_step_figure(name, config, peak)
       steps[name] = figure['images_per_s']
       emit(results, figure)
@@ -284,7 +285,7 @@ def run(only, output: str, conv_impl: str = 'auto') -> List[Dict]:
   if 'configs' in only:
     for name, config in configs.items():
       config = config.copy_and_resolve_references()
-      config.model.conv_impl = conv_impl
+      config.conv_impl = conv_impl
       figure = train_step_figure(name, config, peak)
       steps[name] = figure['images_per_s']
       emit(results, figure)

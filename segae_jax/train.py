@@ -317,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       config.model, dataset.image_shape, num_classes=dataset.num_classes,
       # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
       norm_axis_name=parallel.AXIS_NAME if config.parallel == 'pmap' else None,
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
+      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+      conv_impl=config.get('conv_impl', 'auto'))
   loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
   strategy = parallel.make_strategy(
       config.parallel,

@@ -3,6 +3,7 @@ import ml_collections
 
 from segae_jax import data, losses, models, optimizers, parallel
 from segae_jax.errors import UserInputError
+from segae_jax.models import conv_ops
 
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_train_steps', 'log_every_steps',
                  'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'num_pictures')
@@ -37,6 +38,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f'{config.compute_dtype!r}')
   if not config.get('loss_scale', 1.0) > 0:
     raise UserInputError(f'config.loss_scale must be > 0, got {config.loss_scale!r}')
+  conv_ops.resolve(config.get('conv_impl', 'auto'))   # UserInputError if unknown.
   if config.parallel not in parallel.STRATEGIES:
     raise UserInputError(f'unknown config.parallel {config.parallel!r}; known: '
                          f'{", ".join(parallel.STRATEGIES)}')

@@ -89,6 +89,7 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tfds_dir
     (['--config.nonfinite=ignore'], "config.nonfinite must be one of stop, skip, got 'ignore'"),
     (['--config.compute_dtype=float64'],
      "config.compute_dtype must be one of float32, bfloat16, float16, got 'float64'"),
+    (['--config.conv_impl=fast'], "config.conv_impl='fast'; expected one of auto, xla, matmul_grad"),
     (['--config.data.idx_dir=/nonexistent/fmnist'],
      'Fashion-MNIST data directory /nonexistent/fmnist does not exist; run `make data`'),
 ])

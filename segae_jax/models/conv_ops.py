@@ -22,7 +22,6 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from segae_jax.errors import UserInputError
@@ -39,7 +38,7 @@ def resolve(impl: str) -> str:
     UserInputError: `impl` is not one of IMPLS.
   """
   if impl not in IMPLS:
-    raise UserInputError(f'config.model.conv_impl={impl!r}; expected one of {", ".join(IMPLS)}')
+    raise UserInputError(f'config.conv_impl={impl!r}; expected one of {", ".join(IMPLS)}')
   if impl == 'auto':
     return 'matmul_grad' if jax.default_backend() == 'cpu' else 'xla'
   return impl
