@@ -58,9 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   # gradients divided by it) so that small gradients do not flush to zero; an overflow then
   # gives a non-finite step, handled by config.nonfinite ('skip' suits float16).
   config.compute_dtype = 'float32'
+  config.loss_scale = 128.0     # float16 only; 1024 overflows the VAE's pixel-summed loss.
   # How convolution gradients are computed (segae_jax/models/conv_ops.py; the same results):
   # 'auto' = matmul kernel gradients on CPU, XLA's own elsewhere; or 'xla' | 'matmul_grad'.
   config.conv_impl = 'auto'
-  config.loss_scale = 128.0     # float16 only; 1024 overflows the VAE's pixel-summed loss.
   config.num_pictures = 32
   return config
