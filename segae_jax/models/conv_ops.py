@@ -57,8 +57,7 @@ def _tap_positions(tap: int, n_in: int, n_out: int, stride: int, lhs_dilation: i
   """
   outs = [o for o in range(n_out)
           if (o * stride + tap - pad_lo) % lhs_dilation == 0
-          and 0 <= (o * stride + tap - pad_lo) // lhs_dilation < n_in
-          and o * stride + tap - pad_lo >= 0]
+          and 0 <= (o * stride + tap - pad_lo) // lhs_dilation < n_in]
   if not outs:
     return 0, 1, 0, 1, 0
   step = outs[1] - outs[0] if len(outs) > 1 else 1
