@@ -27,7 +27,6 @@ Figures (name: what is measured):
                            unet64 for 5 steps.
 """
 import argparse
-import functools
 import json
 import os
 import resource
@@ -85,17 +84,11 @@ def _setup(config, pmap: bool = False):
   averages BatchNorm statistics over the pmap axis. The steps are the pure functions, not yet
   compiled."""
   import jax
-  from segae_jax import data, losses, models, parallel, train
+  from segae_jax import data, parallel, train
   dataset = data.build(config.data)
-  model = models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
-                       norm_axis_name=parallel.AXIS_NAME if pmap else None,
-                       dtype=jax.numpy.dtype(config.get('compute_dtype', 'float32')),
-                       conv_impl=config.get('conv_impl', 'auto'))
-  loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
+  model = train.build_model(config, dataset, parallel.AXIS_NAME if pmap else None)
   state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
-  train_fn = functools.partial(train.train_step, loss_fn=loss_fn,
-                               loss_scale=train.loss_scale_for(config))
-  return dataset, state, train_fn, functools.partial(train.eval_step, loss_fn=loss_fn)
+  return (dataset, state) + train.step_functions(config)
 
 
 def _iterator(config, dataset, num_local_devices=None):

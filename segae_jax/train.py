@@ -73,6 +73,23 @@ def loss_scale_for(config: ml_collections.ConfigDict) -> float:
   return float(config.loss_scale) if config.get('compute_dtype') == 'float16' else 1.0
 
 
+def build_model(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                norm_axis_name: Optional[str] = None):
+  """The model train_and_evaluate trains: config.model for the dataset's images and classes, in
+  config.compute_dtype with config.conv_impl; `norm_axis_name` as in models.build."""
+  return models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
+                      norm_axis_name=norm_axis_name,
+                      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+                      conv_impl=config.get('conv_impl', 'auto'))
+
+
+def step_functions(config: ml_collections.ConfigDict):
+  """(train_step, eval_step) bound to config's loss and loss scale, not yet compiled."""
+  loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
+  return (functools.partial(train_step, loss_fn=loss_fn, loss_scale=loss_scale_for(config)),
+          functools.partial(eval_step, loss_fn=loss_fn))
+
+
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
                loss_fn: losses.LossFn, axis_name: Optional[str] = None,
                loss_scale: float = 1.0):
@@ -313,17 +330,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   dataset = data.build(config.data)
   if config.labeled_fraction < 1.0:
     dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
-  model = models.build(
-      config.model, dataset.image_shape, num_classes=dataset.num_classes,
-      # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
-      norm_axis_name=parallel.AXIS_NAME if config.parallel == 'pmap' else None,
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
-      conv_impl=config.get('conv_impl', 'auto'))
-  loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
-  strategy = parallel.make_strategy(
-      config.parallel,
-      functools.partial(train_step, loss_fn=loss_fn, loss_scale=loss_scale_for(config)),
-      functools.partial(eval_step, loss_fn=loss_fn))
+  # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
+  model = build_model(config, dataset,
+                      parallel.AXIS_NAME if config.parallel == 'pmap' else None)
+  strategy = parallel.make_strategy(config.parallel, *step_functions(config))
   _, schedule = optimizers.make_optimizer(config)
 
   init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
