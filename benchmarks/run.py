@@ -86,7 +86,8 @@ def _setup(config, pmap: bool = False):
   import jax
   from segae_jax import data, parallel, train
   dataset = data.build(config.data)
-  model = train.build_model(config, dataset, parallel.AXIS_NAME if pmap else None)
+  model = train.build_model(config, dataset.image_shape, dataset.num_classes,
+                            parallel.norm_axis_name('pmap' if pmap else 'jit'))
   state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
   return (dataset, state) + train.step_functions(config)
 

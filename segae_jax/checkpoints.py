@@ -88,6 +88,13 @@ class Checkpointer:
         data=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['data'])
 
+  def read_state(self, step: int) -> Dict[str, Any]:
+    """The saved state at `step` exactly as written, without a target structure: nested dicts
+    of host arrays (for comparing or inspecting checkpoints)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    return jax.device_get(restored['state'])
+
   def quarantine(self, step: int) -> str:
     """Moves the (damaged) checkpoint `step` to `<directory>.damaged/<step>[.n]` and reloads the
     manager, so the step can be written again; returns the new path. Only process 0 moves files;

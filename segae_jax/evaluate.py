@@ -4,7 +4,6 @@ Restores the best checkpoint (highest test mIoU for segmentation runs; the lates
 with --checkpoint=latest) and writes <workdir>/eval_<split>.json with every metric, including the
 per-class IoU/Dice table, which is also printed.
 """
-import functools
 import os
 
 from absl import flags
@@ -23,21 +22,28 @@ def define_flags() -> None:
 
 
 def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
-  """Returns (and writes to eval_<split>.json) the metrics of the restored run on `split`."""
-  import jax
-  from segae_jax import data, inference, losses, parallel, train, writers
+  """Returns (and writes to eval_<split>.json) the metrics of the restored run on `split`.
+
+  The evaluation is the one training runs: same key (train.evaluation_key), same data-parallel
+  strategy (config.parallel) and batches, so on the devices the run trained on the metrics of its
+  final checkpoint equal its results.json exactly. (Under pmap a sampling model draws its noise
+  per device: on another device count a VAE's sampled terms change within their noise.)
+
+  Raises:
+    UserInputError: not a workdir, no checkpoint, or config.eval_batch_size not divisible by the
+      devices present.
+  """
+  from segae_jax import data, inference, parallel, train, writers
 
   run = inference.load_run(workdir, checkpoint)
   config = run.config
+  parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
   dataset = data.build(config.data)
-  loss_fn = losses.make_loss_fn(config.loss, config.loss_params)
-  # Evaluation uses sharded jit whatever trained the model: same numbers, no replication.
-  strategy = parallel.make_strategy('jit', functools.partial(train.train_step, loss_fn=loss_fn),
-                                    functools.partial(train.eval_step, loss_fn=loss_fn))
+  strategy = parallel.make_strategy(config.parallel, *train.step_functions(config))
   state = train.TrainState(step=run.step, apply_fn=run.model.apply, params=run.variables['params'],
                            tx=None, opt_state=None, batch_stats=run.variables.get('batch_stats', {}))
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
-  metrics = train.evaluate(strategy, strategy.replicate(state), dataset, config, rng, split)
+  metrics = train.evaluate(strategy, strategy.replicate(state), dataset, config,
+                           train.evaluation_key(config.seed), split)
   results = {'workdir': os.path.abspath(workdir), 'split': split, 'step': run.step,
              'checkpoint': run.checkpoint, 'metrics': metrics}
   writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)

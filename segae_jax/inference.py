@@ -7,7 +7,7 @@ from typing import Any, Dict, Sequence, Tuple
 import jax
 import ml_collections
 
-from segae_jax import checkpoints, models
+from segae_jax import checkpoints
 from segae_jax.errors import UserInputError
 
 CHECKPOINT_KINDS = ('best', 'latest')
@@ -61,12 +61,13 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
     raise UserInputError(f'workdir {workdir} has no checkpoint (checkpoints/ is empty or missing)')
   meta = ckpt.read_meta(step)
   image_shape = tuple(meta['image_shape'])
-  model = models.build(config.model, image_shape, num_classes=meta.get('num_classes'))
+  # Exactly the model training built (compute dtype, convolution implementation).
+  model = train.build_model(config, image_shape, meta.get('num_classes'))
   state = train.create_train_state(config, model, image_shape, jax.random.PRNGKey(0))
   restored, _ = ckpt.restore(step, {'train_state': state, 'rng': jax.random.PRNGKey(0)},
                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   ckpt.close()
   state = restored['train_state']
-  return TrainedRun(config=config, model=model, variables=train._variables(state, state.params),
+  return TrainedRun(config=config, model=model, variables=train.model_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
                     class_names=meta.get('class_names') or [])

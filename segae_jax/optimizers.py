@@ -27,10 +27,16 @@ def _sgd(learning_rate, config):
   return optax.sgd(learning_rate, momentum=momentum or None, nesterov=config.get('nesterov', False))
 
 
+def warmup_steps(config) -> int:
+  """config.warmup_steps clipped to the run's length (a shortened run keeps its warmup setting:
+  warming up over the whole run rather than never reaching the peak learning rate)."""
+  return min(config.warmup_steps, config.num_train_steps)
+
+
 def make_schedule(config) -> optax.Schedule:
-  """Linear warmup from 0 to config.learning_rate over config.warmup_steps, then cosine decay to
+  """Linear warmup from 0 to config.learning_rate over warmup_steps(config), then cosine decay to
   config.learning_rate * config.end_lr_factor at config.num_train_steps ('cosine'), or constant."""
-  lr, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
+  lr, warmup, total = config.learning_rate, warmup_steps(config), config.num_train_steps
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),

@@ -126,6 +126,12 @@ def _cpu_collectives_need_sync() -> bool:
   return jax.local_devices()[0].platform == 'cpu' and jax.local_device_count() > 1
 
 
+def norm_axis_name(name: str) -> Optional[str]:
+  """The axis BatchNorm averages its batch statistics over under strategy `name`: pmap's device
+  axis (each device sees a shard); None under sharded jit, where the batch is already global."""
+  return AXIS_NAME if name == 'pmap' else None
+
+
 def make_strategy(name: str, train_step: Callable, eval_step: Callable):
   """Builds the strategy `name` ('pmap' or 'jit') around pure step functions."""
   if name == 'pmap':

@@ -46,8 +46,10 @@ def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
                            batch_stats=variables.get('batch_stats', {}))
 
 
-def _variables(state: TrainState, params) -> Dict[str, Any]:
-  variables = {'params': params}
+def model_variables(state: TrainState, params=None) -> Dict[str, Any]:
+  """The variables to `model.apply`: {'params': params (default state.params)} plus
+  'batch_stats' when the model has BatchNorm."""
+  variables = {'params': state.params if params is None else params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
   return variables
@@ -73,11 +75,25 @@ def loss_scale_for(config: ml_collections.ConfigDict) -> float:
   return float(config.loss_scale) if config.get('compute_dtype') == 'float16' else 1.0
 
 
-def build_model(config: ml_collections.ConfigDict, dataset: data.Dataset,
+def run_keys(seed: int):
+  """(init_rng, run_rng) of a run with config.seed = `seed`: init_rng initialises the parameters,
+  run_rng (saved in every checkpoint) seeds each train step."""
+  return tuple(jax.random.split(jax.random.PRNGKey(seed)))
+
+
+def evaluation_key(seed: int) -> jax.Array:
+  """The PRNG key of every evaluation of a run (the VAE's sampled latents): training and
+  `segae_jax.evaluate` both call this, so the evaluation of a restored run reproduces the run's
+  own test metrics."""
+  return jax.random.fold_in(run_keys(seed)[1], 2**31 - 1)
+
+
+def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: Optional[int] = None,
                 norm_axis_name: Optional[str] = None):
-  """The model train_and_evaluate trains: config.model for the dataset's images and classes, in
-  config.compute_dtype with config.conv_impl; `norm_axis_name` as in models.build."""
-  return models.build(config.model, dataset.image_shape, num_classes=dataset.num_classes,
+  """The model train_and_evaluate trains: config.model for images of `image_shape` (height,
+  width, channels) and `num_classes` classes, in config.compute_dtype with config.conv_impl;
+  `norm_axis_name` as in models.build. Restoring a run (segae_jax.inference) builds it here too."""
+  return models.build(config.model, image_shape, num_classes=num_classes,
                       norm_axis_name=norm_axis_name,
                       dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
                       conv_impl=config.get('conv_impl', 'auto'))
@@ -117,7 +133,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     if state.batch_stats:
       # BatchNorm: batch statistics in training mode (averaged over devices inside the model
       # when it was built with norm_axis_name), running averages updated.
-      outputs, updates = state.apply_fn(_variables(state, params), batch['image'], train=True,
+      outputs, updates = state.apply_fn(model_variables(state, params), batch['image'], train=True,
                                         rngs=rngs, mutable=['batch_stats'])
     else:
       outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
@@ -157,7 +173,7 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   over `axis_name`) gives exact values over the split.
   """
   rngs = _step_rngs(rng, 0, axis_name)
-  outputs = _float32(state.apply_fn(_variables(state, state.params), batch['image'],
+  outputs = _float32(state.apply_fn(model_variables(state), batch['image'],
                                     train=False, rngs=rngs))
   # Every test image counts for evaluation, also when training hid some labels.
   batch = {k: v for k, v in batch.items() if k != 'labeled'}
@@ -331,12 +347,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if config.labeled_fraction < 1.0:
     dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
   # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
-  model = build_model(config, dataset,
-                      parallel.AXIS_NAME if config.parallel == 'pmap' else None)
+  model = build_model(config, dataset.image_shape, dataset.num_classes,
+                      parallel.norm_axis_name(config.parallel))
   strategy = parallel.make_strategy(config.parallel, *step_functions(config))
   _, schedule = optimizers.make_optimizer(config)
 
-  init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, run_rng = run_keys(config.seed)
   state = create_train_state(config, model, dataset.image_shape, init_rng)
   train_iter = data.TrainIterator(
       dataset.train, config.batch_size, config.seed,
@@ -371,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   writer = writers.MetricWriter(workdir, enabled=is_main)
   state = strategy.replicate(state)
-  eval_rng = jax.random.fold_in(run_rng, 2**31 - 1)
+  eval_rng = evaluation_key(config.seed)
   saved_step = start_step if restored is not None else None
 
   def save(manager, step, metrics=None):
@@ -499,7 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if is_main:
     pictures_batch = next(data.eval_batches(dataset.test, config.num_pictures, dataset.preprocess,
                                             seed=config.seed))
-    visualise.write_pictures(model, _variables(host_state, host_params), pictures_batch, eval_rng,
+    visualise.write_pictures(model, model_variables(host_state), pictures_batch, eval_rng,
                              workdir, writer, step, num_samples=2 * config.num_pictures)
     writers.write_json(os.path.join(workdir, 'results.json'), results)
   ckpt.close()

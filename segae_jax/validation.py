@@ -1,9 +1,13 @@
 """Config checks run before anything is built or written, each failing with one clear line."""
+import logging
+
 import ml_collections
 
 from segae_jax import data, losses, models, optimizers, parallel
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
+
+log = logging.getLogger(__name__)
 
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_train_steps', 'log_every_steps',
                  'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep', 'num_pictures')
@@ -23,9 +27,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise UserInputError(f'config.{key} must be a positive integer, got {value!r}')
   if not config.learning_rate > 0:
     raise UserInputError(f'config.learning_rate must be > 0, got {config.learning_rate!r}')
-  if not 0 <= config.warmup_steps <= config.num_train_steps:
-    raise UserInputError(f'config.warmup_steps must be in [0, num_train_steps='
-                         f'{config.num_train_steps}], got {config.warmup_steps!r}')
+  if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+    raise UserInputError(f'config.warmup_steps must be an integer >= 0, got '
+                         f'{config.warmup_steps!r}')
+  if config.warmup_steps > config.num_train_steps:
+    log.warning('config.warmup_steps=%d is longer than the run (num_train_steps=%d): warming up '
+                'over all %d steps', config.warmup_steps, config.num_train_steps,
+                optimizers.warmup_steps(config))
   if config.get('grad_clip_norm', 0.0) < 0:
     raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got {config.grad_clip_norm}')
   if not 0.0 < config.labeled_fraction <= 1.0:

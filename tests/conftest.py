@@ -2,11 +2,19 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 # 4 CPU devices for the pmap / sharded-jit tests; set before JAX is first imported.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+# One compilation cache for the whole test session, this process and the commands it starts:
+# the suite compiles the same small programs many times (every train_and_evaluate, every CLI
+# run builds its jit wrappers afresh). A compiled program is looked up by its HLO, so results
+# are those of a fresh compilation. Set before JAX is first imported; fresh per session.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='segae_jax_xla_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `from configs import default` inside config files.
@@ -76,22 +84,63 @@ def run_train(*args, tfds_dir=None):
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+# The shared U-Net run: flip and random resized crop on, half the masks hidden, the best
+# checkpoint kept: everything a resumed segmentation run must restore exactly.
+UNET_RUN = {'data.augment.crop_min_scale': 0.5, 'labeled_fraction': 0.5}
+
+
+def unet_run_config(tfds_dir, **overrides):
+  return scenes_config(tfds_dir, **{**UNET_RUN, **overrides})
+
+
 @pytest.fixture(scope='session')
 def unet_scenes_run(tmp_path_factory, tfds_dir):
-  """(workdir, results) of a U-Net trained 4 steps on tiny real scenes; shared by the
-  segmentation and detection tests, which only read it or write beside its checkpoints."""
+  """(workdir, results) of a U-Net (BatchNorm, pmap) trained 4 steps on tiny real scenes;
+  shared by the segmentation and detection tests, which only read it or write beside its
+  checkpoints."""
   from segae_jax import train
   workdir = str(tmp_path_factory.mktemp('seg') / 'unet')
-  return workdir, train.train_and_evaluate(scenes_config(tfds_dir), workdir)
+  return workdir, train.train_and_evaluate(unet_run_config(tfds_dir), workdir)
+
+
+def saved_state(workdir, step, directory='checkpoints'):
+  """The state saved at `step` in workdir/directory, exactly as written (nested numpy dicts)."""
+  from segae_jax import checkpoints
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, directory))
+  state = ckpt.read_state(step)
+  ckpt.close()
+  return state
+
+
+def assert_trees_equal(a, b, atol=0.0):
+  """Same structure and every leaf equal (bit for bit unless `atol`)."""
+  import jax
+  import numpy as np
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) > 5
+  for x, y in zip(leaves_a, leaves_b):
+    if atol:
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+    else:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope='session')
-def tiny_vae_workdir(tmp_path_factory, tfds_dir):
-  """The default VAE trained 6 steps by train.py (one evaluation, one checkpoint); shared by the
-  generate, compress and probe tests."""
+def tiny_vae_run(tmp_path_factory, tfds_dir):
+  """(workdir, CompletedProcess) of the suite's one end-to-end CLI training: `python train.py`
+  with configs/default.py (the real VAE on the real Fashion-MNIST) shortened to 6 steps, as a
+  user's smoke run would be: only the step count and sizes change, so the default warmup of 100
+  steps is longer than the run (clipped, with a warning). Evaluated at steps 3 and 6,
+  checkpointed at 3 and 6; shared by the CLI, evaluate, generate, compress and probe tests."""
   workdir = str(tmp_path_factory.mktemp('tiny') / 'vae')
-  proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *SMALL,
-                   '--config.eval_every_steps=6', '--config.checkpoint_every_steps=6',
+  flags = [f for f in SMALL if not f.startswith('--config.warmup_steps')]
+  proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *flags,
                    tfds_dir=tfds_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+  return workdir, proc
+
+
+@pytest.fixture(scope='session')
+def tiny_vae_workdir(tiny_vae_run):
+  return tiny_vae_run[0]

@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,13 +10,17 @@ from PIL import Image
 from conftest import SMALL, run_train
 
 @pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory, tfds_dir):
-  workdir = str(tmp_path_factory.mktemp('cli') / 'vae')
-  proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *SMALL,
-                   tfds_dir=tfds_dir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def trained_workdir(tiny_vae_run):
+  workdir, proc = tiny_vae_run
   assert f'Results in {workdir}' in proc.stdout
   return workdir
+
+
+def test_smoke_run_clips_the_warmup_with_one_warning(tiny_vae_run):
+  _, proc = tiny_vae_run
+  warnings = [l for l in proc.stderr.splitlines() if 'warmup_steps' in l]
+  assert len(warnings) == 1, proc.stderr[-3000:]
+  assert 'config.warmup_steps=100 is longer than the run (num_train_steps=6)' in warnings[0]
 
 
 def test_cli_writes_every_output(trained_workdir):
@@ -30,11 +35,13 @@ def test_cli_writes_every_output(trained_workdir):
   for r in train_records:
     assert r['train/images_per_s'] > 0 and np.isfinite(r['train/loss'])
     assert 0 < r['train/learning_rate'] <= 2e-3
+  # Warmup clipped to the 6 steps: the rate rises linearly to the peak at the last step.
+  assert [r['train/learning_rate'] for r in train_records] == pytest.approx([2e-3 / 6 * s for s in (1, 3, 5)])
     assert r['train/loss'] == pytest.approx(r['train/rec_bce'] + r['train/kl'], rel=1e-5)
   test_records = [r for r in records if 'test/neg_elbo' in r]
   assert [r['step'] for r in test_records] == [3, 6]
   results = json.load(open(os.path.join(trained_workdir, 'results.json')))
-  assert results['step'] == 6 and results['num_devices'] == 4
+  assert results['step'] == 6 and results['num_devices'] == jax.device_count()
   # -ELBO of a barely trained VAE on 784 binary pixels: far below log(2) * 784 = 543 nats only
   # after training; here it must be finite, positive and equal to its parts.
   neg_elbo = results['test']['neg_elbo']

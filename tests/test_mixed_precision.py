@@ -16,14 +16,21 @@ from segae_jax import losses, models, train, validation
 from segae_jax.errors import UserInputError
 
 
-def _vae_run(tfds_dir, fashion_mnist, dtype, loss_scale=1.0, steps=10):
-  config = small_config(tfds_dir)
+def _vae_run(tfds_dir, fashion_mnist, dtype, loss_scale=128.0, steps=10, scaled=False):
+  """`steps` Adam steps of the default VAE in compute dtype `dtype` on one fixed real batch;
+  config.loss_scale=`loss_scale` (used only by float16, as in training, unless `scaled`)."""
+  config = small_config(tfds_dir, compute_dtype=dtype, loss_scale=loss_scale)
   config.learning_rate, config.schedule, config.warmup_steps = 1e-3, 'constant', 0
-  model = models.build(config.model, (28, 28, 1), dtype=jnp.dtype(dtype))
+  model = train.build_model(config, (28, 28, 1))  # As training builds it from the config.
   state = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
+  scale = loss_scale if scaled else train.loss_scale_for(config)
   step = jax.jit(functools.partial(train.train_step, loss_fn=losses.make_loss_fn(config.loss),
-                                   loss_scale=loss_scale))
+                                   loss_scale=scale))
   batch = fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(64)), None)
+  # The compute dtype is really used: activations (here the decoder's logits) in it.
+  outputs = model.apply({'params': state.params}, batch['image'][:2],
+                        rngs={'reparam': jax.random.PRNGKey(0)})
+  assert outputs['rec_logits'].dtype == jnp.dtype(dtype)
   losses_, grad_norms = [], []
   for _ in range(steps):
     state, metrics = step(state, batch, jax.random.PRNGKey(1))
@@ -37,6 +44,7 @@ def test_reduced_precision_loss_within_tolerance_of_float32(tfds_dir, fashion_mn
   _, loss32, _ = _vae_run(tfds_dir, fashion_mnist, 'float32')
   state16, loss16, _ = _vae_run(tfds_dir, fashion_mnist, 'bfloat16')
   assert abs(loss16[0] / loss32[0] - 1) < 2e-3, (loss16[0], loss32[0])
+  assert loss16[0] != loss32[0]  # Rounded in bfloat16: not the float32 computation.
   assert np.all(np.abs(loss16 / loss32 - 1) < 3e-2), (loss16, loss32)
   assert loss16[-1] < 0.9 * loss16[0]   # it trains
   # Master weights and optimizer state stay float32.
@@ -44,7 +52,7 @@ def test_reduced_precision_loss_within_tolerance_of_float32(tfds_dir, fashion_mn
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       assert leaf.dtype == jnp.float32
   # float16 with the default loss scale (1024 would overflow this pixel-summed loss).
-  _, loss_f16, _ = _vae_run(tfds_dir, fashion_mnist, 'float16', loss_scale=128.0, steps=5)
+  _, loss_f16, _ = _vae_run(tfds_dir, fashion_mnist, 'float16', steps=5)
   assert np.all(np.abs(loss_f16 / loss32[:5] - 1) < 3e-2), (loss_f16, loss32)
 
 
@@ -53,7 +61,7 @@ def test_loss_scale_is_undone_on_the_gradients(tfds_dir, fashion_mnist):
   # would make them 128x; Adam alone would hide it, being invariant to the gradient's scale).
   _, loss_plain, norms_plain = _vae_run(tfds_dir, fashion_mnist, 'float32', steps=3)
   _, loss_scaled, norms_scaled = _vae_run(tfds_dir, fashion_mnist, 'float32', loss_scale=128.0,
-                                          steps=3)
+                                          steps=3, scaled=True)
   np.testing.assert_allclose(loss_scaled, loss_plain, rtol=1e-6)
   np.testing.assert_allclose(norms_scaled, norms_plain, rtol=1e-5)
 

@@ -1,6 +1,7 @@
 """Segmentation end to end on real fashion_mnist_scenes: train, evaluate, predict, semi-supervised."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, scenes_config, small_config
-from segae_jax import data, train
+from conftest import (ROOT, assert_trees_equal, saved_state, scenes_config, small_config,
+                      unet_run_config)
+from segae_jax import checkpoints, data, inference, train
 from segae_jax.data import augment
 from segae_jax.data import fashion_mnist as fm
 
@@ -25,6 +27,44 @@ def test_unet_scenes_end_to_end(unet_scenes_run):
   assert picture.shape == (4 * 34 + 2, 3 * 34 + 2, 3)  # image | truth | prediction, 4 rows.
   records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert any('test/iou/background' in r for r in records)
+
+
+def _steps(workdir, directory):
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, directory))
+  steps = ckpt.all_steps()
+  ckpt.close()
+  return steps
+
+
+@pytest.fixture(scope='module')
+def unet_jit_run(tmp_path_factory, tfds_dir):
+  """The shared U-Net run's config under sharded jit."""
+  workdir = str(tmp_path_factory.mktemp('seg_jit') / 'unet')
+  return workdir, train.train_and_evaluate(unet_run_config(tfds_dir, parallel='jit'), workdir)
+
+
+@pytest.mark.parametrize('strategy', ['pmap', 'jit'])
+def test_scenes_unet_resume_is_bit_identical(strategy, tfds_dir, tmp_path, request):
+  """The 4-step U-Net run (BatchNorm, flip + crop, half the masks hidden, best checkpoint)
+  against a copy that lost everything after step 2 and is re-run: the same step-4 checkpoint
+  (parameters, optimizer state, BatchNorm statistics, key), best checkpoint and test metrics."""
+  workdir, results = request.getfixturevalue(
+      'unet_scenes_run' if strategy == 'pmap' else 'unet_jit_run')
+  copy = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('eval_*', 'detect*', 'results.json'))
+  shutil.rmtree(os.path.join(copy, 'checkpoints', '4'))  # As if killed between steps 2 and 4.
+  if os.path.isdir(os.path.join(copy, 'checkpoints_best', '4')):
+    shutil.rmtree(os.path.join(copy, 'checkpoints_best', '4'))
+  resumed = train.train_and_evaluate(unet_run_config(tfds_dir, parallel=strategy), copy)
+  assert (resumed['resumed_from_step'], resumed['step']) == (2, 4)
+  original_state = saved_state(workdir, 4)
+  assert original_state['train_state']['batch_stats']  # BatchNorm statistics are in it.
+  assert_trees_equal(saved_state(copy, 4), original_state)
+  best = _steps(workdir, 'checkpoints_best')
+  assert _steps(copy, 'checkpoints_best') == best and len(best) == 1
+  assert_trees_equal(saved_state(copy, best[0], 'checkpoints_best'),
+                     saved_state(workdir, best[0], 'checkpoints_best'))
+  assert resumed['test'] == results['test']
 
 
 def _run_module(module, *args):
@@ -62,11 +102,23 @@ def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):
                      f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith(f'segmented 3 images into {out}')
+  # The model's own argmax, computed here from the restored run on the resized image.
+  run = inference.load_run(workdir)
+  height, width, channels = run.image_shape
+  classes_seen = set()
   for name, (h, w, _) in sizes.items():
     stem = name.split('.')[0]
     labels = np.asarray(Image.open(out / f'{stem}_labels.png'))
-    assert labels.shape == (h, w) and labels.max() < 11
+    assert labels.shape == (h, w) and labels.dtype == np.uint8
+    image = Image.open(folder / name).convert('L' if channels == 1 else 'RGB')
+    x = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32) / 255.0
+    logits = run.model.apply(run.variables, x.reshape(1, height, width, channels))['seg_logits']
+    expected = np.asarray(logits[0].argmax(-1)).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(expected).resize((w, h), Image.NEAREST))
+    np.testing.assert_array_equal(labels, expected)
+    classes_seen |= set(np.unique(labels).tolist())
     assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == (h, w, 3)
+  assert len(classes_seen) > 1, classes_seen  # Not a constant map that any model would give.
 
 
 def test_predict_and_evaluate_refuse_bad_input(unet_scenes_run, tmp_path):
@@ -137,6 +189,24 @@ def test_augmentation_moves_image_and_mask_together():
   a, b = wrapped(examples, np.random.default_rng(5)), wrapped(examples, np.random.default_rng(5))
   np.testing.assert_array_equal(a['image'], b['image'])  # Seeded: reproducible on resume.
   assert augment.with_augmentation(len, {}) is len  # All off: no wrapper.
+
+
+def test_random_resized_crop_cuts_image_and_mask_with_the_same_box():
+  """An index image: the mask holds each pixel's position (y * 16 + x), the image's red and green
+  channels the same position as 16 * x + 8 and 16 * y + 8. After the crop, the position read from
+  the (bilinear) image must be the one read from the (nearest) mask, to within the one pixel
+  that the two interpolations may differ by: a box drawn apart for the mask is off by more."""
+  y, x = np.mgrid[:16, :16]
+  mask = (y * 16 + x).astype(np.uint8)
+  image = np.stack([16 * x + 8, 16 * y + 8, np.zeros_like(x)], -1).astype(np.uint8)
+  examples = {'image': np.repeat(image[None], 8, 0), 'segmentation': np.repeat(mask[None], 8, 0)}
+  cropped = augment.random_resized_crop(examples, np.random.default_rng(0), 0.3)
+  assert not np.array_equal(cropped['segmentation'], examples['segmentation'])  # It cropped.
+  for key, positions in (('x', lambda m: m % 16), ('y', lambda m: m // 16)):
+    from_mask = positions(cropped['segmentation'].astype(np.int32))
+    channel = 0 if key == 'x' else 1
+    from_image = (cropped['image'][..., channel].astype(np.float64) - 8) / 16
+    assert np.abs(from_image - from_mask).max() <= 1.0, key
 
 
 def test_folder_config_trains_on_images_written_here(tmp_path):
