@@ -2,6 +2,7 @@
 import functools
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -175,7 +176,89 @@ def test_checkpoint_restored_equals_saved(tmp_path, tfds_dir, fashion_mnist):
   other = dict(meta, model=dict(meta['model'], name='ae'))
   with pytest.raises(UserInputError, match="holds model=.*'vae'.*this run has model=.*'ae'"):
     ckpt.check_compatible(1, other)
+  with pytest.raises(UserInputError, match="holds dataset=fashion_mnist, but this run has "
+                     "dataset=fashion_mnist_scenes"):
+    ckpt.check_compatible(1, dict(meta, dataset='fashion_mnist_scenes'))
   ckpt.close()
+
+
+def test_checkpoint_of_another_class_count_is_refused_untouched(tmp_path):
+  meta = {'model': {'name': 'unet'}, 'dataset': 'segmentation_folder', 'num_classes': 3}
+  directory = str(tmp_path / 'ckpt')
+  ckpt = checkpoints.Checkpointer(directory)
+  ckpt.save(2, {'w': np.arange(4.0)}, {}, meta)
+  ckpt.close()
+  before = sorted(os.listdir(directory))
+  ckpt = checkpoints.Checkpointer(directory)
+  with pytest.raises(UserInputError, match='holds num_classes=3, but this run has num_classes=5'):
+    train.restore_latest_intact(ckpt, dict(meta, num_classes=5), {'w': np.zeros(4)})
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == before  # Nothing moved aside or deleted.
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+  """A save killed half way leaves orbax's temporary directory (renamed only when complete):
+  the resumed run restores the newest whole step and leaves the remains alone."""
+  directory = tmp_path / 'ckpt'
+  ckpt = checkpoints.Checkpointer(str(directory))
+  meta = {'model': {'name': 'ae'}}
+  ckpt.save(1, {'w': np.arange(4.0)}, {'epoch': 0, 'batch': 1}, meta)
+  ckpt.close()
+  partial = directory / '2.orbax-checkpoint-tmp-1764590000000000'
+  shutil.copytree(directory / '1', partial)
+  for path in partial.rglob('*'):
+    if path.is_file():
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  ckpt = checkpoints.Checkpointer(str(directory))
+  assert ckpt.all_steps() == [1]
+  (tree, data_state), step = train.restore_latest_intact(ckpt, meta, {'w': np.zeros(4)})
+  ckpt.close()
+  assert step == 1 and data_state == {'epoch': 0, 'batch': 1}
+  np.testing.assert_array_equal(tree['w'], np.arange(4.0))
+  assert partial.is_dir() and not (tmp_path / 'ckpt.damaged').exists()
+
+
+@jax.custom_vjp
+def _infinite_gradient(x):
+  return x
+
+
+_infinite_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.full_like(g, jnp.inf),))
+
+
+def test_infinite_gradient_with_a_finite_loss_keeps_the_state(tfds_dir, fashion_mnist):
+  """A loss whose value is finite but whose gradient is not: the step is non-finite (by its
+  grad_norm) and changes nothing but the step counter."""
+  config, model, state, loss_fn, (batch, *_) = _setup(tfds_dir, fashion_mnist, 'ae',
+                                                      {'rec_mse': 1.0}, warmup_steps=0,
+                                                      **{'model.features': (8, 16)})
+
+  def bad_loss(outputs, batch):
+    loss, metrics = loss_fn({'rec_logits': _infinite_gradient(outputs['rec_logits'])}, batch)
+    return loss, metrics
+
+  new_state, metrics = jax.jit(functools.partial(train.train_step, loss_fn=bad_loss))(
+      state, batch, jax.random.PRNGKey(0))
+  assert np.isfinite(float(metrics['loss'])) and not np.isfinite(float(metrics['grad_norm']))
+  assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
+  for before, after in zip(jax.tree.leaves((state.params, state.opt_state)),
+                           jax.tree.leaves((new_state.params, new_state.opt_state))):
+    np.testing.assert_array_equal(np.asarray(after), np.asarray(before))
+
+
+def test_second_signal_of_the_same_kind_stops_at_once():
+  """The first SIGTERM is only noted (the loop checkpoints at the next step boundary); a second
+  one goes to the handler that was there before, i.e. stops the process at once."""
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    with train.StopSignals() as signals:
+      signal.raise_signal(signal.SIGTERM)
+      assert signals.requested() == 'SIGTERM' and received == []
+      signal.raise_signal(signal.SIGTERM)
+      assert received == [signal.SIGTERM]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _params(workdir, step):
