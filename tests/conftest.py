@@ -129,12 +129,13 @@ def assert_trees_equal(a, b, atol=0.0):
 @pytest.fixture(scope='session')
 def tiny_vae_run(tmp_path_factory, tfds_dir):
   """(workdir, CompletedProcess) of the suite's one end-to-end CLI training: `python train.py`
-  with configs/default.py (the real VAE on the real Fashion-MNIST) shortened to 6 steps, as a
-  user's smoke run would be: only the step count and sizes change, so the default warmup of 100
-  steps is longer than the run (clipped, with a warning). Evaluated at steps 3 and 6,
+  with configs/default.py (the VAE, latent 32, on the real Fashion-MNIST) narrowed and shortened
+  to 6 steps, as a user's smoke run would be: the default warmup of 100 steps is then longer than
+  the run (clipped, with a warning). Evaluated at steps 3 and 6,
   checkpointed at 3 and 6; shared by the CLI, evaluate, generate, compress and probe tests."""
   workdir = str(tmp_path_factory.mktemp('tiny') / 'vae')
   flags = [f for f in SMALL if not f.startswith('--config.warmup_steps')]
+  flags += ['--config.model.features=(8,16)', '--config.model.hidden_dim=64']  # Narrow: fast.
   proc = run_train('--config=configs/default.py', f'--workdir={workdir}', *flags,
                    tfds_dir=tfds_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
