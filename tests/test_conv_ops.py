@@ -132,6 +132,17 @@ def test_max_pool_2x2_matches_nn_max_pool_after_relu():
   np.testing.assert_array_equal(g_ours, g_flax)
 
 
+def test_max_pool_2x2_gradient_goes_to_the_first_maximum_of_each_window():
+  # One 4x4 channel, windows [[1, 5], [5, 2]] (tie: the first 5 in row-major order takes the
+  # gradient, none is split or lost), [[0, 0], [0, 0]], [[3, 9], [1, 9]] and [[7, 1], [1, 1]].
+  x = jnp.array([[1, 5, 0, 0], [5, 2, 0, 0], [3, 9, 7, 1], [1, 9, 1, 1]], jnp.float32)
+  x = x.reshape(1, 4, 4, 1)
+  np.testing.assert_array_equal(max_pool_2x2(x)[0, ..., 0], [[5, 0], [9, 7]])
+  g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * jnp.array([[1., 2.], [3., 4.]])[None, ..., None]))(x)
+  np.testing.assert_array_equal(g[0, ..., 0], [[0, 1, 2, 0], [0, 0, 0, 0], [0, 3, 4, 0],
+                                                [0, 0, 0, 0]])
+
+
 @pytest.mark.parametrize('name,fields', [
     ('unet', {'features': (4, 8)}),
     pytest.param('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16},

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_trees_equal, run_train, saved_state, small_config
+from conftest import FAST_COMPILE, ROOT, assert_trees_equal, run_train, saved_state, small_config
 from segae_jax import checkpoints, losses, models, train
 from segae_jax.errors import TrainingDiverged, UserInputError
 
@@ -53,8 +53,8 @@ def _state(workdir, step=None):
 def _env(devices):
   """`devices` CPU devices for a subprocess, on any host (an accelerator host too: these tests
   are about device counts and processes, not about the accelerator)."""
-  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-          'JAX_PLATFORMS': 'cpu'}
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'}
 
 
 # ----------------------------------------------------------------------------- non-finite steps

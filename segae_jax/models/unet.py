@@ -75,18 +75,43 @@ def validate_upsample(upsample: str) -> None:
         f'unknown config.model.upsample {upsample!r}; known: {", ".join(UPSAMPLES)}')
 
 
+def _pool_windows(x: jnp.ndarray) -> jnp.ndarray:
+  """[batch, h, w, c] -> [batch, h/2, w/2, c, 4]: each 2x2 window's values on the last axis."""
+  b, h, w, c = x.shape
+  windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  return windows.reshape(b, h // 2, w // 2, c, 4)
+
+
+@jax.custom_vjp
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
   """2x2 stride-2 max-pool, [batch, h, w, c] -> [batch, h/2, w/2, c] (h, w even).
 
   The same values as nn.max_pool(x, (2, 2), strides=(2, 2)), written as a reshape and a max:
   XLA:CPU expands nn.max_pool's gradient into a variadic reduce-window over four int32 index
-  arrays (about 8% of the summed op time of a unet64 training step). The gradients differ only where a window holds tied
-  maxima: here each tied position gets an equal share rather than one position all of it. In
-  the U-Nets the pool follows a ReLU, so ties are zeros, where the ReLU passes no gradient
-  either way, and the parameter gradients are the same.
+  arrays (about 8% of the summed op time of a unet64 training step). The gradient goes to the
+  first maximum of each window (as nn.max_pool's does), found by an argmax over the window.
+
+  Not jnp.max's own gradient: that one finds the maximum by comparing the input with the
+  output, dividing by the number of matches, and XLA may recompute the input (fused producers)
+  with other rounding than the output was computed with; with no match the division is 0/0
+  and the whole encoder's gradient NaN (seen on XLA:CPU at LLVM -O0 in a 4-step U-Net run).
   """
   b, h, w, c = x.shape
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x, g):
+  b, h, w, c = x.shape
+  first_max = jax.nn.one_hot(jnp.argmax(_pool_windows(x), axis=-1), 4, dtype=g.dtype)
+  grad = (first_max * g[..., None]).reshape(b, h // 2, w // 2, c, 2, 2)
+  return (grad.transpose(0, 1, 4, 2, 5, 3).reshape(b, h, w, c),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 class ConvNormReLU(nn.Module):
