@@ -24,7 +24,13 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def no_local_copy(tmp_path, monkeypatch):
+def real_idx_dir():
+  """Where this machine keeps the real files (Debian's package or the download cache)."""
+  return fm.find_idx_dir('')
+
+
+@pytest.fixture
+def no_local_copy(real_idx_dir, tmp_path, monkeypatch):
   cache = tmp_path / 'cache' / 'fashion-mnist'
   monkeypatch.setattr(fm, 'CACHE_DIR', str(cache))
   monkeypatch.setattr(fm, 'DEFAULT_IDX_DIRS', (str(tmp_path / 'debian'), str(cache)))
@@ -32,20 +38,20 @@ def no_local_copy(tmp_path, monkeypatch):
   return cache
 
 
-def test_upstream_download_fills_cache(server, no_local_copy, monkeypatch):
+def test_upstream_download_fills_cache(server, real_idx_dir, no_local_copy, monkeypatch):
   root, url = server
   for name in fm.IDX_FILES:
-    shutil.copy(os.path.join(fm.DEBIAN_DIR, name), root / name)
+    shutil.copy(os.path.join(real_idx_dir, name), root / name)
   monkeypatch.setattr(fetch, 'UPSTREAM_URL', url)
   assert fetch.main() == 0
   assert sorted(os.listdir(no_local_copy)) == sorted(fm.IDX_FILES)
   assert fm.find_idx_dir('') == str(no_local_copy)
 
 
-def test_corrupt_download_leaves_nothing(server, no_local_copy, monkeypatch, capsys):
+def test_corrupt_download_leaves_nothing(server, real_idx_dir, no_local_copy, monkeypatch, capsys):
   root, url = server
   for name in fm.IDX_FILES:
-    shutil.copy(os.path.join(fm.DEBIAN_DIR, name), root / name)
+    shutil.copy(os.path.join(real_idx_dir, name), root / name)
   (root / 't10k-labels-idx1-ubyte.gz').write_bytes(b'truncated')
   monkeypatch.setattr(fetch, 'UPSTREAM_URL', url)
   assert fetch.main() == 2

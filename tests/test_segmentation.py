@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import (ROOT, assert_trees_equal, saved_state, scenes_config, small_config,
                       unet_run_config)
-from segae_jax import checkpoints, data, inference, train
+from segae_jax import checkpoints, data, evaluate, inference, predict, train
+from segae_jax.errors import UserInputError
 from segae_jax.data import augment
 from segae_jax.data import fashion_mnist as fm
 
@@ -133,12 +134,14 @@ def test_predict_and_evaluate_refuse_bad_input(unet_scenes_run, tmp_path):
   empty = tmp_path / 'empty_run'
   empty.mkdir()
   (empty / 'config.json').write_text(open(os.path.join(workdir, 'config.json')).read())
-  for module, extra in [('segae_jax.evaluate', []),
-                        ('segae_jax.predict', [f'--input={bad}', f'--output={tmp_path / "o"}'])]:
-    proc = _run_module(module, f'--workdir={empty}', *extra)
-    assert proc.returncode == 2 and 'has no checkpoint' in proc.stderr, proc.stderr
-  proc = _run_module('segae_jax.evaluate', f'--workdir={tmp_path / "nowhere"}')
-  assert proc.returncode == 2 and 'is not a training workdir' in proc.stderr
+  # The commands' other refusals in-process (each command prints its UserInputError as above).
+  with pytest.raises(UserInputError, match='has no checkpoint'):
+    evaluate.evaluate_run(str(empty))
+  with pytest.raises(UserInputError, match='has no checkpoint'):
+    predict.predict(str(empty), str(bad), str(tmp_path / 'o'))
+  with pytest.raises(UserInputError, match='is not a training workdir'):
+    evaluate.evaluate_run(str(tmp_path / 'nowhere'))
+  assert not (tmp_path / 'o').exists()
 
 
 def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir):

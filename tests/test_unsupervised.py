@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import ROOT, scenes_config
 from segae_jax import train, unsupervised
+from segae_jax.errors import UserInputError
 
 
 def test_hungarian_matching_on_a_hand_built_confusion():
@@ -140,7 +141,11 @@ def test_unsupervised_refuses_bad_input(ae_workdir, tmp_path):
   proc = _run(f'--workdir={ae_workdir}', *SMALL, '--config.num_clusters=1')
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       'error: config.num_clusters must be >= 2, got 1']
-  proc = _run(f'--workdir={ae_workdir}', *SMALL, '--config.levels=(0, 7)')
-  assert proc.returncode == 2 and 'the model has levels 0..1' in proc.stderr
-  proc = _run(f'--workdir={tmp_path}', *SMALL)
-  assert proc.returncode == 2 and 'not a training workdir' in proc.stderr
+  # The same command's other refusals, in-process (the command prints them the same way).
+  from configs import unsup_scenes
+  config = unsup_scenes.get_config()
+  config.update_from_flattened_dict({'fit_images': 32, 'levels': (0, 7)})
+  with pytest.raises(UserInputError, match='the model has levels 0..1'):
+    unsupervised.run_unsupervised(ae_workdir, config, output=str(tmp_path / 'out'))
+  with pytest.raises(UserInputError, match='not a training workdir'):
+    unsupervised.run_unsupervised(str(tmp_path), config)
