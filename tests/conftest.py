@@ -1,5 +1,6 @@
 """Shared fixtures. `make test` sets XLA_FLAGS=--xla_force_host_platform_device_count=4."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,13 +20,22 @@ if FAST_COMPILE not in os.environ['XLA_FLAGS']:
 # the suite compiles the same small programs many times (every train_and_evaluate, every CLI
 # run builds its jit wrappers afresh). A compiled program is looked up by its HLO, so results
 # are those of a fresh compilation. Set before JAX is first imported; fresh per session.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='segae_jax_xla_cache_'))
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix='segae_jax_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+else:
+  _CACHE_DIR = None  # The caller's own cache: left alone.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `from configs import default` inside config files.
   sys.path.insert(0, ROOT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _CACHE_DIR:
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

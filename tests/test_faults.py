@@ -347,9 +347,10 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
   assert 'Process 1 of 2 (2 local devices of 4 in all)' in outputs[1][1]
   results = json.load(open(os.path.join(multi, 'results.json')))
   assert (results['num_processes'], results['num_devices'], results['step']) == (2, 4, 6)
-  # Only process 0 writes logs: each step's line once, one TensorBoard event file.
-  records = [json.loads(l) for l in open(os.path.join(multi, 'metrics.jsonl'))]
-  assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, 7))
+  # Only process 0 writes logs: the lines of the one-process run, each once; one event file.
+  def logged_steps(workdir):
+    return [json.loads(l)['step'] for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert logged_steps(multi) == logged_steps(single) and len(logged_steps(single)) >= 5
   assert len(os.listdir(os.path.join(multi, 'tensorboard'))) == 1
   a, b = _state(single), _state(multi)
   assert_trees_equal(a['params'], b['params'], atol=MULTIHOST_ATOL)

@@ -298,6 +298,14 @@ def test_schedule_and_clipping_values():
   np.testing.assert_allclose(float(schedule(10)), 1.0, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(60)), 0.5, rtol=1e-5)  # Half-way down the cosine.
   np.testing.assert_allclose(float(schedule(110)), 0.0, atol=1e-7)
+  # A warmup longer than the run is clipped to it: linear up to the peak at the last step.
+  config.warmup_steps, config.num_train_steps = 500, 100
+  schedule = optimizers.make_schedule(config)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 50, 100)], [0.0, 0.5, 1.0],
+                             rtol=1e-6)
+  config.schedule = 'constant'
+  np.testing.assert_allclose(float(optimizers.make_schedule(config)(50)), 0.5, rtol=1e-6)
+  config.schedule = 'cosine'
   config.optimizer, config.schedule, config.momentum, config.grad_clip_norm = 'sgd', 'constant', 0.0, 1.0
   config.warmup_steps = 0
   tx, _ = optimizers.make_optimizer(config)
