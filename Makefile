@@ -26,10 +26,10 @@ train: data
 	$(BIN)/python train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: data
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
 # Subprocess runs killed with SIGKILL/SIGTERM/SIGINT, resumed on other device counts, and
-# two processes on 127.0.0.1: about 15 minutes on 2 cores.
+# two processes on 127.0.0.1: about 4 minutes on 2 cores.
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
 

@@ -68,11 +68,17 @@ def small_config(tfds_dir, config_file='default', **overrides):
   config.eval_every_steps = 6
   config.checkpoint_every_steps = 3
   config.num_pictures = 8
+  return set_fields(config, overrides)
+
+
+def set_fields(config, overrides):
+  """Sets {'a.b': value} fields of a ConfigDict in place (a value may replace a whole
+  sub-config, e.g. 'loss': {...}); returns the config."""
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
+    for parent in parents:
+      target = target[parent]
     target[leaf] = value
   return config
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from conftest import run_train
+from conftest import run_train, set_fields
 from segae_jax import train
 from segae_jax.errors import UserInputError
 
@@ -152,13 +152,7 @@ def _default_config(tmp_path, **overrides):
   """configs/default.py with `overrides` ({'a.b': value}) and its dataset under tmp_path/tfds."""
   config = default.get_config()
   config.data.tfds_dir = str(tmp_path / 'tfds')
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    target = config
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
+  return set_fields(config, overrides)
 
 
 @pytest.mark.parametrize('overrides,message', _bad_values(), ids=lambda v: str(v)[:40])
