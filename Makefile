@@ -42,8 +42,9 @@ bench: data
 profile: data
 	$(BIN)/python -m benchmarks.profile_convs
 
+# Long trainings: XLA's optimised code (the default suite compiles at -O0, see tests/conftest.py).
 test-slow: data
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
+	$(TEST_ENV) SEGAE_FAST_COMPILE=0 $(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) *.egg-info

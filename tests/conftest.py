@@ -12,9 +12,11 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 # The suite's programs are tiny and compiled once or twice each: compilation, not execution, is
 # most of its time. LLVM's O0 instead of O2 compiles them about 40% faster (same results here to
 # the digits the tests compare; every test, and every command it starts, uses the same flags, so
-# bit-for-bit comparisons between runs hold). Timings belong to benchmarks/, which run without it.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-if FAST_COMPILE not in os.environ['XLA_FLAGS']:
+# bit-for-bit comparisons between runs hold). Timings belong to benchmarks/, which run without it;
+# `make test-slow`, whose long trainings are execution-bound, turns it off (SEGAE_FAST_COMPILE=0).
+FAST_COMPILE = ('--xla_backend_optimization_level=0'
+                if os.environ.get('SEGAE_FAST_COMPILE', '1') != '0' else '')
+if FAST_COMPILE and FAST_COMPILE not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' ' + FAST_COMPILE
 # One compilation cache for the whole test session, this process and the commands it starts:
 # the suite compiles the same small programs many times (every train_and_evaluate, every CLI
