@@ -6,6 +6,10 @@ Two profiles, printed as JSON lines (and written to --output):
                           (median of 10 after 2 warm-up calls) of XLA's forward, input gradient and
                           kernel gradient, and of the kernel gradient of segae_jax.models.conv_ops
                           (conv_impl='matmul_grad'), with the layer's forward GFLOP.
+  pool/unet64/<shape>     The U-Net's 2x2 max-pool after a ReLU at unet64's three pooled sizes,
+                          forward + backward in milliseconds: the model's max_pool_2x2 (gradient
+                          to each window's first maximum by argmax), jnp.max's own gradient
+                          (compare-and-divide) and nn.max_pool.
   step/<model>/<category> One jax.profiler trace of 3 train steps of the reference model as
                           configured (conv_impl 'auto'), each executed XLA op assigned a category
                           from the optimized HLO (the root instruction of its fusion: convolution
@@ -183,15 +187,47 @@ def step_figures(name: str, steps: int = 3) -> List[Dict]:
   return figures
 
 
+POOL_SHAPES = [(32, 64, 64, 32), (32, 32, 32, 64), (32, 16, 16, 128)]  # unet64 level 0-2 outputs.
+
+
+def pool_figures() -> List[Dict]:
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from segae_jax.models.unet import max_pool_2x2
+
+  def jnp_max(x):
+    b, h, w, c = x.shape
+    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+  pools = {'max_pool_2x2_ms': max_pool_2x2, 'jnp_max_grad_ms': jnp_max,
+           'nn_max_pool_ms': lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))}
+  figures = []
+  for shape in POOL_SHAPES:
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    times = {}
+    for name, pool in pools.items():
+      step = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(nn.relu(x)) ** 2)))
+      times[name] = _median_ms(step, x, repeats=20)
+    figures.append({'figure': f'pool/unet64/{"x".join(map(str, shape))}', 'input': list(shape),
+                    **times})
+  return figures
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--only', default='layers,step', help='layers, step or both')
+  parser.add_argument('--only', default='layers,pool,step',
+                      help='comma-separated: layers, pool, step')
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'profile.json'))
   args = parser.parse_args(argv)
   figures = []
   parts = args.only.split(',')
   if 'layers' in parts:
     for figure in layer_figures():
+      print(json.dumps(figure), flush=True)
+      figures.append(figure)
+  if 'pool' in parts:
+    for figure in pool_figures():
       print(json.dumps(figure), flush=True)
       figures.append(figure)
   if 'step' in parts:
