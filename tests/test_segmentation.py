@@ -232,3 +232,25 @@ def test_folder_config_trains_on_images_written_here(tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert list(results['test']['per_class']) == ['class_0', 'class_1']
   assert sum(r['pixels'] for r in results['test']['per_class'].values()) == 3 * 16 * 16
+
+
+OLD_RUN = os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1')
+
+
+def test_a_workdir_written_by_earlier_code_restores_and_resumes(tmp_path, tfds_dir):
+  """tests/data/unet_workdir_v1 was written by the code of 2026-12-01 (make_unet_workdir_v1.py
+  beside it): its checkpoints, meta and config.json must keep restoring, giving the logits it
+  gave then, and resuming."""
+  workdir = str(tmp_path / 'old')
+  shutil.copytree(OLD_RUN, workdir)
+  expected = np.load(OLD_RUN + '_expected.npz')
+  run = inference.load_run(workdir, 'latest')
+  assert (run.step, run.checkpoint, run.image_shape) == (2, 'latest', (32, 32, 1))
+  assert run.variables['batch_stats']
+  logits = run.model.apply(run.variables, expected['image'])['seg_logits']
+  np.testing.assert_allclose(logits, expected['seg_logits'], rtol=1e-5, atol=1e-5)
+  assert inference.load_run(workdir).checkpoint == 'best'
+  config = inference.load_config(workdir)
+  config.data.tfds_dir, config.num_train_steps = tfds_dir, 4
+  results = train.train_and_evaluate(config, workdir)
+  assert (results['resumed_from_step'], results['step']) == (2, 4)
