@@ -27,6 +27,26 @@ def test_tfds_data_source_reads_without_tensorflow(tfds_dir):
   assert 'tensorflow' not in sys.modules
 
 
+def test_decoded_splits_are_the_data_source_kept_beside_it(tfds_dir, fashion_mnist):
+  """The in-memory splits (written once next to the prepared dataset, loaded by later builds)
+  hold exactly what tfds's data source returns, in the same order."""
+  import os
+  builder = fm.prepare('', tfds_dir)
+  assert os.path.isfile(os.path.join(builder.data_dir, fm.DECODED_FILE))
+  loaded = fm.decoded_splits(builder)
+  sources = builder.as_data_source()
+  for split, size in fm.SPLIT_SIZES.items():
+    assert len(loaded[split]) == size
+    indices = np.random.default_rng(0).choice(size, 50, replace=False).tolist() + [0, size - 1]
+    expected = data.stack_examples(sources[split].__getitems__(indices))
+    got = loaded[split].__getitems__(indices)
+    for key in ('image', 'label'):
+      assert got[key].dtype == expected[key].dtype
+      np.testing.assert_array_equal(got[key], expected[key])
+    np.testing.assert_array_equal(getattr(fashion_mnist, split).arrays['label'],
+                                  loaded[split].arrays['label'])
+
+
 def _iterator(dataset, **kwargs):
   args = dict(global_batch_size=64, seed=3, preprocess=dataset.preprocess)
   args.update(kwargs)

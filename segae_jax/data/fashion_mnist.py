@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segae_jax.data.pipeline import ArraySource
 from segae_jax.errors import UserInputError
 
 # SHA-256 of the *decompressed* IDX bytes. Debian's gzip headers differ from upstream's (name and
@@ -138,3 +139,34 @@ def prepare(idx_dir: str = '', tfds_dir: Optional[str] = None) -> FashionMnistId
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=idx_dir))
   return builder
+
+
+DECODED_FILE = 'decoded_splits.npz'
+
+
+def decoded_splits(builder: FashionMnistIdx) -> Dict[str, ArraySource]:
+  """Both splits decoded into memory: {'train': 60,000, 'test': 10,000 examples of 'image' uint8
+  [28, 28, 1] and 'label' int64}.
+
+  The first call reads them from the prepared dataset (tfds deserialises every example, a few
+  seconds) and keeps the arrays beside it in `decoded_splits.npz` (55 MB), written to a temporary
+  file and renamed, so a reader never sees half of it; later calls, in any process, load that file.
+  Where the dataset directory is not writable the arrays are simply not kept.
+  """
+  path = os.path.join(builder.data_dir, DECODED_FILE)
+  if os.path.exists(path):
+    with np.load(path) as saved:
+      return {split: ArraySource({key: saved[f'{split}/{key}'] for key in ('image', 'label')})
+              for split in SPLIT_FILES}
+  sources = builder.as_data_source()
+  splits = {split: ArraySource.from_data_source(sources[split]) for split in SPLIT_FILES}
+  tmp = f'{path}.{os.getpid()}.tmp'
+  try:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **{f'{split}/{key}': array for split, source in splits.items()
+                     for key, array in source.arrays.items()})
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return splits
