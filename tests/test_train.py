@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import saved_state, small_config
 from segae_jax import checkpoints, losses, models, optimizers, parallel, train
 from segae_jax.errors import UserInputError
 
@@ -261,13 +261,6 @@ def test_second_signal_of_the_same_kind_stops_at_once():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _params(workdir, step):
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state = ckpt.read_state(step)  # The arrays exactly as written.
-  ckpt.close()
-  return state
-
-
 @pytest.mark.faults  # Three whole runs; the kill tests of test_faults check the same end to end.
 def test_resume_gives_bit_identical_result(tmp_path, tfds_dir):
   """Uninterrupted 6 steps vs (6 steps, lose the last checkpoint, resume from step 3)."""
@@ -279,7 +272,7 @@ def test_resume_gives_bit_identical_result(tmp_path, tfds_dir):
   shutil.rmtree(os.path.join(b, 'checkpoints', '6'))  # As if killed between steps 3 and 6.
   results_b = train.train_and_evaluate(config, b)
   assert results_b['resumed_from_step'] == 3 and results_b['step'] == 6
-  state_a, state_b = _params(a, 6), _params(b, 6)
+  state_a, state_b = saved_state(a, 6), saved_state(b, 6)  # The arrays exactly as written.
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):  # Parameters, optimizer state, step and RNG, bit for bit.
