@@ -2,7 +2,7 @@
 
 Prints one JSON line per figure and writes them all to benchmarks/results.json (--output).
 Every figure goes through the project's own code: models.build, losses.make_loss_fn,
-train.create_train_state / train.train_step, parallel.make_strategy, data.TrainIterator.
+training.create_train_state / training.train_step, parallel.make_strategy, data.TrainIterator.
 
 Figures (name: what is measured):
   matmul_peak              float32 [2048, 2048] @ [2048, 2048] under jit, GFLOP/s (the machine's
@@ -84,12 +84,13 @@ def _setup(config, pmap: bool = False):
   averages BatchNorm statistics over the pmap axis. The steps are the pure functions, not yet
   compiled."""
   import jax
-  from segae_jax import data, parallel, train
+  from segae_jax import data, training
+  from segae_jax.training import parallel
   dataset = data.build(config.data)
-  model = train.build_model(config, dataset.image_shape, dataset.num_classes,
+  model = training.build_model(config, dataset.image_shape, dataset.num_classes,
                             parallel.norm_axis_name('pmap' if pmap else 'jit'))
-  state = train.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
-  return (dataset, state) + train.step_functions(config)
+  state = training.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
+  return (dataset, state) + training.step_functions(config)
 
 
 def _iterator(config, dataset, num_local_devices=None):
@@ -173,7 +174,7 @@ def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Di
 def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
   """A real loop (the project's strategy, iterator and step) timing next(iterator) apart."""
   import jax
-  from segae_jax import parallel
+  from segae_jax.training import parallel
   dataset, state, train_fn, eval_fn = _setup(config, pmap=True)
   strategy = parallel.make_strategy('pmap', train_fn, eval_fn)
   iterator = _iterator(config, dataset, strategy.batch_device_axis)
@@ -197,7 +198,7 @@ def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
 def parallel_child(num_devices: int) -> List[Dict]:
   """Runs inside a subprocess with `num_devices` forced CPU devices."""
   import jax
-  from segae_jax import parallel
+  from segae_jax.training import parallel
   from configs import unet_scenes
   config = unet_scenes.get_config()
   figures, params = [], {}

@@ -1,6 +1,6 @@
 """Unsupervised convolutional autoencoder on fashion_mnist_scenes: the U-Net encoder of the
 segmentation configs and a skip-free reconstruction decoder, trained on the images alone (the
-masks are never read). Its encoder features feed `python -m segae_jax.unsupervised` (see
+masks are never read). Its encoder features feed `python -m segae_jax.tools.unsupervised` (see
 configs/unsup_scenes.py)."""
 import ml_collections
 

@@ -1,5 +1,5 @@
 """Label-efficiency probe of a trained AE/VAE encoder on Fashion-MNIST classification:
-  python -m segae_jax.probe --workdir=runs/default --config=configs/probe_fashion_mnist.py
+  python -m segae_jax.tools.probe --workdir=runs/default --config=configs/probe_fashion_mnist.py
 
 Not a training config: the workdir holds the trained autoencoder (configs/default.py), this file
 sets the classifiers. Override fields with --config.<key>=<value>, e.g.

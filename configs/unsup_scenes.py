@@ -1,5 +1,5 @@
 """Unsupervised segmentation of fashion_mnist_scenes by k-means on encoder features:
-  python -m segae_jax.unsupervised --workdir=runs/ae_scenes --config=configs/unsup_scenes.py
+  python -m segae_jax.tools.unsupervised --workdir=runs/ae_scenes --config=configs/unsup_scenes.py
 
 The workdir holds a trained U-Net-family autoencoder (configs/ae_scenes.py: no label seen). Not a
 training config: it sets the clustering only. Override fields with --config.<key>=<value>.

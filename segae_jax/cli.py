@@ -2,6 +2,7 @@
 import contextlib
 import logging as std_logging
 import re
+import runpy
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -102,3 +103,13 @@ def run_command(main: Callable[[], None], define_flags: Callable[[], None],
       main()
 
   app.run(_main, flags_parser=parse_flags)
+
+
+def run_moved_command(module: str) -> None:
+  """Runs `python -m <module>` for a command started under its old name (segae_jax.<tool>,
+  before the tools moved to segae_jax.tools), after a one-line notice on stderr."""
+  old = 'segae_jax.' + module.rsplit('.', 1)[-1]
+  print(f'{old} is now {module}; the old name is accepted until the next release',
+        file=sys.stderr)
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+

@@ -123,14 +123,14 @@ def unet_scenes_run(tmp_path_factory, tfds_dir):
   """(workdir, results) of a U-Net (BatchNorm, pmap) trained 4 steps on tiny real scenes;
   shared by the segmentation and detection tests, which only read it or write beside its
   checkpoints."""
-  from segae_jax import train
+  from segae_jax import training
   workdir = str(tmp_path_factory.mktemp('seg') / 'unet')
-  return workdir, train.train_and_evaluate(unet_run_config(tfds_dir), workdir)
+  return workdir, training.train_and_evaluate(unet_run_config(tfds_dir), workdir)
 
 
 def saved_state(workdir, step, directory='checkpoints'):
   """The state saved at `step` in workdir/directory, exactly as written (nested numpy dicts)."""
-  from segae_jax import checkpoints
+  from segae_jax.training import checkpoints
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, directory))
   state = ckpt.read_state(step)
   ckpt.close()

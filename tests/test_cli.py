@@ -1,6 +1,8 @@
 """train.py end to end on the real data, and its one-line errors for bad input."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,8 +10,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from conftest import run_train, set_fields
-from segae_jax import train
+from conftest import ROOT, run_train, set_fields
+from segae_jax import training
 from segae_jax.errors import UserInputError
 
 
@@ -64,7 +66,7 @@ def test_cli_writes_every_output(trained_workdir):
 def test_evaluate_reproduces_the_vae_runs_own_test_metrics(trained_workdir):
   """The VAE samples its latents at evaluation: only the run's own evaluation key gives its
   numbers back. Same devices, strategy and batches as training: equal, not close."""
-  from segae_jax import evaluate
+  from segae_jax.tools import evaluate
   results = json.load(open(os.path.join(trained_workdir, 'results.json')))
   evaluated = evaluate.evaluate_run(trained_workdir, checkpoint='latest')
   assert evaluated['step'] == 6 and evaluated['checkpoint'] == 'latest'
@@ -88,7 +90,7 @@ def test_workdir_of_another_model_is_refused_untouched(trained_workdir, tmp_path
       'tfds_dir']
   before = _snapshot(trained_workdir)
   with pytest.raises(UserInputError) as error:
-    train.train_and_evaluate(config, trained_workdir)
+    training.train_and_evaluate(config, trained_workdir)
   message = str(error.value)
   assert "holds model=" in message and "'name': 'vae'" in message
   assert "'name': 'ae'" in message and 'use another --workdir' in message
@@ -161,7 +163,7 @@ def test_bad_config_value_refused_before_anything_is_written(tmp_path, overrides
   one line with status 2 (shown above), raised before any dataset or workdir file is made."""
   config = _default_config(tmp_path, **overrides)
   with pytest.raises(UserInputError) as error:
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    training.train_and_evaluate(config, str(tmp_path / 'w'))
   assert message in str(error.value)
   assert not (tmp_path / 'tfds').exists()
   assert not (tmp_path / 'w').exists() or not os.listdir(tmp_path / 'w')
@@ -170,7 +172,7 @@ def test_bad_config_value_refused_before_anything_is_written(tmp_path, overrides
 def test_missing_idx_files_in_given_folder(tmp_path):
   (tmp_path / 'idx').mkdir()
   with pytest.raises(UserInputError, match='Fashion-MNIST files missing in .*make data'):
-    train.train_and_evaluate(_default_config(tmp_path, **{'data.idx_dir': str(tmp_path / 'idx')}),
+    training.train_and_evaluate(_default_config(tmp_path, **{'data.idx_dir': str(tmp_path / 'idx')}),
                              str(tmp_path / 'w'))
   assert not (tmp_path / 'tfds' / 'fashion_mnist_idx' / '1.0.0').exists()
 
@@ -193,5 +195,18 @@ def test_image_size_not_divisible_by_the_downsampling(tmp_path, tfds_dir):
   config.data.tfds_dir = tfds_dir
   with pytest.raises(UserInputError,
                      match='image size 28x28 is not divisible by 8, the total downsampling of 3'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    training.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists() or not os.listdir(tmp_path / 'w')
+
+
+@pytest.mark.parametrize('tool', ['evaluate', 'predict', 'detect', 'unsupervised', 'generate',
+                                  'compress', 'probe', 'sweep'])
+def test_old_tool_module_names_still_run_the_moved_tools(tool):
+  """`python -m segae_jax.<tool>` (before the tools moved to segae_jax.tools) still runs the
+  tool, with a one-line notice: its --help is the moved module's."""
+  import importlib
+  doc = importlib.import_module(f'segae_jax.tools.{tool}').__doc__.strip().splitlines()[0]
+  proc = subprocess.run([sys.executable, '-m', f'segae_jax.{tool}', '--help'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert doc in proc.stdout, proc.stderr[-2000:]  # absl's --help exits with status 1.
+  assert proc.stderr.startswith(f'segae_jax.{tool} is now segae_jax.tools.{tool};'), proc.stderr

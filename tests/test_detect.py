@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from segae_jax import detect
+from segae_jax.tools import detect
 
 
 def _probs(label_map, num_classes, confidence=1.0):
@@ -96,7 +96,7 @@ def test_average_precision_on_boxes_with_known_answers():
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, '-m', 'segae_jax.detect', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', 'segae_jax.tools.detect', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 

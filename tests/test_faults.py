@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, assert_trees_equal, run_train, saved_state, small_config
-from segae_jax import checkpoints, losses, models, train
+from segae_jax.training import checkpoints
+from segae_jax import losses, models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
 
 # A small VAE on the real Fashion-MNIST: fast enough for several processes per test. No
@@ -39,7 +40,7 @@ def _state(workdir, step=None):
   restored into the structure of a freshly built state."""
   config = small_config('', **_tiny_overrides())
   model = models.build(config.model, (28, 28, 1))
-  target = {'train_state': train.create_train_state(config, model, (28, 28, 1),
+  target = {'train_state': training.create_train_state(config, model, (28, 28, 1),
                                                     jax.random.PRNGKey(0)),
             'rng': jax.random.PRNGKey(0)}
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
@@ -63,8 +64,8 @@ def _env(devices):
 def test_train_step_keeps_the_state_on_a_nonfinite_batch(tfds_dir, fashion_mnist):
   config = small_config(tfds_dir, **_tiny_overrides(warmup_steps=0))  # Step 0 moves.
   model = models.build(config.model, (28, 28, 1))
-  state = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step,
+  state = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(training.train_step,
                                    loss_fn=losses.make_loss_fn(config.loss)))
   batch = fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(8)), None)
   good, metrics = step(state, batch, jax.random.PRNGKey(1))
@@ -87,7 +88,7 @@ def test_divergence_stops_keeps_last_good_checkpoint(tmp_path, tfds_dir):
       eval_every_steps=1000))
   workdir = str(tmp_path / 'w')
   with pytest.raises(TrainingDiverged) as error:
-    train.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
   message = str(error.value)
   bad_step = int(message.split('train step ')[1].split()[0])
   # The warmup's first step has learning rate 0, so step 1 is always good: at least one
@@ -107,7 +108,7 @@ def test_divergence_stops_keeps_last_good_checkpoint(tmp_path, tfds_dir):
 def test_skip_mode_counts_skipped_steps(tmp_path, tfds_dir):
   config = small_config(tfds_dir, **_tiny_overrides(
       learning_rate=1e9, num_train_steps=12, log_every_steps=4, nonfinite='skip'))
-  results = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  results = training.train_and_evaluate(config, str(tmp_path / 'w'))
   assert results['step'] == 12 and 1 <= results['skipped_steps'] <= 12
   saved = _state(str(tmp_path / 'w'))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved['params']))
@@ -123,8 +124,8 @@ def test_skip_mode_counts_skipped_steps(tmp_path, tfds_dir):
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, tfds_dir, caplog):
   config = small_config(tfds_dir, **_tiny_overrides())  # 6 steps, checkpoints at 3 and 6.
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
-  train.train_and_evaluate(config, a)
-  train.train_and_evaluate(config, b)
+  training.train_and_evaluate(config, a)
+  training.train_and_evaluate(config, b)
   # Damage step 6 of b: every array file cut to half its length.
   state_dir = os.path.join(b, 'checkpoints', '6', 'state')
   cut = 0
@@ -138,7 +139,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, tfd
   assert cut > 0
   config.num_train_steps = 6
   caplog.set_level('WARNING', logger='segae_jax')
-  results = train.train_and_evaluate(config, b)
+  results = training.train_and_evaluate(config, b)
   assert results['resumed_from_step'] == 3
   assert any('Checkpoint step 6 is damaged' in r.getMessage() and 'resuming from step 3'
              in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
@@ -150,13 +151,13 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(tmp_path, tfd
 def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path, tfds_dir):
   config = small_config(tfds_dir, **_tiny_overrides(num_train_steps=3))
   workdir = str(tmp_path / 'w')
-  train.train_and_evaluate(config, workdir)
+  training.train_and_evaluate(config, workdir)
   for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '3', 'state')):
     for name in files:
       os.remove(os.path.join(root, name))
   with pytest.raises(UserInputError, match=r'no intact checkpoint in .*checkpoints: steps 3 fail '
                      r'to read .*move the directory away to start afresh'):
-    train.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
 
 
 def test_unwritable_workdir_refused_before_training(tmp_path):

@@ -1,4 +1,4 @@
-"""segae_jax.generate and segae_jax.compress: their pure helpers, and both commands end to end on a
+"""segae_jax.tools.generate and segae_jax.tools.compress: their pure helpers, and both commands end to end on a
 VAE trained for a few steps on the real Fashion-MNIST."""
 import json
 import os
@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from segae_jax import compress, generate
+from segae_jax.tools import compress, generate
 from segae_jax.errors import UserInputError
 
 
 def run_module(module, *args):
-  return subprocess.run([sys.executable, '-m', f'segae_jax.{module}', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', f'segae_jax.tools.{module}', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -115,17 +115,18 @@ def test_bits_per_image_and_parse_bits():
 
 
 def _untrained_run(name, **model):
-  """An inference.TrainedRun with initial parameters, for paths that need no training."""
+  """An common.TrainedRun with initial parameters, for paths that need no training."""
   import jax
   import ml_collections
-  from segae_jax import inference, models
+  from segae_jax.tools import common
+  from segae_jax import models
   config = ml_collections.ConfigDict({
       'model': {'name': name, 'latent_dim': 8, **model}, 'seed': 0, 'eval_batch_size': 64,
       'data': {'name': 'fashion_mnist'}})
   net = models.build(config.model, (28, 28, 1))
   variables = net.init({'params': jax.random.PRNGKey(0), 'reparam': jax.random.PRNGKey(1)},
                        np.zeros((1, 28, 28, 1), np.float32))
-  return inference.TrainedRun(config=config, model=net, variables=dict(variables), step=0,
+  return common.TrainedRun(config=config, model=net, variables=dict(variables), step=0,
                               checkpoint='latest', image_shape=(28, 28, 1), class_names=[])
 
 
@@ -143,9 +144,10 @@ def _small_dataset(num_test=100):
 @pytest.fixture
 def fake_ae_run(monkeypatch):
   """load_run and data.build patched: an untrained AE on 100 random test images (no disk)."""
-  from segae_jax import data, inference
+  from segae_jax import data
+  from segae_jax.tools import common
   run = _untrained_run('ae')
-  monkeypatch.setattr(inference, 'load_run', lambda workdir, checkpoint: run)
+  monkeypatch.setattr(common, 'load_run', lambda workdir, checkpoint: run)
   monkeypatch.setattr(data, 'build', lambda config: _small_dataset())
   return run
 
@@ -169,7 +171,7 @@ def test_generate_autoencoder_skips_samples_and_refuses_them_when_asked(fake_ae_
 def test_compress_in_process_matches_a_direct_computation(fake_ae_run, tmp_path):
   """The JSON numbers recomputed here from the model's own encode/decode and the helpers."""
   import jax
-  from segae_jax import metrics
+  from segae_jax.training import metrics
   out = str(tmp_path / 'c.json')
   r = compress.compress(str(tmp_path), [3], out)
   ds = _small_dataset()

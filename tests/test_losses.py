@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segae_jax import losses, metrics
+from segae_jax import losses
+from segae_jax.training import metrics
 from segae_jax.errors import UserInputError
 
 RNG = np.random.default_rng(0)

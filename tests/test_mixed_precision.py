@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from segae_jax import losses, models, train, validation
+from segae_jax import losses, models, training
+from segae_jax.training import validation
 from segae_jax.errors import UserInputError
 
 
@@ -21,10 +22,10 @@ def _vae_run(tfds_dir, fashion_mnist, dtype, loss_scale=128.0, steps=10, scaled=
   config.loss_scale=`loss_scale` (used only by float16, as in training, unless `scaled`)."""
   config = small_config(tfds_dir, compute_dtype=dtype, loss_scale=loss_scale)
   config.learning_rate, config.schedule, config.warmup_steps = 1e-3, 'constant', 0
-  model = train.build_model(config, (28, 28, 1))  # As training builds it from the config.
-  state = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
-  scale = loss_scale if scaled else train.loss_scale_for(config)
-  step = jax.jit(functools.partial(train.train_step, loss_fn=losses.make_loss_fn(config.loss),
+  model = training.build_model(config, (28, 28, 1))  # As training builds it from the config.
+  state = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
+  scale = loss_scale if scaled else training.loss_scale_for(config)
+  step = jax.jit(functools.partial(training.train_step, loss_fn=losses.make_loss_fn(config.loss),
                                    loss_scale=scale))
   batch = fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(64)), None)
   # The compute dtype is really used: activations (here the decoder's logits) in it.
@@ -79,7 +80,7 @@ def test_unet_bfloat16_outputs_and_loss():
     out, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
         variables, x)
     assert out['seg_logits'].dtype == jnp.dtype(dtype)
-    values[dtype] = float(loss_fn(train._float32(out), {'image': x, 'segmentation': seg})[0])
+    values[dtype] = float(loss_fn(training._float32(out), {'image': x, 'segmentation': seg})[0])
   assert abs(values['bfloat16'] / values['float32'] - 1) < 2e-3, values
 
 
@@ -96,9 +97,9 @@ def test_bad_mixed_precision_config(tfds_dir, key, value, message):
 
 def test_loss_scale_only_for_float16(tfds_dir):
   config = small_config(tfds_dir)
-  assert train.loss_scale_for(config) == 1.0
+  assert training.loss_scale_for(config) == 1.0
   config.compute_dtype = 'float16'
-  assert train.loss_scale_for(config) == config.loss_scale == 128.0
+  assert training.loss_scale_for(config) == config.loss_scale == 128.0
 
 
 @pytest.mark.slow
@@ -106,6 +107,6 @@ def test_train_and_evaluate_bfloat16_close_to_float32(tmp_path, tfds_dir):
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config = small_config(tfds_dir, compute_dtype=dtype)
-    results[dtype] = train.train_and_evaluate(config, str(tmp_path / dtype))
+    results[dtype] = training.train_and_evaluate(config, str(tmp_path / dtype))
   f32, b16 = results['float32']['test'], results['bfloat16']['test']
   assert abs(b16['loss'] / f32['loss'] - 1) < 1e-2, (b16, f32)

@@ -173,7 +173,7 @@ def test_mock_data_batches_and_mapping_without_tensorflow(prepared):
 
 
 def test_short_training_run_under_mock_data(prepared, tmp_path):
-  from segae_jax import train
+  from segae_jax import training
   root, _ = prepared
   config = small_config(root, 'unet_pets', **{
       'data.image_size': (32, 32), 'model.features': (8, 16), 'batch_size': 8,
@@ -182,7 +182,7 @@ def test_short_training_run_under_mock_data(prepared, tmp_path):
   assert config.data.augment.crop_min_scale == 0.5 and dict(config.loss) == {'seg_ce': 0.5,
                                                                               'dice': 0.5}
   with _mock(root, num_examples=16):
-    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    results = training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['step'] == 3 and results['dataset'] == 'oxford_iiit_pet'
   assert 0.0 <= results['test']['miou'] <= 1.0
   assert set(results['test']['per_class']) == {'background', 'pet', 'border'}

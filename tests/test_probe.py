@@ -1,4 +1,4 @@
-"""segae_jax.probe: the labelled subsets, class weights, focal loss and early stopping by hand,
+"""segae_jax.tools.probe: the labelled subsets, class weights, focal loss and early stopping by hand,
 the fine-tuned encoder starting from the autoencoder's, and the command end to end on a VAE
 trained for a few steps on the real Fashion-MNIST."""
 import json
@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import probe_fashion_mnist
-from segae_jax import probe
+from segae_jax.tools import probe
 from segae_jax.errors import UserInputError
 from test_generate import run_module
 
@@ -176,7 +176,7 @@ def test_validate_names_the_field(field, value, message):
 
 
 def _codes_match(run):
-  from segae_jax import latents
+  from segae_jax.tools import latents
   lm = latents.LatentModel(run)
   x = np.random.default_rng(0).random((32, 28, 28, 1)).astype(np.float32)
   classifier = probe.encoder_classifier_for(run, 10, dropout=0.5)
@@ -192,8 +192,8 @@ def _codes_match(run):
 
 
 def test_finetune_encoder_starts_at_the_vae_encoder(tiny_vae_workdir):
-  from segae_jax import inference
-  run = inference.load_run(tiny_vae_workdir, 'latest')
+  from segae_jax.tools import common
+  run = common.load_run(tiny_vae_workdir, 'latest')
   _codes_match(run)  # The VAE's posterior mean.
 
 
@@ -293,8 +293,9 @@ def test_codes_near_repeats_each_row_and_draws_at_the_given_spread():
 
 
 def test_generated_images_are_reconstructions_at_zero_noise_and_seeded(tiny_vae_workdir):
-  from segae_jax import data, inference, latents
-  run = inference.load_run(tiny_vae_workdir, 'latest')
+  from segae_jax import data
+  from segae_jax.tools import common, latents
+  run = common.load_run(tiny_vae_workdir, 'latest')
   lm = latents.LatentModel(run)
   dataset = data.build(run.config.data)
   x, _ = lm.read_examples(dataset.train, dataset.preprocess, range(6), seed=0)

@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import small_config
-from segae_jax import train
+from segae_jax import training
 
 
 @pytest.mark.slow
@@ -12,7 +12,7 @@ def test_default_vae_learns_fashion_mnist(tmp_path, tfds_dir):
   4,000-step default run reaches about 238."""
   config = small_config(tfds_dir, num_train_steps=1500, warmup_steps=100, batch_size=128,
                         log_every_steps=500, eval_every_steps=1500, checkpoint_every_steps=1500)
-  results = train.train_and_evaluate(config, str(tmp_path / 'vae'))
+  results = training.train_and_evaluate(config, str(tmp_path / 'vae'))
   assert results['test']['neg_elbo'] < 255.0, results['test']
   assert results['test']['kl'] > 5.0  # The latent is used (no posterior collapse).
   assert results['test']['psnr'] > 15.0, results['test']
@@ -29,6 +29,6 @@ def test_scenes_configs_learn_to_segment(tmp_path, tfds_dir, config_file):
       'data.num_train': 2000, 'data.num_test': 500, 'num_train_steps': 300, 'warmup_steps': 50,
       'batch_size': 32, 'eval_batch_size': 100, 'log_every_steps': 100, 'eval_every_steps': 300,
       'checkpoint_every_steps': 300})
-  results = train.train_and_evaluate(config, str(tmp_path / config_file))
+  results = training.train_and_evaluate(config, str(tmp_path / config_file))
   assert results['test']['miou'] > 0.15, results['test']
   assert results['test']['pixel_accuracy'] > 0.8, results['test']

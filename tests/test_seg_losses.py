@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segae_jax import losses, metrics
+from segae_jax import losses
+from segae_jax.training import metrics
 from segae_jax.errors import UserInputError
 
 # One image 1x3 pixels, 2 classes; labels [0, 1, ignore].

@@ -11,7 +11,9 @@ from PIL import Image
 
 from conftest import (ROOT, assert_trees_equal, saved_state, scenes_config, small_config,
                       unet_run_config)
-from segae_jax import checkpoints, data, evaluate, inference, predict, train
+from segae_jax.training import checkpoints
+from segae_jax import data, training
+from segae_jax.tools import common, evaluate, predict
 from segae_jax.errors import UserInputError
 from segae_jax.data import augment
 from segae_jax.data import fashion_mnist as fm
@@ -41,7 +43,7 @@ def _steps(workdir, directory):
 def unet_jit_run(tmp_path_factory, tfds_dir):
   """The shared U-Net run's config under sharded jit."""
   workdir = str(tmp_path_factory.mktemp('seg_jit') / 'unet')
-  return workdir, train.train_and_evaluate(unet_run_config(tfds_dir, parallel='jit'), workdir)
+  return workdir, training.train_and_evaluate(unet_run_config(tfds_dir, parallel='jit'), workdir)
 
 
 @pytest.mark.parametrize('strategy', ['pmap', 'jit'])
@@ -56,7 +58,7 @@ def test_scenes_unet_resume_is_bit_identical(strategy, tfds_dir, tmp_path, reque
   shutil.rmtree(os.path.join(copy, 'checkpoints', '4'))  # As if killed between steps 2 and 4.
   if os.path.isdir(os.path.join(copy, 'checkpoints_best', '4')):
     shutil.rmtree(os.path.join(copy, 'checkpoints_best', '4'))
-  resumed = train.train_and_evaluate(unet_run_config(tfds_dir, parallel=strategy), copy)
+  resumed = training.train_and_evaluate(unet_run_config(tfds_dir, parallel=strategy), copy)
   assert (resumed['resumed_from_step'], resumed['step']) == (2, 4)
   original_state = saved_state(workdir, 4)
   assert original_state['train_state']['batch_stats']  # BatchNorm statistics are in it.
@@ -75,7 +77,7 @@ def _run_module(module, *args):
 
 def test_evaluate_cli_reproduces_training_metrics(unet_scenes_run):
   workdir, results = unet_scenes_run
-  proc = _run_module('segae_jax.evaluate', f'--workdir={workdir}')
+  proc = _run_module('segae_jax.tools.evaluate', f'--workdir={workdir}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'background' in proc.stdout and 'miou=' in proc.stdout
   evaluated = json.load(open(os.path.join(workdir, 'eval_test.json')))
@@ -99,12 +101,12 @@ def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):
     Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / name)
   (folder / 'notes.txt').write_text('not an image, and not listed as one')
   out = tmp_path / 'out'
-  proc = _run_module('segae_jax.predict', f'--workdir={workdir}', f'--input={folder}',
+  proc = _run_module('segae_jax.tools.predict', f'--workdir={workdir}', f'--input={folder}',
                      f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith(f'segmented 3 images into {out}')
   # The model's own argmax, computed here from the restored run on the resized image.
-  run = inference.load_run(workdir)
+  run = common.load_run(workdir)
   height, width, channels = run.image_shape
   classes_seen = set()
   for name, (h, w, _) in sizes.items():
@@ -126,7 +128,7 @@ def test_predict_and_evaluate_refuse_bad_input(unet_scenes_run, tmp_path):
   workdir, _ = unet_scenes_run
   bad = tmp_path / 'fake.png'
   bad.write_bytes(b'definitely not a PNG')
-  proc = _run_module('segae_jax.predict', f'--workdir={workdir}', f'--input={bad}',
+  proc = _run_module('segae_jax.tools.predict', f'--workdir={workdir}', f'--input={bad}',
                      f'--output={tmp_path / "out"}')
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1
   assert f'{bad}: not a readable image' in proc.stderr
@@ -164,7 +166,7 @@ def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir)
 def test_joint_models_train_semi_supervised(tmp_path, tfds_dir, config_file):
   config = scenes_config(tfds_dir, config_file, labeled_fraction=0.25, num_train_steps=2,
                          eval_every_steps=2)
-  results = train.train_and_evaluate(config, str(tmp_path / config_file))
+  results = training.train_and_evaluate(config, str(tmp_path / config_file))
   test = results['test']
   assert 0 <= test['miou'] <= 1 and test['psnr'] > 0 and np.isfinite(test['rec_mse_per_pixel'])
   assert ('kl_per_pixel' in test) == (config_file == 'vaeunet_scenes')
@@ -229,7 +231,7 @@ def test_folder_config_trains_on_images_written_here(tmp_path):
       'data.image_size': (16, 16), 'data.test_fraction': 0.25, 'model.features': (8, 16),
       'batch_size': 8, 'eval_batch_size': 4, 'num_pictures': 2, 'num_train_steps': 2,
       'eval_every_steps': 2})
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert list(results['test']['per_class']) == ['class_0', 'class_1']
   assert sum(r['pixels'] for r in results['test']['per_class'].values()) == 3 * 16 * 16
 
@@ -244,13 +246,13 @@ def test_a_workdir_written_by_earlier_code_restores_and_resumes(tmp_path, tfds_d
   workdir = str(tmp_path / 'old')
   shutil.copytree(OLD_RUN, workdir)
   expected = np.load(OLD_RUN + '_expected.npz')
-  run = inference.load_run(workdir, 'latest')
+  run = common.load_run(workdir, 'latest')
   assert (run.step, run.checkpoint, run.image_shape) == (2, 'latest', (32, 32, 1))
   assert run.variables['batch_stats']
   logits = run.model.apply(run.variables, expected['image'])['seg_logits']
   np.testing.assert_allclose(logits, expected['seg_logits'], rtol=1e-5, atol=1e-5)
-  assert inference.load_run(workdir).checkpoint == 'best'
-  config = inference.load_config(workdir)
+  assert common.load_run(workdir).checkpoint == 'best'
+  config = common.load_config(workdir)
   config.data.tfds_dir, config.num_train_steps = tfds_dir, 4
-  results = train.train_and_evaluate(config, workdir)
+  results = training.train_and_evaluate(config, workdir)
   assert (results['resumed_from_step'], results['step']) == (2, 4)

@@ -1,4 +1,4 @@
-"""segae_jax.sweep: the pure helpers, one real 2-point sweep (run, resume, refusal) and the
+"""segae_jax.tools.sweep: the pure helpers, one real 2-point sweep (run, resume, refusal) and the
 one-line errors for bad input."""
 import csv
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from segae_jax import sweep
+from segae_jax.tools import sweep
 from segae_jax.errors import UserInputError
 
 DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
@@ -25,7 +25,7 @@ GRID = '{"config.beta": [4, 0.5]}'
 
 
 def run_sweep(*args):
-  cmd = [sys.executable, '-m', 'segae_jax.sweep', *args]
+  cmd = [sys.executable, '-m', 'segae_jax.tools.sweep', *args]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

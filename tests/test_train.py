@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import saved_state, small_config
-from segae_jax import checkpoints, losses, models, optimizers, parallel, train
+from segae_jax.training import checkpoints, optimizers, parallel
+from segae_jax import losses, models, training
 from segae_jax.errors import UserInputError
 
 
@@ -19,7 +20,7 @@ def _setup(tfds_dir, fashion_mnist, model_name, loss, batch_size=32, **overrides
                                      **overrides})
   config.loss = loss
   model = models.build(config.model, (28, 28, 1))
-  state = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
+  state = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
   loss_fn = losses.make_loss_fn(config.loss)
   batches = [fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(i, i + batch_size)),
                                       None) for i in range(0, 3 * batch_size, batch_size)]
@@ -38,7 +39,7 @@ def test_train_step_lowers_loss_on_fixed_batch(tfds_dir, fashion_mnist, model_na
     return float(loss_fn(out, batch)[0])
 
   before = loss_at(state.params)
-  step = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn))
+  step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn))
   new_state, metrics = step(state, batch, key)
   assert int(new_state.step) == 1
   assert set(metrics) >= {'loss', 'grad_norm'} and float(metrics['grad_norm']) > 0
@@ -68,7 +69,7 @@ def _split_for(strategy, batch):
 def _run_both(config, model_single, model_parallel, state, batches, strategy_name):
   """The same steps on one device and under `strategy_name`; returns (single-device state and
   per-step metrics, the strategy, its state still replicated, its per-step metrics)."""
-  step_fns = train.step_functions(config)
+  step_fns = training.step_functions(config)
   key = jax.random.PRNGKey(1)
   single = jax.jit(step_fns[0])
   single_state, single_metrics = jax.tree.map(jnp.copy, state), []
@@ -132,10 +133,10 @@ def test_batchnorm_unet_data_parallel_matches_single_device(strategy_name):
       'model.features': (4, 8), 'optimizer': 'sgd', 'momentum': 0.0, 'schedule': 'constant',
       'warmup_steps': 0, 'learning_rate': 0.05, 'batch_size': 4 * devices})
   shape = (16, 16, 1)
-  single_model = train.build_model(config, shape, 3)
-  parallel_model = train.build_model(config, shape, 3,  # As train_and_evaluate builds it.
+  single_model = training.build_model(config, shape, 3)
+  parallel_model = training.build_model(config, shape, 3,  # As train_and_evaluate builds it.
                                      norm_axis_name=parallel.norm_axis_name(strategy_name))
-  state = train.create_train_state(config, single_model, shape, jax.random.PRNGKey(0))
+  state = training.create_train_state(config, single_model, shape, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batches = [{'image': rng.random((4 * devices,) + shape, np.float32),
               'segmentation': rng.integers(0, 3, (4 * devices,) + shape[:2]).astype(np.int32)}
@@ -158,14 +159,14 @@ def test_batchnorm_unet_data_parallel_matches_single_device(strategy_name):
 def test_checkpoint_restored_equals_saved(tmp_path, tfds_dir, fashion_mnist):
   config, model, state, loss_fn, (batch, *_) = _setup(tfds_dir, fashion_mnist, 'vae',
                                                       {'rec_bce': 1.0, 'kl': 1.0})
-  state, _ = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn))(
+  state, _ = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn))(
       state, batch, jax.random.PRNGKey(0))  # Non-trivial optimizer state.
   tree = {'train_state': state, 'rng': jax.random.PRNGKey(42)}
   meta = {'model': config.model.to_dict(), 'dataset': 'fashion_mnist', 'image_shape': [28, 28, 1]}
   ckpt = checkpoints.Checkpointer(str(tmp_path / 'ckpt'), max_to_keep=2)
   ckpt.save(1, tree, {'epoch': 2, 'batch': 5}, meta)
   ckpt.wait_until_finished()
-  fresh = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(9))
+  fresh = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(9))
   restored, data_state = ckpt.restore(1, {'train_state': fresh, 'rng': jax.random.PRNGKey(0)})
   assert data_state == {'epoch': 2, 'batch': 5}
   saved_leaves, restored_leaves = jax.tree.leaves(tree), jax.tree.leaves(restored)
@@ -191,7 +192,7 @@ def test_checkpoint_of_another_class_count_is_refused_untouched(tmp_path):
   before = sorted(os.listdir(directory))
   ckpt = checkpoints.Checkpointer(directory)
   with pytest.raises(UserInputError, match='holds num_classes=3, but this run has num_classes=5'):
-    train.restore_latest_intact(ckpt, dict(meta, num_classes=5), {'w': np.zeros(4)})
+    training.restore_latest_intact(ckpt, dict(meta, num_classes=5), {'w': np.zeros(4)})
   ckpt.close()
   assert sorted(os.listdir(directory)) == before  # Nothing moved aside or deleted.
 
@@ -211,7 +212,7 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   ckpt = checkpoints.Checkpointer(str(directory))
   assert ckpt.all_steps() == [1]
-  (tree, data_state), step = train.restore_latest_intact(ckpt, meta, {'w': np.zeros(4)})
+  (tree, data_state), step = training.restore_latest_intact(ckpt, meta, {'w': np.zeros(4)})
   ckpt.close()
   assert step == 1 and data_state == {'epoch': 0, 'batch': 1}
   np.testing.assert_array_equal(tree['w'], np.arange(4.0))
@@ -237,7 +238,7 @@ def test_infinite_gradient_with_a_finite_loss_keeps_the_state(tfds_dir, fashion_
     loss, metrics = loss_fn({'rec_logits': _infinite_gradient(outputs['rec_logits'])}, batch)
     return loss, metrics
 
-  new_state, metrics = jax.jit(functools.partial(train.train_step, loss_fn=bad_loss))(
+  new_state, metrics = jax.jit(functools.partial(training.train_step, loss_fn=bad_loss))(
       state, batch, jax.random.PRNGKey(0))
   assert np.isfinite(float(metrics['loss'])) and not np.isfinite(float(metrics['grad_norm']))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
@@ -252,7 +253,7 @@ def test_second_signal_of_the_same_kind_stops_at_once():
   received = []
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
   try:
-    with train.StopSignals() as signals:
+    with training.StopSignals() as signals:
       signal.raise_signal(signal.SIGTERM)
       assert signals.requested() == 'SIGTERM' and received == []
       signal.raise_signal(signal.SIGTERM)
@@ -266,11 +267,11 @@ def test_resume_gives_bit_identical_result(tmp_path, tfds_dir):
   """Uninterrupted 6 steps vs (6 steps, lose the last checkpoint, resume from step 3)."""
   config = small_config(tfds_dir)
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
-  results_a = train.train_and_evaluate(config, a)
+  results_a = training.train_and_evaluate(config, a)
   assert results_a['resumed_from_step'] is None
-  train.train_and_evaluate(config, b)
+  training.train_and_evaluate(config, b)
   shutil.rmtree(os.path.join(b, 'checkpoints', '6'))  # As if killed between steps 3 and 6.
-  results_b = train.train_and_evaluate(config, b)
+  results_b = training.train_and_evaluate(config, b)
   assert results_b['resumed_from_step'] == 3 and results_b['step'] == 6
   state_a, state_b = saved_state(a, 6), saved_state(b, 6)  # The arrays exactly as written.
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)

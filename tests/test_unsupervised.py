@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, scenes_config
-from segae_jax import train, unsupervised
+from segae_jax import training
+from segae_jax.tools import unsupervised
 from segae_jax.errors import UserInputError
 
 
@@ -81,12 +82,12 @@ def test_position_block_is_the_pixel_grid():
 @pytest.fixture(scope='module')
 def ae_workdir(tmp_path_factory, tfds_dir):
   workdir = str(tmp_path_factory.mktemp('unsup') / 'ae')
-  train.train_and_evaluate(scenes_config(tfds_dir, 'ae_scenes'), workdir)
+  training.train_and_evaluate(scenes_config(tfds_dir, 'ae_scenes'), workdir)
   return workdir
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, '-m', 'segae_jax.unsupervised', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', 'segae_jax.tools.unsupervised', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 
 from segae_jax.models.autoencoder import Autoencoder, SparseAutoencoder
-from segae_jax.models.conv import ConvDecoder, ConvEncoder
+from segae_jax.models.layers import ConvDecoder, ConvEncoder
 from segae_jax.models.registry import MODELS
 from segae_jax.models.segnet import SegNet
 from segae_jax.models.unet import SegAutoencoder, UNet, UNetAutoencoder, VAEUNet

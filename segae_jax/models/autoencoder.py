@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
-from segae_jax.models.conv import ConvDecoder, ConvEncoder, check_divisible
+from segae_jax.models.layers import ConvDecoder, ConvEncoder, check_divisible
 from segae_jax.models.registry import MODELS
 
 CODE_ACTIVATIONS = {'linear': lambda x: x, 'relu': nn.relu, 'sigmoid': nn.sigmoid}

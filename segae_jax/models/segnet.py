@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
-from segae_jax.models.conv import check_divisible
+from segae_jax.models.layers import check_divisible
 from segae_jax.models.registry import MODELS
 from segae_jax.models.unet import DoubleConv, validate_common
 

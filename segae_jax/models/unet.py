@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
-from segae_jax.models.conv import check_divisible
+from segae_jax.models.layers import check_divisible
 from segae_jax.models.registry import MODELS
 from segae_jax.models.vae import reparameterize
 
@@ -421,7 +421,7 @@ class UNetAutoencoder(_UNetBase):
   encoder and a decoder without skips that reconstructs the image from the bottleneck alone.
 
   SegAutoencoder without its segmentation decoder (same parameter names for the shared parts), so
-  the encoder features of an unsupervised run feed segae_jax.unsupervised exactly like those of a
+  the encoder features of an unsupervised run feed segae_jax.tools.unsupervised exactly like those of a
   SegAutoencoder; `num_classes` is unused.
 
   Outputs of `__call__`:

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import numpy as np  # noqa: E402
 
 import conftest  # noqa: E402
-from segae_jax import inference, train  # noqa: E402
+from segae_jax.tools import common  # noqa: E402
+from segae_jax import training
 
 OUT = os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1')
 
@@ -27,11 +28,11 @@ def main():
       'checkpoint_every_steps': 2, 'data.tfds_dir': ''})
   config.data.tfds_dir = tfds_dir
   shutil.rmtree(OUT, ignore_errors=True)
-  train.train_and_evaluate(config, OUT)
+  training.train_and_evaluate(config, OUT)
   for name in ('tensorboard', 'segmentation.png', 'metrics.jsonl'):
     path = os.path.join(OUT, name)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-  run = inference.load_run(OUT, 'latest')
+  run = common.load_run(OUT, 'latest')
   image = np.random.default_rng(0).random((1,) + run.image_shape, np.float32)
   logits = np.asarray(run.model.apply(run.variables, image)['seg_logits'])
   np.savez(os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1_expected.npz'), image=image,

@@ -7,7 +7,7 @@ from typing import Any, Dict, Sequence, Tuple
 import jax
 import ml_collections
 
-from segae_jax import checkpoints
+from segae_jax.training import checkpoints
 from segae_jax.errors import UserInputError
 
 CHECKPOINT_KINDS = ('best', 'latest')
@@ -41,7 +41,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   Raises:
     UserInputError: not a workdir, no checkpoint in it, or an unknown `checkpoint` kind.
   """
-  from segae_jax import train  # Heavy; keeps `--help` fast.
+  from segae_jax import training  # Heavy; keeps `--help` fast.
   if checkpoint not in CHECKPOINT_KINDS:
     raise UserInputError(f'unknown checkpoint {checkpoint!r}; known: {", ".join(CHECKPOINT_KINDS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -62,12 +62,12 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   meta = ckpt.read_meta(step)
   image_shape = tuple(meta['image_shape'])
   # Exactly the model training built (compute dtype, convolution implementation).
-  model = train.build_model(config, image_shape, meta.get('num_classes'))
-  state = train.create_train_state(config, model, image_shape, jax.random.PRNGKey(0))
+  model = training.build_model(config, image_shape, meta.get('num_classes'))
+  state = training.create_train_state(config, model, image_shape, jax.random.PRNGKey(0))
   restored, _ = ckpt.restore(step, {'train_state': state, 'rng': jax.random.PRNGKey(0)},
                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   ckpt.close()
   state = restored['train_state']
-  return TrainedRun(config=config, model=model, variables=train.model_variables(state),
+  return TrainedRun(config=config, model=model, variables=training.model_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
                     class_names=meta.get('class_names') or [])

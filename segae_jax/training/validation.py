@@ -3,7 +3,8 @@ import logging
 
 import ml_collections
 
-from segae_jax import data, losses, models, optimizers, parallel
+from segae_jax import data, losses, models
+from segae_jax.training import optimizers, parallel
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
 

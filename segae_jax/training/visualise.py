@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from segae_jax import writers
+from segae_jax.training import writers
 
 # Class 0 (background) black, then the 10 matplotlib "tab10" colours, then greys; cycles beyond.
 _PALETTE = np.array([

@@ -6,8 +6,9 @@ A checkpoint at step N holds three items:
   'meta':  what the checkpoint is of (model config, dataset, image shape; JSON), checked on resume
            so a workdir of another model is refused instead of overwritten.
 """
+import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 def abstract_tree(tree, sharding=None):
@@ -130,3 +133,42 @@ def _jsonable(x):
   if isinstance(x, dict):
     return {k: _jsonable(v) for k, v in x.items()}
   return x
+
+
+def restore_latest_intact(ckpt: Checkpointer, meta: Mapping[str, Any], target,
+                          sharding=None):
+  """Restores the newest checkpoint that reads back whole, moving damaged newer ones aside.
+
+  A step whose files are truncated, missing or unreadable is moved to `<checkpoints>.damaged/`
+  (kept for inspection; the resumed run will write that step again) with a warning naming it.
+
+  Returns:
+    ((state tree, data state), step), or None when the directory holds no checkpoint.
+  Raises:
+    UserInputError: a checkpoint of another model or dataset (nothing moved), or no intact
+      checkpoint among several (rather than a silent fresh start).
+  """
+  steps = sorted(ckpt.all_steps(), reverse=True)
+  damaged = []
+  for step in steps:
+    try:
+      saved_meta = ckpt.read_meta(step)
+    except Exception as e:  # noqa: BLE001 -- any read failure means a damaged checkpoint.
+      damaged.append((step, e))
+      continue
+    ckpt.check_compatible(step, meta, saved_meta)
+    try:
+      restored = ckpt.restore(step, target, sharding)
+    except Exception as e:  # noqa: BLE001
+      damaged.append((step, e))
+      continue
+    for bad, error in damaged:
+      where = ckpt.quarantine(bad)
+      log.warning('Checkpoint step %d is damaged (%s: %s); moved to %s, resuming from step %d.',
+                  bad, type(error).__name__, ' '.join(str(error).split())[:200], where, step)
+    return restored, step
+  if damaged:
+    raise UserInputError(
+        f'no intact checkpoint in {ckpt.directory}: steps {", ".join(str(b) for b, _ in damaged)} '
+        f'fail to read ({type(damaged[0][1]).__name__}); move the directory away to start afresh')
+  return None

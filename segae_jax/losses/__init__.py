@@ -1,0 +1,25 @@
+"""Loss terms as pure functions, registered by name and composed with weights from the config.
+
+Every term has the signature `term(outputs, batch, **params) -> (scalar, metrics)`:
+  outputs: the model's output dict (see segae_jax.models), e.g. 'rec_logits', 'mean', 'logvar', 'z'.
+  batch:   dict with 'image' [batch, height, width, channels] float32 in [0, 1] and optionally
+           'valid' [batch] float32 (1 = real example, 0 = padding), which every term respects.
+  returns: a float32 scalar (mean over the real examples) and {term_name: scalar}.
+
+Segmentation terms read batch['segmentation'] (int32 [batch, height, width] class ids, with
+`ignore_label` for unlabelled pixels) and outputs['seg_logits'] ([batch, height, width, classes]);
+examples with batch['labeled'] == 0 (semi-supervised training) do not count for them.
+
+Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
+so per-image values are in nats; segmentation cross-entropy and focal loss are means over labelled
+pixels (nats per pixel), Dice loss is in [0, 1].
+
+A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_loss_fn` turns
+that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one function
+decorated with `@LOSSES.register(name)` in this package (or anywhere imported), with no change to the train loop.
+"""
+from segae_jax.losses.base import LOSSES, LossFn, Metrics, batch_mean, sum_per_example
+from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_fn
+from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, rec_bce, rec_mse,
+                                             rec_mse_per_pixel, sparsity_kl, sparsity_l1)
+from segae_jax.losses.segmentation import dice, focal, seg_ce

@@ -1,0 +1,98 @@
+"""Segmentation terms over seg_logits [batch, height, width, classes] (see losses.base)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from segae_jax.errors import UserInputError
+from segae_jax.losses.base import LOSSES
+
+
+def _example_weights(batch) -> jnp.ndarray:
+  """[batch] weights of examples that count for segmentation terms: real and labelled."""
+  weights = jnp.ones(batch['segmentation'].shape[:1], jnp.float32)
+  for key in ('valid', 'labeled'):
+    if key in batch:
+      weights = weights * batch[key].astype(jnp.float32)
+  return weights
+
+
+def _labels_and_keep(batch, num_classes: int, ignore_label: int):
+  """([batch, h, w] int32 labels with ignored pixels set to 0, [batch, h, w] float32 1 = counts)."""
+  labels = batch['segmentation'].astype(jnp.int32)
+  keep = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  return jnp.where(keep, labels, 0), keep.astype(jnp.float32)
+
+
+def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
+  """([batch, h, w] float32 weights, [batch, h, w] int32 labels with ignored pixels set to 0)."""
+  labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
+  weights = keep * _example_weights(batch)[:, None, None]
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights, jnp.float32)
+    if class_weights.shape != (num_classes,):
+      raise UserInputError(f'class_weights has {class_weights.shape[0]} entries, the model '
+                           f'predicts {num_classes} classes')
+    weights = weights * class_weights[labels]
+  return weights, labels
+
+
+def _weighted_pixel_mean(per_pixel, weights):
+  # Sum over all pixels of the batch divided by the total weight: PyTorch's CrossEntropyLoss
+  # convention with class weights, so weights re-balance classes rather than rescale the loss.
+  return jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+
+
+@LOSSES.register('seg_ce')
+def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
+  """Softmax cross-entropy of seg_logits against integer labels, nats per labelled pixel.
+
+  class_weights: optional [num_classes] per-class weights; pixels equal to `ignore_label` (or
+  outside [0, num_classes)) do not count.
+  """
+  logits = outputs['seg_logits']
+  weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  value = _weighted_pixel_mean(ce, weights)
+  return value, {'seg_ce': value}
+
+
+@LOSSES.register('focal')
+def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: int = 255):
+  """Multi-class focal loss -(1 - p_t)^gamma * log p_t per labelled pixel (Lin et al., "Focal Loss
+  for Dense Object Detection", ICCV 2017, Eq. 5; class_weights play the role of alpha_t).
+
+  optax ships only the sigmoid (binary / multi-label) focal loss, so the softmax form is here.
+  """
+  logits = outputs['seg_logits']
+  weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
+  per_pixel = -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
+  value = _weighted_pixel_mean(per_pixel, weights)
+  return value, {'focal': value}
+
+
+@LOSSES.register('dice')
+def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
+         ignore_label: int = 255):
+  """Soft multi-class Dice loss per class 1 - (I + s) / ((P + T) / 2 + s) with I = sum(p * t),
+  P = sum(p), T = sum(t) over the image's labelled pixels (= 1 - 2I / (P + T) for s = 0),
+  averaged over classes, per image, then over labelled images (Milletari et al., V-Net, 2016).
+
+  This is optax.losses.dice_loss's formula (alpha = beta = 1/2), written here because optax's
+  version has no ignore mask and, given probabilities, checks them with Python control flow that
+  fails under jit. Ignored pixels are removed from prediction and target alike; with
+  `exclude_background` class 0 does not count.
+  """
+  logits = outputs['seg_logits']
+  num_classes = logits.shape[-1]
+  labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
+  probs = jax.nn.softmax(logits) * keep[..., None]
+  targets = jax.nn.one_hot(labels, num_classes) * keep[..., None]
+  intersection = jnp.sum(probs * targets, axis=(1, 2))  # [batch, classes]
+  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(targets, axis=(1, 2))
+  per_class = 1.0 - (intersection + smooth) / (0.5 * total + smooth)
+  per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:], axis=-1)
+  weights = _example_weights(batch)
+  value = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+  return value, {'dice': value}

@@ -1,0 +1,667 @@
+"""How much the learned code helps classification with few labels:
+  python -m segae_jax.tools.probe --workdir=DIR --config=configs/probe_fashion_mnist.py \
+      [--config.<key>=<value>] [--output=DIR/probe]
+
+Restores the latest checkpoint of an `ae`, `sparse_ae` or `vae` run trained on Fashion-MNIST and,
+for each fraction in config.label_fractions, trains three classifiers with optax on the same
+labelled subset:
+  linear    softmax regression on the frozen codes (the posterior mean for a VAE), computed once
+            and standardised per dimension with the labelled subset's mean and sd;
+  finetune  EncoderClassifier (the run's encoder + a linear head on its code) trained end to end,
+            its encoder starting from the run's encoder parameters;
+  scratch   the same network and head initialisation, encoder randomly initialised (baseline).
+
+Data. The validation split (config.validation_size images) is carved from the train split first,
+by a permutation seeded from config.seed; the rest is the labelled pool. Each labelled subset is
+class-stratified: from each class c of the pool, round(fraction * n_c) images (at least 1), the
+first ones of a per-class permutation seeded from (config.seed, c), so the subsets of a seed are
+deterministic and nested (the 1% subset lies inside the 10% one). config.imbalance then keeps only
+max(1, round(ratio * m_c)) of the m_c labelled images of each minority class (again a prefix).
+Encoder inputs are the run's own preprocessing (binarised once, from a seeded generator, when the
+run trained on binarised images), the same arrays for the three methods and every fraction.
+
+Training: Adam (AdamW when config.weight_decay > 0), constant learning rate, minibatches of
+min(batch_size, labelled) drawn from a seeded reshuffle every epoch, dropout on the head's input,
+validation accuracy every config.eval_every steps; the best parameters (first highest accuracy)
+are kept and training stops after config.patience evaluations without a strict improvement, or
+at config.num_steps. Loss: 'ce', 'weighted_ce' or 'focal' (see `classification_loss`).
+
+Generated data (config.generated.per_image > 0): every labelled image is encoded and
+`per_image` codes are drawn near its code, z = mean + noise_scale * spread * eps with eps ~ N(0, I)
+(spread: the VAE's posterior standard deviation of that image; for an AE or sparse AE, the
+standard deviation of the codes of the labelled images of its class, per dimension). Each code is
+decoded (Bernoulli means), binarised with a seeded draw when the run trained on binarised images,
+and joins the labelled set with the class label of its source image, for all three methods. The
+validation and test images are never generated.
+
+Writes <output>/probe.json (the config, and per method and fraction: test accuracy on the 10,000
+test images, per-class recall, best and stopping step, labelled images per class, train time) and
+prints a Markdown table.
+"""
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+
+from segae_jax import cli
+from segae_jax.errors import UserInputError
+
+FLAGS = flags.FLAGS
+
+METHODS = ('linear', 'finetune', 'scratch')
+LOSS_KINDS = ('ce', 'weighted_ce', 'focal')
+SAMPLING = ('class-stratified: from each class c of the pool (train split minus validation), '
+            'round(fraction * n_c) images (at least 1), a prefix of a per-class permutation '
+            'seeded from (seed, c), so subsets are nested across fractions; minority classes then '
+            'keep a prefix of max(1, round(ratio * m_c)) of their m_c labelled images')
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  from ml_collections import config_flags
+  flags.DEFINE_string('workdir', None, 'Training workdir of an ae, sparse_ae or vae run.')
+  config_flags.DEFINE_config_file('config', None, 'Probe config (configs/probe_fashion_mnist.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('output', None, 'Folder for probe.json (default <workdir>/probe).')
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _generated(config):
+  """config.generated, or 'off' for a probe config written before the option existed."""
+  return config.get('generated', {'per_image': 0, 'noise_scale': 1.0})
+
+
+def validate(config, num_classes: int = 10) -> None:
+  """Raises UserInputError naming the first bad field of a probe config."""
+  methods = tuple(config.methods)
+  unknown = [m for m in methods if m not in METHODS]
+  if not methods or unknown:
+    raise UserInputError(f'config.methods: unknown {", ".join(map(str, unknown)) or "(empty)"}; '
+                         f'known: {", ".join(METHODS)}')
+  if len(set(methods)) != len(methods):
+    raise UserInputError(f'config.methods lists a method twice: {methods}')
+  fractions = tuple(config.label_fractions)
+  if not fractions:
+    raise UserInputError('config.label_fractions is empty')
+  for f in fractions:
+    if not 0.0 < float(f) <= 1.0:
+      raise UserInputError(f'config.label_fractions must each be in (0, 1], got {f}')
+  for name in ('num_steps', 'batch_size', 'eval_every', 'patience', 'validation_size',
+               'eval_batch_size'):
+    if int(config[name]) < 1:
+      raise UserInputError(f'config.{name} must be >= 1, got {config[name]}')
+  for name in ('learning_rate', 'linear_learning_rate'):
+    if not float(config[name]) > 0.0:
+      raise UserInputError(f'config.{name} must be > 0, got {config[name]}')
+  if not float(config.weight_decay) >= 0.0:
+    raise UserInputError(f'config.weight_decay must be >= 0, got {config.weight_decay}')
+  if not 0.0 <= float(config.dropout) < 1.0:
+    raise UserInputError(f'config.dropout must be in [0, 1), got {config.dropout}')
+  if config.loss not in LOSS_KINDS:
+    raise UserInputError(f'config.loss: unknown {config.loss!r}; known: {", ".join(LOSS_KINDS)}')
+  if not float(config.focal_gamma) >= 0.0:
+    raise UserInputError(f'config.focal_gamma must be >= 0, got {config.focal_gamma}')
+  generated = _generated(config)
+  if int(generated['per_image']) < 0:
+    raise UserInputError(f'config.generated.per_image must be >= 0 (0 = off), got '
+                         f'{generated["per_image"]}')
+  if not float(generated['noise_scale']) >= 0.0:
+    raise UserInputError(f'config.generated.noise_scale must be >= 0, got '
+                         f'{generated["noise_scale"]}')
+  ratio = float(config.imbalance.ratio)
+  if not 0.0 < ratio <= 1.0:
+    raise UserInputError(f'config.imbalance.ratio must be in (0, 1] (1 = off), got {ratio}')
+  for c in config.imbalance.minority_classes:
+    if not (isinstance(c, (int, np.integer)) and 0 <= c < num_classes):
+      raise UserInputError(f'config.imbalance.minority_classes: {c!r} is not a class id in '
+                           f'[0, {num_classes})')
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def split_validation(num_train: int, validation_size: int, seed: int
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """Carves the validation split from the train split before any labelled subset is drawn.
+
+  Args:
+    num_train: images in the train split.
+    validation_size: images held out, 1 <= validation_size < num_train.
+    seed: seeds the permutation.
+  Returns:
+    (validation indices, pool indices), int64, each sorted; disjoint, together all of
+    range(num_train).
+  Raises:
+    UserInputError: validation_size leaves no pool.
+  """
+  if not 1 <= validation_size < num_train:
+    raise UserInputError(f'config.validation_size must be in [1, {num_train}) for a train split '
+                         f'of {num_train} images, got {validation_size}')
+  perm = np.random.default_rng([seed, 0x7A1]).permutation(num_train)
+  return np.sort(perm[:validation_size]), np.sort(perm[validation_size:])
+
+
+def labelled_subset(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int,
+                    minority_classes: Sequence[int] = (), ratio: float = 1.0) -> np.ndarray:
+  """The labelled training images for one label fraction (see the module docstring).
+
+  Args:
+    labels: int [num_train] class ids of the whole train split.
+    pool: int [p] indices of the train split that may be labelled (not validation).
+    fraction: in (0, 1]; each class c of the pool contributes max(1, round(fraction * n_c)).
+    seed: seeds one permutation per class (shared by all fractions: subsets are nested).
+    minority_classes: class ids subsampled to `ratio`: max(1, round(ratio * m_c)) kept of m_c.
+    ratio: in (0, 1]; 1 keeps every labelled image.
+  Returns:
+    int64 [n] sorted indices into the train split.
+  """
+  labels = np.asarray(labels)
+  pool = np.asarray(pool)
+  chosen = []
+  for c in np.unique(labels[pool]):
+    members = np.sort(pool[labels[pool] == c])
+    order = members[np.random.default_rng([seed, 0xC1A55, int(c)]).permutation(len(members))]
+    count = max(1, int(round(fraction * len(members))))
+    if int(c) in {int(m) for m in minority_classes} and ratio < 1.0:
+      count = max(1, int(round(ratio * count)))
+    chosen.append(order[:count])
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Weights inversely proportional to the labelled class frequency, normalised to mean 1.
+
+  w_c = (1 / n_c) / mean_k(1 / n_k) over the classes present (n_k > 0); absent classes get 0.
+  A balanced set gives all ones.
+
+  Args:
+    labels: int [n] labels of the labelled training images.
+  Returns:
+    float32 [num_classes].
+  """
+  counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+  present = counts > 0
+  inverse = np.where(present, 1.0 / np.maximum(counts, 1.0), 0.0)
+  return (inverse / inverse[present].mean()).astype(np.float32)
+
+
+def code_spread(mean: np.ndarray, logvar: Optional[np.ndarray], labels: np.ndarray) -> np.ndarray:
+  """How far generated codes stray from each labelled image's code, per dimension.
+
+  Args:
+    mean: float [n, latent_dim] codes (VAE: posterior means); labels: int [n] their classes.
+    logvar: float [n, latent_dim] VAE posterior log-variances, or None (AE / sparse AE).
+  Returns:
+    float64 [n, latent_dim]: exp(logvar / 2), the posterior standard deviation, for a VAE; else
+    row i holds the standard deviation (ddof 0) over the codes of the images of class labels[i]
+    (0 for a class of one image).
+  """
+  mean = np.asarray(mean, np.float64)
+  if logvar is not None:
+    return np.exp(0.5 * np.asarray(logvar, np.float64))
+  labels = np.asarray(labels)
+  spread = np.zeros_like(mean)
+  for c in np.unique(labels):
+    members = labels == c
+    spread[members] = mean[members].std(0)
+  return spread
+
+
+def codes_near(mean: np.ndarray, spread: np.ndarray, per_image: int, noise_scale: float,
+               rng: np.random.Generator) -> np.ndarray:
+  """z = mean_i + noise_scale * spread_i * eps, eps ~ N(0, I), `per_image` draws per row i.
+
+  Args:
+    mean, spread: float [n, latent_dim] (see code_spread).
+  Returns:
+    float32 [n * per_image, latent_dim]; rows i * per_image ... (i + 1) * per_image - 1 are
+    drawn around mean[i].
+  """
+  mean, spread = np.asarray(mean, np.float64), np.asarray(spread, np.float64)
+  eps = rng.standard_normal((len(mean), per_image, mean.shape[1]))
+  z = mean[:, None] + noise_scale * spread[:, None] * eps
+  return z.reshape(-1, mean.shape[1]).astype(np.float32)
+
+
+def generate_near_codes(lm, x: np.ndarray, y: np.ndarray, per_image: int, noise_scale: float,
+                        seed: int, binarize: bool,
+                        batch_size: int = 1000) -> Tuple[np.ndarray, np.ndarray]:
+  """Class-conditional generated images: decoded codes drawn near the codes of labelled images
+  (codes_near with code_spread), labelled with their source image's class.
+
+  Args:
+    lm: latents.LatentModel of the trained run.
+    x: float32 [n, h, w, c] encoder inputs in [0, 1]; y: int [n] their class labels.
+    per_image: draws per labelled image (>= 1).
+    noise_scale: multiplies the spread (>= 0); 0 gives per_image copies of each reconstruction.
+    seed: seeds eps and the binarisation draw.
+    binarize: draw Bernoulli pixels from the decoded means (the run trained on binarised inputs,
+      so its encoder and classifiers see binary images).
+  Returns:
+    (images float32 [n * per_image, h, w, c] in [0, 1], labels int32 [n * per_image]); rows
+    i * per_image ... (i + 1) * per_image - 1 come from image i.
+  """
+  x, y = np.asarray(x, np.float32), np.asarray(y)
+  encoded = [lm.encode(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+  mean = np.concatenate([m for m, _ in encoded])
+  logvar = None if encoded[0][1] is None else np.concatenate([v for _, v in encoded])
+  rng = np.random.default_rng([seed, 0x6E4])
+  z = codes_near(mean, code_spread(mean, logvar, y), per_image, noise_scale, rng)
+  images = lm.decode(z, batch_size)
+  if binarize:
+    images = (rng.random(images.shape) < images).astype(np.float32)
+  return images.astype(np.float32), np.repeat(y, per_image).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def softmax_focal_loss(logits: jnp.ndarray, labels: jnp.ndarray, gamma: float) -> jnp.ndarray:
+  """Softmax focal loss per example, FL = -(1 - p_t)^gamma * log p_t (Lin et al., "Focal Loss
+  for Dense Object Detection", ICCV 2017, Eq. 5 without alpha; gamma = 0 gives cross-entropy).
+
+  Args:
+    logits: float [batch, classes]; labels: int [batch].
+  Returns:
+    float [batch], nats.
+  """
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+  return -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
+
+
+def classification_loss(logits: jnp.ndarray, labels: jnp.ndarray, kind: str,
+                        weights: Optional[jnp.ndarray] = None, gamma: float = 2.0) -> jnp.ndarray:
+  """The training loss, a mean over the batch (nats).
+
+  'ce': optax.softmax_cross_entropy_with_integer_labels; 'weighted_ce': the same times
+  weights[label] (class_weights: mean 1 over classes); 'focal': softmax_focal_loss.
+
+  Args:
+    logits: float [batch, classes]; labels: int [batch]; weights: float [classes] ('weighted_ce').
+  Raises:
+    UserInputError: unknown kind.
+  """
+  if kind == 'ce':
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  if kind == 'weighted_ce':
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.mean(per_example * jnp.asarray(weights)[labels])
+  if kind == 'focal':
+    return jnp.mean(softmax_focal_loss(logits, labels, gamma))
+  raise UserInputError(f'config.loss: unknown {kind!r}; known: {", ".join(LOSS_KINDS)}')
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+def early_stopping(accuracies: Sequence[float], patience: int) -> Tuple[int, bool]:
+  """Early-stopping decision after the latest of a series of validation evaluations.
+
+  Args:
+    accuracies: validation accuracy at each evaluation so far, in order (at least one).
+    patience: evaluations without a strict improvement over the best that end training.
+  Returns:
+    (index of the best evaluation: the first one reaching the maximum, stop now?); stop is true
+    when the last `patience` evaluations all came after the best one.
+  """
+  accuracies = list(accuracies)
+  best = int(np.argmax(accuracies))  # np.argmax returns the first maximum: ties do not improve.
+  return best, len(accuracies) - 1 - best >= patience
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class LinearHead(nn.Module):
+  """Dropout then Dense(num_classes): codes float [batch, dim] -> logits [batch, num_classes]."""
+  num_classes: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, code: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    code = nn.Dropout(self.dropout, deterministic=not train)(code)
+    return nn.Dense(self.num_classes, name='head')(code)
+
+
+class EncoderClassifier(nn.Module):
+  """The autoencoder's ConvEncoder, its code, and a LinearHead.
+
+  The encoder submodule is named 'encoder' with the Autoencoder's field values, so its
+  parameters have the tree of an AE/VAE's params['encoder'] and can be copied from a trained run.
+
+  Attributes:
+    features, hidden_dim, activation: the run's config.model fields.
+    encoder_outputs: the encoder's output size (latent_dim; 2 * latent_dim for a VAE).
+    latent_dim: the code is the encoder output's first latent_dim entries (the VAE's mean).
+    code_activation: 'linear', or the sparse AE's code nonlinearity.
+    num_classes, dropout: the head.
+  """
+  features: Sequence[int]
+  hidden_dim: int
+  encoder_outputs: int
+  latent_dim: int
+  num_classes: int
+  activation: str = 'relu'
+  code_activation: str = 'linear'
+  dropout: float = 0.0
+
+  def setup(self):
+    from segae_jax.models.autoencoder import CODE_ACTIVATIONS
+    from segae_jax.models.layers import ConvEncoder
+    self.encoder = ConvEncoder(tuple(self.features), self.hidden_dim, self.encoder_outputs,
+                               self.activation)
+    self._code_activation = CODE_ACTIVATIONS[self.code_activation]
+    self.classifier = LinearHead(self.num_classes, self.dropout)
+
+  def code(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Images float [batch, h, w, c] in [0, 1] -> code float [batch, latent_dim]."""
+    return self._code_activation(self.encoder(x)[:, :self.latent_dim])
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Images float [batch, h, w, c] in [0, 1] -> logits float [batch, num_classes]."""
+    return self.classifier(self.code(x), train)
+
+
+def encoder_classifier_for(run, num_classes: int, dropout: float) -> EncoderClassifier:
+  """An EncoderClassifier shaped like the restored run's encoder (common.TrainedRun)."""
+  from segae_jax import models
+  model = run.model
+  return EncoderClassifier(
+      features=tuple(model.features), hidden_dim=int(model.hidden_dim),
+      encoder_outputs=int(model._encoder_outputs()), latent_dim=int(model.latent_dim),
+      num_classes=num_classes, activation=model.activation,
+      code_activation=(model.code_activation if isinstance(model, models.SparseAutoencoder)
+                       else 'linear'),
+      dropout=dropout)
+
+
+def init_params(classifier: EncoderClassifier, image_shape, seed: int,
+                encoder_params=None) -> Dict:
+  """Initial parameters {'encoder', 'classifier'}: random from `seed`, then the encoder's
+  replaced by `encoder_params` (a trained run's params['encoder']) when given.
+
+  Raises:
+    ValueError: encoder_params does not have the encoder's tree or shapes.
+  """
+  # Folded: PRNGKey(seed) alone would give the encoder the very initialisation an AE trained
+  # from that seed may have started at (same submodule path), not an independent baseline.
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5C7A)
+  params = classifier.init(key, jnp.zeros((1, *image_shape), jnp.float32))
+  params = dict(jax.tree_util.tree_map(lambda a: a, params['params']))
+  if encoder_params is not None:
+    expected = jax.tree_util.tree_map(jnp.shape, params['encoder'])
+    given = jax.tree_util.tree_map(jnp.shape, dict(encoder_params))
+    if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(given) or \
+        jax.tree_util.tree_leaves(expected) != jax.tree_util.tree_leaves(given):
+      raise ValueError(f'encoder parameters do not fit the classifier: {given} vs {expected}')
+    params['encoder'] = jax.tree_util.tree_map(jnp.asarray, dict(encoder_params))
+  return params
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _chunked(fn, params, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn(params, chunk) over x in chunks of one compiled size (the last one padded)."""
+  size = min(batch_size, len(x))
+  out = []
+  for start in range(0, len(x), size):
+    chunk = x[start:start + size]
+    real = len(chunk)
+    if real < size:
+      chunk = np.concatenate([chunk, np.zeros((size - real,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(fn(params, chunk))[:real])
+  return np.concatenate(out)
+
+
+def standardizer(codes: np.ndarray):
+  """z -> (z - mean) / max(sd, 1e-6) per dimension, the statistics of `codes` (float [n, d],
+  the labelled training codes), so one learning rate suits codes of any scale."""
+  codes = np.asarray(codes, np.float64)
+  mean, sd = codes.mean(0), np.maximum(codes.std(0), 1e-6)
+  return lambda z: ((np.asarray(z, np.float64) - mean) / sd).astype(np.float32)
+
+
+def per_class_recall(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int) -> List[Optional[float]]:
+  """Recall of each class: correct predictions among its examples (None if it has none)."""
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  out = []
+  for c in range(num_classes):
+    members = labels == c
+    out.append(float(np.mean(predictions[members] == c)) if members.any() else None)
+  return out
+
+
+def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.ndarray,
+                     y_val: np.ndarray, *, num_steps: int, batch_size: int, learning_rate: float,
+                     weight_decay: float, eval_every: int, patience: int, loss: str,
+                     weights: np.ndarray, gamma: float, seed: int,
+                     eval_batch_size: int = 1000) -> Dict:
+  """Trains `params` of `apply_fn(variables, x, train, rngs=...) -> logits` with early stopping.
+
+  Args:
+    x, y: labelled inputs (codes or images) and int labels; x_val, y_val: the validation split.
+    weights: float [classes] class weights ('weighted_ce').
+  Returns:
+    {'params': the best parameters, 'best_step', 'stop_step' (last step trained),
+     'val_accuracy' (at best_step), 'history': [[step, validation accuracy], ...],
+     'early_stopped': bool, 'predict': jitted (params, inputs) -> int class ids [batch]}.
+  """
+  tx = (optax.adamw(learning_rate, weight_decay=weight_decay) if weight_decay > 0
+        else optax.adam(learning_rate))
+  weights = jnp.asarray(weights)
+
+  @jax.jit
+  def step_fn(params, opt_state, xb, yb, key):
+    def loss_fn(p):
+      logits = apply_fn({'params': p}, xb, True, rngs={'dropout': key})
+      return classification_loss(logits, yb, loss, weights, gamma)
+    value, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  predict = jax.jit(lambda p, xb: jnp.argmax(apply_fn({'params': p}, xb, False), -1))
+  opt_state = tx.init(params)
+  n = len(x)
+  size = min(batch_size, n)
+  per_epoch = n // size
+  key = jax.random.PRNGKey(seed)
+  history, accuracies = [], []
+  best_params, best_step, step = params, 0, 0
+  stopped = False
+  perm = None
+  while step < num_steps:
+    epoch, b = divmod(step, per_epoch)
+    if b == 0 or perm is None:
+      perm = np.random.default_rng([seed, 0xBA7C4, epoch]).permutation(n)
+    idx = perm[b * size:(b + 1) * size]
+    params, opt_state, _ = step_fn(params, opt_state, x[idx], y[idx], jax.random.fold_in(key, step))
+    step += 1
+    if step % eval_every == 0 or step == num_steps:
+      accuracy = float(np.mean(_chunked(predict, params, x_val, eval_batch_size) == y_val))
+      history.append([step, accuracy])
+      accuracies.append(accuracy)
+      best, stop = early_stopping(accuracies, patience)
+      if best == len(accuracies) - 1:
+        best_params, best_step = params, step
+      if stop:
+        stopped = True
+        break
+  return {'params': best_params, 'best_step': best_step, 'stop_step': step,
+          'val_accuracy': accuracies[best] if accuracies else None, 'history': history,
+          'early_stopped': stopped, 'predict': predict}
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _read_split(source, preprocess, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Encoder inputs float32 [n, h, w, c] (the run's preprocessing, one seeded draw) and labels."""
+  from segae_jax import data
+  examples = data.stack_examples(source.__getitems__(list(range(len(source)))))
+  if 'label' not in examples:
+    raise UserInputError('the run\'s dataset has no image labels (feature "label"); the probe '
+                         'needs a classification dataset such as fashion_mnist')
+  labels = np.asarray(examples['label']).astype(np.int32)
+  batch = preprocess({'image': examples['image']}, np.random.default_rng([seed, 0x1B9]))
+  return np.asarray(batch['image'], np.float32), labels
+
+
+def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
+  """Runs every method on every label fraction; writes probe.json; returns its dict.
+
+  Raises:
+    UserInputError: a bad config field, not a workdir / no checkpoint, not an autoencoder, or a
+      dataset without labels.
+  """
+  from segae_jax import data
+  from segae_jax.tools import common, latents
+  from segae_jax.training import writers
+
+  validate(config)
+  run = common.load_run(workdir, 'latest')
+  lm = latents.LatentModel(run)
+  dataset = data.build(run.config.data)
+  num_classes = int(dataset.num_classes)
+  validate(config, num_classes)
+  output = output or os.path.join(workdir, 'probe')
+  seed = int(config.seed)
+
+  x_train, y_train = _read_split(dataset.train, dataset.preprocess, seed)
+  x_test, y_test = _read_split(dataset.test, dataset.preprocess, seed + 1)
+  val_idx, pool = split_validation(len(y_train), int(config.validation_size), seed)
+  x_val, y_val = x_train[val_idx], y_train[val_idx]
+
+  timing = {}
+  codes = {}
+  encode = lambda _, chunk: lm.encode(chunk)[0]
+  if 'linear' in config.methods:
+    start = time.perf_counter()
+    codes = {'train': _chunked(encode, None, x_train, config.eval_batch_size),
+             'test': _chunked(encode, None, x_test, config.eval_batch_size)}
+    timing['encode_s'] = round(time.perf_counter() - start, 2)
+
+  classifier = encoder_classifier_for(run, num_classes, float(config.dropout))
+  head = LinearHead(num_classes, float(config.dropout))
+  ae_encoder = run.variables['params']['encoder']
+  minority = tuple(int(c) for c in config.imbalance.minority_classes)
+  ratio = float(config.imbalance.ratio)
+  rows = []
+  generated = _generated(config)
+  per_image, noise_scale = int(generated['per_image']), float(generated['noise_scale'])
+  for fraction in config.label_fractions:
+    fraction = float(fraction)
+    subset = labelled_subset(y_train, pool, fraction, seed, minority, ratio)
+    y_real = y_train[subset]
+    x_lab, y_lab = x_train[subset], y_real
+    x_gen = np.zeros((0,) + x_train.shape[1:], np.float32)
+    if per_image > 0:
+      start = time.perf_counter()
+      x_gen, y_gen = generate_near_codes(lm, x_lab, y_real, per_image, noise_scale, seed,
+                                         bool(run.config.data.get('binarize', False)),
+                                         int(config.eval_batch_size))
+      timing[f'generate_s_{fraction:g}'] = round(time.perf_counter() - start, 2)
+      x_lab, y_lab = np.concatenate([x_lab, x_gen]), np.concatenate([y_real, y_gen])
+    # Generated images share their sources' class proportions, so the weights of the real
+    # labelled images are those of the enlarged set.
+    weights = class_weights(y_real, num_classes)
+    common = dict(num_steps=int(config.num_steps), batch_size=int(config.batch_size),
+                  weight_decay=float(config.weight_decay), eval_every=int(config.eval_every),
+                  patience=int(config.patience), loss=config.loss, weights=weights,
+                  gamma=float(config.focal_gamma), seed=seed,
+                  eval_batch_size=int(config.eval_batch_size))
+    for method in config.methods:
+      start = time.perf_counter()
+      if method == 'linear':
+        lab_codes = codes['train'][subset]
+        if len(x_gen):
+          lab_codes = np.concatenate([lab_codes, _chunked(encode, None, x_gen,
+                                                          int(config.eval_batch_size))])
+        scale = standardizer(lab_codes)
+        params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
+        out = train_classifier(head.apply, params, scale(lab_codes), y_lab,
+                               scale(codes['train'][val_idx]), y_val,
+                               learning_rate=float(config.linear_learning_rate), **common)
+        test_inputs = scale(codes['test'])
+      else:
+        params = init_params(classifier, run.image_shape, seed,
+                             ae_encoder if method == 'finetune' else None)
+        out = train_classifier(classifier.apply, params, x_lab, y_lab, x_val, y_val,
+                               learning_rate=float(config.learning_rate), **common)
+        test_inputs = x_test
+      train_time = time.perf_counter() - start
+      predictions = _chunked(out['predict'], out['params'], test_inputs,
+                             int(config.eval_batch_size))
+      row = {
+          'method': method, 'label_fraction': fraction, 'num_labelled': int(len(subset)),
+          'labelled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
+          'num_generated': int(len(x_gen)),
+          'test_accuracy': float(np.mean(predictions == y_test)),
+          'per_class_recall': per_class_recall(y_test, predictions, num_classes),
+          'val_accuracy': out['val_accuracy'], 'best_step': out['best_step'],
+          'stop_step': out['stop_step'], 'early_stopped': out['early_stopped'],
+          'val_history': out['history'], 'train_time_s': round(train_time, 2)}
+      rows.append(row)
+      print(_row_line(row), flush=True)
+
+  results = {
+      'workdir': os.path.abspath(workdir), 'output': os.path.abspath(output), 'step': run.step,
+      'checkpoint': run.checkpoint, 'model': run.config.model.name, 'latent_dim': lm.latent_dim,
+      'config': config.to_dict(), 'class_names': list(dataset.class_names),
+      'sampling': SAMPLING, 'num_train': int(len(y_train)), 'num_validation': int(len(val_idx)),
+      'num_pool': int(len(pool)), 'num_test': int(len(y_test)),
+      'inputs': ('the run\'s preprocessing, binarised once from a seeded generator'
+                 if run.config.data.get('binarize', False) else 'grayscale in [0, 1]'),
+      'timing': timing, 'results': rows}
+  os.makedirs(output, exist_ok=True)
+  writers.write_json(os.path.join(output, 'probe.json'), results)
+  return results
+
+
+def _row_line(row: Dict) -> str:
+  return (f'{row["method"]:8s} fraction {row["label_fraction"]:g} ({row["num_labelled"]} labelled): '
+          f'test accuracy {row["test_accuracy"]:.4f}, best step {row["best_step"]}, stopped at '
+          f'{row["stop_step"]}, {row["train_time_s"]:.1f} s')
+
+
+def markdown_table(results: Dict) -> str:
+  """The results as a Markdown table: one row per method and fraction, recall per class in %."""
+  names = [n.split('/')[0] for n in results['class_names']] or \
+      [str(c) for c in range(len(results['results'][0]['per_class_recall']))]
+  minority = set(results['config']['imbalance']['minority_classes']) \
+      if results['config']['imbalance']['ratio'] < 1.0 else set()
+  names = [f'{n}*' if c in minority else n for c, n in enumerate(names)]
+  head = ['method', 'labels', 'n', 'test acc', 'best / stop step', 'time s'] + names
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in results['results']:
+    recall = ['-' if v is None else f'{100 * v:.0f}' for v in r['per_class_recall']]
+    lines.append('| ' + ' | '.join(
+        [r['method'], f'{100 * r["label_fraction"]:g}%',
+         f'{r["num_labelled"]:,}' + (f' + {r["num_generated"]:,} generated'
+                                     if r.get('num_generated') else ''),
+         f'{100 * r["test_accuracy"]:.2f}%', f'{r["best_step"]} / {r["stop_step"]}',
+         f'{r["train_time_s"]:.0f}'] + recall) + ' |')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = probe(FLAGS.workdir, FLAGS.config, FLAGS.output)
+  print(f'{results["model"]} step {results["step"]}, loss {results["config"]["loss"]}: '
+        f'test accuracy (%) and recall per class (%) on {results["num_test"]:,} test images; '
+        f'wrote {os.path.join(results["output"], "probe.json")}')
+  print(markdown_table(results))
+
+
+if __name__ == '__main__':
+  cli.run_command(main, define_flags, ['workdir', 'config'])

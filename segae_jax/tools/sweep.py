@@ -1,0 +1,567 @@
+"""Hyperparameter sweeps (grid or random search) over any config:
+
+  python -m segae_jax.tools.sweep --config=configs/default.py --workdir=runs/sweep_beta \
+      --grid='{"config.beta": [0.5, 1, 4], "config.model.latent_dim": [16, 32]}' \
+      [--metric=test.neg_elbo] [--mode=min] [--set='{"config.num_train_steps": 500}']
+  python -m segae_jax.tools.sweep --config=configs/default.py --workdir=runs/sweep_rand --random=8 \
+      --space='{"config.learning_rate": {"log_uniform": [1e-4, 1e-2]},
+                "config.beta": {"uniform": [0.5, 4]},
+                "config.model.latent_dim": {"choice": [16, 32, 64]}}' --seed=0
+
+Each point trains with `training.train_and_evaluate` in its own workdir WORKDIR/<index>_<name>
+(e.g. `0_beta=0.5,model.latent_dim=16`), one after the other in this process. Overrides follow
+ml_collections semantics: dotted keys into nested fields (the `config.` prefix is optional), and a
+value must keep the field's type (an int field takes an int, a float field an int or a float, a
+tuple field a list). Every point is built and validated before anything runs.
+
+Resumable: a point whose results.json reports step == num_train_steps is read, not re-run; an
+unfinished one resumes from its checkpoints. WORKDIR/sweep.json records the definition (config
+file, grid or space/N/seed, --set); a different definition in the same WORKDIR is refused.
+
+Writes WORKDIR/results.csv and WORKDIR/results.md (also printed): one row per point with the
+swept values, the --metric (a dotted path into results.json), a few standard test metrics and
+train_time_s, best first (ascending for --mode=min, descending for max).
+
+Bad input (invalid JSON, unknown key, wrong type, empty value list, unknown distribution, a metric
+absent from the results, a missing config file, ...) prints one line and exits with status 2.
+"""
+import copy
+import csv
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from segae_jax import cli
+from segae_jax.errors import UserInputError
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DISTRIBUTIONS = ('uniform', 'log_uniform', 'int_uniform', 'choice')
+# Test metrics shown next to the chosen one when the results have them (scalars only).
+STANDARD_TEST_METRICS = ('miou', 'mean_dice', 'pixel_accuracy', 'neg_elbo', 'rec_bce', 'kl',
+                         'loss', 'psnr')
+# Metrics for which larger is better: the default --mode for them is max.
+HIGHER_IS_BETTER = ('miou', 'mean_dice', 'pixel_accuracy', 'psnr', 'accuracy',
+                    'train_images_per_s')
+MAX_NAME_CHARS = 80
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('config', None, 'Path to a config file (get_config()).')
+  flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-workdir per point, results.*')
+  flags.DEFINE_string('grid', None, 'JSON object {key: [values]}: the cartesian product.')
+  flags.DEFINE_integer('random', None, 'Random search: number of points drawn from --space.')
+  flags.DEFINE_string('space', None, 'JSON object {key: {"uniform" | "log_uniform" | '
+                      '"int_uniform": [lo, hi]} or {"choice": [values]}} for --random.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the numpy Generator drawing the --random points.')
+  flags.DEFINE_string('set', None, 'JSON object {key: value}: fixed overrides for every point.')
+  flags.DEFINE_string('metric', '', 'Dotted path into results.json to sort by, e.g. test.miou; '
+                      'default test.miou, else test.neg_elbo, else test.loss.')
+  flags.DEFINE_enum('mode', None, ['min', 'max'], 'Best = smallest (min) or largest (max); '
+                    'default max for miou/dice/accuracy/psnr, else min.')
+
+
+# ------------------------------------------------------------------------------------- points --
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> List[Dict[str, Any]]:
+  """The cartesian product of a grid, in key order (the last key varies fastest).
+
+  Args:
+    grid: {key: non-empty list of values}, e.g. {'config.beta': [0.5, 1], 'config.seed': [0, 1]}.
+
+  Returns:
+    One {key: value} dict per point; len = the product of the list lengths.
+
+  Raises:
+    UserInputError: an empty grid, or a key whose values are not a non-empty list.
+  """
+  if not grid:
+    raise UserInputError('--grid is empty: give {"config.<key>": [values], ...}')
+  for key, values in grid.items():
+    if not isinstance(values, (list, tuple)):
+      raise UserInputError(f'--grid {key!r}: expected a list of values, got {values!r}')
+    if not values:
+      raise UserInputError(f'--grid {key!r}: the list of values is empty')
+  keys = list(grid)
+  return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _check_space(space: Mapping[str, Any]) -> None:
+  if not space:
+    raise UserInputError('--space is empty: give {"config.<key>": {"uniform": [lo, hi]}, ...}')
+  for key, spec in space.items():
+    if not isinstance(spec, dict) or len(spec) != 1:
+      raise UserInputError(f'--space {key!r}: expected one {{distribution: arguments}}, e.g. '
+                           f'{{"uniform": [0, 1]}}, got {spec!r}')
+    (dist, args), = spec.items()
+    if dist not in DISTRIBUTIONS:
+      raise UserInputError(f'--space {key!r}: unknown distribution {dist!r}; known: '
+                           f'{", ".join(DISTRIBUTIONS)}')
+    if dist == 'choice':
+      if not isinstance(args, list) or not args:
+        raise UserInputError(f'--space {key!r}: "choice" needs a non-empty list of values, '
+                             f'got {args!r}')
+      continue
+    if (not isinstance(args, list) or len(args) != 2
+        or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+      raise UserInputError(f'--space {key!r}: {dist!r} needs [low, high] numbers, got {args!r}')
+    lo, hi = args
+    if not lo <= hi:
+      raise UserInputError(f'--space {key!r}: {dist!r} needs low <= high, got {args!r}')
+    if dist == 'log_uniform' and lo <= 0:
+      raise UserInputError(f'--space {key!r}: "log_uniform" needs 0 < low, got {args!r}')
+    if dist == 'int_uniform' and not all(isinstance(a, int) for a in args):
+      raise UserInputError(f'--space {key!r}: "int_uniform" needs integer bounds, got {args!r}')
+
+
+def random_points(space: Mapping[str, Mapping[str, Any]], n: int,
+                  seed: int) -> List[Dict[str, Any]]:
+  """`n` points drawn from `space` by `numpy.random.default_rng(seed)`: same seed, same points.
+
+  Args:
+    space: {key: {distribution: arguments}} with distribution one of
+      'uniform' [lo, hi] (float), 'log_uniform' [lo, hi] (float, 0 < lo; uniform in log space),
+      'int_uniform' [lo, hi] (int, both ends included), 'choice' [values] (each equally likely).
+    n: number of points, >= 1.
+    seed: seed of the generator.
+
+  Returns:
+    n {key: value} dicts of plain Python values, keys in `space` order. Points are drawn one
+    after the other, each key in order.
+
+  Raises:
+    UserInputError: n < 1, an unknown distribution or malformed arguments.
+  """
+  if n < 1:
+    raise UserInputError(f'--random must be at least 1, got {n}')
+  _check_space(space)
+  rng = np.random.default_rng(seed)
+  points = []
+  for _ in range(n):
+    point = {}
+    for key, spec in space.items():
+      (dist, args), = spec.items()
+      if dist == 'uniform':
+        point[key] = float(rng.uniform(args[0], args[1]))
+      elif dist == 'log_uniform':
+        point[key] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+      elif dist == 'int_uniform':
+        point[key] = int(rng.integers(args[0], args[1], endpoint=True))
+      else:
+        point[key] = copy.deepcopy(args[int(rng.integers(len(args)))])
+    points.append(point)
+  return points
+
+
+def _short_key(key: str) -> str:
+  return key[len('config.'):] if key.startswith('config.') else key
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  if isinstance(value, (list, tuple)):
+    return '-'.join(_format_value(v) for v in value)
+  if isinstance(value, dict):
+    return json.dumps(value, separators=(',', ':'))
+  return str(value)
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+  """A short, filesystem-safe name of a point, e.g. 'beta=0.5,model.latent_dim=16'.
+
+  Keys lose their `config.` prefix, floats keep 4 significant digits, lists are joined with '-';
+  characters other than letters, digits and `._=,+-` become '_'; at most 80 characters.
+  """
+  name = ','.join(f'{_short_key(k)}={_format_value(v)}' for k, v in point.items())
+  name = re.sub(r'[^A-Za-z0-9._=,+-]+', '_', name).strip('._') or 'point'
+  return name[:MAX_NAME_CHARS]
+
+
+# ------------------------------------------------------------------------------------- config --
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Loads get_config() from a config file at any path (the repo root is put on sys.path, so
+  `from configs import default` inside it works).
+
+  Raises:
+    UserInputError: the file does not exist, fails to import or has no get_config().
+  """
+  if not os.path.isfile(path):
+    raise UserInputError(f'config file {path} does not exist')
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  spec = importlib.util.spec_from_file_location('_sweep_config', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserInputError(f'config file {path} could not be loaded: {type(e).__name__}: {e}') from e
+  if not hasattr(module, 'get_config'):
+    raise UserInputError(f'config file {path} has no get_config() function')
+  return module.get_config()
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+  """`value` as the type of the field now holding `current`, or UserInputError naming `key`."""
+  def wrong(expected):
+    raise UserInputError(f'config key {key!r} holds {expected} ({current!r}); got {value!r} '
+                         f'({type(value).__name__})')
+  if current is None:
+    return value
+  if isinstance(current, ml_collections.ConfigDict):
+    raise UserInputError(f'config key {key!r} is a group of fields; override its fields '
+                         f'({key}.<field>) instead')
+  if value is None:
+    wrong(f'a {type(current).__name__}')
+  if isinstance(current, bool):
+    if not isinstance(value, bool):
+      wrong('a bool')
+  elif isinstance(current, int):
+    if not isinstance(value, int) or isinstance(value, bool):
+      wrong('an int')
+  elif isinstance(current, float):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      wrong('a float')
+    value = float(value)
+  elif isinstance(current, str):
+    if not isinstance(value, str):
+      wrong('a str')
+  elif isinstance(current, (tuple, list)):
+    if not isinstance(value, (tuple, list)):
+      wrong(f'a {type(current).__name__}')
+    value = type(current)(value)
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    point: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with `point`'s overrides set (`config` itself is left unchanged).
+
+  Args:
+    config: the config file's config. Field references survive the copy: overriding
+      `config.beta` also changes `config.loss.kl` in configs/default.py.
+    point: {dotted key: value}; the `config.` prefix is optional, e.g. 'config.model.latent_dim'.
+
+  Returns:
+    The overridden copy.
+
+  Raises:
+    UserInputError: naming the key: no such field, a group of fields (ConfigDict) as the target,
+      or a value whose type does not fit the field (an int field refuses floats and bools, a
+      float field accepts ints, a str field refuses numbers, ...).
+  """
+  config = copy.deepcopy(config)
+  for key, value in point.items():
+    parts = _short_key(key).split('.')
+    target, path = config, 'config'
+    for part in parts[:-1]:
+      path += '.' + part
+      if not isinstance(target, ml_collections.ConfigDict) or part not in target:
+        raise UserInputError(f'unknown config key {key!r}: the config has no field {path!r}')
+      target = target[part]
+    leaf = parts[-1]
+    if not isinstance(target, ml_collections.ConfigDict) or leaf not in target:
+      raise UserInputError(f'unknown config key {key!r}: the config has no field '
+                           f'{path + "." + leaf!r}')
+    value = _coerce(key, target[leaf], value)
+    try:
+      target[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UserInputError(f'config key {key!r}: {e}') from e
+  return config
+
+
+# ------------------------------------------------------------------------------------ results --
+
+
+def available_metrics(results: Mapping[str, Any], prefix: str = '') -> List[str]:
+  """Dotted paths of the numeric scalars in a results dict (per_class tables left out)."""
+  out = []
+  for k, v in results.items():
+    if k == 'per_class':
+      continue
+    if isinstance(v, Mapping):
+      out += available_metrics(v, f'{prefix}{k}.')
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      out.append(prefix + k)
+  return out
+
+
+def get_metric(results: Mapping[str, Any], metric: str) -> float:
+  """The scalar at dotted path `metric` in `results`, e.g. 'test.neg_elbo'.
+
+  Raises:
+    UserInputError: naming the metric and listing the available ones.
+  """
+  value: Any = results
+  for part in metric.split('.'):
+    value = value.get(part) if isinstance(value, Mapping) else None
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    raise UserInputError(f'metric {metric!r} is not in the results; available: '
+                         f'{", ".join(available_metrics(results))}')
+  return float(value)
+
+
+def default_metric(results: Mapping[str, Any]) -> str:
+  """test.miou for segmentation runs, else test.neg_elbo for VAEs, else test.loss."""
+  test = results.get('test', {})
+  for name in ('miou', 'neg_elbo'):
+    if name in test:
+      return f'test.{name}'
+  return 'test.loss'
+
+
+def default_mode(metric: str) -> str:
+  """'max' for metrics where larger is better (miou, dice, accuracy, psnr, throughput)."""
+  return 'max' if metric.split('.')[-1] in HIGHER_IS_BETTER else 'min'
+
+
+def sort_rows(rows: Sequence[Mapping[str, Any]], metric: str,
+              mode: str) -> List[Mapping[str, Any]]:
+  """Rows sorted by row[metric], best first: ascending for mode 'min', descending for 'max'.
+
+  The sort is stable (ties keep their order); rows whose metric is missing or NaN come last.
+
+  Raises:
+    UserInputError: mode is neither 'min' nor 'max'.
+  """
+  if mode not in ('min', 'max'):
+    raise UserInputError(f'mode must be min or max, got {mode!r}')
+  def key(row):
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+      return (1, 0.0)
+    return (0, value if mode == 'min' else -value)
+  return sorted(rows, key=key)
+
+
+def _cell(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  if value is None:
+    return ''
+  if isinstance(value, (list, tuple, dict)):
+    return json.dumps(value)
+  return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+  """A Markdown table: header, separator, one line per row (floats with 4 significant digits)."""
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  for row in rows:
+    lines.append('| ' + ' | '.join(_cell(row.get(c)).replace('|', '\\|') for c in columns) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+  """results.csv: a header of `columns`, then the rows (floats in full, lists as JSON)."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for row in rows:
+      writer.writerow([json.dumps(v) if isinstance(v, (list, tuple, dict)) else
+                       ('' if v is None else v) for v in (row.get(c) for c in columns)])
+
+
+# -------------------------------------------------------------------------------------- sweep --
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Atomic, key order kept (the grid's key order defines the points)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _finished_results(workdir: str, num_train_steps: int) -> Optional[Dict[str, Any]]:
+  path = os.path.join(workdir, 'results.json')
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results if results.get('step') == num_train_steps else None
+
+
+def _check_definition(workdir: str, definition: Mapping[str, Any]) -> None:
+  path = os.path.join(workdir, 'sweep.json')
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = json.load(f)['definition']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserInputError(f'{path} is unreadable ({e}); use another --workdir') from e
+  if json.dumps(old) != json.dumps(definition):
+    changed = [k for k in definition if json.dumps(old.get(k)) != json.dumps(definition[k])]
+    raise UserInputError(f'{workdir} holds a different sweep (changed: {", ".join(changed)}; see '
+                         f'{path}); use another --workdir or repeat the recorded definition')
+
+
+def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] = None,
+              num_random: Optional[int] = None, space: Optional[Mapping[str, Any]] = None,
+              seed: int = 0, fixed: Optional[Mapping[str, Any]] = None, metric: str = '',
+              mode: Optional[str] = None, log=print) -> Dict[str, Any]:
+  """Runs (or resumes) a sweep and writes sweep.json, results.csv and results.md into `workdir`.
+
+  Args:
+    config_file: path of a config file with get_config().
+    workdir: the sweep's directory; point i trains in workdir/<i>_<point_name>.
+    grid: {key: [values]} for a grid search; or None with `num_random` and `space`.
+    num_random, space, seed: random search: `num_random` points from random_points(space, seed).
+    fixed: {key: value} overrides applied to every point before the point's own.
+    metric: dotted path into results.json to sort by; '' = default_metric of the first results.
+    mode: 'min' or 'max'; None = default_mode(metric).
+    log: called with one progress line at a time.
+
+  Returns:
+    {'metric', 'mode', 'columns', 'rows' (sorted, best first), 'table' (Markdown)}.
+
+  Raises:
+    UserInputError: both or neither of grid / random search, a bad grid or space, an unknown
+      key or a wrong type in any point (all checked before anything runs), a config no training
+      would accept, a workdir holding a different sweep, a metric absent from the results.
+  """
+  if (grid is None) == (num_random is None):
+    raise UserInputError('give exactly one of --grid or --random (with --space)')
+  if num_random is not None and space is None:
+    raise UserInputError('--random needs --space')
+  if grid is not None and space is not None:
+    raise UserInputError('--space goes with --random, not with --grid')
+  fixed = dict(fixed or {})
+  points = grid_points(grid) if grid is not None else random_points(space, num_random, seed)
+  swept_keys = list(grid if grid is not None else space)
+
+  base = load_config(config_file)
+  base = apply_overrides(base, fixed)
+  configs = [apply_overrides(base, p) for p in points]
+  definition = {'config': os.path.abspath(config_file), 'grid': grid,
+                'random': num_random, 'space': space,
+                'seed': seed if num_random is not None else None, 'set': fixed}
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  _check_definition(workdir, definition)
+
+  from segae_jax.training import validation  # pylint: disable=import-outside-toplevel (loads JAX)
+  for point, config in zip(points, configs):
+    try:
+      validation.validate_config(config)
+    except UserInputError as e:
+      raise UserInputError(f'point {point_name(point)}: {e}') from e
+
+  os.makedirs(workdir, exist_ok=True)
+  names = [f'{i}_{point_name(p)}' for i, p in enumerate(points)]
+  _write_json(os.path.join(workdir, 'sweep.json'), {
+      'definition': definition,
+      'points': [{'name': n, 'overrides': p} for n, p in zip(names, points)]})
+
+  results: List[Optional[Dict[str, Any]]] = [
+      _finished_results(os.path.join(workdir, n), c.num_train_steps)
+      for n, c in zip(names, configs)]
+  def check_metric(res):
+    nonlocal metric
+    metric = metric or default_metric(res)
+    get_metric(res, metric)
+  for res in results:
+    if res is not None:
+      check_metric(res)
+  done = sum(r is not None for r in results)
+  log(f'sweep of {len(points)} points in {workdir}: {done} finished, {len(points) - done} to run')
+
+  from segae_jax import training  # pylint: disable=import-outside-toplevel
+  for i, (name, config) in enumerate(zip(names, configs)):
+    if results[i] is not None:
+      continue
+    log(f'[{i + 1}/{len(points)}] training {name}')
+    start = time.perf_counter()
+    config.lock()
+    results[i] = training.train_and_evaluate(config, os.path.join(workdir, name))
+    check_metric(results[i])
+    log(f'[{i + 1}/{len(points)}] {name}: {metric}={get_metric(results[i], metric):.4g} '
+        f'({time.perf_counter() - start:.0f} s)')
+
+  mode = mode or default_mode(metric)
+  test_metrics = [f'test.{m}' for m in STANDARD_TEST_METRICS
+                  if f'test.{m}' != metric and any(m in r.get('test', {}) for r in results)]
+  columns = ['run', *(_short_key(k) for k in swept_keys), metric, *test_metrics, 'train_time_s']
+  rows = []
+  for name, point, res in zip(names, points, results):
+    row = {'run': name, **{_short_key(k): v for k, v in point.items()}, metric: get_metric(res, metric)}
+    for m in test_metrics:
+      value = res.get('test', {}).get(m.split('.', 1)[1])
+      row[m] = float(value) if isinstance(value, (int, float)) else None
+    row['train_time_s'] = res.get('train_time_s')
+    rows.append(row)
+  rows = sort_rows(rows, metric, mode)
+  table = markdown_table(rows, columns)
+  write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, best first)\n\n')
+    f.write(table)
+  return {'metric': metric, 'mode': mode, 'columns': columns, 'rows': rows, 'table': table}
+
+
+def parse_json_object(text: Optional[str], flag: str) -> Optional[Dict[str, Any]]:
+  """The JSON object given to `--<flag>`, or None when the flag was not given.
+
+  Raises:
+    UserInputError: not valid JSON, or JSON that is not an object.
+  """
+  if text is None:
+    return None
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise UserInputError(f'--{flag} is not valid JSON ({e}): {text}') from e
+  if not isinstance(value, dict):
+    raise UserInputError(f'--{flag} must be a JSON object {{"config.<key>": ...}}, got {text}')
+  return value
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl flag parsing with unknown or malformed flags reported as one line, exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    cli.fail(str(e))
+  return []
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
+  cli.setup_logging()
+  with cli.user_errors():
+    out = run_sweep(FLAGS.config, FLAGS.workdir,
+                    grid=parse_json_object(FLAGS.grid, 'grid'), num_random=FLAGS.random,
+                    space=parse_json_object(FLAGS.space, 'space'), seed=FLAGS.seed,
+                    fixed=parse_json_object(FLAGS.set, 'set'), metric=FLAGS.metric,
+                    mode=FLAGS.mode)
+  print(f'sorted by {out["metric"]} ({out["mode"]}, best first):')
+  print(out['table'], end='')
+  print(f'wrote {os.path.join(FLAGS.workdir, "results.csv")} and results.md')
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,413 @@
+"""Unsupervised segmentation by clustering an autoencoder's encoder features:
+  python -m segae_jax.tools.unsupervised --workdir=DIR --config=configs/unsup_scenes.py [--input=FOLDER]
+
+Per-pixel features are the encoder's feature maps at the chosen levels, each resized to the image
+(bilinear), optionally with the pixel's colour and (y, x) position; k-means (scipy.cluster.vq's
+kmeans2, k-means++ initialisation) fitted on pixels sampled from training images then labels every
+pixel of the evaluated images with its nearest centre. No label is read to form the regions.
+
+Scores (only where ground-truth masks exist): the clusters are matched one-to-one to the classes
+by the Hungarian algorithm on the [classes, clusters] pixel-count matrix (scipy's
+linear_sum_assignment, maximising matched pixels; Kuhn 1955), and the matched map is scored with
+mIoU and pixel accuracy (pixels of unmatched clusters count as errors); foreground/background IoU
+assigns each cluster to background or foreground by the majority of its pixels. The same
+clustering on the raw pixels (colour and position only) is the baseline, run on the same images.
+
+With --input, the regions of a folder of the user's own images (no masks, no score) are written.
+
+Outputs in --output (default WORKDIR/unsupervised): unsupervised.json, regions.png (image | truth
+| regions | baseline regions, regions coloured by their matched class) and, per image written,
+<name>_regions.png (uint8 cluster ids at the image's own size) and <name>_overlay.png.
+"""
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+from scipy import optimize
+from scipy.cluster import vq
+
+from segae_jax import cli
+from segae_jax.errors import UserInputError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so the module imports as a
+  library next to other commands that define the same names."""
+  flags.DEFINE_string('workdir', None, 'Training workdir of a U-Net-family autoencoder.')
+  config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
+  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised).')
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores.
+
+def hungarian_scores(confusion: np.ndarray) -> Dict[str, object]:
+  """Scores a clustering against ground truth after one-to-one Hungarian matching.
+
+  Args:
+    confusion: [num_classes, num_clusters] pixel counts C[true class, cluster].
+
+  Returns:
+    'assignment': [num_clusters] int, the class matched to each cluster or -1 (more clusters than
+      classes); 'miou': mean IoU over the classes present in the ground truth (a class left
+      without a cluster scores 0); 'per_class_iou': [num_classes] list; 'pixel_accuracy':
+      matched pixels / all pixels.
+  """
+  confusion = np.asarray(confusion, np.float64)
+  num_classes, num_clusters = confusion.shape
+  rows, cols = optimize.linear_sum_assignment(confusion, maximize=True)
+  assignment = np.full(num_clusters, -1, np.int64)
+  assignment[cols] = rows
+  tp = np.zeros(num_classes)
+  predicted = np.zeros(num_classes)  # Pixels given to each class through its cluster.
+  for cluster, c in enumerate(assignment):
+    if c >= 0:
+      tp[c] = confusion[c, cluster]
+      predicted[c] = confusion[:, cluster].sum()
+  truth = confusion.sum(1)
+  union = truth + predicted - tp
+  iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
+  present = truth > 0
+  return {'assignment': assignment.tolist(),
+          'miou': float(iou[present].mean()) if present.any() else 0.0,
+          'per_class_iou': iou.tolist(),
+          'pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1.0))}
+
+
+def foreground_iou(confusion: np.ndarray, background: int = 0) -> float:
+  """IoU of the foreground (every class but `background`) when each cluster is called background
+  or foreground by the majority of its pixels; confusion as in hungarian_scores."""
+  confusion = np.asarray(confusion, np.float64)
+  bg = confusion[background]
+  fg = confusion.sum(0) - bg
+  fg_cluster = fg > bg
+  tp = fg[fg_cluster].sum()
+  fp = bg[fg_cluster].sum()
+  fn = fg[~fg_cluster].sum()
+  return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else 0.0
+
+
+def cluster_confusion(labels: np.ndarray, clusters: np.ndarray, num_classes: int,
+                      num_clusters: int) -> np.ndarray:
+  """[num_classes, num_clusters] int64 pixel counts from int label and cluster maps of one shape;
+  labels outside [0, num_classes) (an ignore label) are not counted."""
+  labels = np.asarray(labels, np.int64).reshape(-1)
+  clusters = np.asarray(clusters, np.int64).reshape(-1)
+  keep = (labels >= 0) & (labels < num_classes)
+  index = labels[keep] * num_clusters + clusters[keep]
+  return np.bincount(index, minlength=num_classes * num_clusters).reshape(num_classes, num_clusters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and clustering.
+
+def pixel_grid(height: int, width: int) -> np.ndarray:
+  """float32 [height, width, 2]: each pixel's (y, x) centre in [0, 1]."""
+  y = (np.arange(height, dtype=np.float32) + 0.5) / height
+  x = (np.arange(width, dtype=np.float32) + 0.5) / width
+  return np.stack(np.meshgrid(y, x, indexing='ij'), -1)
+
+
+class FeatureExtractor:
+  """Per-pixel features of images: blocks of encoder feature maps (one per level), colour and
+  position, each block standardised per dimension and scaled to weight / sqrt(its dimensions),
+  so that every block adds weight^2 to the expected squared distance whatever its width.
+
+  Args:
+    run: a segae_jax.tools.common.TrainedRun of a U-Net-family model (its `encoder`), or None for
+      the raw-pixel baseline (colour and position only).
+    levels: encoder levels used (0 = full resolution ... L-1 = the bottleneck).
+    feature_weight, colour_weight, position_weight: block weights; 0 leaves a block out.
+
+  Raises:
+    UserInputError: a model without a U-Net encoder, a level out of range, or all weights 0.
+  """
+
+  def __init__(self, run, levels: Sequence[int] = (), feature_weight: float = 1.0,
+               colour_weight: float = 0.0, position_weight: float = 0.0):
+    import jax
+    from segae_jax.models import unet
+    self.levels = tuple(int(l) for l in levels) if run is not None and feature_weight > 0 else ()
+    self.weights = {'colour': float(colour_weight), 'position': float(position_weight)}
+    self._encode = None
+    if self.levels:
+      if not isinstance(run.model, unet._UNetBase):
+        raise UserInputError(
+            f'workdir model {run.config.model.name!r} has no U-Net encoder; unsupervised '
+            'segmentation reads the encoder of unet_ae, segae, vae_unet or unet')
+      depth = len(run.model.features)
+      bad = [l for l in self.levels if not 0 <= l < depth]
+      if bad:
+        raise UserInputError(f'config.levels {self.levels}: the model has levels 0..{depth - 1}')
+      for level in self.levels:
+        self.weights[f'level{level}'] = float(feature_weight)
+
+      def encode(variables, images):
+        skips, bottleneck = run.model.apply(
+            variables, images, False, method=lambda m, x, t: m.encoder(x, t))
+        maps = skips + [bottleneck]
+        b, h, w, _ = images.shape
+        return [jax.image.resize(maps[l], (b, h, w, maps[l].shape[-1]), 'bilinear')
+                for l in self.levels]
+      self._variables = run.variables
+      self._encode = jax.jit(encode)
+    self.weights = {k: v for k, v in self.weights.items() if v > 0}
+    if not self.weights:
+      raise UserInputError('config: every feature weight is 0, nothing to cluster')
+    self._mean: Optional[Dict[str, np.ndarray]] = None
+    self._scale: Optional[Dict[str, np.ndarray]] = None
+
+  def raw(self, images: np.ndarray) -> Dict[str, np.ndarray]:
+    """float32 images [b, h, w, c] in [0, 1] -> {block: float32 [b, h, w, dims]}."""
+    b, h, w, _ = images.shape
+    blocks = {}
+    if self._encode is not None:
+      for level, fmap in zip(self.levels, self._encode(self._variables, images)):
+        blocks[f'level{level}'] = np.asarray(fmap)
+    if 'colour' in self.weights:
+      blocks['colour'] = np.asarray(images, np.float32)
+    if 'position' in self.weights:
+      blocks['position'] = np.broadcast_to(pixel_grid(h, w), (b, h, w, 2))
+    return blocks
+
+  def fit(self, blocks: Mapping[str, np.ndarray]) -> None:
+    """Learns each dimension's mean and scale from {block: [n, dims]} sample pixels."""
+    self._mean, self._scale = {}, {}
+    for name, x in blocks.items():
+      x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+      std = x.std(0)
+      self._mean[name] = x.mean(0).astype(np.float32)
+      # A constant dimension (std 0) carries no information: scale 0 removes it.
+      self._scale[name] = np.where(std > 1e-8, self.weights[name] / np.sqrt(x.shape[-1]) /
+                                   np.maximum(std, 1e-8), 0.0).astype(np.float32)
+
+  def transform(self, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """{block: [..., dims]} -> float32 [..., total dims], standardised and weighted."""
+    if self._mean is None:
+      raise RuntimeError('FeatureExtractor.transform before fit')
+    return np.concatenate([(blocks[n] - self._mean[n]) * self._scale[n] for n in self.weights],
+                          -1).astype(np.float32)
+
+
+def fit_kmeans(features: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+  """k-means centres float32 [k, dims] of features [n, dims] (scipy kmeans2, k-means++ init).
+
+  Raises:
+    UserInputError: k < 2 or more clusters than sample pixels.
+  """
+  if k < 2 or k > len(features):
+    raise UserInputError(f'config.num_clusters={k}: expected 2..{len(features)} (the number of '
+                         'sampled pixels)')
+  centres, _ = vq.kmeans2(features.astype(np.float64), k, iter=iterations, minit='++',
+                          rng=np.random.default_rng(seed))
+  return centres.astype(np.float32)
+
+
+def assign(features: np.ndarray, centres: np.ndarray) -> np.ndarray:
+  """Nearest centre (squared Euclidean) of each feature: [..., dims] -> int64 [...]."""
+  flat = features.reshape(-1, features.shape[-1])
+  distance = (centres ** 2).sum(1)[None, :] - 2.0 * flat @ centres.T
+  return distance.argmin(1).reshape(features.shape[:-1])
+
+
+class Clustering:
+  """A fitted (FeatureExtractor, k-means centres) pair: `fit` on sample images, then `regions`."""
+
+  def __init__(self, extractor: FeatureExtractor, config):
+    self.extractor = extractor
+    self.config = config
+    self.centres = None
+
+  def fit(self, image_batches, rng: np.random.Generator) -> None:
+    """Samples config.fit_pixels_per_image pixels of every image and fits the centres."""
+    samples: Dict[str, List[np.ndarray]] = {}
+    for images in image_batches:
+      blocks = self.extractor.raw(images)
+      b, h, w = images.shape[:3]
+      per_image = min(self.config.fit_pixels_per_image, h * w)
+      picks = np.stack([rng.choice(h * w, per_image, replace=False) for _ in range(b)])
+      for name, x in blocks.items():
+        x = x.reshape(b, h * w, -1)
+        samples.setdefault(name, []).append(np.take_along_axis(x, picks[..., None], 1)
+                                            .reshape(-1, x.shape[-1]))
+    sample = {name: np.concatenate(parts) for name, parts in samples.items()}
+    self.extractor.fit(sample)
+    self.centres = fit_kmeans(self.extractor.transform(sample), self.config.num_clusters,
+                              self.config.kmeans_iterations, self.config.seed)
+
+  def regions(self, images: np.ndarray) -> np.ndarray:
+    """float32 images [b, h, w, c] -> int64 cluster ids [b, h, w]."""
+    return assign(self.extractor.transform(self.extractor.raw(images)), self.centres)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+
+def _batches(images: np.ndarray, batch_size: int):
+  for start in range(0, len(images), batch_size):
+    yield images[start:start + batch_size]
+
+
+def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
+  model = Clustering(FeatureExtractor(run, config.levels, config.feature_weight,
+                                      config.colour_weight, config.position_weight), config)
+  baseline = Clustering(FeatureExtractor(None, (), 0.0, config.baseline.colour_weight,
+                                         config.baseline.position_weight), config)
+  return model, baseline
+
+
+def _region_pictures(clusters: np.ndarray, assignment: Sequence[int], num_classes: int):
+  """Cluster ids -> colours of their matched class (unmatched: palette entries past the classes)."""
+  from segae_jax.training import visualise
+  assignment = np.asarray(assignment)
+  unmatched = num_classes + np.cumsum(assignment < 0) - 1
+  as_class = np.where(assignment >= 0, assignment, unmatched)
+  return visualise.colourise(as_class[clusters]) / 255.0
+
+
+def _to_rgb(images: np.ndarray) -> np.ndarray:
+  return np.repeat(images, 3, -1) if images.shape[-1] == 1 else images
+
+
+def segment_split(run, config, output: str) -> Dict[str, object]:
+  """Fits on training images, segments the config.split images, scores against their masks."""
+  from segae_jax import data
+  from segae_jax.training import visualise, writers
+  dataset = data.build(run.config.data)
+  if 'segmentation' not in getattr(dataset.test, 'arrays', {}):
+    raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
+                         'for regions only')
+  rng = np.random.default_rng(config.seed)
+  train_source = dataset.train
+  fit_index = np.sort(rng.choice(len(train_source), min(config.fit_images, len(train_source)),
+                                 replace=False))
+  fit_images = dataset.preprocess(train_source.__getitems__(fit_index), rng)['image']
+  source = dataset.train if config.split == 'train' else dataset.test
+  count = len(source) if config.max_images <= 0 else min(config.max_images, len(source))
+  examples = dataset.preprocess(source.__getitems__(np.arange(count)), rng)
+  images, labels = examples['image'], examples['segmentation']
+
+  model, baseline = _build_clusterings(run, config)
+  num_classes, k = dataset.num_classes, config.num_clusters
+  results = {}
+  regions = {}
+  for name, clustering in (('autoencoder', model), ('baseline_pixels', baseline)):
+    clustering.fit(_batches(fit_images, config.batch_size), np.random.default_rng(config.seed))
+    confusion = np.zeros((num_classes, k), np.int64)
+    maps = []
+    for start in range(0, count, config.batch_size):
+      clusters = clustering.regions(images[start:start + config.batch_size])
+      confusion += cluster_confusion(labels[start:start + config.batch_size], clusters,
+                                     num_classes, k)
+      if start < config.num_pictures:
+        maps.append(clusters)
+    scores = hungarian_scores(confusion)
+    scores['per_class_iou'] = dict(zip(dataset.class_names, scores['per_class_iou']))
+    scores['foreground_iou'] = foreground_iou(confusion)
+    results[name] = scores
+    regions[name] = np.concatenate(maps)[:config.num_pictures]
+
+  shown = min(config.num_pictures, count)
+  if shown:
+    panels = [_to_rgb(images[:shown]), visualise.colourise(labels[:shown]) / 255.0]
+    panels += [_region_pictures(regions[n][:shown], results[n]['assignment'], num_classes)
+               for n in ('autoencoder', 'baseline_pixels')]
+    tiles = np.stack(panels, 1).reshape((-1,) + panels[0].shape[1:])
+    writers.save_png(os.path.join(output, 'regions.png'), writers.image_grid(tiles, 4))
+    for i in range(shown):
+      _write_regions(output, f'{config.split}_{i:05d}', images[i], regions['autoencoder'][i])
+  return {'split': config.split, 'num_images': count, 'num_fit_images': len(fit_index),
+          **results}
+
+
+def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarray,
+                   size: Optional[Tuple[int, int]] = None) -> None:
+  """<stem>_regions.png (uint8 cluster ids) and <stem>_overlay.png, resized to `size` (w, h)."""
+  from PIL import Image
+  from segae_jax.training import visualise
+  regions = Image.fromarray(clusters.astype(np.uint8))
+  picture = Image.fromarray(np.round(_to_rgb(np.asarray(image)) * 255).astype(np.uint8))
+  if size is not None:
+    regions = regions.resize(size, Image.NEAREST)
+    picture = picture.resize(size, Image.BILINEAR)
+  regions.save(os.path.join(output, f'{stem}_regions.png'))
+  # Cluster ids + 1 for the colours: the overlay leaves label 0 uncoloured.
+  Image.fromarray(visualise.overlay(np.asarray(picture), np.asarray(regions).astype(np.int64) + 1)
+                  ).save(os.path.join(output, f'{stem}_overlay.png'))
+
+
+def segment_folder(run, config, input_path: str, output: str) -> Dict[str, object]:
+  """Regions of the user's images: fits on them and writes every region map, no score."""
+  from PIL import Image
+  from segae_jax.data import images as image_files
+  files = image_files.list_images(input_path)
+  height, width, channels = run.image_shape
+  originals = [image_files.read_image(f, channels) for f in files]  # All checked first.
+  images = np.stack([np.asarray(img.resize((width, height), Image.BILINEAR), np.float32)
+                     .reshape(height, width, channels) / 255.0 for img in originals])
+  model, _ = _build_clusterings(run, config)
+  model.fit(_batches(images, config.batch_size), np.random.default_rng(config.seed))
+  for start in range(0, len(images), config.batch_size):
+    for i, clusters in enumerate(model.regions(images[start:start + config.batch_size])):
+      original = originals[start + i]
+      stem = os.path.splitext(os.path.basename(files[start + i]))[0]
+      pixels = np.asarray(original, np.float32).reshape(original.size[1], original.size[0],
+                                                        channels) / 255.0
+      _write_regions(output, stem, pixels, clusters, size=original.size)
+  return {'input': os.path.abspath(input_path), 'num_images': len(files)}
+
+
+def validate(config) -> None:
+  """Raises UserInputError naming the first bad field of an unsupervised config."""
+  if config.split not in ('train', 'test'):
+    raise UserInputError(f"config.split must be 'train' or 'test', got {config.split!r}")
+  for field in ('fit_images', 'fit_pixels_per_image', 'kmeans_iterations', 'batch_size'):
+    if config[field] < 1:
+      raise UserInputError(f'config.{field} must be >= 1, got {config[field]}')
+  if config.num_clusters < 2:
+    raise UserInputError(f'config.num_clusters must be >= 2, got {config.num_clusters}')
+
+
+def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
+                     output: Optional[str] = None) -> Dict[str, object]:
+  """Restores the run, clusters, scores (split mode) and writes unsupervised.json; returns it.
+
+  Raises:
+    UserInputError: bad config, no checkpoint, a model without a U-Net encoder, unreadable input.
+  """
+  from segae_jax.tools import common
+  from segae_jax.training import writers
+  validate(config)
+  run = common.load_run(workdir, 'latest')
+  output = output or os.path.join(workdir, 'unsupervised')
+  os.makedirs(output, exist_ok=True)
+  if input_path:
+    results = segment_folder(run, config, input_path, output)
+  else:
+    results = segment_split(run, config, output)
+  results = {'workdir': os.path.abspath(workdir), 'step': run.step,
+             'model': run.config.model.name, 'config': config.to_dict(), **results}
+  writers.write_json(os.path.join(output, 'unsupervised.json'), results)
+  return results
+
+
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
+  if 'autoencoder' in results:
+    for name in ('autoencoder', 'baseline_pixels'):
+      r = results[name]
+      print(f'{name:>16}: matched mIoU {r["miou"]:.3f}, pixel accuracy '
+            f'{r["pixel_accuracy"]:.3f}, foreground IoU {r["foreground_iou"]:.3f}')
+  print(f'regions of {results["num_images"]} images in {output}')
+
+
+if __name__ == '__main__':
+  cli.run_command(main, define_flags, ['workdir', 'config'])

@@ -1,0 +1,221 @@
+"""TrainState and the pure step functions: train_step, eval_step, and evaluate over a split.
+
+The step functions are pure; the data-parallel strategy (segae_jax.training.parallel) compiles
+them with pmap or sharded jit.
+"""
+import functools
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax.training import train_state
+
+from segae_jax.training import metrics as metrics_lib, optimizers
+from segae_jax import data, losses, models
+
+log = logging.getLogger(__name__)
+
+
+
+class TrainState(train_state.TrainState):
+  """flax TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics
+  (`batch_stats`, an empty dict for models without BatchNorm)."""
+  batch_stats: Any = None
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
+                       rng: jax.Array) -> TrainState:
+  """Initialises parameters on a dummy batch [1, height, width, channels] and the optimizer."""
+  params_rng, reparam_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      {'params': params_rng, 'reparam': reparam_rng, 'dropout': reparam_rng}, dummy)
+  tx, _ = optimizers.make_optimizer(config)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def model_variables(state: TrainState, params=None) -> Dict[str, Any]:
+  """The variables to `model.apply`: {'params': params (default state.params)} plus
+  'batch_stats' when the model has BatchNorm."""
+  variables = {'params': state.params if params is None else params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
+  # Randomness is a function of (run key, step[, device]), so a resumed run draws what an
+  # uninterrupted one would have drawn.
+  rng = jax.random.fold_in(rng, step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  reparam, dropout = jax.random.split(rng)
+  return {'reparam': reparam, 'dropout': dropout}
+
+
+def _float32(outputs: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+  # Losses and metrics in float32 whatever the model's compute dtype (mixed precision).
+  return {k: v.astype(jnp.float32) for k, v in outputs.items()}
+
+
+def loss_scale_for(config: ml_collections.ConfigDict) -> float:
+  """config.loss_scale for float16 training, 1 otherwise (bfloat16 has float32's range)."""
+  return float(config.loss_scale) if config.get('compute_dtype') == 'float16' else 1.0
+
+
+def run_keys(seed: int):
+  """(init_rng, run_rng) of a run with config.seed = `seed`: init_rng initialises the parameters,
+  run_rng (saved in every checkpoint) seeds each train step."""
+  return tuple(jax.random.split(jax.random.PRNGKey(seed)))
+
+
+def evaluation_key(seed: int) -> jax.Array:
+  """The PRNG key of every evaluation of a run (the VAE's sampled latents): training and
+  `segae_jax.tools.evaluate` both call this, so the evaluation of a restored run reproduces the run's
+  own test metrics."""
+  return jax.random.fold_in(run_keys(seed)[1], 2**31 - 1)
+
+
+def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: Optional[int] = None,
+                norm_axis_name: Optional[str] = None):
+  """The model train_and_evaluate trains: config.model for images of `image_shape` (height,
+  width, channels) and `num_classes` classes, in config.compute_dtype with config.conv_impl;
+  `norm_axis_name` as in models.build. Restoring a run (segae_jax.tools.common) builds it here too."""
+  return models.build(config.model, image_shape, num_classes=num_classes,
+                      norm_axis_name=norm_axis_name,
+                      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+                      conv_impl=config.get('conv_impl', 'auto'))
+
+
+def step_functions(config: ml_collections.ConfigDict):
+  """(train_step, eval_step) bound to config's loss and loss scale, not yet compiled."""
+  loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
+  return (functools.partial(train_step, loss_fn=loss_fn, loss_scale=loss_scale_for(config)),
+          functools.partial(eval_step, loss_fn=loss_fn))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
+               loss_fn: losses.LossFn, axis_name: Optional[str] = None,
+               loss_scale: float = 1.0):
+  """One optimisation step on `batch` (pure).
+
+  Args:
+    state: the TrainState.
+    batch: {'image': float32 [batch, height, width, channels] in [0, 1], ...}.
+    rng: the run's PRNG key; the step's key is derived from it and state.step.
+    loss_fn: (outputs, batch) -> (scalar, metrics), e.g. losses.make_loss_fn(config.loss).
+    axis_name: the pmap axis to average gradients and metrics over, or None.
+    loss_scale: the loss is multiplied by this before differentiation and the gradients divided
+      by it (static loss scaling for float16 compute; Micikevicius et al., "Mixed Precision
+      Training", ICLR 2018, Sec. 3.2). 1 for float32/bfloat16.
+
+  Returns:
+    (new state, metrics: {'loss', each loss term, 'grad_norm', 'nonfinite'} float32 scalars).
+    'nonfinite' is 1 when the loss, a term or the gradient norm is NaN or infinite; the new state
+    then keeps the old parameters, optimizer state and BatchNorm statistics (only the step
+    advances), so no non-finite value enters the state whatever config.nonfinite decides.
+  """
+  rngs = _step_rngs(rng, state.step, axis_name)
+
+  def compute_loss(params):
+    if state.batch_stats:
+      # BatchNorm: batch statistics in training mode (averaged over devices inside the model
+      # when it was built with norm_axis_name), running averages updated.
+      outputs, updates = state.apply_fn(model_variables(state, params), batch['image'], train=True,
+                                        rngs=rngs, mutable=['batch_stats'])
+    else:
+      outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
+                                        rngs=rngs), {}
+    loss, step_metrics = loss_fn(_float32(outputs), batch)
+    return loss * loss_scale, (step_metrics, updates)
+
+  (_, (step_metrics, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+      state.params)
+  if loss_scale != 1.0:
+    grads = jax.tree.map(lambda g: g / loss_scale, grads)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    step_metrics = jax.lax.pmean(step_metrics, axis_name)
+  step_metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g))
+                                           for g in jax.tree.leaves(grads)))
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in step_metrics.values()]))
+  new_state = state.apply_gradients(grads=grads)
+  if updates:
+    new_state = new_state.replace(batch_stats=updates['batch_stats'])
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                opt_state=keep(new_state.opt_state, state.opt_state),
+                                batch_stats=keep(new_state.batch_stats, state.batch_stats))
+  step_metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
+              loss_fn: losses.LossFn, axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
+  """Sums over the real examples of `batch` (pure).
+
+  `batch['valid']` (float32 [batch]) marks real examples. Returns {'count': number of real
+  examples, name: sum of the per-example metric} for the loss terms (and reconstruction metrics
+  when the model reconstructs), plus for segmentation models 'confusion': float32
+  [classes, classes] pixel counts C[true, predicted]. Summing over all batches (and devices: psum
+  over `axis_name`) gives exact values over the split.
+  """
+  rngs = _step_rngs(rng, 0, axis_name)
+  outputs = _float32(state.apply_fn(model_variables(state), batch['image'],
+                                    train=False, rngs=rngs))
+  # Every test image counts for evaluation, also when training hid some labels.
+  batch = {k: v for k, v in batch.items() if k != 'labeled'}
+  _, values = loss_fn(outputs, batch)
+  if 'rec_logits' in outputs:
+    values.update(metrics_lib.reconstruction_metrics(outputs, batch))
+  count = jnp.sum(batch['valid'])
+  sums = {k: v * count for k, v in values.items()}
+  sums['count'] = count
+  if 'seg_logits' in outputs:
+    pixel_weights = jnp.broadcast_to(batch['valid'][:, None, None], batch['segmentation'].shape)
+    sums['confusion'] = metrics_lib.confusion_matrix(
+        batch['segmentation'], jnp.argmax(outputs['seg_logits'], -1),
+        outputs['seg_logits'].shape[-1], pixel_weights)
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
+             split: str = 'test') -> Dict[str, Any]:
+  """Exact metrics over the whole split: means of eval_step's per-example sums, and for
+  segmentation models the scores of the summed confusion matrix (metrics.segmentation_scores:
+  'miou', 'mean_dice', 'pixel_accuracy', 'per_class')."""
+  totals: Dict[str, np.ndarray] = {}
+  source = getattr(dataset, split)
+  for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
+                                 seed=config.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 num_local_devices=strategy.batch_device_axis):
+    sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
+    for k, v in sums.items():
+      totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)
+  count = float(totals.pop('count'))
+  confusion = totals.pop('confusion', None)
+  results: Dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
+  if confusion is not None:
+    results.update(metrics_lib.segmentation_scores(confusion, dataset.class_names))
+  return results
+
+
+def flat_scalars(metrics: Mapping[str, Any], prefix: str) -> Dict[str, float]:
+  """{'miou': .., 'per_class': {'bag': {'iou': ..}}} -> {'test/miou': .., 'test/iou/bag': ..}."""
+  out = {}
+  for k, v in metrics.items():
+    if k == 'per_class':
+      for name, values in v.items():
+        for metric, value in values.items():
+          if metric != 'pixels':
+            out[f'{prefix}/{metric}/{name}'] = value
+    else:
+      out[f'{prefix}/{k}'] = v
+  return out
