@@ -112,7 +112,7 @@ def layer_figures() -> List[Dict]:
   return figures
 
 
-def _categories(hlo_text: str) -> Dict[str, tuple]:
+def op_categories(hlo_text: str) -> Dict[str, tuple]:
   """Instruction name -> (category, op_name) from optimized HLO text."""
   roots, current = {}, None
   for line in hlo_text.splitlines():
@@ -151,8 +151,8 @@ def step_figures(name: str, steps: int = 3) -> List[Dict]:
   import jax
   from benchmarks import run
   config = run.reference_config(name)
-  dataset, state, train_fn, _ = run._setup(config)
-  batch = next(run._iterator(config, dataset))
+  dataset, state, train_fn, _ = run.setup_benchmark(config)
+  batch = next(run.train_iterator(config, dataset))
   step = jax.jit(train_fn, donate_argnums=(0,))
   rng = jax.random.PRNGKey(1)
   hlo = step.lower(state, batch, rng).compile().as_text()
@@ -168,7 +168,7 @@ def step_figures(name: str, steps: int = 3) -> List[Dict]:
     wall_ms = (time.perf_counter() - start) * 1e3 / steps
     trace_file = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
     events = json.load(gzip.open(trace_file))['traceEvents']
-  categories = _categories(hlo)
+  categories = op_categories(hlo)
   totals = collections.defaultdict(float)
   top = collections.defaultdict(list)
   for event in events:

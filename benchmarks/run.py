@@ -78,7 +78,7 @@ def main_configs():
           'segae_scenes': segae_scenes.get_config()}
 
 
-def _setup(config, pmap: bool = False):
+def setup_benchmark(config, pmap: bool = False):
   """(dataset, initial TrainState, train step, eval step) for a config, built as
   train_and_evaluate builds them (compute dtype and loss scale included); with `pmap` the model
   averages BatchNorm statistics over the pmap axis. The steps are the pure functions, not yet
@@ -93,7 +93,7 @@ def _setup(config, pmap: bool = False):
   return (dataset, state) + training.step_functions(config)
 
 
-def _iterator(config, dataset, num_local_devices=None):
+def train_iterator(config, dataset, num_local_devices=None):
   """The training input pipeline of train_and_evaluate (preprocessing and augmentation)."""
   from segae_jax import data
   from segae_jax.data import augment
@@ -124,8 +124,8 @@ def matmul_peak() -> Dict:
 
 def train_step_figure(name: str, config, peak: float) -> Dict:
   import jax
-  dataset, state, train_fn, _ = _setup(config)
-  batch = next(_iterator(config, dataset))
+  dataset, state, train_fn, _ = setup_benchmark(config)
+  batch = next(train_iterator(config, dataset))
   step = jax.jit(train_fn, donate_argnums=(0,))
   rng = jax.random.PRNGKey(1)
   start = time.perf_counter()
@@ -156,7 +156,7 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
 
 def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Dict:
   from segae_jax import data
-  iterator = _iterator(config, data.build(config.data), num_local_devices=1)
+  iterator = train_iterator(config, data.build(config.data), num_local_devices=1)
   next(iterator)
   batches = 0
   start = time.perf_counter()
@@ -175,9 +175,9 @@ def data_wait_figure(name: str, config, steps: int = 30) -> Dict:
   """A real loop (the project's strategy, iterator and step) timing next(iterator) apart."""
   import jax
   from segae_jax.training import parallel
-  dataset, state, train_fn, eval_fn = _setup(config, pmap=True)
+  dataset, state, train_fn, eval_fn = setup_benchmark(config, pmap=True)
   strategy = parallel.make_strategy('pmap', train_fn, eval_fn)
-  iterator = _iterator(config, dataset, strategy.batch_device_axis)
+  iterator = train_iterator(config, dataset, strategy.device_axis_size)
   state = strategy.replicate(state)
   rng = jax.random.PRNGKey(1)
   state, metrics = strategy.train_step(state, strategy.put_batch(next(iterator)), rng)
@@ -203,9 +203,9 @@ def parallel_child(num_devices: int) -> List[Dict]:
   config = unet_scenes.get_config()
   figures, params = [], {}
   for name in parallel.STRATEGIES:
-    dataset, initial, train_fn, eval_fn = _setup(config, pmap=name == 'pmap')
+    dataset, initial, train_fn, eval_fn = setup_benchmark(config, pmap=name == 'pmap')
     strategy = parallel.make_strategy(name, train_fn, eval_fn)
-    iterator = _iterator(config, dataset, strategy.batch_device_axis)
+    iterator = train_iterator(config, dataset, strategy.device_axis_size)
     state = strategy.replicate(initial)  # A copy: `initial` survives the donated steps.
     rng = jax.random.PRNGKey(1)
     batches = [strategy.put_batch(next(iterator)) for _ in range(WARMUP_STEPS + TIMED_STEPS)]
@@ -234,8 +234,8 @@ def parallel_child(num_devices: int) -> List[Dict]:
 def memory_child() -> Dict:
   import jax
   config = reference_config('unet64')
-  dataset, state, train_fn, _ = _setup(config)
-  iterator = _iterator(config, dataset)
+  dataset, state, train_fn, _ = setup_benchmark(config)
+  iterator = train_iterator(config, dataset)
   step = jax.jit(train_fn, donate_argnums=(0,))
   for _ in range(5):
     state, metrics = step(state, next(iterator), jax.random.PRNGKey(0))

@@ -45,6 +45,6 @@ def test_profile_categories_name_the_convolutions_of_a_step():
   loss = lambda x, w: jnp.sum(conv_ops.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
-  found = {category for category, _ in profile_convs._categories(hlo).values()}
+  found = {category for category, _ in profile_convs.op_categories(hlo).values()}
   assert {'convolution forward', 'convolution input gradient',
           'dot (dense layers, matmul kernel gradients)'} <= found, found

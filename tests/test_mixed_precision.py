@@ -80,7 +80,8 @@ def test_unet_bfloat16_outputs_and_loss():
     out, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
         variables, x)
     assert out['seg_logits'].dtype == jnp.dtype(dtype)
-    values[dtype] = float(loss_fn(training._float32(out), {'image': x, 'segmentation': seg})[0])
+    batch = {'image': x, 'segmentation': seg}
+    values[dtype] = float(loss_fn(training.float32_outputs(out), batch)[0])
   assert abs(values['bfloat16'] / values['float32'] - 1) < 2e-3, values
 
 

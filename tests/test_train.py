@@ -12,7 +12,7 @@ import pytest
 from conftest import saved_state, small_config
 from segae_jax.training import checkpoints, optimizers, parallel
 from segae_jax import losses, models, training
-from segae_jax.errors import UserInputError
+from segae_jax.errors import TrainingDiverged, UserInputError
 
 
 def _setup(tfds_dir, fashion_mnist, model_name, loss, batch_size=32, **overrides):
@@ -61,8 +61,8 @@ def _device_count_or_skip():
 def _split_for(strategy, batch):
   """A global batch as the strategy's pipeline would hand it: [devices, per_device, ...] for
   pmap, unchanged for sharded jit."""
-  if strategy.batch_device_axis:
-    return {k: v.reshape((strategy.batch_device_axis, -1) + v.shape[1:]) for k, v in batch.items()}
+  if strategy.device_axis_size:
+    return {k: v.reshape((strategy.device_axis_size, -1) + v.shape[1:]) for k, v in batch.items()}
   return batch
 
 
@@ -306,3 +306,35 @@ def test_schedule_and_clipping_values():
   grads = {'w': jnp.array([3.0, 4.0])}  # Norm 5, clipped to 1: update = -lr * g / 5.
   updates, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_allclose(updates['w'], [-0.6, -0.8], rtol=1e-6)
+
+
+def test_every_is_true_at_multiples_and_the_last_step():
+  from segae_jax.training.loop import every
+  assert [s for s in range(1, 11) if every(3, 10)(s)] == [3, 6, 9, 10]
+
+
+def _window(nonfinite, saved_step=None):
+  from segae_jax.training.loop import MetricsWindow
+  strategy = parallel.make_strategy('jit', training.train_step, training.eval_step)
+  last_good = lambda: f'saved {saved_step}'
+  window = MetricsWindow(strategy, nonfinite, skipped=2, last_good=last_good)
+  for step, loss in enumerate([1.0, float('nan'), 4.0], start=1):
+    window.add(step, {'loss': jnp.float32(loss), 'nonfinite': jnp.float32(not np.isfinite(loss))},
+               images=8)
+  return window
+
+
+def test_metrics_window_skips_non_finite_steps_and_averages_the_rest():
+  window = _window('skip')
+  scalars = window.close(learning_rate=0.5)
+  assert scalars['train/loss'] == 2.5 and scalars['train/learning_rate'] == 0.5
+  assert scalars['train/skipped_steps'] == 3 and window.skipped == 3  # 2 restored + 1.
+  assert scalars['train/images_per_s'] > 0 and window.train_images == 24
+  assert window.close(learning_rate=0.5) == {'train/learning_rate': 0.5, 'train/skipped_steps': 3}
+
+
+def test_metrics_window_stops_at_the_first_non_finite_step():
+  window = _window('stop', saved_step=0)
+  with pytest.raises(TrainingDiverged, match=r'train step 2 went non-finite \(loss=nan\); that '
+                     r'state was not checkpointed and saved 0\.'):
+    window.drain()

@@ -10,5 +10,6 @@ from segae_jax.training.loop import train_and_evaluate
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.checkpoints import restore_latest_intact
 from segae_jax.training.step import (TrainState, build_model, create_train_state, eval_step,
-                                     evaluate, evaluation_key, flat_scalars, loss_scale_for,
-                                     model_variables, run_keys, step_functions, train_step)
+                                     evaluate, evaluation_key, flat_scalars, float32_outputs,
+                                     loss_scale_for, model_variables, run_keys, step_functions,
+                                     train_step)

@@ -1,9 +1,12 @@
-"""train_and_evaluate(config, workdir): the training loop, in phases (setup, restore, loop, finish)."""
+"""train_and_evaluate(config, workdir): the training loop, in phases (setup, restore, train,
+finish)."""
+import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import ml_collections
@@ -14,12 +17,12 @@ from segae_jax import data
 from segae_jax.data import augment
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 from segae_jax.training import checkpoints, optimizers, parallel, validation, visualise, writers
-from segae_jax.training.checkpoints import restore_latest_intact
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.step import (build_model, create_train_state, evaluate, evaluation_key,
                                      flat_scalars, model_variables, run_keys, step_functions)
 
 log = logging.getLogger(__name__)
+
 
 
 def _check_workdir_writable(workdir: str) -> None:
@@ -31,14 +34,284 @@ def _check_workdir_writable(workdir: str) -> None:
     raise UserInputError(f'workdir {workdir} is not writable: {e.strerror}') from None
 
 
+def every(n: int, last: int) -> Callable[[int], bool]:
+  """A predicate true at every n-th step and at the last one (log, evaluate, checkpoint)."""
+  return lambda step: step % n == 0 or step == last
+
+
+class MetricsWindow:
+  """The train steps since the last log line.
+
+  Their metrics stay on the devices until `drain` (fetching each step would synchronise host and
+  devices every step); drained, a non-finite step stops the run (config.nonfinite='stop') before
+  anything after it is saved, or is counted in `skipped` ('skip'). `close` gives the window's
+  mean scalars and throughput (images/s, wall clock) and starts the next window; `train_time`
+  (seconds) and `train_images` add up the closed windows.
+  """
+
+  def __init__(self, strategy, nonfinite: str, skipped: int, last_good: Callable[[], str]):
+    self._strategy, self._nonfinite, self._last_good = strategy, nonfinite, last_good
+    self.skipped = skipped
+    self.train_time, self.train_images = 0.0, 0
+    self._pending: List[Tuple[int, Any]] = []
+    self._values: List[Dict[str, float]] = []
+    self.restart()
+
+  def restart(self) -> None:
+    """Forgets the finite steps seen so far (e.g. the compiling first step) and restarts the
+    clock."""
+    self._values.clear()
+    self._start, self._images = time.perf_counter(), 0
+
+  def restart_clock(self) -> None:
+    """Evaluation and checkpoint waits are not training time."""
+    self._start = time.perf_counter()
+
+  def add(self, step: int, device_metrics, images: int) -> None:
+    self._pending.append((step, device_metrics))
+    self._images += images
+
+  def drain(self) -> None:
+    """Fetches the pending step metrics.
+
+    Raises:
+      TrainingDiverged: a non-finite step under config.nonfinite='stop'.
+    """
+    for at, device_metrics in self._pending:
+      values = self._strategy.scalars(device_metrics)
+      if values.pop('nonfinite') <= 0:
+        self._values.append(values)
+      elif self._nonfinite == 'stop':
+        bad = ', '.join(f'{k}={v}' for k, v in values.items() if not np.isfinite(v))
+        raise TrainingDiverged(
+            f'train step {at} went non-finite ({bad}); that state was not checkpointed and '
+            f'{self._last_good()}. Lower config.learning_rate, set config.grad_clip_norm, or '
+            'use config.nonfinite=skip')
+      else:
+        self.skipped += 1
+    self._pending.clear()
+
+  def close(self, learning_rate: float) -> Dict[str, float]:
+    """Drains, then {'train/<metric>': mean over the window's finite steps,
+    'train/learning_rate', 'train/images_per_s', ('train/skipped_steps')}; starts a new window."""
+    self.drain()
+    elapsed = time.perf_counter() - self._start
+    scalars = {f'train/{k}': float(np.mean([m[k] for m in self._values]))
+               for k in (self._values[0] if self._values else {})}
+    scalars['train/learning_rate'] = learning_rate
+    if elapsed > 0 and self._images:
+      scalars['train/images_per_s'] = self._images / elapsed
+      self.train_time += elapsed
+      self.train_images += self._images
+    if self._nonfinite == 'skip':
+      scalars['train/skipped_steps'] = self.skipped
+    self.restart()
+    return scalars
+
+
+class RunCheckpoints:
+  """The run's checkpoint directories: checkpoints/ (the newest config.max_to_keep) and, with
+  config.best_metric, checkpoints_best/ (the best evaluation; one orbax manager cannot keep both
+  without dropping the newest step). Closed by `stack`, which waits for saves in flight, also
+  when the run stops with an error, so the newest checkpoint is always whole."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, meta: Mapping[str, Any],
+               strategy, stack: contextlib.ExitStack):
+    self._meta, self._strategy = meta, strategy
+    self.latest = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                           config.max_to_keep)
+    stack.callback(self.latest.close)
+    self.best = None
+    if config.best_metric:
+      self.best = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints_best'), 1,
+                                           best_metric=config.best_metric)
+      stack.callback(self.best.close)
+    self.saved_step: Optional[int] = None
+
+  def restore(self, target):
+    """((state tree, data state), step) of the newest intact checkpoint, or None."""
+    restored = checkpoints.restore_latest_intact(self.latest, self._meta, target,
+                                                 self._strategy.restore_sharding())
+    if restored is not None:
+      self.saved_step = restored[1]
+    return restored
+
+  def save(self, step: int, state, run_rng, data_state, metrics=None) -> None:
+    """Saves into checkpoints_best/ when `metrics` (an evaluation) is given, else checkpoints/."""
+    manager = self.latest if metrics is None else self.best
+    # The key as host numpy: a single-device array cannot be saved by a multi-process run.
+    manager.save(step, {'train_state': self._strategy.checkpoint_state(state),
+                        'rng': np.asarray(jax.device_get(run_rng))},
+                 data_state, dict(self._meta), metrics)
+    if metrics is None:
+      self.saved_step = step
+
+  def last_good(self) -> str:
+    if self.saved_step is None:
+      return 'no checkpoint had been written yet'
+    return (f'the newest checkpoint, {self.latest.directory}/{self.saved_step}, is the last good '
+            'state')
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """What a run is built from, before any checkpoint is read: the dataset, the model, the
+  data-parallel strategy with the compiled steps, the learning-rate schedule, the initial state and
+  run key, the training iterator, and `meta` (what a checkpoint is of: a workdir holding another
+  model's or dataset's checkpoint is refused untouched)."""
+  dataset: data.Dataset
+  model: Any
+  strategy: Any
+  schedule: Callable[[int], float]
+  state: Any
+  run_rng: jax.Array
+  train_iter: data.TrainIterator
+  meta: Dict[str, Any]
+
+
+def setup(config: ml_collections.ConfigDict) -> RunSetup:
+  """Builds the dataset, model, strategy, optimizer state and training iterator of `config`."""
+  dataset = data.build(config.data)
+  if config.labeled_fraction < 1.0:
+    dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
+  # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
+  model = build_model(config, dataset.image_shape, dataset.num_classes,
+                      parallel.norm_axis_name(config.parallel))
+  strategy = parallel.make_strategy(config.parallel, *step_functions(config))
+  _, schedule = optimizers.make_optimizer(config)
+  init_rng, run_rng = run_keys(config.seed)
+  train_iter = data.TrainIterator(
+      dataset.train, config.batch_size, config.seed,
+      augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_local_devices=strategy.device_axis_size)
+  meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
+          'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
+          'class_names': list(dataset.class_names)}
+  return RunSetup(dataset=dataset, model=model, strategy=strategy, schedule=schedule,
+                  state=create_train_state(config, model, dataset.image_shape, init_rng),
+                  run_rng=run_rng, train_iter=train_iter, meta=meta)
+
+
+def _restore(run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Array, int, int]:
+  """(state, run key, start step, skipped steps): from the newest intact checkpoint (the
+  training iterator set to its position), or the initial ones."""
+  restored = ckpts.restore({'train_state': run.state, 'rng': run.run_rng})
+  if restored is None:
+    return run.state, run.run_rng, 0, 0
+  (tree, data_state), start_step = restored
+  data_state = dict(data_state)
+  skipped = int(data_state.pop('skipped_steps', 0))
+  run.train_iter.set_state(data_state)
+  log.info('Resumed from %s at step %d.', ckpts.latest.directory, start_step)
+  return tree['train_state'], tree['rng'], start_step, skipped
+
+
+def _evaluate(config, run: RunSetup, state, writer: writers.MetricWriter, step: int):
+  metrics = evaluate(run.strategy, state, run.dataset, config, evaluation_key(config.seed))
+  writer.write_scalars(step, flat_scalars(metrics, 'test'))
+  log.info('step %d test %s', step, ' '.join(
+      f'{k}={v:.4g}' for k, v in metrics.items() if k != 'per_class'))
+  return metrics
+
+
+def _train(config, run: RunSetup, state, run_rng, start_step: int, ckpts: RunCheckpoints,
+           window: MetricsWindow, writer: writers.MetricWriter):
+  """Steps start_step + 1 .. config.num_train_steps with periodic logging, evaluation and
+  checkpoints; returns (state, the last evaluation's metrics, or {} if no step ran).
+
+  Raises:
+    TrainingDiverged: see MetricsWindow.drain.
+    Preempted: SIGTERM/SIGINT arrived; the step it arrived at was checkpointed first.
+  """
+  last = config.num_train_steps
+  log_now, eval_now, save_now = (every(n, last) for n in (
+      config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps))
+  data_state = lambda: {**run.train_iter.get_state(), 'skipped_steps': window.skipped}
+  eval_metrics: Dict[str, Any] = {}
+  bar = tqdm(total=last, initial=start_step, disable=jax.process_index() != 0,
+             mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
+  with bar, StopSignals() as signals:
+    for step in range(start_step + 1, last + 1):
+      state, step_metrics = run.strategy.train_step(
+          state, run.strategy.put_batch(next(run.train_iter)), run_rng)
+      if run.strategy.sync_each_step:
+        jax.block_until_ready(step_metrics)
+      window.add(step, step_metrics, config.batch_size)
+      bar.update(1)
+      if step == start_step + 1:
+        # Leave compilation out of throughput figures (its metrics are still checked).
+        window.drain()
+        window.restart()
+      if log_now(step):
+        scalars = window.close(float(run.schedule(step - 1)))
+        writer.write_scalars(step, scalars)
+        if 'train/loss' in scalars and 'train/images_per_s' in scalars:
+          bar.set_postfix(loss=f'{scalars["train/loss"]:.2f}',
+                          img_s=f'{scalars["train/images_per_s"]:.0f}', refresh=False)
+      if eval_now(step):
+        window.drain()
+        eval_metrics = _evaluate(config, run, state, writer, step)
+        if ckpts.best is not None:
+          ckpts.save(step, state, run_rng, data_state(), eval_metrics)
+        window.restart_clock()
+      if save_now(step):
+        window.drain()
+        ckpts.save(step, state, run_rng, data_state())
+      reason = signals.requested()
+      if reason and step != last:
+        window.drain()
+        if ckpts.saved_step != step:
+          ckpts.save(step, state, run_rng, data_state())
+        # Leaving the ExitStack closes the checkpointers, which waits for this save.
+        message = (f'{reason} at step {step} of {last}: checkpoint {ckpts.latest.directory}/'
+                   f'{step} written; re-run the same command to resume')
+        log.warning('Preempted: %s', message)
+        raise Preempted(message)
+  return state, eval_metrics
+
+
+def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_metrics,
+            window: MetricsWindow, writer: writers.MetricWriter) -> Dict[str, Any]:
+  """results.json (returned) and the picture grids, from the trained state."""
+  step = max(start_step, config.num_train_steps)
+  if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
+    eval_metrics = evaluate(run.strategy, state, run.dataset, config, evaluation_key(config.seed))
+  host_state = run.strategy.fetch(state)
+  results = {
+      'step': step,
+      'resumed_from_step': start_step or None,
+      'model': config.model.name,
+      'dataset': config.data.name,
+      'parallel': run.strategy.name,
+      'num_devices': jax.device_count(),
+      'num_processes': jax.process_count(),
+      'test': eval_metrics,
+      'train_images_per_s': (window.train_images / window.train_time if window.train_time
+                             else None),
+      'train_time_s': window.train_time,
+      'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_state.params))),
+  }
+  if config.nonfinite == 'skip':
+    results['skipped_steps'] = window.skipped
+  if jax.process_index() == 0:
+    pictures_batch = next(data.eval_batches(run.dataset.test, config.num_pictures,
+                                            run.dataset.preprocess, seed=config.seed))
+    visualise.write_pictures(run.model, model_variables(host_state), pictures_batch,
+                             evaluation_key(config.seed), workdir, writer, step,
+                             num_samples=2 * config.num_pictures)
+    writers.write_json(os.path.join(workdir, 'results.json'), results)
+  return results
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
 
   Resumes from the newest intact checkpoint in `workdir` if there is one (damaged newer ones are
-  moved to checkpoints.damaged/). Writes config.json,
-  metrics.jsonl, TensorBoard events, checkpoints/ (and checkpoints_best/ with
-  config.best_metric), picture grids (reconstructions.png and samples.png for autoencoders,
-  segmentation.png for segmentation models) and results.json (final test metrics).
+  moved to checkpoints.damaged/). Writes config.json, metrics.jsonl, TensorBoard events,
+  checkpoints/ (and checkpoints_best/ with config.best_metric), picture grids
+  (reconstructions.png and samples.png for autoencoders, segmentation.png for segmentation
+  models) and results.json (final test metrics).
 
   Returns:
     The contents of results.json.
@@ -54,185 +327,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   validation.validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   _check_workdir_writable(workdir)
-  is_main = jax.process_index() == 0
-
-  dataset = data.build(config.data)
-  if config.labeled_fraction < 1.0:
-    dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
-  # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
-  model = build_model(config, dataset.image_shape, dataset.num_classes,
-                      parallel.norm_axis_name(config.parallel))
-  strategy = parallel.make_strategy(config.parallel, *step_functions(config))
-  _, schedule = optimizers.make_optimizer(config)
-
-  init_rng, run_rng = run_keys(config.seed)
-  state = create_train_state(config, model, dataset.image_shape, init_rng)
-  train_iter = data.TrainIterator(
-      dataset.train, config.batch_size, config.seed,
-      augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_local_devices=strategy.batch_device_axis)
-
-  # What a checkpoint is of; a workdir holding another model's checkpoint is refused, untouched.
-  meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
-          'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
-          'class_names': list(dataset.class_names)}
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), config.max_to_keep)
-  # Segmentation runs also keep the checkpoint with the best test mIoU, apart from the latest ones
-  # (one orbax manager cannot keep both without dropping the newest step).
-  best_ckpt = None
-  if config.best_metric:
-    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints_best'), 1,
-                                         best_metric=config.best_metric)
-  start_step, skipped = 0, 0
-  restored = restore_latest_intact(ckpt, meta, {'train_state': state, 'rng': run_rng},
-                                   strategy.restore_sharding())
-  if restored is not None:
-    (tree, data_state), start_step = restored
-    state, run_rng = tree['train_state'], tree['rng']
-    data_state = dict(data_state)
-    skipped = int(data_state.pop('skipped_steps', 0))
-    train_iter.set_state(data_state)
-    log.info('Resumed from %s at step %d.', ckpt.directory, start_step)
-
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  writer = writers.MetricWriter(workdir, enabled=is_main)
-  state = strategy.replicate(state)
-  eval_rng = evaluation_key(config.seed)
-  saved_step = start_step if restored is not None else None
-
-  def save(manager, step, metrics=None):
-    # The key as host numpy: a single-device array cannot be saved by a multi-process run.
-    manager.save(step, {'train_state': strategy.checkpoint_state(state),
-                        'rng': np.asarray(jax.device_get(run_rng))},
-                 {**train_iter.get_state(), 'skipped_steps': skipped}, meta, metrics)
-
-  step = start_step
-  pending = []  # (step, device-side metrics): fetched at log/save steps, so steps are not synchronised.
-  window = []   # Host metrics of the finite steps since the last log line.
-
-  def drain():
-    """Fetches the pending step metrics; a non-finite step stops the run (config.nonfinite =
-    'stop') before anything after it is saved, or is counted as skipped ('skip')."""
-    nonlocal skipped
-    for at, device_metrics in pending:
-      values = strategy.scalars(device_metrics)
-      if values.pop('nonfinite') > 0:
-        if config.nonfinite == 'stop':
-          bad = ', '.join(f'{k}={v}' for k, v in values.items() if not np.isfinite(v))
-          kept = (f'the newest checkpoint, {ckpt.directory}/{saved_step}, is the last good state'
-                  if saved_step is not None else 'no checkpoint had been written yet')
-          raise TrainingDiverged(
-              f'train step {at} went non-finite ({bad}); that state was not checkpointed and '
-              f'{kept}. Lower config.learning_rate, set config.grad_clip_norm, or use '
-              'config.nonfinite=skip')
-        skipped += 1
-      else:
-        window.append(values)
-    pending.clear()
-
-  window_start, window_images = time.perf_counter(), 0
-  train_time, train_images = 0.0, 0
-  eval_metrics: Dict[str, float] = {}
-  bar = tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
-             mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
-  try:
-    with StopSignals() as signals:
-      while step < config.num_train_steps:
-        batch = strategy.put_batch(next(train_iter))
-        state, step_metrics = strategy.train_step(state, batch, run_rng)
-        if strategy.sync_each_step:
-          jax.block_until_ready(step_metrics)
-        step += 1
-        pending.append((step, step_metrics))
-        window_images += config.batch_size
-        bar.update(1)
-        if step == start_step + 1:
-          # Leave compilation out of throughput figures (its metrics are still checked).
-          drain()
-          window_start, window_images = time.perf_counter(), 0
-          window.clear()
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
-          drain()
-          elapsed = time.perf_counter() - window_start
-          scalars = {f'train/{k}': float(np.mean([m[k] for m in window])) for k in
-                     (window[0] if window else {})}
-          scalars['train/learning_rate'] = float(schedule(step - 1))
-          if elapsed > 0 and window_images:
-            scalars['train/images_per_s'] = window_images / elapsed
-            train_time, train_images = train_time + elapsed, train_images + window_images
-          if config.nonfinite == 'skip':
-            scalars['train/skipped_steps'] = skipped
-          writer.write_scalars(step, scalars)
-          if 'train/loss' in scalars and 'train/images_per_s' in scalars:
-            bar.set_postfix(loss=f'{scalars["train/loss"]:.2f}',
-                            img_s=f'{scalars["train/images_per_s"]:.0f}', refresh=False)
-          window.clear()
-          window_start, window_images = time.perf_counter(), 0
-        if step % config.eval_every_steps == 0 or is_last:
-          drain()
-          eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-          writer.write_scalars(step, flat_scalars(eval_metrics, 'test'))
-          log.info('step %d test %s', step, ' '.join(
-              f'{k}={v:.4g}' for k, v in eval_metrics.items() if k != 'per_class'))
-          if best_ckpt is not None:
-            save(best_ckpt, step, eval_metrics)
-          window_start = time.perf_counter()  # Evaluation is not training time.
-        if step % config.checkpoint_every_steps == 0 or is_last:
-          drain()
-          save(ckpt, step)
-          saved_step = step
-        reason = signals.requested()
-        if reason and not is_last:
-          drain()
-          if saved_step != step:
-            save(ckpt, step)
-          # The except clause below closes the checkpointers, which waits for this save.
-          message = (f'{reason} at step {step} of {config.num_train_steps}: checkpoint '
-                     f'{ckpt.directory}/{step} written; re-run the same command to resume')
-          log.warning('Preempted: %s', message)
-          raise Preempted(message)
-  except BaseException:
-    # Stopped (divergence, preemption, a bug): saves already started finish, so the newest
-    # checkpoint is whole.
-    bar.close()
-    for manager in (ckpt, best_ckpt):
-      if manager is not None:
-        manager.close()
-    writer.close()
-    raise
-  bar.close()
-
-  if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
-    eval_metrics = evaluate(strategy, state, dataset, config, eval_rng)
-  host_state = strategy.fetch(state)
-  host_params = host_state.params
-  results = {
-      'step': step,
-      'resumed_from_step': start_step or None,
-      'model': config.model.name,
-      'dataset': config.data.name,
-      'parallel': strategy.name,
-      'num_devices': jax.device_count(),
-      'num_processes': jax.process_count(),
-      'test': eval_metrics,
-      'train_images_per_s': train_images / train_time if train_time else None,
-      'train_time_s': train_time,
-      'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_params))),
-  }
-  if config.nonfinite == 'skip':
-    results['skipped_steps'] = skipped
-  if is_main:
-    pictures_batch = next(data.eval_batches(dataset.test, config.num_pictures, dataset.preprocess,
-                                            seed=config.seed))
-    visualise.write_pictures(model, model_variables(host_state), pictures_batch, eval_rng,
-                             workdir, writer, step, num_samples=2 * config.num_pictures)
-    writers.write_json(os.path.join(workdir, 'results.json'), results)
-  ckpt.close()
-  if best_ckpt is not None:
-    best_ckpt.close()
-  writer.close()
-  return results
+  run = setup(config)
+  with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
+    ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)
+    state, run_rng, start_step, skipped = _restore(run, ckpts)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    stack.callback(writer.close)
+    window = MetricsWindow(run.strategy, config.nonfinite, skipped, ckpts.last_good)
+    state, eval_metrics = _train(config, run, run.strategy.replicate(state), run_rng, start_step,
+                                 ckpts, window, writer)
+    return _finish(config, workdir, run, state, start_step, eval_metrics, window, writer)

@@ -49,8 +49,9 @@ class PmapStrategy(_Strategy):
                               axis_name=AXIS_NAME, in_axes=(0, 0, None))
 
   @property
-  def batch_device_axis(self) -> Optional[int]:
-    """Pipelines reshape batches to [this many devices, per_device, ...]."""
+  def device_axis_size(self) -> Optional[int]:
+    """The size of the leading device axis host batches carry: pipelines reshape them to
+    [local devices, per_device, ...] (None for a strategy that takes flat batches)."""
     return self.num_local_devices
 
   def replicate(self, state):
@@ -91,7 +92,7 @@ class JitStrategy(_Strategy):
                                                       self.replicated),
                              out_shardings=self.replicated)
 
-  batch_device_axis = None
+  device_axis_size = None  # Flat [batch, ...] batches; jit shards them over the mesh.
 
   def replicate(self, state):
     return jax.device_put(jax.device_get(state), self.replicated)

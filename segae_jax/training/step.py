@@ -57,7 +57,7 @@ def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.
   return {'reparam': reparam, 'dropout': dropout}
 
 
-def _float32(outputs: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+def float32_outputs(outputs: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
   # Losses and metrics in float32 whatever the model's compute dtype (mixed precision).
   return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
@@ -75,8 +75,8 @@ def run_keys(seed: int):
 
 def evaluation_key(seed: int) -> jax.Array:
   """The PRNG key of every evaluation of a run (the VAE's sampled latents): training and
-  `segae_jax.tools.evaluate` both call this, so the evaluation of a restored run reproduces the run's
-  own test metrics."""
+  `segae_jax.tools.evaluate` both call this, so the evaluation of a restored run reproduces the
+  run's own test metrics."""
   return jax.random.fold_in(run_keys(seed)[1], 2**31 - 1)
 
 
@@ -84,7 +84,8 @@ def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: Opt
                 norm_axis_name: Optional[str] = None):
   """The model train_and_evaluate trains: config.model for images of `image_shape` (height,
   width, channels) and `num_classes` classes, in config.compute_dtype with config.conv_impl;
-  `norm_axis_name` as in models.build. Restoring a run (segae_jax.tools.common) builds it here too."""
+  `norm_axis_name` as in models.build. Restoring a run (segae_jax.tools.common) builds it here
+  too."""
   return models.build(config.model, image_shape, num_classes=num_classes,
                       norm_axis_name=norm_axis_name,
                       dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
@@ -130,7 +131,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
     else:
       outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
                                         rngs=rngs), {}
-    loss, step_metrics = loss_fn(_float32(outputs), batch)
+    loss, step_metrics = loss_fn(float32_outputs(outputs), batch)
     return loss * loss_scale, (step_metrics, updates)
 
   (_, (step_metrics, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
@@ -165,7 +166,7 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   over `axis_name`) gives exact values over the split.
   """
   rngs = _step_rngs(rng, 0, axis_name)
-  outputs = _float32(state.apply_fn(model_variables(state), batch['image'],
+  outputs = float32_outputs(state.apply_fn(model_variables(state), batch['image'],
                                     train=False, rngs=rngs))
   # Every test image counts for evaluation, also when training hid some labels.
   batch = {k: v for k, v in batch.items() if k != 'labeled'}
@@ -195,7 +196,7 @@ def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
   for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
                                  seed=config.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(),
-                                 num_local_devices=strategy.batch_device_axis):
+                                 num_local_devices=strategy.device_axis_size):
     sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
     for k, v in sums.items():
       totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)
