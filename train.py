@@ -17,7 +17,7 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
                                   lock_config=True)
-  # Multi-process runs (see README "Scaling out"): every process runs the same command.
+  # Multi-process runs (see docs/scaling.md): every process runs the same command.
   flags.DEFINE_bool('distributed', False, 'Join a multi-process run whose coordinator, process '
                     'count and id JAX detects (Slurm, Open MPI, TPU pods, ...).')
   flags.DEFINE_string('coordinator_address', None, "Process 0's host:port; with --num_processes "
