@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
-from segae_jax.models.layers import ConvDecoder, ConvEncoder, check_divisible
+from segae_jax.models.layers import ConvDecoder, ConvEncoder, Layers, check_divisible
 from segae_jax.models.registry import MODELS
 
 CODE_ACTIVATIONS = {'linear': lambda x: x, 'relu': nn.relu, 'sigmoid': nn.sigmoid}
@@ -41,13 +41,19 @@ class Autoencoder(nn.Module):
 
   def setup(self):
     check_divisible(self.image_shape, len(self.features))
-    self.encoder = ConvEncoder(self.features, self.hidden_dim, self._encoder_outputs(),
-                               self.activation, self.conv_impl, self.dtype)
+    layers = Layers(conv_impl=self.conv_impl, dtype=self.dtype)  # No normalisation layers.
+    self.encoder = ConvEncoder(self.features, self.hidden_dim, self.encoder_outputs(),
+                               self.activation, layers)
     self.decoder = ConvDecoder(self.features, self.hidden_dim, tuple(self.image_shape),
-                               self.activation, self.conv_impl, self.dtype)
+                               self.activation, layers)
+
+  def encoder_outputs(self) -> int:
+    """Size of the encoder's output vector: latent_dim (a VAE's is 2 * latent_dim)."""
+    return self.latent_dim
 
   def _encoder_outputs(self) -> int:
-    return self.latent_dim
+    """The old name of encoder_outputs, for callers not yet moved to it."""
+    return self.encoder_outputs()
 
   def encode(self, x: jnp.ndarray) -> jnp.ndarray:
     """[batch, height, width, channels] in [0, 1] -> code [batch, latent_dim]."""

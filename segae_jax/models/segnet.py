@@ -10,26 +10,14 @@ Here each level is two [3x3 conv -> norm -> ReLU] (the paper's VGG-16 encoder ha
 level) and every level, including the last, is followed by a pool, so height and width must be
 divisible by 2**len(features).
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Dict, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segae_jax.errors import UserInputError
-from segae_jax.models import conv_ops
-from segae_jax.models.layers import check_divisible
+from segae_jax.models.layers import DoubleConv, SegmentationModel, pool_windows
 from segae_jax.models.registry import MODELS
-from segae_jax.models.unet import DoubleConv, validate_common
-
-
-def _windows(x: jnp.ndarray) -> jnp.ndarray:
-  """[b, h, w, c] -> [b, h/2, w/2, c, 4], the 2x2 windows in row-major order."""
-  b, h, w, c = x.shape
-  if h % 2 or w % 2:
-    raise ValueError(f'2x2 pooling needs even height and width, got {h}x{w}')
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-  return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
 
 
 def max_pool_with_indices(x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -47,7 +35,7 @@ def max_pool_with_indices(x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
   Raises:
     ValueError: odd height or width.
   """
-  windows = _windows(x)
+  windows = pool_windows(x)
   indices = jnp.argmax(windows, axis=-1).astype(jnp.int32)  # argmax: first of equal maxima.
   # Gather the value at the index (rather than windows.max) so the gradient flows to exactly the
   # position that max_unpool writes back to, also for ties.
@@ -80,7 +68,7 @@ def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
 
 
 @MODELS.register('segnet')
-class SegNet(nn.Module):
+class SegNet(SegmentationModel):
   """SegNet for semantic segmentation (Badrinarayanan et al. 2017).
 
   Encoder level i: DoubleConv(features[i]) then max_pool_with_indices. Decoder level i (deepest
@@ -88,50 +76,30 @@ class SegNet(nn.Module):
   [conv features[i] -> norm -> ReLU] and [conv features[i-1] (features[0] at the top) -> norm ->
   ReLU], mirroring the encoder widths. A 1x1 convolution gives the class logits.
 
-  Attributes:
-    image_shape: (height, width, channels); height and width divisible by 2**len(features).
-    num_classes: segmentation classes.
-    features: channels per level; len(features) max-pools.
-    norm: 'batch' | 'group' | 'none'.
-    norm_axis_name: pmap axis name for cross-device BatchNorm statistics, or None.
-    group_norm_groups: groups for norm='group'; must divide every entry of features.
-    dropout: dropout rate on the bottleneck (after the last pool); training with dropout > 0
-      needs rngs={'dropout': key}.
+  Attributes (besides segae_jax.models.layers.SegmentationModel's: image_shape, num_classes,
+  features, norm, norm_axis_name, group_norm_groups, dropout, conv_impl, dtype, layers):
     pooling_indices: upsample with the encoder's max-pooling indices (SegNet); False gives plain
       nearest-neighbour upsampling (an ablation: the decoder then gets nothing from the encoder
       but the bottleneck).
-    conv_impl: 'auto' | 'xla' | 'matmul_grad' (segae_jax.models.conv_ops; same results).
-    dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
+  Height and width must be divisible by 2**len(features) (len(features) max-pools); dropout acts
+  on the bottleneck (after the last pool).
 
-  Outputs of `__call__`: {'seg_logits': float32 [batch, height, width, num_classes]}.
+  Outputs of `__call__`: {'seg_logits': [batch, height, width, num_classes]} in `dtype`
+  (float32 if None).
 
   Raises:
-    UserInputError (at init/apply): bad norm, dropout, features, or image size.
+    UserInputError (at init/apply): bad dropout, features, or image size (and, for a model
+      constructed directly rather than by models.build, bad norm settings).
   """
-  image_shape: Tuple[int, int, int]
-  num_classes: int = 11
-  features: Sequence[int] = (32, 64, 128, 256)
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
-  dropout: float = 0.0
   pooling_indices: bool = True
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
     """x: float32 [batch, height, width, channels] in [0, 1]."""
-    validate_common(self.features, self.norm, self.group_norm_groups, self.dropout)
-    if self.num_classes < 1:
-      raise UserInputError(f'config.model.num_classes must be >= 1, got {self.num_classes}')
-    check_divisible(self.image_shape, len(self.features))
-    norm_args = (self.norm, self.norm_axis_name, self.group_norm_groups, self.conv_impl,
-                 self.dtype)
-
+    layers = self._validated_layers(len(self.features))
     all_indices = []
     for i, f in enumerate(self.features):
-      x = DoubleConv((f, f), *norm_args, name=f'enc_level{i}')(x, train)
+      x = DoubleConv((f, f), layers, name=f'enc_level{i}')(x, train)
       x, indices = max_pool_with_indices(x)
       all_indices.append(indices)
     if self.dropout > 0:
@@ -140,6 +108,5 @@ class SegNet(nn.Module):
     for i in reversed(range(len(self.features))):
       x = max_unpool(x, all_indices[i]) if self.pooling_indices else upsample_nearest(x)
       out = self.features[max(i - 1, 0)]
-      x = DoubleConv((self.features[i], out), *norm_args, name=f'dec_level{i}')(x, train)
-    return {'seg_logits': conv_ops.Conv(self.conv_impl, self.num_classes, (1, 1), dtype=self.dtype,
-                                        name='head')(x)}
+      x = DoubleConv((self.features[i], out), layers, name=f'dec_level{i}')(x, train)
+    return {'seg_logits': layers.conv(self.num_classes, (1, 1), name='head')(x)}

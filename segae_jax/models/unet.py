@@ -15,6 +15,7 @@ Models here (all registered in segae_jax.models.MODELS):
   'vae_unet'  VAEUNet: the bottleneck is a per-position diagonal Gaussian (Kingma & Welling,
               "Auto-Encoding Variational Bayes", ICLR 2014, Sec. 2.4 reparameterisation);
               -> 'seg_logits', 'rec_logits', 'mean', 'logvar', 'z'.
+  'unet_ae'   UNetAutoencoder: the U-Net encoder and a reconstruction decoder without skips.
 
 Layout is NHWC; inputs are float32 [batch, height, width, channels] in [0, 1]. With L =
 len(features) levels there are L - 1 max-pools, so height and width must be divisible by
@@ -27,59 +28,28 @@ bias instead). Under `jax.pmap` set `norm_axis_name` to the pmap axis name so th
 statistics are averaged over the devices (the statistics of the global batch); a train-mode call
 with `norm_axis_name` set must then run inside a transform binding that axis. Under sharded
 `jit` leave it None: the arrays are global and XLA computes global statistics already.
+Every block gets its convolutions and norms from one segae_jax.models.layers.Layers, which
+models.build makes (and validates) once from these attributes and conv_impl / dtype.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
-from segae_jax.models import conv_ops
-from segae_jax.models.layers import check_divisible
+from segae_jax.models.layers import DoubleConv, Layers, SegmentationModel, pool_windows
 from segae_jax.models.registry import MODELS
 from segae_jax.models.vae import reparameterize
 
-NORMS = ('batch', 'group', 'none')
 UPSAMPLES = ('transpose', 'resize')
 
 
-def validate_norm(norm: str, features: Sequence[int], group_norm_groups: int) -> None:
-  """Raises UserInputError for an unknown `norm` or widths that GroupNorm cannot split."""
-  if norm not in NORMS:
-    raise UserInputError(f'unknown config.model.norm {norm!r}; known: {", ".join(NORMS)}')
-  if norm == 'group':
-    if group_norm_groups < 1:
-      raise UserInputError(f'config.model.group_norm_groups must be >= 1, got {group_norm_groups}')
-    bad = [f for f in features if f % group_norm_groups]
-    if bad:
-      raise UserInputError(
-          f'config.model.features {tuple(features)} must all be divisible by '
-          f'config.model.group_norm_groups={group_norm_groups} for norm=group (not: {bad})')
-
-
-def validate_common(features: Sequence[int], norm: str, group_norm_groups: int,
-                    dropout: float) -> None:
-  """Checks the attributes every segmentation model shares; raises UserInputError."""
-  if not features or any(int(f) < 1 for f in features):
-    raise UserInputError(f'config.model.features must be a non-empty list of positive ints, '
-                         f'got {tuple(features)}')
-  validate_norm(norm, features, group_norm_groups)
-  if not 0.0 <= dropout < 1.0:
-    raise UserInputError(f'config.model.dropout must be in [0, 1), got {dropout}')
-
-
 def validate_upsample(upsample: str) -> None:
+  """Raises UserInputError unless `upsample` is one of UPSAMPLES."""
   if upsample not in UPSAMPLES:
     raise UserInputError(
         f'unknown config.model.upsample {upsample!r}; known: {", ".join(UPSAMPLES)}')
-
-
-def _pool_windows(x: jnp.ndarray) -> jnp.ndarray:
-  """[batch, h, w, c] -> [batch, h/2, w/2, c, 4]: each 2x2 window's values on the last axis."""
-  b, h, w, c = x.shape
-  windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-  return windows.reshape(b, h // 2, w // 2, c, 4)
 
 
 @jax.custom_vjp
@@ -106,75 +76,12 @@ def _max_pool_2x2_fwd(x):
 
 def _max_pool_2x2_bwd(x, g):
   b, h, w, c = x.shape
-  first_max = jax.nn.one_hot(jnp.argmax(_pool_windows(x), axis=-1), 4, dtype=g.dtype)
+  first_max = jax.nn.one_hot(jnp.argmax(pool_windows(x), axis=-1), 4, dtype=g.dtype)
   grad = (first_max * g[..., None]).reshape(b, h // 2, w // 2, c, 2, 2)
   return (grad.transpose(0, 1, 4, 2, 5, 3).reshape(b, h, w, c),)
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
-
-
-class ConvNormReLU(nn.Module):
-  """3x3 SAME convolution -> normalisation -> ReLU.
-
-  The convolution has no bias when a norm follows: the norm subtracts the mean, which would cancel
-  a bias, and its own learnt shift plays that role (as `bias=False` in the PyTorch reference).
-
-  Attributes:
-    features: output channels.
-    norm: 'batch' | 'group' | 'none'.
-    norm_axis_name: pmap axis over which BatchNorm averages its batch statistics, or None.
-    group_norm_groups: number of groups for norm='group'.
-    conv_impl: 'auto' | 'xla' | 'matmul_grad', how the convolution's gradients are computed
-      (segae_jax.models.conv_ops; the same mathematics either way).
-    dtype: computation dtype (config.compute_dtype); parameters and normalisation statistics
-      stay float32. None: float32.
-  """
-  features: int
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[batch, h, w, c_in] float32 -> [batch, h, w, features] float32."""
-    x = conv_ops.Conv(self.conv_impl, self.features, (3, 3), padding='SAME',
-                      use_bias=self.norm == 'none', dtype=self.dtype, name='conv')(x)
-    if self.norm == 'batch':
-      # momentum 0.9: running = 0.9 * running + 0.1 * batch, PyTorch's default momentum of 0.1.
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.norm_axis_name, dtype=self.dtype, name='norm')(x)
-    elif self.norm == 'group':
-      x = nn.GroupNorm(num_groups=self.group_norm_groups, epsilon=1e-5, dtype=self.dtype,
-                       name='norm')(x)
-    elif self.norm != 'none':
-      raise UserInputError(f'unknown config.model.norm {self.norm!r}; known: {", ".join(NORMS)}')
-    return nn.relu(x)
-
-
-class DoubleConv(nn.Module):
-  """Two ConvNormReLU: the unit of every U-Net and SegNet level.
-
-  Attributes:
-    features: output channels of the (first, second) convolution.
-    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
-  """
-  features: Tuple[int, int]
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[batch, h, w, c_in] float32 -> [batch, h, w, features[1]] float32."""
-    for i, f in enumerate(self.features):
-      x = ConvNormReLU(f, self.norm, self.norm_axis_name, self.group_norm_groups,
-                       self.conv_impl, self.dtype, name=f'block{i}')(x, train)
-    return x
 
 
 class UNetEncoder(nn.Module):
@@ -186,31 +93,26 @@ class UNetEncoder(nn.Module):
 
   Attributes:
     features: channels per level, e.g. (32, 64, 128, 256).
-    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
+    layers: the model's factories (segae_jax.models.layers.make_layers).
     dropout: rate of nn.Dropout on the bottleneck (rng name 'dropout' when training).
   """
   features: Sequence[int]
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
+  layers: Layers
   dropout: float = 0.0
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray,
                train: bool = False) -> Tuple[List[jnp.ndarray], jnp.ndarray]:
-    """[batch, h, w, c] -> (skips, bottleneck).
+    """[batch, h, w, c] -> (skips, bottleneck), in layers.dtype (float32 if None).
 
     Returns:
       skips: len(features) - 1 arrays, skips[i] = level i's output [batch, h/2^i, w/2^i,
         features[i]] (before its pool), shallowest first.
-      bottleneck: [batch, h/2^(L-1), w/2^(L-1), features[-1]] float32, L = len(features).
+      bottleneck: [batch, h/2^(L-1), w/2^(L-1), features[-1]], L = len(features).
     """
     skips = []
     for i, f in enumerate(self.features):
-      x = DoubleConv((f, f), self.norm, self.norm_axis_name, self.group_norm_groups,
-                     self.conv_impl, self.dtype, name=f'level{i}')(x, train)
+      x = DoubleConv((f, f), self.layers, name=f'level{i}')(x, train)
       if i < len(self.features) - 1:
         skips.append(x)
         x = max_pool_2x2(x)
@@ -229,27 +131,23 @@ class Upsample2x(nn.Module):
 
   Attributes:
     features: output channels.
+    layers: the model's factories.
     upsample: 'transpose' | 'resize'.
-    conv_impl, dtype: as in ConvNormReLU.
   """
   features: int
+  layers: Layers
   upsample: str = 'transpose'
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """[batch, h, w, c] float32 -> [batch, 2h, 2w, features] float32."""
+    """[batch, h, w, c] float -> [batch, 2h, 2w, features] in layers.dtype."""
     if self.upsample == 'transpose':
-      return conv_ops.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
-                                    impl=self.conv_impl, dtype=self.dtype, name='deconv')(x)
-    if self.upsample == 'resize':
-      b, h, w, c = x.shape
-      x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='bilinear')
-      return conv_ops.Conv(self.conv_impl, self.features, (3, 3), padding='SAME',
-                           dtype=self.dtype, name='conv')(x)
-    raise UserInputError(
-        f'unknown config.model.upsample {self.upsample!r}; known: {", ".join(UPSAMPLES)}')
+      return self.layers.conv_transpose(self.features, (2, 2), strides=(2, 2), padding='VALID',
+                                        name='deconv')(x)
+    validate_upsample(self.upsample)
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='bilinear')
+    return self.layers.conv(self.features, (3, 3), padding='SAME', name='conv')(x)
 
 
 class UNetDecoder(nn.Module):
@@ -262,19 +160,15 @@ class UNetDecoder(nn.Module):
   Attributes:
     features: the encoder's features (the decoder runs features[:-1] in reverse).
     out_channels: channels of the output logits (classes, or image channels).
+    layers: the model's factories.
     use_skips: concatenate the encoder skips; False gives a plain decoder that sees only its input.
-    norm, norm_axis_name, group_norm_groups, conv_impl, dtype: as in ConvNormReLU.
     upsample: 'transpose' | 'resize' (see Upsample2x).
   """
   features: Sequence[int]
   out_channels: int
+  layers: Layers
   use_skips: bool = True
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
   upsample: str = 'transpose'
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, skips: Optional[Sequence[jnp.ndarray]] = None,
@@ -282,9 +176,12 @@ class UNetDecoder(nn.Module):
     """Bottleneck [batch, h', w', c] -> logits [batch, h'*2^(L-1), w'*2^(L-1), out_channels].
 
     Args:
-      x: the bottleneck features (any channel count), float32.
+      x: the bottleneck features (any channel count).
       skips: UNetEncoder's skips (shallowest first); required when use_skips, ignored otherwise.
       train: BatchNorm uses batch statistics (and updates 'batch_stats') when True.
+
+    Returns:
+      The logits, in layers.dtype (float32 if None).
 
     Raises:
       ValueError: use_skips without skips, or a skip count that does not match the features.
@@ -294,50 +191,44 @@ class UNetDecoder(nn.Module):
       raise ValueError(f'UNetDecoder with use_skips needs {num_up} skips, got '
                        f'{None if skips is None else len(skips)}')
     for i, f in enumerate(reversed(self.features[:-1])):
-      x = Upsample2x(f, self.upsample, self.conv_impl, self.dtype, name=f'up{i}')(x)
+      x = Upsample2x(f, self.layers, self.upsample, name=f'up{i}')(x)
       if self.use_skips:
         x = jnp.concatenate([x, skips[num_up - 1 - i]], axis=-1)
-      x = DoubleConv((f, f), self.norm, self.norm_axis_name, self.group_norm_groups,
-                     self.conv_impl, self.dtype, name=f'level{i}')(x, train)
-    return conv_ops.Conv(self.conv_impl, self.out_channels, (1, 1), dtype=self.dtype,
-                         name='head')(x)
+      x = DoubleConv((f, f), self.layers, name=f'level{i}')(x, train)
+    return self.layers.conv(self.out_channels, (1, 1), name='head')(x)
 
 
-class _UNetBase(nn.Module):
-  """Attributes and checks shared by the U-Net family (not registered)."""
-  image_shape: Tuple[int, int, int]
-  num_classes: int = 11
-  features: Sequence[int] = (32, 64, 128, 256)
-  norm: str = 'batch'
-  norm_axis_name: Optional[str] = None
-  group_norm_groups: int = 8
+class UNetBase(SegmentationModel):
+  """Attributes and checks shared by the U-Net family (not registered): SegmentationModel's
+  attributes and `upsample`; every member has an `encoder` (UNetEncoder) submodule.
+
+  Use `isinstance(model, UNetBase)` to ask whether a model has a U-Net encoder.
+  """
   upsample: str = 'transpose'
-  dropout: float = 0.0
-  conv_impl: str = 'auto'
-  dtype: Optional[Any] = None
 
-  def _check(self) -> None:
-    validate_common(self.features, self.norm, self.group_norm_groups, self.dropout)
+  def _unet_layers(self) -> Layers:
+    """SegmentationModel._validated_layers for len(features) - 1 pools, after checking upsample.
+
+    Raises:
+      UserInputError: bad features, dropout, upsample, num_classes or image size (and, for a
+        model constructed directly, bad norm settings).
+    """
     validate_upsample(self.upsample)
-    if self.num_classes < 1:
-      raise UserInputError(f'config.model.num_classes must be >= 1, got {self.num_classes}')
-    check_divisible(self.image_shape, len(self.features) - 1)
+    return self._validated_layers(len(self.features) - 1)
 
-  def _encoder(self) -> UNetEncoder:
-    return UNetEncoder(self.features, self.norm, self.norm_axis_name, self.group_norm_groups,
-                       self.dropout, self.conv_impl, self.dtype, name='encoder')
+  def _encoder(self, layers: Layers) -> UNetEncoder:
+    return UNetEncoder(self.features, layers, self.dropout, name='encoder')
 
-  def _decoder(self, out_channels: int, use_skips: bool, name: str) -> UNetDecoder:
-    return UNetDecoder(self.features, out_channels, use_skips, self.norm, self.norm_axis_name,
-                       self.group_norm_groups, self.upsample, self.conv_impl, self.dtype,
-                       name=name)
+  def _decoder(self, layers: Layers, out_channels: int, use_skips: bool,
+               name: str) -> UNetDecoder:
+    return UNetDecoder(self.features, out_channels, layers, use_skips, self.upsample, name=name)
 
-  def _conv1x1(self, features: int) -> nn.Conv:
-    return conv_ops.Conv(self.conv_impl, features, (1, 1), dtype=self.dtype)
+
+_UNetBase = UNetBase  # The old private name, for callers not yet moved to UNetBase.
 
 
 @MODELS.register('unet')
-class UNet(_UNetBase):
+class UNet(UNetBase):
   """U-Net for semantic segmentation (Ronneberger et al. 2015).
 
   With the defaults (features (32, 64, 128, 256), norm='batch', upsample='transpose') and
@@ -363,9 +254,9 @@ class UNet(_UNetBase):
   """
 
   def setup(self):
-    self._check()
-    self.encoder = self._encoder()
-    self.decoder = self._decoder(self.num_classes, True, 'decoder')
+    layers = self._unet_layers()
+    self.encoder = self._encoder(layers)
+    self.decoder = self._decoder(layers, self.num_classes, True, 'decoder')
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
     """x: float32 [batch, height, width, channels] in [0, 1]."""
@@ -374,7 +265,7 @@ class UNet(_UNetBase):
 
 
 @MODELS.register('segae')
-class SegAutoencoder(_UNetBase):
+class SegAutoencoder(UNetBase):
   """Segmentation autoencoder: one U-Net encoder shared by a segmentation and a reconstruction
   decoder, so that reconstructing the image (no labels needed) trains the encoder too.
 
@@ -393,10 +284,10 @@ class SegAutoencoder(_UNetBase):
   rec_skips: bool = False
 
   def setup(self):
-    self._check()
-    self.encoder = self._encoder()
-    self.seg_decoder = self._decoder(self.num_classes, self.seg_skips, 'seg_decoder')
-    self.rec_decoder = self._decoder(self.image_shape[2], self.rec_skips, 'rec_decoder')
+    layers = self._unet_layers()
+    self.encoder = self._encoder(layers)
+    self.seg_decoder = self._decoder(layers, self.num_classes, self.seg_skips, 'seg_decoder')
+    self.rec_decoder = self._decoder(layers, self.image_shape[2], self.rec_skips, 'rec_decoder')
 
   def encode(self, x: jnp.ndarray,
              train: bool = False) -> Tuple[List[jnp.ndarray], jnp.ndarray]:
@@ -416,7 +307,7 @@ class SegAutoencoder(_UNetBase):
 
 
 @MODELS.register('unet_ae')
-class UNetAutoencoder(_UNetBase):
+class UNetAutoencoder(UNetBase):
   """Convolutional autoencoder with a spatial bottleneck, trained without labels: the U-Net
   encoder and a decoder without skips that reconstructs the image from the bottleneck alone.
 
@@ -430,9 +321,9 @@ class UNetAutoencoder(_UNetBase):
   """
 
   def setup(self):
-    self._check()
-    self.encoder = self._encoder()
-    self.rec_decoder = self._decoder(self.image_shape[2], False, 'rec_decoder')
+    layers = self._unet_layers()
+    self.encoder = self._encoder(layers)
+    self.rec_decoder = self._decoder(layers, self.image_shape[2], False, 'rec_decoder')
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
     """x: float32 [batch, height, width, channels] in [0, 1]."""
@@ -441,7 +332,7 @@ class UNetAutoencoder(_UNetBase):
 
 
 @MODELS.register('vae_unet')
-class VAEUNet(_UNetBase):
+class VAEUNet(UNetBase):
   """U-Net with a variational bottleneck (Kingma & Welling 2014 on top of Ronneberger et al.).
 
   1x1 convolutions of the bottleneck give a per-position diagonal Gaussian q(z|x) (mean, logvar);
@@ -462,17 +353,17 @@ class VAEUNet(_UNetBase):
   latent_channels: int = 16
 
   def setup(self):
-    self._check()
+    layers = self._unet_layers()
     if self.latent_channels < 1:
       raise UserInputError(
           f'config.model.latent_channels must be >= 1, got {self.latent_channels}')
-    self.encoder = self._encoder()
-    self.to_mean = self._conv1x1(self.latent_channels)
-    self.to_logvar = self._conv1x1(self.latent_channels)
-    self.seg_project = self._conv1x1(self.features[-1])
-    self.rec_project = self._conv1x1(self.features[-1])
-    self.seg_decoder = self._decoder(self.num_classes, True, 'seg_decoder')
-    self.rec_decoder = self._decoder(self.image_shape[2], False, 'rec_decoder')
+    self.encoder = self._encoder(layers)
+    self.to_mean = layers.conv(self.latent_channels, (1, 1))
+    self.to_logvar = layers.conv(self.latent_channels, (1, 1))
+    self.seg_project = layers.conv(self.features[-1], (1, 1))
+    self.rec_project = layers.conv(self.features[-1], (1, 1))
+    self.seg_decoder = self._decoder(layers, self.num_classes, True, 'seg_decoder')
+    self.rec_decoder = self._decoder(layers, self.image_shape[2], False, 'rec_decoder')
 
   def encode(self, x: jnp.ndarray, train: bool = False
              ) -> Tuple[List[jnp.ndarray], jnp.ndarray, jnp.ndarray]:

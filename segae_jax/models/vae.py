@@ -27,7 +27,8 @@ class VAE(Autoencoder):
   'rec_logits' ([batch, height, width, channels]).
   """
 
-  def _encoder_outputs(self) -> int:
+  def encoder_outputs(self) -> int:
+    """Size of the encoder's output vector: the mean and the log-variance, 2 * latent_dim."""
     return 2 * self.latent_dim
 
   def encode_distribution(self, x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
