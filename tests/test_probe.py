@@ -11,6 +11,8 @@ import optax
 import pytest
 
 from configs import probe_fashion_mnist
+from segae_jax import losses
+from segae_jax.models import heads
 from segae_jax.tools import probe
 from segae_jax.errors import UserInputError
 from test_generate import run_module
@@ -80,12 +82,12 @@ def test_focal_loss_gamma_zero_is_cross_entropy_and_hand_value():
   logits = rng.normal(size=(16, 10)).astype(np.float32)
   labels = rng.integers(0, 10, 16)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  np.testing.assert_allclose(probe.softmax_focal_loss(logits, labels, 0.0), ce, rtol=1e-6)
+  np.testing.assert_allclose(losses.softmax_focal(logits, labels, 0.0), ce, rtol=1e-6)
   assert float(probe.classification_loss(logits, labels, 'focal', gamma=0.0)) == \
       pytest.approx(float(np.mean(ce)), rel=1e-6)
   # Logits (0, ln 3): p_0 = 1/4. FL(gamma 2) = -(3/4)^2 * ln(1/4) = 0.5625 * ln 4.
   one = np.array([[0.0, np.log(3.0)]], np.float32)
-  value = probe.softmax_focal_loss(one, np.array([0]), 2.0)
+  value = losses.softmax_focal(one, np.array([0]), 2.0)
   assert float(value[0]) == pytest.approx(0.5625 * np.log(4.0), rel=1e-5)
   assert float(probe.classification_loss(one, np.array([0]), 'ce')) == \
       pytest.approx(np.log(4.0), rel=1e-5)
@@ -131,7 +133,7 @@ def test_train_classifier_keeps_best_parameters_and_stops():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(400, 2)).astype(np.float32)
   y = (x[:, 0] > 0).astype(np.int32)
-  head = probe.LinearHead(2)
+  head = heads.LinearHead(2)
   params = head.init(jax.random.PRNGKey(0), x[:1])['params']
   out = probe.train_classifier(head.apply, params, x[:300], y[:300], x[300:], y[300:],
                                num_steps=1000, batch_size=32, learning_rate=0.1,
@@ -145,6 +147,31 @@ def test_train_classifier_keeps_best_parameters_and_stops():
   assert out['val_accuracy'] == max(accs) >= 0.97
   predicted = np.asarray(out['predict'](out['params'], x[300:]))
   assert np.mean(predicted == y[300:]) == out['val_accuracy']
+
+
+def _trained_head(**kwargs):
+  """A few steps of train_classifier on a small 2-d problem; returns its flat final params."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(64, 2)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  head = heads.LinearHead(2)
+  params = head.init(jax.random.PRNGKey(0), x[:1])['params']
+  settings = dict(num_steps=4, batch_size=16, learning_rate=0.1, weight_decay=0.0,
+                  eval_every=100, patience=1, loss='ce', weights=np.ones(2, np.float32),
+                  gamma=2.0, seed=0)
+  out = probe.train_classifier(head.apply, params, x, y, x, y, **{**settings, **kwargs})
+  return np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(out['params'])])
+
+
+def test_train_classifier_optimizer_comes_from_the_registry():
+  with pytest.raises(UserInputError, match=r"^unknown optimizer 'lamb'; known: adam, adamw, sgd"):
+    _trained_head(optimizer='lamb')
+  # The default: the registry's 'adam', or its 'adamw' (decoupled decay) when weight_decay > 0.
+  assert np.array_equal(_trained_head(), _trained_head(optimizer='adam'))
+  decayed = _trained_head(weight_decay=0.5)
+  assert np.array_equal(decayed, _trained_head(weight_decay=0.5, optimizer='adamw'))
+  assert not np.array_equal(decayed, _trained_head(weight_decay=0.5, optimizer='adam'))
+  assert not np.array_equal(_trained_head(), _trained_head(optimizer='sgd'))
 
 
 # ----------------------------------------------------------------------------- config checks

@@ -19,6 +19,7 @@ that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one
 decorated with `@LOSSES.register(name)` in this package (or anywhere imported), with no change to the train loop.
 """
 from segae_jax.losses.base import LOSSES, LossFn, Metrics, batch_mean, sum_per_example
+from segae_jax.losses.classification import class_ce, class_focal, softmax_focal
 from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_fn
 from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, rec_bce, rec_mse,
                                              rec_mse_per_pixel, sparsity_kl, sparsity_l1)

@@ -20,11 +20,14 @@ max(1, round(ratio * m_c)) of the m_c labelled images of each minority class (ag
 Encoder inputs are the run's own preprocessing (binarised once, from a seeded generator, when the
 run trained on binarised images), the same arrays for the three methods and every fraction.
 
-Training: Adam (AdamW when config.weight_decay > 0), constant learning rate, minibatches of
-min(batch_size, labelled) drawn from a seeded reshuffle every epoch, dropout on the head's input,
-validation accuracy every config.eval_every steps; the best parameters (first highest accuracy)
-are kept and training stops after config.patience evaluations without a strict improvement, or
-at config.num_steps. Loss: 'ce', 'weighted_ce' or 'focal' (see `classification_loss`).
+Training: Adam (AdamW when config.weight_decay > 0) from segae_jax.training.optimizers' registry,
+constant learning rate, minibatches of min(batch_size, labelled) drawn from a seeded reshuffle
+every epoch, dropout on the head's input, validation accuracy every config.eval_every steps; the
+best parameters (first highest accuracy) are kept and training stops after config.patience
+evaluations without a strict improvement, or at config.num_steps. Loss: 'ce', 'weighted_ce' or
+'focal', the registered terms class_ce and class_focal of segae_jax.losses (see
+`classification_loss_fn`). The classifiers are segae_jax.models.heads' LinearHead and
+EncoderClassifier.
 
 Generated data (config.generated.per_image > 0): every labelled image is encoded and
 `per_image` codes are drawn near its code, z = mean + noise_scale * spread * eps with eps ~ N(0, I)
@@ -40,17 +43,17 @@ prints a Markdown table.
 """
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import flags
 
-from segae_jax import cli
+from segae_jax import cli, losses, models
 from segae_jax.errors import UserInputError
+from segae_jax.models.heads import EncoderClassifier, LinearHead
 
 FLAGS = flags.FLAGS
 
@@ -265,39 +268,38 @@ def generate_near_codes(lm, x: np.ndarray, y: np.ndarray, per_image: int, noise_
 # ----------------------------------------------------------------------------- losses
 
 
-def softmax_focal_loss(logits: jnp.ndarray, labels: jnp.ndarray, gamma: float) -> jnp.ndarray:
-  """Softmax focal loss per example, FL = -(1 - p_t)^gamma * log p_t (Lin et al., "Focal Loss
-  for Dense Object Detection", ICCV 2017, Eq. 5 without alpha; gamma = 0 gives cross-entropy).
+def classification_loss_fn(kind: str, weights=None, gamma: float = 2.0) -> losses.LossFn:
+  """config.loss as registered terms (segae_jax.losses.classification) composed by make_loss_fn:
+  (outputs {'class_logits': float [batch, classes]}, batch {'label': int [batch]}) ->
+  (mean over the batch in nats, metrics).
+
+  'ce': class_ce; 'weighted_ce': class_ce with class_weights = weights (class_weights: mean 1
+  over classes) averaged over the examples (reduction 'mean'); 'focal': class_focal with gamma.
 
   Args:
-    logits: float [batch, classes]; labels: int [batch].
-  Returns:
-    float [batch], nats.
+    weights: float [classes] ('weighted_ce').
+  Raises:
+    UserInputError: unknown kind.
   """
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
-  return -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
+  if kind not in LOSS_KINDS:
+    raise UserInputError(f'config.loss: unknown {kind!r}; known: {", ".join(LOSS_KINDS)}')
+  term, params = {'ce': ('class_ce', {}),
+                  'weighted_ce': ('class_ce', {'class_weights': weights, 'reduction': 'mean'}),
+                  'focal': ('class_focal', {'gamma': gamma})}[kind]
+  return losses.make_loss_fn({term: 1.0}, {term: params})
 
 
 def classification_loss(logits: jnp.ndarray, labels: jnp.ndarray, kind: str,
                         weights: Optional[jnp.ndarray] = None, gamma: float = 2.0) -> jnp.ndarray:
-  """The training loss, a mean over the batch (nats).
+  """The training loss of logits float [batch, classes] against labels int [batch], a mean over
+  the batch in nats (see classification_loss_fn).
 
-  'ce': optax.softmax_cross_entropy_with_integer_labels; 'weighted_ce': the same times
-  weights[label] (class_weights: mean 1 over classes); 'focal': softmax_focal_loss.
-
-  Args:
-    logits: float [batch, classes]; labels: int [batch]; weights: float [classes] ('weighted_ce').
   Raises:
     UserInputError: unknown kind.
   """
-  if kind == 'ce':
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-  if kind == 'weighted_ce':
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.mean(per_example * jnp.asarray(weights)[labels])
-  if kind == 'focal':
-    return jnp.mean(softmax_focal_loss(logits, labels, gamma))
-  raise UserInputError(f'config.loss: unknown {kind!r}; known: {", ".join(LOSS_KINDS)}')
+  value, _ = classification_loss_fn(kind, weights, gamma)({'class_logits': logits},
+                                                          {'label': labels})
+  return value
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -321,63 +323,12 @@ def early_stopping(accuracies: Sequence[float], patience: int) -> Tuple[int, boo
 # ----------------------------------------------------------------------------- models
 
 
-class LinearHead(nn.Module):
-  """Dropout then Dense(num_classes): codes float [batch, dim] -> logits [batch, num_classes]."""
-  num_classes: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, code: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    code = nn.Dropout(self.dropout, deterministic=not train)(code)
-    return nn.Dense(self.num_classes, name='head')(code)
-
-
-class EncoderClassifier(nn.Module):
-  """The autoencoder's ConvEncoder, its code, and a LinearHead.
-
-  The encoder submodule is named 'encoder' with the Autoencoder's field values, so its
-  parameters have the tree of an AE/VAE's params['encoder'] and can be copied from a trained run.
-
-  Attributes:
-    features, hidden_dim, activation: the run's config.model fields.
-    encoder_outputs: the encoder's output size (latent_dim; 2 * latent_dim for a VAE).
-    latent_dim: the code is the encoder output's first latent_dim entries (the VAE's mean).
-    code_activation: 'linear', or the sparse AE's code nonlinearity.
-    num_classes, dropout: the head.
-  """
-  features: Sequence[int]
-  hidden_dim: int
-  encoder_outputs: int
-  latent_dim: int
-  num_classes: int
-  activation: str = 'relu'
-  code_activation: str = 'linear'
-  dropout: float = 0.0
-
-  def setup(self):
-    from segae_jax.models.autoencoder import CODE_ACTIVATIONS
-    from segae_jax.models.layers import ConvEncoder
-    self.encoder = ConvEncoder(tuple(self.features), self.hidden_dim, self.encoder_outputs,
-                               self.activation)
-    self._code_activation = CODE_ACTIVATIONS[self.code_activation]
-    self.classifier = LinearHead(self.num_classes, self.dropout)
-
-  def code(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Images float [batch, h, w, c] in [0, 1] -> code float [batch, latent_dim]."""
-    return self._code_activation(self.encoder(x)[:, :self.latent_dim])
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """Images float [batch, h, w, c] in [0, 1] -> logits float [batch, num_classes]."""
-    return self.classifier(self.code(x), train)
-
-
 def encoder_classifier_for(run, num_classes: int, dropout: float) -> EncoderClassifier:
   """An EncoderClassifier shaped like the restored run's encoder (common.TrainedRun)."""
-  from segae_jax import models
   model = run.model
   return EncoderClassifier(
       features=tuple(model.features), hidden_dim=int(model.hidden_dim),
-      encoder_outputs=int(model._encoder_outputs()), latent_dim=int(model.latent_dim),
+      encoder_outputs=int(model.encoder_outputs()), latent_dim=int(model.latent_dim),
       num_classes=num_classes, activation=model.activation,
       code_activation=(model.code_activation if isinstance(model, models.SparseAutoencoder)
                        else 'linear'),
@@ -446,26 +397,33 @@ def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.n
                      y_val: np.ndarray, *, num_steps: int, batch_size: int, learning_rate: float,
                      weight_decay: float, eval_every: int, patience: int, loss: str,
                      weights: np.ndarray, gamma: float, seed: int,
-                     eval_batch_size: int = 1000) -> Dict:
+                     eval_batch_size: int = 1000, optimizer: str = '') -> Dict:
   """Trains `params` of `apply_fn(variables, x, train, rngs=...) -> logits` with early stopping.
 
   Args:
-    x, y: labelled inputs (codes or images) and int labels; x_val, y_val: the validation split.
-    weights: float [classes] class weights ('weighted_ce').
+    x, y: labeled inputs (codes or images) and int labels; x_val, y_val: the validation split.
+    learning_rate: constant; weight_decay: AdamW's decoupled weight decay.
+    loss, weights, gamma: classification_loss_fn's kind, class weights float [classes] and gamma.
+    optimizer: a name in segae_jax.training.optimizers.OPTIMIZERS; '' = 'adamw' when
+      weight_decay > 0, else 'adam' (each with optax's default betas).
   Returns:
     {'params': the best parameters, 'best_step', 'stop_step' (last step trained),
      'val_accuracy' (at best_step), 'history': [[step, validation accuracy], ...],
      'early_stopped': bool, 'predict': jitted (params, inputs) -> int class ids [batch]}.
+  Raises:
+    UserInputError: an unknown optimizer or loss.
   """
-  tx = (optax.adamw(learning_rate, weight_decay=weight_decay) if weight_decay > 0
-        else optax.adam(learning_rate))
-  weights = jnp.asarray(weights)
+  # Imported here: segae_jax.training loads the whole training system (the loop, orbax).
+  from segae_jax.training import optimizers  # pylint: disable=import-outside-toplevel
+  name = optimizer or ('adamw' if weight_decay > 0 else 'adam')
+  tx = optimizers.OPTIMIZERS.get(name)(learning_rate, {'weight_decay': weight_decay})
+  loss_terms = classification_loss_fn(loss, jnp.asarray(weights), gamma)
 
   @jax.jit
   def step_fn(params, opt_state, xb, yb, key):
     def loss_fn(p):
       logits = apply_fn({'params': p}, xb, True, rngs={'dropout': key})
-      return classification_loss(logits, yb, loss, weights, gamma)
+      return loss_terms({'class_logits': logits}, {'label': yb})[0]
     value, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
@@ -517,6 +475,126 @@ def _read_split(source, preprocess, seed: int) -> Tuple[np.ndarray, np.ndarray]:
   return np.asarray(batch['image'], np.float32), labels
 
 
+class _Splits(NamedTuple):
+  """The probe's data: encoder inputs float32 [n, h, w, c] and int32 labels [n] of the train and
+  test splits, the validation indices and the labeled pool (int64, into the train split), and
+  the frozen codes {'train', 'test'} float32 [n, latent_dim] (only for the 'linear' method)."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  val_idx: np.ndarray
+  pool: np.ndarray
+  codes: Dict[str, np.ndarray]
+
+
+def _read_splits(lm, dataset, config, timing: Dict) -> _Splits:
+  """Reads both splits, carves the validation split and encodes once for the linear probe."""
+  seed = int(config.seed)
+  x_train, y_train = _read_split(dataset.train, dataset.preprocess, seed)
+  x_test, y_test = _read_split(dataset.test, dataset.preprocess, seed + 1)
+  val_idx, pool = split_validation(len(y_train), int(config.validation_size), seed)
+  codes = {}
+  if 'linear' in config.methods:
+    start = time.perf_counter()
+    codes = {'train': _chunked(_encoder(lm), None, x_train, config.eval_batch_size),
+             'test': _chunked(_encoder(lm), None, x_test, config.eval_batch_size)}
+    timing['encode_s'] = round(time.perf_counter() - start, 2)
+  return _Splits(x_train, y_train, x_test, y_test, val_idx, pool, codes)
+
+
+def _encoder(lm):
+  """(unused params, images float32 [n, h, w, c]) -> codes [n, latent_dim], for _chunked."""
+  return lambda _, chunk: lm.encode(chunk)[0]
+
+
+def _train_method(method: str, run, lm, splits: _Splits, subset: np.ndarray, x_lab: np.ndarray,
+                  y_lab: np.ndarray, x_gen: np.ndarray, config, num_classes: int,
+                  settings: Dict) -> Tuple[Dict, np.ndarray]:
+  """Trains one method's classifier on (x_lab, y_lab): the labeled subset of the train split
+  (indices `subset`) followed by its generated images x_gen.
+
+  Returns:
+    (train_classifier's result, the test inputs its predict takes).
+  """
+  seed, eval_batch_size = int(config.seed), int(config.eval_batch_size)
+  x_val, y_val = splits.x_train[splits.val_idx], splits.y_train[splits.val_idx]
+  if method == 'linear':
+    codes = splits.codes
+    lab_codes = codes['train'][subset]
+    if len(x_gen):
+      lab_codes = np.concatenate([lab_codes, _chunked(_encoder(lm), None, x_gen,
+                                                      eval_batch_size)])
+    scale = standardizer(lab_codes)
+    head = LinearHead(num_classes, float(config.dropout))
+    params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
+    out = train_classifier(head.apply, params, scale(lab_codes), y_lab,
+                           scale(codes['train'][splits.val_idx]), y_val,
+                           learning_rate=float(config.linear_learning_rate), **settings)
+    return out, scale(codes['test'])
+  classifier = encoder_classifier_for(run, num_classes, float(config.dropout))
+  params = init_params(classifier, run.image_shape, seed,
+                       run.variables['params']['encoder'] if method == 'finetune' else None)
+  out = train_classifier(classifier.apply, params, x_lab, y_lab, x_val, y_val,
+                         learning_rate=float(config.learning_rate), **settings)
+  return out, splits.x_test
+
+
+def _labeled_set(lm, run, splits: _Splits, subset: np.ndarray, fraction: float, config,
+                 timing: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(x_lab, y_lab, x_gen): the labeled images of `subset`, then the images generated near their
+  codes (config.generated; none when per_image is 0), with their source images' labels."""
+  x_lab, y_lab = splits.x_train[subset], splits.y_train[subset]
+  x_gen = np.zeros((0,) + splits.x_train.shape[1:], np.float32)
+  generated = _generated(config)
+  if int(generated['per_image']) > 0:
+    start = time.perf_counter()
+    x_gen, y_gen = generate_near_codes(lm, x_lab, y_lab, int(generated['per_image']),
+                                       float(generated['noise_scale']), int(config.seed),
+                                       bool(run.config.data.get('binarize', False)),
+                                       int(config.eval_batch_size))
+    timing[f'generate_s_{fraction:g}'] = round(time.perf_counter() - start, 2)
+    x_lab, y_lab = np.concatenate([x_lab, x_gen]), np.concatenate([y_lab, y_gen])
+  return x_lab, y_lab, x_gen
+
+
+def _probe_fraction(fraction: float, run, lm, splits: _Splits, config, num_classes: int,
+                    timing: Dict) -> List[Dict]:
+  """The result rows of every method on one label fraction (printed as they come)."""
+  subset = labelled_subset(splits.y_train, splits.pool, fraction, int(config.seed),
+                           tuple(int(c) for c in config.imbalance.minority_classes),
+                           float(config.imbalance.ratio))
+  y_real = splits.y_train[subset]
+  x_lab, y_lab, x_gen = _labeled_set(lm, run, splits, subset, fraction, config, timing)
+  # Generated images share their sources' class proportions, so the weights of the real
+  # labeled images are those of the enlarged set.
+  settings = dict(num_steps=int(config.num_steps), batch_size=int(config.batch_size),
+                  weight_decay=float(config.weight_decay), eval_every=int(config.eval_every),
+                  patience=int(config.patience), loss=config.loss,
+                  weights=class_weights(y_real, num_classes), gamma=float(config.focal_gamma),
+                  seed=int(config.seed), eval_batch_size=int(config.eval_batch_size))
+  rows = []
+  for method in config.methods:
+    start = time.perf_counter()
+    out, test_inputs = _train_method(method, run, lm, splits, subset, x_lab, y_lab, x_gen,
+                                     config, num_classes, settings)
+    train_time = time.perf_counter() - start
+    predictions = _chunked(out['predict'], out['params'], test_inputs,
+                           int(config.eval_batch_size))
+    row = {
+        'method': method, 'label_fraction': fraction, 'num_labelled': int(len(subset)),
+        'labelled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
+        'num_generated': int(len(x_gen)),
+        'test_accuracy': float(np.mean(predictions == splits.y_test)),
+        'per_class_recall': per_class_recall(splits.y_test, predictions, num_classes),
+        'val_accuracy': out['val_accuracy'], 'best_step': out['best_step'],
+        'stop_step': out['stop_step'], 'early_stopped': out['early_stopped'],
+        'val_history': out['history'], 'train_time_s': round(train_time, 2)}
+    rows.append(row)
+    print(_row_line(row), flush=True)
+  return rows
+
+
 def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
   """Runs every method on every label fraction; writes probe.json; returns its dict.
 
@@ -535,91 +613,19 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
   num_classes = int(dataset.num_classes)
   validate(config, num_classes)
   output = output or os.path.join(workdir, 'probe')
-  seed = int(config.seed)
-
-  x_train, y_train = _read_split(dataset.train, dataset.preprocess, seed)
-  x_test, y_test = _read_split(dataset.test, dataset.preprocess, seed + 1)
-  val_idx, pool = split_validation(len(y_train), int(config.validation_size), seed)
-  x_val, y_val = x_train[val_idx], y_train[val_idx]
-
   timing = {}
-  codes = {}
-  encode = lambda _, chunk: lm.encode(chunk)[0]
-  if 'linear' in config.methods:
-    start = time.perf_counter()
-    codes = {'train': _chunked(encode, None, x_train, config.eval_batch_size),
-             'test': _chunked(encode, None, x_test, config.eval_batch_size)}
-    timing['encode_s'] = round(time.perf_counter() - start, 2)
-
-  classifier = encoder_classifier_for(run, num_classes, float(config.dropout))
-  head = LinearHead(num_classes, float(config.dropout))
-  ae_encoder = run.variables['params']['encoder']
-  minority = tuple(int(c) for c in config.imbalance.minority_classes)
-  ratio = float(config.imbalance.ratio)
+  splits = _read_splits(lm, dataset, config, timing)
   rows = []
-  generated = _generated(config)
-  per_image, noise_scale = int(generated['per_image']), float(generated['noise_scale'])
   for fraction in config.label_fractions:
-    fraction = float(fraction)
-    subset = labelled_subset(y_train, pool, fraction, seed, minority, ratio)
-    y_real = y_train[subset]
-    x_lab, y_lab = x_train[subset], y_real
-    x_gen = np.zeros((0,) + x_train.shape[1:], np.float32)
-    if per_image > 0:
-      start = time.perf_counter()
-      x_gen, y_gen = generate_near_codes(lm, x_lab, y_real, per_image, noise_scale, seed,
-                                         bool(run.config.data.get('binarize', False)),
-                                         int(config.eval_batch_size))
-      timing[f'generate_s_{fraction:g}'] = round(time.perf_counter() - start, 2)
-      x_lab, y_lab = np.concatenate([x_lab, x_gen]), np.concatenate([y_real, y_gen])
-    # Generated images share their sources' class proportions, so the weights of the real
-    # labelled images are those of the enlarged set.
-    weights = class_weights(y_real, num_classes)
-    common = dict(num_steps=int(config.num_steps), batch_size=int(config.batch_size),
-                  weight_decay=float(config.weight_decay), eval_every=int(config.eval_every),
-                  patience=int(config.patience), loss=config.loss, weights=weights,
-                  gamma=float(config.focal_gamma), seed=seed,
-                  eval_batch_size=int(config.eval_batch_size))
-    for method in config.methods:
-      start = time.perf_counter()
-      if method == 'linear':
-        lab_codes = codes['train'][subset]
-        if len(x_gen):
-          lab_codes = np.concatenate([lab_codes, _chunked(encode, None, x_gen,
-                                                          int(config.eval_batch_size))])
-        scale = standardizer(lab_codes)
-        params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
-        out = train_classifier(head.apply, params, scale(lab_codes), y_lab,
-                               scale(codes['train'][val_idx]), y_val,
-                               learning_rate=float(config.linear_learning_rate), **common)
-        test_inputs = scale(codes['test'])
-      else:
-        params = init_params(classifier, run.image_shape, seed,
-                             ae_encoder if method == 'finetune' else None)
-        out = train_classifier(classifier.apply, params, x_lab, y_lab, x_val, y_val,
-                               learning_rate=float(config.learning_rate), **common)
-        test_inputs = x_test
-      train_time = time.perf_counter() - start
-      predictions = _chunked(out['predict'], out['params'], test_inputs,
-                             int(config.eval_batch_size))
-      row = {
-          'method': method, 'label_fraction': fraction, 'num_labelled': int(len(subset)),
-          'labelled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
-          'num_generated': int(len(x_gen)),
-          'test_accuracy': float(np.mean(predictions == y_test)),
-          'per_class_recall': per_class_recall(y_test, predictions, num_classes),
-          'val_accuracy': out['val_accuracy'], 'best_step': out['best_step'],
-          'stop_step': out['stop_step'], 'early_stopped': out['early_stopped'],
-          'val_history': out['history'], 'train_time_s': round(train_time, 2)}
-      rows.append(row)
-      print(_row_line(row), flush=True)
+    rows += _probe_fraction(float(fraction), run, lm, splits, config, num_classes, timing)
 
   results = {
       'workdir': os.path.abspath(workdir), 'output': os.path.abspath(output), 'step': run.step,
       'checkpoint': run.checkpoint, 'model': run.config.model.name, 'latent_dim': lm.latent_dim,
       'config': config.to_dict(), 'class_names': list(dataset.class_names),
-      'sampling': SAMPLING, 'num_train': int(len(y_train)), 'num_validation': int(len(val_idx)),
-      'num_pool': int(len(pool)), 'num_test': int(len(y_test)),
+      'sampling': SAMPLING, 'num_train': int(len(splits.y_train)),
+      'num_validation': int(len(splits.val_idx)), 'num_pool': int(len(splits.pool)),
+      'num_test': int(len(splits.y_test)),
       'inputs': ('the run\'s preprocessing, binarised once from a seeded generator'
                  if run.config.data.get('binarize', False) else 'grayscale in [0, 1]'),
       'timing': timing, 'results': rows}
@@ -629,7 +635,8 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
 
 
 def _row_line(row: Dict) -> str:
-  return (f'{row["method"]:8s} fraction {row["label_fraction"]:g} ({row["num_labelled"]} labelled): '
+  return (f'{row["method"]:8s} fraction {row["label_fraction"]:g} '
+          f'({row["num_labelled"]} labelled): '
           f'test accuracy {row["test_accuracy"]:.4f}, best step {row["best_step"]}, stopped at '
           f'{row["stop_step"]}, {row["train_time_s"]:.1f} s')
 
