@@ -78,3 +78,12 @@ def test_bad_model_config_errors():
   model = models.build({'name': 'ae', 'features': (8, 16, 32)}, SHAPE)
   with pytest.raises(UserInputError, match='28x28 is not divisible by 8'):
     _init(model)
+
+
+@pytest.mark.parametrize('name,outputs', [('ae', 16), ('sparse_ae', 16), ('vae', 32)])
+def test_encoder_outputs_is_the_encoders_output_width(name, outputs):
+  model = models.build({'name': name, 'latent_dim': 16, 'features': (8, 16), 'hidden_dim': 32},
+                       SHAPE)
+  assert model.encoder_outputs() == model._encoder_outputs() == outputs  # Old name kept.
+  variables, _ = _init(model)
+  assert variables['params']['encoder']['out']['kernel'].shape == (32, outputs)

@@ -376,3 +376,14 @@ def test_bad_option_errors(name):
     with pytest.raises(UserInputError,
                        match="config.model.upsample 'bilinear'; known: transpose, resize"):
       init(upsample='bilinear')
+
+
+def test_unet_family_is_the_models_with_a_unet_encoder():
+  for name in ('unet', 'segae', 'unet_ae', 'vae_unet', 'segnet', 'ae'):
+    model = models.build({'name': name}, (64, 64, 1))
+    assert models.is_unet_family(model) == (name != 'segnet' and name != 'ae'), name
+    assert models.is_unet_family(model) == isinstance(model, models.UNetBase)
+    if models.is_unet_family(model):
+      variables = jax.eval_shape(lambda x: _init(model, x),
+                                 jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32))
+      assert 'level0' in variables['params']['encoder']
