@@ -1,21 +1,82 @@
-"""Loading a trained run back from its workdir, for evaluation and prediction."""
+"""The backbone of the research tools: a trained run restored from its workdir and what every tool
+does with it (inference in fixed-size batches, the encoder's feature maps, the user's images read
+as model inputs, the result header of a JSON file, tables, the --checkpoint flag).
+
+Light to import (no JAX, no orbax until a run is restored), so a tool's `--help` stays fast.
+"""
 import dataclasses
+import inspect
 import json
 import os
-from typing import Any, Dict, Sequence, Tuple
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import jax
 import ml_collections
+import numpy as np
+from absl import flags
 
-from segae_jax.training import checkpoints
+from segae_jax.data import batching
+from segae_jax.data import images as image_files
 from segae_jax.errors import UserInputError
 
 CHECKPOINT_KINDS = ('best', 'latest')
+# What an output head receives: the model's outputs ({'seg_logits': ..., 'recon_logits': ...}).
+Head = Callable[[Dict[str, Any]], Any]
+
+
+def _calling_module(depth: int) -> str:
+  """The module absl would file a flag under had the function `depth` frames up defined it: a
+  program run with -m (__main__) under sys.argv[0], as absl does, so --help lists it."""
+  frame = inspect.currentframe()
+  for _ in range(depth + 1):
+    frame = frame.f_back
+  name = frame.f_globals.get('__name__')
+  return sys.argv[0] if name == '__main__' else name
+
+
+def define_checkpoint_flag(default: str, flag_values: flags.FlagValues = flags.FLAGS,
+                           module_name: Optional[str] = None) -> None:
+  """--checkpoint=best|latest with the tool's own default, filed under the calling module (so a
+  tool's --help lists it beside its other flags)."""
+  flags.DEFINE_enum('checkpoint', default, list(CHECKPOINT_KINDS), 'Which checkpoint to restore.',
+                    flag_values=flag_values, module_name=module_name or _calling_module(1))
+
+
+def define_run_flags(workdir_help: str, checkpoint: Optional[str] = None,
+                     split_help: Optional[str] = None,
+                     flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The flags naming the run a tool reads, filed under the calling module: --workdir (no
+  default; cli.run_command marks it required), --checkpoint if given its default, and
+  --split=train|test (default test) if given its help text."""
+  module = _calling_module(1)
+  flags.DEFINE_string('workdir', None, workdir_help, flag_values=flag_values, module_name=module)
+  if split_help is not None:
+    flags.DEFINE_enum('split', 'test', ['train', 'test'], split_help, flag_values=flag_values,
+                      module_name=module)
+  if checkpoint is not None:
+    define_checkpoint_flag(checkpoint, flag_values, module)
+
+
+def seg_labels(outputs: Dict[str, Any]):
+  """Head: the arg-max class of each pixel, int [batch, height, width]."""
+  return outputs['seg_logits'].argmax(-1)
+
+
+def seg_probabilities(outputs: Dict[str, Any]):
+  """Head: the softmax class probabilities, float32 [batch, height, width, classes]."""
+  import jax
+  return jax.nn.softmax(outputs['seg_logits'], -1)
 
 
 @dataclasses.dataclass
 class TrainedRun:
-  """A restored run: its config, model, variables ({'params', maybe 'batch_stats'}) and step."""
+  """A restored run: its config, model, variables ({'params', maybe 'batch_stats'}) and step.
+
+  The methods run the model in inference mode (train=False; a sampling model draws its noise
+  from the fixed key PRNGKey(0), so the same images always give the same outputs). Images are
+  float32 [batch, height, width, channels] in [0, 1] of `image_shape`.
+  """
   config: ml_collections.ConfigDict
   model: Any
   variables: Dict[str, Any]
@@ -24,14 +85,84 @@ class TrainedRun:
   image_shape: Tuple[int, int, int]
   class_names: Sequence[str]
 
+  def apply(self, variables: Dict[str, Any], images) -> Dict[str, Any]:
+    """The model's outputs in inference mode; pure, so it composes inside jax.jit."""
+    import jax
+    return self.model.apply(variables, images, train=False, rngs={'reparam': jax.random.PRNGKey(0)})
+
+  def output_names(self) -> List[str]:
+    """The names of the model's outputs (shapes only, nothing is computed)."""
+    import jax
+    shapes = jax.eval_shape(self.apply, self.variables,
+                            np.zeros((1,) + tuple(self.image_shape), np.float32))
+    return sorted(shapes)
+
+  def require_segmentation(self, workdir: str) -> None:
+    """Raises UserInputError unless the model outputs 'seg_logits'."""
+    if 'seg_logits' not in self.output_names():
+      raise UserInputError(f'workdir {workdir} holds a {self.config.model.name!r} model, which '
+                           'does not segment')
+
+  def jit(self, head: Head) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled images -> numpy head(outputs) (the head runs inside the same jit)."""
+    import jax
+    compiled = jax.jit(lambda variables, x: head(self.apply(variables, x)))
+    return lambda images: np.asarray(compiled(self.variables, np.asarray(images, np.float32)))
+
+  def forward(self, images: np.ndarray) -> Dict[str, np.ndarray]:
+    """The outputs of one batch of images (compiled once per run): {name: numpy array [n, ...]}."""
+    import jax
+    if '_forward' not in self.__dict__:
+      self.__dict__['_forward'] = jax.jit(self.apply)
+    outputs = self.__dict__['_forward'](self.variables, np.asarray(images, np.float32))
+    return {name: np.asarray(value) for name, value in outputs.items()}
+
+  def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
+    """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
+    padded so the model compiles once: head's array [n, ...] (data.batching.map_batched)."""
+    return batching.map_batched(self.jit(head), images, batch_size)
+
+  def has_unet_encoder(self) -> bool:
+    """True for the U-Net family (unet, segae, unet_ae, vae_unet): an `encoder` with levels."""
+    from segae_jax import models
+    return models.is_unet_family(self.model)
+
+  def encoder_maps(self, variables: Dict[str, Any], images) -> List[Any]:
+    """The U-Net encoder's feature maps of `images`: level 0 (full resolution) .. L-1 (the
+    bottleneck), float32 [batch, height / 2**l, width / 2**l, features[l]]; pure (jit it)."""
+    skips, bottleneck = self.model.apply(variables, images, False,
+                                         method=lambda m, x, t: m.encoder(x, t))
+    return list(skips) + [bottleneck]
+
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json.
+
+  Raises:
+    UserInputError: `workdir` holds no config.json.
+  """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise UserInputError(f'{path} not found: {workdir} is not a training workdir (train first with '
                          'python train.py --workdir=...)')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def _open_checkpoint(workdir: str, checkpoint: str):
+  """(kind restored, Checkpointer, step): the best checkpoint when asked for and kept, else the
+  latest."""
+  from segae_jax.training import checkpoints
+  candidates = (['best'] if checkpoint == 'best' else []) + ['latest']
+  for candidate in candidates:
+    directory = os.path.join(workdir, 'checkpoints_best' if candidate == 'best' else 'checkpoints')
+    if not os.path.isdir(directory):
+      continue
+    manager = checkpoints.Checkpointer(directory)
+    if manager.latest_step() is not None:
+      return candidate, manager, manager.latest_step()
+    manager.close()
+  raise UserInputError(f'workdir {workdir} has no checkpoint (checkpoints/ is empty or missing)')
 
 
 def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
@@ -41,24 +172,13 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   Raises:
     UserInputError: not a workdir, no checkpoint in it, or an unknown `checkpoint` kind.
   """
+  import jax
   from segae_jax import training  # Heavy; keeps `--help` fast.
   if checkpoint not in CHECKPOINT_KINDS:
     raise UserInputError(f'unknown checkpoint {checkpoint!r}; known: {", ".join(CHECKPOINT_KINDS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = load_config(workdir)
-  kind, ckpt, step = None, None, None
-  candidates = (['best'] if checkpoint == 'best' else []) + ['latest']
-  for candidate in candidates:
-    directory = os.path.join(workdir, 'checkpoints_best' if candidate == 'best' else 'checkpoints')
-    if not os.path.isdir(directory):
-      continue
-    manager = checkpoints.Checkpointer(directory)
-    if manager.latest_step() is not None:
-      kind, ckpt, step = candidate, manager, manager.latest_step()
-      break
-    manager.close()
-  if ckpt is None:
-    raise UserInputError(f'workdir {workdir} has no checkpoint (checkpoints/ is empty or missing)')
+  kind, ckpt, step = _open_checkpoint(workdir, checkpoint)
   meta = ckpt.read_meta(step)
   image_shape = tuple(meta['image_shape'])
   # Exactly the model training built (compute dtype, convolution implementation).
@@ -71,3 +191,70 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   return TrainedRun(config=config, model=model, variables=training.model_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
                     class_names=meta.get('class_names') or [])
+
+
+def read_images(files: Sequence[str], image_shape: Sequence[int]):
+  """The user's image files as the model's inputs, every file read before any is used.
+
+  Returns:
+    (the images as opened, Pillow 'L' or 'RGB' at their own sizes; float32 [n, height, width,
+    channels] in [0, 1]: each resized (bilinear) to image_shape (height, width, channels)).
+
+  Raises:
+    UserInputError: a file Pillow cannot decode (named).
+  """
+  channels = image_shape[2]
+  originals = [image_files.read_image(f, channels) for f in files]
+  inputs = np.stack([image_files.to_array(img, channels, image_shape[:2]) for img in originals])
+  return originals, inputs
+
+
+def result_header(workdir: str, run: TrainedRun, checkpoint: bool = True,
+                  model: bool = True) -> Dict[str, Any]:
+  """The fields a tool's JSON result starts with: 'workdir' (absolute path), 'step', and unless
+  turned off 'checkpoint' ('best' or 'latest') and 'model' (config.model.name)."""
+  header = {'workdir': os.path.abspath(workdir), 'step': run.step}
+  if checkpoint:
+    header['checkpoint'] = run.checkpoint
+  if model:
+    header['model'] = run.config.model.name
+  return header
+
+
+Column = Union[str, Tuple[str, str]]
+
+
+def _spec(column: Column) -> Tuple[str, str]:
+  return (column, '') if isinstance(column, str) else column
+
+
+def _cell(value: Any, spec: str) -> str:
+  """A number in its column's format spec; text only aligned and padded to its width."""
+  if isinstance(value, str):
+    align, width = re.match(r'([<>^]?)(\d*)', spec).groups()
+    return format(value, f'{align or ">"}{width}')
+  return format(value, spec)
+
+
+def format_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]],
+                 markdown: bool = False) -> str:
+  """A table as text, the header line first, one line per row.
+
+  Args:
+    columns: titles, or (title, format spec) pairs such as ('IoU', '7.4f') or ('class', '<16'):
+      each cell is format(value, spec); text cells and the titles are padded to the spec's
+      width, right-aligned unless the spec starts with '<' or '^'.
+    rows: one sequence of cells per row; a row may stop short of the last columns.
+    markdown: a Markdown table ('| a | b |', then '|---|---|'; '|' in a cell escaped) instead of
+      cells separated by one space.
+
+  Returns:
+    The lines joined by newlines, no newline at the end.
+  """
+  specs = [_spec(c) for c in columns]
+  header = [_cell(title, spec) for title, spec in specs]
+  body = [[_cell(v, spec) for v, (_, spec) in zip(row, specs)] for row in rows]
+  if not markdown:
+    return '\n'.join(' '.join(cells) for cells in [header] + body)
+  line = lambda cells: '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
+  return '\n'.join([line(header), '|' + '---|' * len(specs)] + [line(cells) for cells in body])

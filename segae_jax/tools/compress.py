@@ -26,6 +26,7 @@ from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -33,7 +34,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir of an ae, sparse_ae or vae run.')
+  common.define_run_flags('Training workdir of an ae, sparse_ae or vae run.')
   flags.DEFINE_list('bits', ['8'], 'Bits per latent dimension, 1 to 16; a comma-separated list '
                     'measures each.')
   flags.DEFINE_string('output', None, 'JSON file to write (default <workdir>/compress.json).')
@@ -110,7 +111,8 @@ def parse_bits(values: Sequence) -> List[int]:
   return sorted(set(out))
 
 
-def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str] = None) -> Dict:
+def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str] = None,
+             checkpoint: str = 'latest') -> Dict:
   """Measures the quantised codes of the test split for each bit depth in `bits` (see the module
   docstring); writes and returns the JSON dict.
 
@@ -119,10 +121,10 @@ def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str]
   """
   bit_depths = parse_bits([bits] if isinstance(bits, (int, str)) else bits)
   from segae_jax import data
-  from segae_jax.tools import common, latents
+  from segae_jax.tools import latents
   from segae_jax.training import metrics, writers
 
-  run = common.load_run(workdir, 'latest')
+  run = common.load_run(workdir, checkpoint)
   lm = latents.LatentModel(run)
   config = run.config
   output = output or os.path.join(workdir, 'compress.json')
@@ -153,8 +155,8 @@ def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str]
                       'max_abs_error': float(np.max(np.abs(q - clipped))),
                       **scores(q, float_recon)[0]})
   results = {
-      'workdir': os.path.abspath(workdir), 'step': run.step, 'checkpoint': run.checkpoint,
-      'model': config.model.name, 'latent_dim': lm.latent_dim, 'raw_bits_per_image': raw,
+      **common.result_header(workdir, run), 'latent_dim': lm.latent_dim,
+      'raw_bits_per_image': raw,
       'float32_bits_per_image': bits_per_image(lm.latent_dim, 32),
       'num_test_images': int(len(test.mean)), 'num_train_images': int(len(train.mean)),
       'clipped_fraction': float(np.mean((test.mean < low) | (test.mean > high))),
@@ -166,22 +168,24 @@ def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str]
   return results
 
 
+TABLE_COLUMNS = (('bits/dim', '8d'), ('bits/image', '10d'), ('ratio', '7.1f'),
+                 ('pixel MSE', '10.5f'), ('PSNR dB', '8.2f'), ('PSNR vs float code', '18.2f'))
+
+
 def format_table(r: Dict) -> str:
-  lines = [f'{r["model"]} step {r["step"]}, latent {r["latent_dim"]}, raw image '
-           f'{r["raw_bits_per_image"]} bits; test set ({r["num_test_images"]} images), PSNR vs '
-           'the grayscale image:',
-           f'{"bits/dim":>8} {"bits/image":>10} {"ratio":>7} {"pixel MSE":>10} {"PSNR dB":>8} '
-           f'{"PSNR vs float code":>18}']
-  for q in r['quantised']:
-    lines.append(f'{q["bits"]:8d} {q["bits_per_image"]:10d} {q["compression_ratio"]:7.1f} '
-                 f'{q["pixel_mse"]:10.5f} {q["psnr"]:8.2f} {q["psnr_vs_unquantised"]:18.2f}')
+  """The rate-distortion table of a compress() result: a title line, one row per bit depth, the
+  unquantised float32 code, and the share of clipped code values."""
   u = r['unquantised']
-  lines.append(f'{"float32":>8} {r["float32_bits_per_image"]:10d} '
-               f'{r["raw_bits_per_image"] / r["float32_bits_per_image"]:7.1f} '
-               f'{u["pixel_mse"]:10.5f} {u["psnr"]:8.2f}   (unquantised)')
-  lines.append(f'{r["clipped_fraction"]:.3%} of test code values fell outside the train range '
-               '(clipped)')
-  return '\n'.join(lines)
+  rows = [(q['bits'], q['bits_per_image'], q['compression_ratio'], q['pixel_mse'], q['psnr'],
+           q['psnr_vs_unquantised']) for q in r['quantised']]
+  rows.append(('float32', r['float32_bits_per_image'],
+               r['raw_bits_per_image'] / r['float32_bits_per_image'], u['pixel_mse'], u['psnr']))
+  return '\n'.join([
+      f'{r["model"]} step {r["step"]}, latent {r["latent_dim"]}, raw image '
+      f'{r["raw_bits_per_image"]} bits; test set ({r["num_test_images"]} images), PSNR vs the '
+      'grayscale image:',
+      common.format_table(TABLE_COLUMNS, rows) + '   (unquantised)',
+      f'{r["clipped_fraction"]:.3%} of test code values fell outside the train range (clipped)'])
 
 
 def main() -> None:

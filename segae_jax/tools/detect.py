@@ -32,7 +32,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from segae_jax import cli
+from segae_jax.data import batching
 from segae_jax.errors import UserInputError
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -40,9 +42,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model on scenes.')
-  flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to detect on.')
-  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+  common.define_run_flags('Training workdir of a segmentation model on scenes.', 'best',
+                          split_help='Split to detect on.')
   flags.DEFINE_integer('min_area', 4, 'Components of fewer pixels are dropped.')
   flags.DEFINE_integer('merge_radius', 3,
                        'Same-class pieces with gaps of at most 2x this many pixels merge.')
@@ -194,9 +195,36 @@ def draw_boxes(image: np.ndarray, ground_truth: Mapping[str, np.ndarray],
   return np.asarray(picture)
 
 
-def _read_split(source, count: int, batch_size: int):
-  for start in range(0, count, batch_size):
-    yield [source[i] for i in range(start, min(start + batch_size, count))]
+def _split_batches(source, batch_size: int):
+  """(real examples, images float32 [size, h, w, c] in [0, 1], valid float32 [size]) over the
+  split in batches of size = min(batch_size, len(source)); the last is padded with example 0."""
+  size = min(batch_size, len(source))
+  for indices, valid in batching.chunks(len(source), size):
+    examples = [source[int(i)] for i in indices]
+    images = np.stack([e['image'] for e in examples]).astype(np.float32) / 255.0
+    yield examples[:int(valid.sum())], images, valid
+
+
+def _detect_split(run, source, min_area: int, merge_radius: int, num_pictures: int,
+                  batch_size: int):
+  """Per image of the split: ground-truth boxes, detections from the model's masks and from the
+  true masks (the oracle); and up to num_pictures pictures of the boxes (float [h, w, 3])."""
+  from segae_jax.data import scenes
+  probabilities = run.jit(common.seg_probabilities)
+  num_classes = len(run.class_names)
+  ground_truth, predicted, oracle, pictures = [], [], [], []
+  for examples, images, valid in _split_batches(source, batch_size):
+    probs = probabilities(images)[valid > 0]
+    for example, image, p in zip(examples, images, probs):
+      truth = scene_boxes(scenes.stack_objects(example['objects']), run.image_shape[0])
+      found = components_to_detections(p, min_area, merge_radius)
+      ground_truth.append(truth)
+      predicted.append(found)
+      one_hot = np.eye(num_classes, dtype=np.float32)[example['segmentation']]
+      oracle.append(components_to_detections(one_hot, min_area, merge_radius))
+      if len(pictures) < num_pictures:
+        pictures.append(draw_boxes(image, truth, found) / 255.0)
+  return ground_truth, predicted, oracle, pictures
 
 
 def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area: int = 4,
@@ -209,8 +237,6 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
     UserInputError: no checkpoint, a model that does not segment, a dataset without boxes, or
       min_area < 1.
   """
-  import jax
-  from segae_jax.tools import common
   from segae_jax.training import writers
   from segae_jax.data import scenes
 
@@ -222,40 +248,20 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
   if run.config.data.name != scenes.NAME:
     raise UserInputError(f'detection needs stored boxes: workdir {workdir} was trained on '
                          f'{run.config.data.name!r}, only {scenes.NAME!r} has them')
-  forward = lambda v, x: run.model.apply(v, x, train=False, rngs={'reparam': jax.random.PRNGKey(0)})
-  height, width, channels = run.image_shape
-  if 'seg_logits' not in jax.eval_shape(forward, run.variables,
-                                        np.zeros((1, height, width, channels), np.float32)):
-    raise UserInputError(f'workdir {workdir} holds a {run.config.model.name!r} model, which does '
-                         'not segment')
-  probabilities = jax.jit(lambda v, x: jax.nn.softmax(forward(v, x)['seg_logits'], -1))
-
+  run.require_segmentation(workdir)
   data_config = run.config.data
   builder = scenes.prepare(scenes.config_from(data_config), data_config.get('idx_dir', ''),
                            data_config.get('tfds_dir') or None)
-  source = scenes.load_examples(builder, split)
-  num_classes = len(run.class_names)
-  ground_truth, predicted, oracle, pictures = [], [], [], []
-  for examples in _read_split(source, len(source), batch_size):
-    images = np.stack([e['image'] for e in examples]).astype(np.float32) / 255.0
-    probs = np.asarray(probabilities(run.variables, images))
-    for example, image, p in zip(examples, images, probs):
-      truth = scene_boxes(scenes.stack_objects(example['objects']), height)
-      found = components_to_detections(p, min_area, merge_radius)
-      ground_truth.append(truth)
-      predicted.append(found)
-      one_hot = np.eye(num_classes, dtype=np.float32)[example['segmentation']]
-      oracle.append(components_to_detections(one_hot, min_area, merge_radius))
-      if len(pictures) < num_pictures:
-        pictures.append(draw_boxes(image, truth, found) / 255.0)
+  ground_truth, predicted, oracle, pictures = _detect_split(
+      run, scenes.load_examples(builder, split), min_area, merge_radius, num_pictures, batch_size)
 
-  class_ids = list(range(1, num_classes))
+  class_ids = list(range(1, len(run.class_names)))
   scores = average_precision(ground_truth, predicted, class_ids)
   oracle_scores = average_precision(ground_truth, oracle, class_ids)
   names = run.class_names
   summary = {
-      'workdir': os.path.abspath(workdir), 'split': split, 'step': run.step,
-      'checkpoint': run.checkpoint, 'min_area': min_area, 'merge_radius': merge_radius, 'num_images': len(ground_truth),
+      **common.result_header(workdir, run, model=False), 'split': split,
+      'min_area': min_area, 'merge_radius': merge_radius, 'num_images': len(ground_truth),
       'num_ground_truth': int(sum(len(g['labels']) for g in ground_truth)),
       'num_detections': int(sum(len(d['labels']) for d in predicted)),
       'evaluator': 'pycocotools COCOeval (bbox, 101-point interpolation, maxDets 100)',

@@ -9,6 +9,7 @@ import os
 from absl import flags
 
 from segae_jax import cli
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -16,9 +17,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).')
-  flags.DEFINE_enum('split', 'test', ['train', 'test'], 'Split to evaluate.')
-  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+  common.define_run_flags('Training workdir (holds config.json and checkpoints/).', 'best',
+                          split_help='Split to evaluate.')
 
 
 def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
@@ -34,7 +34,6 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
       devices present.
   """
   from segae_jax import data, training
-  from segae_jax.tools import common
   from segae_jax.training import parallel, writers
 
   run = common.load_run(workdir, checkpoint)
@@ -46,18 +45,22 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
                            tx=None, opt_state=None, batch_stats=run.variables.get('batch_stats', {}))
   metrics = training.evaluate(strategy, strategy.replicate(state), dataset, config,
                            training.evaluation_key(config.seed), split)
-  results = {'workdir': os.path.abspath(workdir), 'split': split, 'step': run.step,
-             'checkpoint': run.checkpoint, 'metrics': metrics}
+  results = {**common.result_header(workdir, run, model=False), 'split': split,
+             'metrics': metrics}
   writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
   return results
 
 
+PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))
+
+
 def format_table(metrics) -> str:
+  """One line of the scalar metrics (4 decimals), then the per-class table if there is one."""
   lines = [' '.join(f'{k}={v:.4f}' for k, v in metrics.items() if k != 'per_class')]
   if 'per_class' in metrics:
-    lines.append(f'{"class":<16} {"IoU":>7} {"Dice":>7} {"pixels":>10}')
-    for name, row in metrics['per_class'].items():
-      lines.append(f'{name:<16} {row["iou"]:7.4f} {row["dice"]:7.4f} {row["pixels"]:10d}')
+    lines.append(common.format_table(PER_CLASS_COLUMNS, [
+        (name, row['iou'], row['dice'], row['pixels'])
+        for name, row in metrics['per_class'].items()]))
   return '\n'.join(lines)
 
 

@@ -25,6 +25,7 @@ from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +33,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir of an ae, sparse_ae or vae run.')
+  common.define_run_flags('Training workdir of an ae, sparse_ae or vae run.')
   flags.DEFINE_string('output', None, 'Folder for the pictures (default <workdir>/generate).')
   flags.DEFINE_integer('num', 64, 'Prior samples, and test images to reconstruct.')
   flags.DEFINE_integer('seed', 0, 'Seeds the prior samples and the choice of test images.')
@@ -140,9 +141,46 @@ def _check_args(num: int, pairs: int, steps: int, dims: int, pictures: Sequence[
   return list(PICTURES) if 'all' in pictures else [p for p in PICTURES if p in pictures]
 
 
+def _traversal_dims(lm, test, dims: int):
+  """The dimensions to traverse and their scales: (dims int64 [<= dims], scale float [latent],
+  the JSON fields that report them). VAE: largest average KL, scale the prior's sd 1; AE: largest
+  variance over the test codes, scale their sd."""
+  fields = {}
+  if lm.is_vae:
+    kl = kl_per_dim(test.mean, test.logvar)
+    top, top_score = top_kl_dims(test.mean, test.logvar, dims)
+    scale = np.ones(lm.latent_dim)  # Prior standard deviations.
+    fields['kl_per_dim_nats'] = [round(float(v), 5) for v in kl]
+    fields['kl_total_nats'] = float(kl.sum())
+    score_name = 'kl_nats'
+  else:
+    top, top_score = top_variance_dims(test.mean, dims)
+    scale = np.std(test.mean.astype(np.float64), axis=0)
+    score_name = 'variance'
+  fields['traversal'] = {'dims': top.tolist(), score_name: [float(v) for v in top_score],
+                         'offsets_sd': TRAVERSAL_SD.tolist(),
+                         'scale': [float(scale[d]) for d in top]}
+  return top, scale, fields
+
+
+def _wanted_pictures(lm, pictures: Sequence[str], wanted: List[str], seed: int) -> Dict[str, str]:
+  """Drops 'samples' from `wanted` for a model without a prior; returns {picture: why skipped}.
+
+  Raises:
+    UserInputError: samples asked for by name from a non-VAE.
+  """
+  import jax
+  if 'samples' not in wanted or lm.is_vae:
+    return {}
+  if 'all' not in pictures:
+    lm.sample(jax.random.PRNGKey(seed), 1)  # Raises the one-line error.
+  wanted.remove('samples')
+  return {'samples': f'{lm.run.config.model.name} has no prior to sample from'}
+
+
 def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: int = 0,
              pictures: Sequence[str] = ('all',), pairs: int = 8, steps: int = 10,
-             dims: int = 8) -> Dict:
+             dims: int = 8, checkpoint: str = 'latest') -> Dict:
   """Writes the pictures and generate.json (see the module docstring); returns the JSON dict.
 
   Raises:
@@ -151,18 +189,13 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
   """
   import jax
   from segae_jax import data
-  from segae_jax.tools import common, latents
+  from segae_jax.tools import latents
   from segae_jax.training import writers
 
   wanted = _check_args(num, pairs, steps, dims, pictures)
-  run = common.load_run(workdir, 'latest')
+  run = common.load_run(workdir, checkpoint)
   lm = latents.LatentModel(run)
-  skipped = {}
-  if 'samples' in wanted and not lm.is_vae:
-    if 'all' not in pictures:
-      lm.sample(jax.random.PRNGKey(seed), 1)  # Raises the one-line error.
-    wanted.remove('samples')
-    skipped['samples'] = f'{run.config.model.name} has no prior to sample from'
+  skipped = _wanted_pictures(lm, pictures, wanted, seed)
   output = output or os.path.join(workdir, 'generate')
   os.makedirs(output, exist_ok=True)
   config = run.config
@@ -175,8 +208,7 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
   indices = rng.choice(len(dataset.test), size=min(num_indices, len(dataset.test)), replace=False)
   inputs, images = lm.read_examples(dataset.test, dataset.preprocess, indices, seed)
   codes, _ = lm.encode(inputs)
-  results = {'workdir': os.path.abspath(workdir), 'output': os.path.abspath(output),
-             'step': run.step, 'checkpoint': run.checkpoint, 'model': config.model.name,
+  results = {**common.result_header(workdir, run), 'output': os.path.abspath(output),
              'latent_dim': lm.latent_dim, 'seed': seed, 'test_indices': indices.tolist(),
              'files': {}, 'skipped': skipped}
 
@@ -203,20 +235,9 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
     save('interpolations', np.concatenate(rows), steps + 2, pairs=n, steps=steps,
          test_index_pairs=[[int(indices[2 * p]), int(indices[2 * p + 1])] for p in range(n)])
 
-  if lm.is_vae:
-    kl = kl_per_dim(test.mean, test.logvar)
-    top, top_score = top_kl_dims(test.mean, test.logvar, dims)
-    scale = np.ones(lm.latent_dim)  # Prior standard deviations.
-    results['kl_per_dim_nats'] = [round(float(v), 5) for v in kl]
-    results['kl_total_nats'] = float(kl.sum())
-    score_name = 'kl_nats'
-  else:
-    top, top_score = top_variance_dims(test.mean, dims)
-    scale = np.std(test.mean.astype(np.float64), axis=0)
-    score_name = 'variance'
-  results['traversal'] = {'dims': top.tolist(), score_name: [float(v) for v in top_score],
-                          'offsets_sd': TRAVERSAL_SD.tolist(),
-                          'scale': [float(scale[d]) for d in top], 'test_index': int(indices[0])}
+  top, scale, fields = _traversal_dims(lm, test, dims)
+  results.update(fields)
+  results['traversal']['test_index'] = int(indices[0])
   if 'traversals' in wanted:
     rows = []
     for d in top:

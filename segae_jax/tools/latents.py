@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from segae_jax import data, models
+from segae_jax.data import batching
 from segae_jax.errors import UserInputError
 
 
@@ -36,7 +37,7 @@ def require_autoencoder(run) -> None:
 
 
 class LatentModel:
-  """Jitted encode and decode of a restored AE/VAE run (`inference.TrainedRun`).
+  """Jitted encode and decode of a restored AE/VAE run (`common.TrainedRun`).
 
   Raises:
     UserInputError: the run's model is not an autoencoder.
@@ -66,17 +67,8 @@ class LatentModel:
     """Codes float [n, latent] -> images float32 [n, h, w, c] in [0, 1] (Bernoulli means /
     sigmoid of the decoder's logits), in chunks of `batch_size` (the last one padded, so one
     compiled shape)."""
-    z = np.asarray(z, np.float32)
-    n = len(z)
-    size = min(batch_size, n)
-    out = []
-    for start in range(0, n, size):
-      chunk = z[start:start + size]
-      real = len(chunk)
-      if real < size:
-        chunk = np.concatenate([chunk, np.zeros((size - real, z.shape[1]), np.float32)])
-      out.append(np.asarray(self._decode(self.run.variables, chunk))[:real])
-    return np.concatenate(out)
+    return batching.map_batched(lambda chunk: self._decode(self.run.variables, chunk),
+                                np.asarray(z, np.float32), batch_size)
 
   def sample(self, key: jax.Array, num: int) -> np.ndarray:
     """VAE only: `num` images decoded from z ~ N(0, I), float32 [num, h, w, c] in [0, 1]."""

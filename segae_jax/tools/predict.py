@@ -13,8 +13,8 @@ from absl import flags
 from PIL import Image
 
 from segae_jax import cli
-from segae_jax.errors import UserInputError
-from segae_jax.data.images import list_images, read_image
+from segae_jax.data.images import list_images
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -22,47 +22,37 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir of a segmentation model.')
+  common.define_run_flags('Training workdir of a segmentation model.', 'best')
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
   flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
-  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
   flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
 
 
 def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best',
             batch_size: int = 32):
-  """Segments every image of `input_path`; returns {stem: label map uint8 [h, w]} at image size."""
-  import jax
-  from segae_jax.tools import common
+  """Segments every image of `input_path`; returns ({stem: label map uint8 [h, w]} at image size,
+  the restored common.TrainedRun).
+
+  Raises:
+    UserInputError: no such input or no image in it, an unreadable image, not a workdir or no
+      checkpoint, or a model that does not segment (all before anything is written).
+  """
   from segae_jax.training import visualise
 
   files = list_images(input_path)
   run = common.load_run(workdir, checkpoint)
-  height, width, channels = run.image_shape
-  images = [read_image(f, channels) for f in files]  # All checked before anything is written.
-  rng = jax.random.PRNGKey(0)
-  forward = lambda v, x: run.model.apply(v, x, train=False, rngs={'reparam': rng})
-  # Output names only (shapes, no computation): is this a segmentation model?
-  outputs = jax.eval_shape(forward, run.variables,
-                           np.zeros((1, height, width, channels), np.float32))
-  if 'seg_logits' not in outputs:
-    raise UserInputError(f'workdir {workdir} holds a {run.config.model.name!r} model, which does '
-                         'not segment')
-  apply = jax.jit(lambda v, x: forward(v, x)['seg_logits'].argmax(-1))
+  originals, inputs = common.read_images(files, run.image_shape)
+  run.require_segmentation(workdir)
+  labels = run.infer(inputs, common.seg_labels, batch_size).astype(np.uint8)
   os.makedirs(output, exist_ok=True)
   results = {}
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    x = np.stack([np.asarray(img.resize((width, height), Image.BILINEAR), np.float32)
-                  .reshape(height, width, channels) / 255.0 for img in chunk])
-    labels = np.asarray(apply(run.variables, x)).astype(np.uint8)
-    for path, img, label in zip(files[start:start + batch_size], chunk, labels):
-      stem = os.path.splitext(os.path.basename(path))[0]
-      full = np.asarray(Image.fromarray(label).resize(img.size, Image.NEAREST))
-      Image.fromarray(full).save(os.path.join(output, f'{stem}_labels.png'))
-      rgb = np.asarray(img.convert('RGB'))
-      Image.fromarray(visualise.overlay(rgb, full)).save(os.path.join(output, f'{stem}_overlay.png'))
-      results[stem] = full
+  for path, img, label in zip(files, originals, labels):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    full = np.asarray(Image.fromarray(label).resize(img.size, Image.NEAREST))
+    Image.fromarray(full).save(os.path.join(output, f'{stem}_labels.png'))
+    rgb = np.asarray(img.convert('RGB'))
+    Image.fromarray(visualise.overlay(rgb, full)).save(os.path.join(output, f'{stem}_overlay.png'))
+    results[stem] = full
   return results, run
 
 

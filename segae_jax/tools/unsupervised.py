@@ -29,7 +29,9 @@ from scipy import optimize
 from scipy.cluster import vq
 
 from segae_jax import cli
+from segae_jax.data import batching
 from segae_jax.errors import UserInputError
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +39,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir of a U-Net-family autoencoder.')
+  common.define_run_flags('Training workdir of a U-Net-family autoencoder.')
   config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
                                   lock_config=True)
   flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
@@ -132,12 +134,11 @@ class FeatureExtractor:
   def __init__(self, run, levels: Sequence[int] = (), feature_weight: float = 1.0,
                colour_weight: float = 0.0, position_weight: float = 0.0):
     import jax
-    from segae_jax.models import unet
     self.levels = tuple(int(l) for l in levels) if run is not None and feature_weight > 0 else ()
     self.weights = {'colour': float(colour_weight), 'position': float(position_weight)}
     self._encode = None
     if self.levels:
-      if not isinstance(run.model, unet._UNetBase):
+      if not run.has_unet_encoder():
         raise UserInputError(
             f'workdir model {run.config.model.name!r} has no U-Net encoder; unsupervised '
             'segmentation reads the encoder of unet_ae, segae, vae_unet or unet')
@@ -149,9 +150,7 @@ class FeatureExtractor:
         self.weights[f'level{level}'] = float(feature_weight)
 
       def encode(variables, images):
-        skips, bottleneck = run.model.apply(
-            variables, images, False, method=lambda m, x, t: m.encoder(x, t))
-        maps = skips + [bottleneck]
+        maps = run.encoder_maps(variables, images)
         b, h, w, _ = images.shape
         return [jax.image.resize(maps[l], (b, h, w, maps[l].shape[-1]), 'bilinear')
                 for l in self.levels]
@@ -250,8 +249,10 @@ class Clustering:
 # The command.
 
 def _batches(images: np.ndarray, batch_size: int):
-  for start in range(0, len(images), batch_size):
-    yield images[start:start + batch_size]
+  """images [n, ...] in consecutive batches of batch_size rows, the last one not padded: the
+  clustering samples pixels of every row it sees."""
+  for indices, valid in batching.chunks(len(images), batch_size):
+    yield images[indices[valid > 0]]
 
 
 def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
@@ -301,17 +302,16 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
     clustering.fit(_batches(fit_images, config.batch_size), np.random.default_rng(config.seed))
     confusion = np.zeros((num_classes, k), np.int64)
     maps = []
-    for start in range(0, count, config.batch_size):
-      clusters = clustering.regions(images[start:start + config.batch_size])
-      confusion += cluster_confusion(labels[start:start + config.batch_size], clusters,
-                                     num_classes, k)
-      if start < config.num_pictures:
-        maps.append(clusters)
+    for chunk, truth in zip(_batches(images, config.batch_size),
+                            _batches(labels, config.batch_size)):
+      clusters = clustering.regions(chunk)
+      confusion += cluster_confusion(truth, clusters, num_classes, k)
+      maps.append(clusters[:config.num_pictures - sum(len(m) for m in maps)])  # The first ones.
     scores = hungarian_scores(confusion)
     scores['per_class_iou'] = dict(zip(dataset.class_names, scores['per_class_iou']))
     scores['foreground_iou'] = foreground_iou(confusion)
     results[name] = scores
-    regions[name] = np.concatenate(maps)[:config.num_pictures]
+    regions[name] = np.concatenate(maps)
 
   shown = min(config.num_pictures, count)
   if shown:
@@ -344,22 +344,16 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
 
 def segment_folder(run, config, input_path: str, output: str) -> Dict[str, object]:
   """Regions of the user's images: fits on them and writes every region map, no score."""
-  from PIL import Image
   from segae_jax.data import images as image_files
   files = image_files.list_images(input_path)
-  height, width, channels = run.image_shape
-  originals = [image_files.read_image(f, channels) for f in files]  # All checked first.
-  images = np.stack([np.asarray(img.resize((width, height), Image.BILINEAR), np.float32)
-                     .reshape(height, width, channels) / 255.0 for img in originals])
+  originals, images = common.read_images(files, run.image_shape)  # All checked first.
   model, _ = _build_clusterings(run, config)
   model.fit(_batches(images, config.batch_size), np.random.default_rng(config.seed))
-  for start in range(0, len(images), config.batch_size):
-    for i, clusters in enumerate(model.regions(images[start:start + config.batch_size])):
-      original = originals[start + i]
-      stem = os.path.splitext(os.path.basename(files[start + i]))[0]
-      pixels = np.asarray(original, np.float32).reshape(original.size[1], original.size[0],
-                                                        channels) / 255.0
-      _write_regions(output, stem, pixels, clusters, size=original.size)
+  clusters = np.concatenate([model.regions(b) for b in _batches(images, config.batch_size)])
+  for path, original, regions in zip(files, originals, clusters):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    pixels = image_files.to_array(original, run.image_shape[2])
+    _write_regions(output, stem, pixels, regions, size=original.size)
   return {'input': os.path.abspath(input_path), 'num_images': len(files)}
 
 
@@ -375,24 +369,24 @@ def validate(config) -> None:
 
 
 def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
-                     output: Optional[str] = None) -> Dict[str, object]:
+                     output: Optional[str] = None,
+                     checkpoint: str = 'latest') -> Dict[str, object]:
   """Restores the run, clusters, scores (split mode) and writes unsupervised.json; returns it.
 
   Raises:
     UserInputError: bad config, no checkpoint, a model without a U-Net encoder, unreadable input.
   """
-  from segae_jax.tools import common
   from segae_jax.training import writers
   validate(config)
-  run = common.load_run(workdir, 'latest')
+  run = common.load_run(workdir, checkpoint)
   output = output or os.path.join(workdir, 'unsupervised')
   os.makedirs(output, exist_ok=True)
   if input_path:
     results = segment_folder(run, config, input_path, output)
   else:
     results = segment_split(run, config, output)
-  results = {'workdir': os.path.abspath(workdir), 'step': run.step,
-             'model': run.config.model.name, 'config': config.to_dict(), **results}
+  results = {**common.result_header(workdir, run, checkpoint=False), 'config': config.to_dict(),
+             **results}
   writers.write_json(os.path.join(output, 'unsupervised.json'), results)
   return results
 
