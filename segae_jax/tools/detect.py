@@ -60,7 +60,7 @@ def components_to_detections(probs: np.ndarray, min_area: int = 1, merge_radius:
 
   Each 8-connected component of each class's pixels in the arg-max map is one detection; with
   merge_radius r > 0, pieces of one class separated by gaps of up to 2r pixels (Chebyshev) count
-  as one component (labelled on the mask dilated by a (2r+1)^2 square, then cut back to the
+  as one component (labeled on the mask dilated by a (2r+1)^2 square, then cut back to the
   class's own pixels): the derived masks of many garments have gaps.
 
   Args:
@@ -290,7 +290,8 @@ def main() -> None:
         f'{summary["step"]}): AP {summary["ap"]:.3f}, AP50 {summary["ap50"]:.3f}, AP75 '
         f'{summary["ap75"]:.3f}; from the ground-truth masks: AP {oracle["ap"]:.3f}, AP50 '
         f'{oracle["ap50"]:.3f}')
-  print(f'wrote {os.path.join(FLAGS.output or os.path.join(FLAGS.workdir, "detect"), "detections.json")}')
+  output = FLAGS.output or os.path.join(FLAGS.workdir, 'detect')
+  print(f'wrote {os.path.join(output, "detections.json")}')
 
 
 if __name__ == '__main__':

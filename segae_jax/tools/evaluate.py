@@ -1,4 +1,5 @@
-"""Evaluates a trained run on a split: python -m segae_jax.tools.evaluate --workdir=DIR [--split=test]
+"""Evaluates a trained run on a split:
+  python -m segae_jax.tools.evaluate --workdir=DIR [--split=test]
 
 Restores the best checkpoint (highest test mIoU for segmentation runs; the latest otherwise, or
 with --checkpoint=latest) and writes <workdir>/eval_<split>.json with every metric, including the
@@ -41,8 +42,9 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
   dataset = data.build(config.data)
   strategy = parallel.make_strategy(config.parallel, *training.step_functions(config))
-  state = training.TrainState(step=run.step, apply_fn=run.model.apply, params=run.variables['params'],
-                           tx=None, opt_state=None, batch_stats=run.variables.get('batch_stats', {}))
+  state = training.TrainState(step=run.step, apply_fn=run.model.apply,
+                              params=run.variables['params'], tx=None, opt_state=None,
+                              batch_stats=run.variables.get('batch_stats', {}))
   metrics = training.evaluate(strategy, strategy.replicate(state), dataset, config,
                            training.evaluation_key(config.seed), split)
   results = {**common.result_header(workdir, run, model=False), 'split': split,

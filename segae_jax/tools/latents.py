@@ -1,8 +1,9 @@
 """The latent codes of a trained autoencoder or VAE: jitted encode/decode over whole splits.
 
-Shared by `segae_jax.tools.generate` (pictures of the code space) and `segae_jax.tools.compress` (the codes as
-a compressed image format). Codes are the deterministic ones: the posterior mean for the VAE
-(`VAE.encode`), the code itself for the AE and sparse AE (`Autoencoder.encode`).
+Shared by `segae_jax.tools.generate` (pictures of the code space), `segae_jax.tools.compress`
+(the codes as a compressed image format) and `segae_jax.tools.probe`. Codes are the
+deterministic ones: the posterior mean for the VAE (`VAE.encode`), the code itself for the AE and
+sparse AE (`Autoencoder.encode`).
 """
 import dataclasses
 from typing import Optional, Sequence

@@ -1,5 +1,6 @@
 """Unsupervised segmentation by clustering an autoencoder's encoder features:
-  python -m segae_jax.tools.unsupervised --workdir=DIR --config=configs/unsup_scenes.py [--input=FOLDER]
+  python -m segae_jax.tools.unsupervised --workdir=DIR --config=configs/unsup_scenes.py
+      [--input=FOLDER]
 
 Per-pixel features are the encoder's feature maps at the chosen levels, each resized to the image
 (bilinear), optionally with the pixel's colour and (y, x) position; k-means (scipy.cluster.vq's
