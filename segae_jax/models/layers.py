@@ -6,7 +6,7 @@ normalisation settled once (as the `conv` / `norm` partials of the flax ImageNet
 `models.build` makes it with `make_layers`, which validates the normalisation settings once, and
 hands it to the model; every block below receives it as its `layers` attribute.
 
-Layout is NHWC: images are `[batch, height, width, channels]`. The encoder halves the resolution
+Layout is NHWC: images are `[batch, height, width, channels]`. ConvEncoder halves the resolution
 with each stride-2 convolution, so height and width must be divisible by `2 ** len(features)`.
 """
 import dataclasses

@@ -246,11 +246,14 @@ class UNet(UNetBase):
     dropout: dropout rate on the bottleneck; training with dropout > 0 needs rngs={'dropout': k}.
     conv_impl: 'auto' | 'xla' | 'matmul_grad' (segae_jax.models.conv_ops; same results).
     dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
+    layers: the factories made from norm, norm_axis_name, group_norm_groups, conv_impl and
+      dtype by models.build (segae_jax.models.layers.SegmentationModel); None: made at setup.
 
   Outputs of `__call__`: {'seg_logits': [batch, height, width, num_classes]} in `dtype`.
 
   Raises:
-    UserInputError (at init/apply): bad norm, upsample, dropout, features, or image size.
+    UserInputError: bad norm settings in models.build (at init/apply for a model constructed
+      directly); bad upsample, dropout, features, or image size at init/apply.
   """
 
   def setup(self):
@@ -276,9 +279,10 @@ class SegAutoencoder(UNetBase):
       shared encoder would learn nothing from reconstructing.
 
   Outputs of `__call__`:
-    'seg_logits': float32 [batch, height, width, num_classes].
-    'rec_logits': float32 [batch, height, width, channels]; sigmoid gives the image.
-    'z': the bottleneck features, float32 [batch, h/2^(L-1), w/2^(L-1), features[-1]].
+    'seg_logits': [batch, height, width, num_classes].
+    'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
+    'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
+    All in `dtype` (float32 if None).
   """
   seg_skips: bool = True
   rec_skips: bool = False
@@ -312,12 +316,13 @@ class UNetAutoencoder(UNetBase):
   encoder and a decoder without skips that reconstructs the image from the bottleneck alone.
 
   SegAutoencoder without its segmentation decoder (same parameter names for the shared parts), so
-  the encoder features of an unsupervised run feed segae_jax.tools.unsupervised exactly like those of a
-  SegAutoencoder; `num_classes` is unused.
+  the encoder features of an unsupervised run feed segae_jax.tools.unsupervised exactly like
+  those of a SegAutoencoder; `num_classes` is unused.
 
   Outputs of `__call__`:
-    'rec_logits': float32 [batch, height, width, channels]; sigmoid gives the image.
-    'z': the bottleneck features, float32 [batch, h/2^(L-1), w/2^(L-1), features[-1]].
+    'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
+    'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
+    Both in `dtype` (float32 if None).
   """
 
   def setup(self):
@@ -346,9 +351,10 @@ class VAEUNet(UNetBase):
     latent_channels: channels of z per bottleneck position.
 
   Outputs of `__call__`:
-    'seg_logits': float32 [batch, height, width, num_classes].
-    'rec_logits': float32 [batch, height, width, channels]; sigmoid gives the image.
-    'mean', 'logvar', 'z': float32 [batch, h/2^(L-1), w/2^(L-1), latent_channels].
+    'seg_logits': [batch, height, width, num_classes].
+    'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
+    'mean', 'logvar', 'z': [batch, h/2^(L-1), w/2^(L-1), latent_channels].
+    All in `dtype` (float32 if None).
   """
   latent_channels: int = 16
 
