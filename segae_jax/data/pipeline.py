@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from segae_jax.data import batching
+
 Batch = Dict[str, np.ndarray]
 Preprocess = Callable[[Batch, np.random.Generator], Batch]
 
@@ -137,12 +139,9 @@ def eval_batches(source, global_batch_size: int, preprocess: Preprocess, seed: i
   """
   n = len(source) if num_examples is None else min(num_examples, len(source))
   local = global_batch_size // process_count
-  for b, start in enumerate(range(0, n, global_batch_size)):
-    indices = np.zeros(global_batch_size, np.int64)
-    valid = np.zeros(global_batch_size, np.float32)
-    real = np.arange(start, min(start + global_batch_size, n))
-    indices[:len(real)], valid[:len(real)] = real, 1.0
-    mine = slice(process_index * local, (process_index + 1) * local)
-    batch = preprocess(_read(source, indices[mine]), np.random.default_rng([seed, b, process_index, 2]))
+  mine = slice(process_index * local, (process_index + 1) * local)
+  for b, (indices, valid) in enumerate(batching.chunks(n, global_batch_size)):
+    batch = preprocess(_read(source, indices[mine]),
+                       np.random.default_rng([seed, b, process_index, 2]))
     batch['valid'] = valid[mine]
     yield _to_devices(batch, num_local_devices)
