@@ -84,6 +84,6 @@ def test_bad_model_config_errors():
 def test_encoder_outputs_is_the_encoders_output_width(name, outputs):
   model = models.build({'name': name, 'latent_dim': 16, 'features': (8, 16), 'hidden_dim': 32},
                        SHAPE)
-  assert model.encoder_outputs() == model._encoder_outputs() == outputs  # Old name kept.
+  assert model.encoder_outputs() == outputs
   variables, _ = _init(model)
   assert variables['params']['encoder']['out']['kernel'].shape == (32, outputs)

@@ -51,10 +51,6 @@ class Autoencoder(nn.Module):
     """Size of the encoder's output vector: latent_dim (a VAE's is 2 * latent_dim)."""
     return self.latent_dim
 
-  def _encoder_outputs(self) -> int:
-    """The old name of encoder_outputs, for callers not yet moved to it."""
-    return self.encoder_outputs()
-
   def encode(self, x: jnp.ndarray) -> jnp.ndarray:
     """[batch, height, width, channels] in [0, 1] -> code [batch, latent_dim]."""
     return self.encoder(x)

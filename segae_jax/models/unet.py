@@ -224,7 +224,6 @@ class UNetBase(SegmentationModel):
     return UNetDecoder(self.features, out_channels, layers, use_skips, self.upsample, name=name)
 
 
-_UNetBase = UNetBase  # The old private name, for callers not yet moved to UNetBase.
 
 
 @MODELS.register('unet')
