@@ -224,8 +224,6 @@ class UNetBase(SegmentationModel):
     return UNetDecoder(self.features, out_channels, layers, use_skips, self.upsample, name=name)
 
 
-
-
 @MODELS.register('unet')
 class UNet(UNetBase):
   """U-Net for semantic segmentation (Ronneberger et al. 2015).
