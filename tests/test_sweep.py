@@ -131,6 +131,42 @@ def test_apply_overrides_on_the_default_config():
     sweep.apply_overrides(base, {'config.model': {'latent_dim': 8}})
 
 
+def test_overrides_ml_collections_would_accept_are_refused():
+  base = sweep.load_config(DEFAULT)
+  # ConfigDict would store True in an int field, 1.0 for True in a float field, and None anywhere.
+  with pytest.raises(UserInputError, match=r"'config.model.latent_dim' holds an int.*True"):
+    sweep.apply_overrides(base, {'config.model.latent_dim': True})
+  with pytest.raises(UserInputError, match=r"'beta' holds a float.*True \(bool\)"):
+    sweep.apply_overrides(base, {'beta': True})
+  with pytest.raises(UserInputError, match=r"'config.beta' holds a float.*None \(NoneType\)"):
+    sweep.apply_overrides(base, {'config.beta': None})
+  with pytest.raises(UserInputError,
+                     match=r"'config.model.latnt_dim'.*no such field; did you mean \"latent_dim\""):
+    sweep.apply_overrides(base, {'config.model.latnt_dim': 16})
+
+
+def test_load_config_reads_each_file_afresh(tmp_path):
+  first, second = tmp_path / 'first.py', tmp_path / 'second.py'
+  first.write_text('import ml_collections\n\ndef get_config():\n'
+                   '  return ml_collections.ConfigDict({"beta": 2.0})\n')
+  second.write_text('beta = 3.0\n')
+  assert sweep.load_config(str(first)).beta == 2.0
+  # The loader reuses a module of the same name: first.py's get_config must not survive.
+  with pytest.raises(UserInputError, match=f'config file {second} has no get_config'):
+    sweep.load_config(str(second))
+  (tmp_path / 'broken.py').write_text('def get_config():\n  raise ValueError("no beta")\n')
+  with pytest.raises(UserInputError, match=r'could not be loaded: ValueError: no beta$'):
+    sweep.load_config(str(tmp_path / 'broken.py'))
+
+
+def test_config_flag_overrides_are_refused(tmp_path):
+  # An invalid point too, so that even a sweep accepting --config.beta trains nothing.
+  proc = run_sweep('--config=configs/default.py', f'--workdir={tmp_path}/s', '--config.beta=3',
+                   '--grid={"config.batch_size": [0]}')
+  assert_one_line_error(proc, '--config.beta', '--set')
+  assert not os.path.exists(tmp_path / 's')
+
+
 def test_point_name_is_short_and_safe():
   assert sweep.point_name({'config.beta': 0.5, 'config.model.latent_dim': 16}) == \
       'beta=0.5,model.latent_dim=16'

@@ -12,7 +12,9 @@ Each point trains with `training.train_and_evaluate` in its own workdir WORKDIR/
 (e.g. `0_beta=0.5,model.latent_dim=16`), one after the other in this process. Overrides follow
 ml_collections semantics: dotted keys into nested fields (the `config.` prefix is optional), and a
 value must keep the field's type (an int field takes an int, a float field an int or a float, a
-tuple field a list). Every point is built and validated before anything runs.
+tuple field a list; ConfigDict.update_from_flattened_dict sets them). Every point is built and
+validated before anything runs. Overrides go in --set, which sweep.json records; --config.<key>
+is refused.
 
 Resumable: a point whose results.json reports step == num_train_steps is read, not re-run; an
 unfinished one resumes from its checkpoints. WORKDIR/sweep.json records the definition (config
@@ -27,7 +29,6 @@ absent from the results, a missing config file, ...) prints one line and exits w
 """
 import copy
 import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -39,13 +40,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DISTRIBUTIONS = ('uniform', 'log_uniform', 'int_uniform', 'choice')
 # Test metrics shown next to the chosen one when the results have them (scalars only).
@@ -60,7 +64,9 @@ MAX_NAME_CHARS = 80
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
-  flags.DEFINE_string('config', None, 'Path to a config file (get_config()).')
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                  lock_config=False)
+  flags.register_validator('config', _config_file_exists)
   flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-workdir per point, results.*')
   flags.DEFINE_string('grid', None, 'JSON object {key: [values]}: the cartesian product.')
   flags.DEFINE_integer('random', None, 'Random search: number of points drawn from --space.')
@@ -197,8 +203,21 @@ def point_name(point: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------- config --
 
 
+def _repo_root_on_path() -> None:
+  """Lets a config file at any path do `from configs import default`."""
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _last_line(error) -> str:
+  """The last non-empty line of an exception's (or a message's) text."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads get_config() from a config file at any path (the repo root is put on sys.path, so
+  """Loads get_config() from a config file at any path with ml_collections' config-file loader
+  (the one behind --config of train.py; the repo root is put on sys.path, so
   `from configs import default` inside it works).
 
   Raises:
@@ -206,54 +225,50 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   """
   if not os.path.isfile(path):
     raise UserInputError(f'config file {path} does not exist')
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-  spec = importlib.util.spec_from_file_location('_sweep_config', path)
-  module = importlib.util.module_from_spec(spec)
+  _repo_root_on_path()
+  # The loader executes the file into the module sys.modules['sweep_config'] when there is one,
+  # so an earlier file's get_config would survive in a file without one: start afresh.
+  sys.modules.pop('sweep_config', None)
   try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserInputError(f'config file {path} could not be loaded: {type(e).__name__}: {e}') from e
-  if not hasattr(module, 'get_config'):
-    raise UserInputError(f'config file {path} has no get_config() function')
-  return module.get_config()
+    config = ConfigFileFlagParser('sweep', lock_config=False).parse(path)
+    config.get('seed')  # The loader defers an unreadable file's error to the first access.
+  except Exception as e:  # pylint: disable=broad-except (a config file may raise anything)
+    if isinstance(e, AttributeError) and 'get_config' in str(e):
+      raise UserInputError(f'config file {path} has no get_config() function') from e
+    reason = _last_line(e)
+    if not reason.startswith(type(e).__name__):
+      reason = f'{type(e).__name__}: {reason}'
+    raise UserInputError(f'config file {path} could not be loaded: {reason}') from e
+  return config
 
 
-def _coerce(key: str, current: Any, value: Any) -> Any:
-  """`value` as the type of the field now holding `current`, or UserInputError naming `key`."""
-  def wrong(expected):
-    raise UserInputError(f'config key {key!r} holds {expected} ({current!r}); got {value!r} '
-                         f'({type(value).__name__})')
-  if current is None:
-    return value
+def _article(type_name: str) -> str:
+  return f'an {type_name}' if type_name[0] in 'aeiou' else f'a {type_name}'
+
+
+def _refuse_override(key: str, current: Any, value: Any) -> None:
+  """Raises UserInputError for what ml_collections would accept but a sweep refuses: a whole group
+  of fields, None for a field that has a value, a bool for a number (JSON's true is not 1)."""
   if isinstance(current, ml_collections.ConfigDict):
     raise UserInputError(f'config key {key!r} is a group of fields; override its fields '
                          f'({key}.<field>) instead')
+  if current is None:
+    return
   if value is None:
-    wrong(f'a {type(current).__name__}')
-  if isinstance(current, bool):
-    if not isinstance(value, bool):
-      wrong('a bool')
-  elif isinstance(current, int):
-    if not isinstance(value, int) or isinstance(value, bool):
-      wrong('an int')
-  elif isinstance(current, float):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-      wrong('a float')
-    value = float(value)
-  elif isinstance(current, str):
-    if not isinstance(value, str):
-      wrong('a str')
-  elif isinstance(current, (tuple, list)):
-    if not isinstance(value, (tuple, list)):
-      wrong(f'a {type(current).__name__}')
-    value = type(current)(value)
-  return value
+    _wrong_type(key, current, value)
+  if isinstance(current, (int, float)) and isinstance(value, bool) != isinstance(current, bool):
+    _wrong_type(key, current, value)
+
+
+def _wrong_type(key: str, current: Any, value: Any) -> None:
+  raise UserInputError(f'config key {key!r} holds {_article(type(current).__name__)} '
+                       f'({current!r}); got {value!r} ({type(value).__name__})')
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     point: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with `point`'s overrides set (`config` itself is left unchanged).
+  """A copy of `config` with `point`'s overrides set (`config` itself is left unchanged) through
+  ml_collections' typed update (ConfigDict.update_from_flattened_dict).
 
   Args:
     config: the config file's config. Field references survive the copy: overriding
@@ -266,26 +281,24 @@ def apply_overrides(config: ml_collections.ConfigDict,
   Raises:
     UserInputError: naming the key: no such field, a group of fields (ConfigDict) as the target,
       or a value whose type does not fit the field (an int field refuses floats and bools, a
-      float field accepts ints, a str field refuses numbers, ...).
+      float field accepts ints, a str field refuses numbers, a tuple field takes a list, ...).
   """
   config = copy.deepcopy(config)
   for key, value in point.items():
-    parts = _short_key(key).split('.')
-    target, path = config, 'config'
-    for part in parts[:-1]:
-      path += '.' + part
-      if not isinstance(target, ml_collections.ConfigDict) or part not in target:
-        raise UserInputError(f'unknown config key {key!r}: the config has no field {path!r}')
-      target = target[part]
-    leaf = parts[-1]
-    if not isinstance(target, ml_collections.ConfigDict) or leaf not in target:
-      raise UserInputError(f'unknown config key {key!r}: the config has no field '
-                           f'{path + "." + leaf!r}')
-    value = _coerce(key, target[leaf], value)
+    path = _short_key(key)
     try:
-      target[leaf] = value
-    except (TypeError, ValueError) as e:
-      raise UserInputError(f'config key {key!r}: {e}') from e
+      current = config_path.get_value(path, config)
+    except (KeyError, AttributeError, IndexError, ValueError) as e:
+      hint = _last_line(e.args[0] if e.args else e)  # ml_collections' "Did you mean ...".
+      hint = f'; {hint[0].lower()}{hint[1:]}' if hint.startswith('Did you mean') else ''
+      raise UserInputError(f'unknown config key {key!r}: the config has no such field{hint}') from e
+    _refuse_override(key, current, value)
+    try:
+      config.update_from_flattened_dict({path: value})
+    except TypeError:
+      _wrong_type(key, current, value)
+    except (KeyError, ValueError) as e:
+      raise UserInputError(f'config key {key!r}: {_last_line(e)}') from e
   return config
 
 
@@ -385,7 +398,9 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[st
 
 
 def _write_json(path: str, obj: Any) -> None:
-  """Atomic, key order kept (the grid's key order defines the points)."""
+  """Atomic, key order kept: the grid's key order defines the points and _check_definition
+  compares definitions as written, so training.writers.write_json (sorted keys) would refuse
+  every rerun of a sweep whose keys are not in alphabetical order."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
@@ -418,10 +433,74 @@ def _check_definition(workdir: str, definition: Mapping[str, Any]) -> None:
                          f'{path}); use another --workdir or repeat the recorded definition')
 
 
+def _check_search(grid, num_random, space) -> None:
+  if (grid is None) == (num_random is None):
+    raise UserInputError('give exactly one of --grid or --random (with --space)')
+  if num_random is not None and space is None:
+    raise UserInputError('--random needs --space')
+  if grid is not None and space is not None:
+    raise UserInputError('--space goes with --random, not with --grid')
+
+
+def _validate_points(points: Sequence[Mapping[str, Any]],
+                     configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """training's config checks on every point, naming the point, before anything runs."""
+  from segae_jax.training import validation  # pylint: disable=import-outside-toplevel (loads JAX)
+  for point, config in zip(points, configs):
+    try:
+      validation.validate_config(config)
+    except UserInputError as e:
+      raise UserInputError(f'point {point_name(point)}: {e}') from e
+
+
+def _resolve_metric(metric: str, results: Mapping[str, Any]) -> str:
+  """`metric`, or the default one of the first results; checked to be in `results`."""
+  metric = metric or default_metric(results)
+  get_metric(results, metric)
+  return metric
+
+
+def _train_missing(workdir: str, names: Sequence[str], configs, results: List, metric: str,
+                   log) -> str:
+  """Trains the points without finished results, in order, filling `results`; returns the
+  metric (resolved from the first results when it was '')."""
+  from segae_jax import training  # pylint: disable=import-outside-toplevel
+  for i, (name, config) in enumerate(zip(names, configs)):
+    if results[i] is not None:
+      continue
+    log(f'[{i + 1}/{len(names)}] training {name}')
+    start = time.perf_counter()
+    config.lock()
+    results[i] = training.train_and_evaluate(config, os.path.join(workdir, name))
+    metric = _resolve_metric(metric, results[i])
+    log(f'[{i + 1}/{len(names)}] {name}: {metric}={get_metric(results[i], metric):.4g} '
+        f'({time.perf_counter() - start:.0f} s)')
+  return metric
+
+
+def _table_rows(names, points, results, swept_keys, metric: str):
+  """(columns, rows): per point its name, swept values, the metric, the standard test metrics
+  some point has, and train_time_s."""
+  test_metrics = [f'test.{m}' for m in STANDARD_TEST_METRICS
+                  if f'test.{m}' != metric and any(m in r.get('test', {}) for r in results)]
+  columns = ['run', *(_short_key(k) for k in swept_keys), metric, *test_metrics, 'train_time_s']
+  rows = []
+  for name, point, res in zip(names, points, results):
+    row = {'run': name, **{_short_key(k): v for k, v in point.items()},
+           metric: get_metric(res, metric)}
+    for m in test_metrics:
+      value = res.get('test', {}).get(m.split('.', 1)[1])
+      row[m] = float(value) if isinstance(value, (int, float)) else None
+    row['train_time_s'] = res.get('train_time_s')
+    rows.append(row)
+  return columns, rows
+
+
 def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] = None,
               num_random: Optional[int] = None, space: Optional[Mapping[str, Any]] = None,
               seed: int = 0, fixed: Optional[Mapping[str, Any]] = None, metric: str = '',
-              mode: Optional[str] = None, log=print) -> Dict[str, Any]:
+              mode: Optional[str] = None, log=print,
+              config: Optional[ml_collections.ConfigDict] = None) -> Dict[str, Any]:
   """Runs (or resumes) a sweep and writes sweep.json, results.csv and results.md into `workdir`.
 
   Args:
@@ -433,6 +512,7 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
     metric: dotted path into results.json to sort by; '' = default_metric of the first results.
     mode: 'min' or 'max'; None = default_mode(metric).
     log: called with one progress line at a time.
+    config: config_file's config when already loaded (left unchanged); None loads it.
 
   Returns:
     {'metric', 'mode', 'columns', 'rows' (sorted, best first), 'table' (Markdown)}.
@@ -442,31 +522,17 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
       key or a wrong type in any point (all checked before anything runs), a config no training
       would accept, a workdir holding a different sweep, a metric absent from the results.
   """
-  if (grid is None) == (num_random is None):
-    raise UserInputError('give exactly one of --grid or --random (with --space)')
-  if num_random is not None and space is None:
-    raise UserInputError('--random needs --space')
-  if grid is not None and space is not None:
-    raise UserInputError('--space goes with --random, not with --grid')
+  _check_search(grid, num_random, space)
   fixed = dict(fixed or {})
   points = grid_points(grid) if grid is not None else random_points(space, num_random, seed)
-  swept_keys = list(grid if grid is not None else space)
-
-  base = load_config(config_file)
-  base = apply_overrides(base, fixed)
+  base = apply_overrides(load_config(config_file) if config is None else config, fixed)
   configs = [apply_overrides(base, p) for p in points]
   definition = {'config': os.path.abspath(config_file), 'grid': grid,
                 'random': num_random, 'space': space,
                 'seed': seed if num_random is not None else None, 'set': fixed}
   workdir = os.path.abspath(os.path.expanduser(workdir))
   _check_definition(workdir, definition)
-
-  from segae_jax.training import validation  # pylint: disable=import-outside-toplevel (loads JAX)
-  for point, config in zip(points, configs):
-    try:
-      validation.validate_config(config)
-    except UserInputError as e:
-      raise UserInputError(f'point {point_name(point)}: {e}') from e
+  _validate_points(points, configs)
 
   os.makedirs(workdir, exist_ok=True)
   names = [f'{i}_{point_name(p)}' for i, p in enumerate(points)]
@@ -477,45 +543,22 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
   results: List[Optional[Dict[str, Any]]] = [
       _finished_results(os.path.join(workdir, n), c.num_train_steps)
       for n, c in zip(names, configs)]
-  def check_metric(res):
-    nonlocal metric
-    metric = metric or default_metric(res)
-    get_metric(res, metric)
   for res in results:
     if res is not None:
-      check_metric(res)
+      metric = _resolve_metric(metric, res)
   done = sum(r is not None for r in results)
   log(f'sweep of {len(points)} points in {workdir}: {done} finished, {len(points) - done} to run')
-
-  from segae_jax import training  # pylint: disable=import-outside-toplevel
-  for i, (name, config) in enumerate(zip(names, configs)):
-    if results[i] is not None:
-      continue
-    log(f'[{i + 1}/{len(points)}] training {name}')
-    start = time.perf_counter()
-    config.lock()
-    results[i] = training.train_and_evaluate(config, os.path.join(workdir, name))
-    check_metric(results[i])
-    log(f'[{i + 1}/{len(points)}] {name}: {metric}={get_metric(results[i], metric):.4g} '
-        f'({time.perf_counter() - start:.0f} s)')
+  metric = _train_missing(workdir, names, configs, results, metric, log)
 
   mode = mode or default_mode(metric)
-  test_metrics = [f'test.{m}' for m in STANDARD_TEST_METRICS
-                  if f'test.{m}' != metric and any(m in r.get('test', {}) for r in results)]
-  columns = ['run', *(_short_key(k) for k in swept_keys), metric, *test_metrics, 'train_time_s']
-  rows = []
-  for name, point, res in zip(names, points, results):
-    row = {'run': name, **{_short_key(k): v for k, v in point.items()}, metric: get_metric(res, metric)}
-    for m in test_metrics:
-      value = res.get('test', {}).get(m.split('.', 1)[1])
-      row[m] = float(value) if isinstance(value, (int, float)) else None
-    row['train_time_s'] = res.get('train_time_s')
-    rows.append(row)
+  columns, rows = _table_rows(names, points, results, list(grid if grid is not None else space),
+                              metric)
   rows = sort_rows(rows, metric, mode)
   table = markdown_table(rows, columns)
   write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, best first)\n\n')
+    f.write(f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, '
+            'best first)\n\n')
     f.write(table)
   return {'metric': metric, 'mode': mode, 'columns': columns, 'rows': rows, 'table': table}
 
@@ -537,31 +580,38 @@ def parse_json_object(text: Optional[str], flag: str) -> Optional[Dict[str, Any]
   return value
 
 
-def parse_flags(argv: List[str]) -> List[str]:
-  """absl flag parsing with unknown or malformed flags reported as one line, exit status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-  return []
+def _config_file_exists(config) -> bool:
+  """--config's check, run while parsing: a missing file is named in one line (the config loader
+  would only say so at the first access).
+
+  Raises:
+    flags.IllegalFlagValueError: rather than returning False, which would print the flag's value,
+      here the loader's placeholder object, in front of the message.
+  """
+  if config is None:
+    return True  # Not given: the required-flag check reports it.
+  path = config_flags.get_config_filename(FLAGS['config'])
+  if not os.path.isfile(path):
+    raise flags.IllegalFlagValueError(f'config file {path} does not exist')
+  return True
 
 
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {" ".join(argv[1:])}')
-  cli.setup_logging()
-  with cli.user_errors():
-    out = run_sweep(FLAGS.config, FLAGS.workdir,
-                    grid=parse_json_object(FLAGS.grid, 'grid'), num_random=FLAGS.random,
-                    space=parse_json_object(FLAGS.space, 'space'), seed=FLAGS.seed,
-                    fixed=parse_json_object(FLAGS.set, 'set'), metric=FLAGS.metric,
-                    mode=FLAGS.mode)
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  overrides = config_flags.get_override_values(FLAGS['config'])
+  if overrides:
+    raise UserInputError(f'--config.{next(iter(overrides))}: give overrides of the config file in '
+                         '--set (JSON), which sweep.json records for resuming')
+  config_file = config_flags.get_config_filename(FLAGS['config'])
+  out = run_sweep(config_file, FLAGS.workdir, grid=parse_json_object(FLAGS.grid, 'grid'),
+                  num_random=FLAGS.random, space=parse_json_object(FLAGS.space, 'space'),
+                  seed=FLAGS.seed, fixed=parse_json_object(FLAGS.set, 'set'),
+                  metric=FLAGS.metric, mode=FLAGS.mode, config=FLAGS.config)
   print(f'sorted by {out["metric"]} ({out["mode"]}, best first):')
   print(out['table'], end='')
   print(f'wrote {os.path.join(FLAGS.workdir, "results.csv")} and results.md')
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=parse_flags)
+  _repo_root_on_path()  # Before --config is parsed: config_flags loads the file then.
+  cli.run_command(main, define_flags, ['config', 'workdir'])
