@@ -104,8 +104,8 @@ def test_alpha_and_beta_config_references():
 
 
 def test_bad_loss_configs():
-  known = ('dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, rec_mse_per_pixel, seg_ce, '
-           'sparsity_kl, sparsity_l1')
+  known = ('class_ce, class_focal, dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, '
+           'rec_mse_per_pixel, seg_ce, sparsity_kl, sparsity_l1')
   with pytest.raises(UserInputError, match=f"unknown loss 'kll'; known: {known}$"):
     losses.make_loss_fn({'kll': 1.0})
   with pytest.raises(UserInputError, match='every weight is zero'):

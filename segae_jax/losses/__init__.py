@@ -7,19 +7,23 @@ Every term has the signature `term(outputs, batch, **params) -> (scalar, metrics
   returns: a float32 scalar (mean over the real examples) and {term_name: scalar}.
 
 Segmentation terms read batch['segmentation'] (int32 [batch, height, width] class ids, with
-`ignore_label` for unlabelled pixels) and outputs['seg_logits'] ([batch, height, width, classes]);
+`ignore_label` for unlabeled pixels) and outputs['seg_logits'] ([batch, height, width, classes]);
 examples with batch['labeled'] == 0 (semi-supervised training) do not count for them.
 
 Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
-so per-image values are in nats; segmentation cross-entropy and focal loss are means over labelled
+so per-image values are in nats; segmentation cross-entropy and focal loss are means over labeled
 pixels (nats per pixel), Dice loss is in [0, 1].
 
 A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_loss_fn` turns
 that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one function
-decorated with `@LOSSES.register(name)` in this package (or anywhere imported), with no change to the train loop.
+decorated with `@LOSSES.register(name)` in this package (or in any module that is imported), with
+no change to the train loop. Terms: reconstruction.py (reconstruction, KL, sparsity),
+segmentation.py (seg_ce, focal, dice), classification.py (class_ce, class_focal), composed by
+compose.py; base.py holds the registry and the means they share.
 """
-from segae_jax.losses.base import LOSSES, LossFn, Metrics, batch_mean, sum_per_example
-from segae_jax.losses.classification import class_ce, class_focal, softmax_focal
+from segae_jax.losses.base import (LOSSES, LossFn, Metrics, batch_mean, softmax_focal,
+                                   sum_per_example, weighted_mean)
+from segae_jax.losses.classification import class_ce, class_focal
 from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_fn
 from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, rec_bce, rec_mse,
                                              rec_mse_per_pixel, sparsity_kl, sparsity_l1)

@@ -13,31 +13,13 @@ Without class weights both are the plain mean.
 """
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from segae_jax.errors import UserInputError
-from segae_jax.losses.base import LOSSES, batch_mean
+from segae_jax.losses.base import LOSSES, batch_mean, softmax_focal, weighted_mean
 
 REDUCTIONS = ('weighted_mean', 'mean')
-
-
-def softmax_focal(logits: jnp.ndarray, labels: jnp.ndarray, gamma: float) -> jnp.ndarray:
-  """Softmax focal loss per item, FL = -(1 - p_t)^gamma * log p_t (Lin et al., "Focal Loss for
-  Dense Object Detection", ICCV 2017, Eq. 5 without alpha; gamma = 0 gives cross-entropy).
-
-  optax ships only the sigmoid (binary / multi-label) focal loss, so the softmax form is here.
-
-  Args:
-    logits: float [..., classes] (e.g. [batch, classes] or [batch, height, width, classes]).
-    labels: int [...] class ids in [0, classes), the shape of logits without its last axis.
-    gamma: focusing parameter >= 0.
-  Returns:
-    float [...], nats.
-  """
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
-  return -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
 
 
 def class_weighted_mean(per_example: jnp.ndarray, labels: jnp.ndarray,
@@ -65,7 +47,7 @@ def class_weighted_mean(per_example: jnp.ndarray, labels: jnp.ndarray,
     return batch_mean(per_example * weights, batch)
   if 'valid' in batch:
     weights = weights * batch['valid'].astype(jnp.float32)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+  return weighted_mean(per_example, weights)
 
 
 def _logits_and_labels(outputs, batch, class_weights):

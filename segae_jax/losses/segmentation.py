@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import optax
 
 from segae_jax.errors import UserInputError
-from segae_jax.losses.base import LOSSES
+from segae_jax.losses.base import LOSSES, softmax_focal, weighted_mean
 
 
 def _example_weights(batch) -> jnp.ndarray:
-  """[batch] weights of examples that count for segmentation terms: real and labelled."""
+  """[batch] weights of examples that count for segmentation terms: real and labeled."""
   weights = jnp.ones(batch['segmentation'].shape[:1], jnp.float32)
   for key in ('valid', 'labeled'):
     if key in batch:
@@ -37,15 +37,9 @@ def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
   return weights, labels
 
 
-def _weighted_pixel_mean(per_pixel, weights):
-  # Sum over all pixels of the batch divided by the total weight: PyTorch's CrossEntropyLoss
-  # convention with class weights, so weights re-balance classes rather than rescale the loss.
-  return jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
-
-
 @LOSSES.register('seg_ce')
 def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
-  """Softmax cross-entropy of seg_logits against integer labels, nats per labelled pixel.
+  """Softmax cross-entropy of seg_logits against integer labels, nats per labeled pixel.
 
   class_weights: optional [num_classes] per-class weights; pixels equal to `ignore_label` (or
   outside [0, num_classes)) do not count.
@@ -53,22 +47,19 @@ def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  value = _weighted_pixel_mean(ce, weights)
+  value = weighted_mean(ce, weights)
   return value, {'seg_ce': value}
 
 
 @LOSSES.register('focal')
 def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: int = 255):
-  """Multi-class focal loss -(1 - p_t)^gamma * log p_t per labelled pixel (Lin et al., "Focal Loss
-  for Dense Object Detection", ICCV 2017, Eq. 5; class_weights play the role of alpha_t).
-
-  optax ships only the sigmoid (binary / multi-label) focal loss, so the softmax form is here.
+  """Multi-class focal loss -(1 - p_t)^gamma * log p_t per labeled pixel (Lin et al., "Focal Loss
+  for Dense Object Detection", ICCV 2017, Eq. 5; class_weights play the role of alpha_t), as
+  losses.softmax_focal computes it.
   """
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
-  per_pixel = -jnp.power(1.0 - jnp.exp(log_p), gamma) * log_p
-  value = _weighted_pixel_mean(per_pixel, weights)
+  value = weighted_mean(softmax_focal(logits, labels, gamma), weights)
   return value, {'focal': value}
 
 
@@ -76,8 +67,8 @@ def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: 
 def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
          ignore_label: int = 255):
   """Soft multi-class Dice loss per class 1 - (I + s) / ((P + T) / 2 + s) with I = sum(p * t),
-  P = sum(p), T = sum(t) over the image's labelled pixels (= 1 - 2I / (P + T) for s = 0),
-  averaged over classes, per image, then over labelled images (Milletari et al., V-Net, 2016).
+  P = sum(p), T = sum(t) over the image's labeled pixels (= 1 - 2I / (P + T) for s = 0),
+  averaged over classes, per image, then over labeled images (Milletari et al., V-Net, 2016).
 
   This is optax.losses.dice_loss's formula (alpha = beta = 1/2), written here because optax's
   version has no ignore mask and, given probabilities, checks them with Python control flow that
