@@ -328,3 +328,9 @@ def test_missing_config_file(tmp_path):
   proc = run_sweep('--config=configs/nope.py', f'--workdir={tmp_path}/s',
                    '--grid={"config.beta": [1]}')
   assert_one_line_error(proc, 'config file configs/nope.py does not exist')
+
+
+def test_markdown_table_by_hand():
+  rows = [{'run': 'a', 'x': 0.123456, 'y': None}, {'run': 'b|c', 'x': [1, 2], 'y': 3}]
+  assert sweep.markdown_table(rows, ['run', 'x', 'y']) == (
+      '| run | x | y |\n|---|---|---|\n| a | 0.1235 |  |\n| b\\|c | [1, 2] | 3 |\n')

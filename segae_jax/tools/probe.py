@@ -54,6 +54,7 @@ from absl import flags
 from segae_jax import cli, losses, models
 from segae_jax.errors import UserInputError
 from segae_jax.models.heads import EncoderClassifier, LinearHead
+from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
 
@@ -603,7 +604,7 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
       dataset without labels.
   """
   from segae_jax import data
-  from segae_jax.tools import common, latents
+  from segae_jax.tools import latents
   from segae_jax.training import writers
 
   validate(config)
@@ -649,16 +650,15 @@ def markdown_table(results: Dict) -> str:
       if results['config']['imbalance']['ratio'] < 1.0 else set()
   names = [f'{n}*' if c in minority else n for c, n in enumerate(names)]
   head = ['method', 'labels', 'n', 'test acc', 'best / stop step', 'time s'] + names
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  rows = []
   for r in results['results']:
     recall = ['-' if v is None else f'{100 * v:.0f}' for v in r['per_class_recall']]
-    lines.append('| ' + ' | '.join(
-        [r['method'], f'{100 * r["label_fraction"]:g}%',
-         f'{r["num_labelled"]:,}' + (f' + {r["num_generated"]:,} generated'
-                                     if r.get('num_generated') else ''),
-         f'{100 * r["test_accuracy"]:.2f}%', f'{r["best_step"]} / {r["stop_step"]}',
-         f'{r["train_time_s"]:.0f}'] + recall) + ' |')
-  return '\n'.join(lines)
+    rows.append([r['method'], f'{100 * r["label_fraction"]:g}%',
+                 f'{r["num_labelled"]:,}' + (f' + {r["num_generated"]:,} generated'
+                                             if r.get('num_generated') else ''),
+                 f'{100 * r["test_accuracy"]:.2f}%', f'{r["best_step"]} / {r["stop_step"]}',
+                 f'{r["train_time_s"]:.0f}'] + recall)
+  return common.format_table(head, rows, markdown=True)
 
 
 def main() -> None:

@@ -47,6 +47,8 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
+from segae_jax.tools import common
+from segae_jax.training import writers
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -378,10 +380,8 @@ def _cell(value: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
   """A Markdown table: header, separator, one line per row (floats with 4 significant digits)."""
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-  for row in rows:
-    lines.append('| ' + ' | '.join(_cell(row.get(c)).replace('|', '\\|') for c in columns) + ' |')
-  return '\n'.join(lines) + '\n'
+  cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+  return common.format_table(columns, cells, markdown=True) + '\n'
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
@@ -395,17 +395,6 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[st
 
 
 # -------------------------------------------------------------------------------------- sweep --
-
-
-def _write_json(path: str, obj: Any) -> None:
-  """Atomic, key order kept: the grid's key order defines the points and _check_definition
-  compares definitions as written, so training.writers.write_json (sorted keys) would refuse
-  every rerun of a sweep whose keys are not in alphabetical order."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def _finished_results(workdir: str, num_train_steps: int) -> Optional[Dict[str, Any]]:
@@ -536,7 +525,8 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
 
   os.makedirs(workdir, exist_ok=True)
   names = [f'{i}_{point_name(p)}' for i, p in enumerate(points)]
-  _write_json(os.path.join(workdir, 'sweep.json'), {
+  # Key order kept: it defines the points, and _check_definition compares definitions as written.
+  writers.write_json(os.path.join(workdir, 'sweep.json'), sort_keys=False, obj={
       'definition': definition,
       'points': [{'name': n, 'overrides': p} for n, p in zip(names, points)]})
 

@@ -43,11 +43,12 @@ class MetricWriter:
       self._tb.close()
 
 
-def write_json(path: str, obj: Mapping) -> None:
-  """Writes JSON atomically (temporary file + rename): readers never see a half-written file."""
+def write_json(path: str, obj: Mapping, sort_keys: bool = True) -> None:
+  """Writes JSON atomically (temporary file + rename): readers never see a half-written file.
+  Keys are sorted unless `sort_keys` is False (where their order means something)."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    json.dump(obj, f, indent=2, sort_keys=sort_keys)
     f.write('\n')
   os.replace(tmp, path)
 
