@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   # finetune: encoder (from the AE's weights) + linear head, trained end to end.
   # scratch: the same network from a random initialisation (the baseline).
   config.methods = ('linear', 'finetune', 'scratch')
-  # Fractions of the labelled pool (the train split minus the validation images); each subset is
+  # Fractions of the labeled pool (the train split minus the validation images); each subset is
   # drawn per class (stratified) and the subsets are nested (1% is inside 10%).
   config.label_fractions = (0.01, 0.1, 1.0)
   config.validation_size = 5000     # Carved from the train split before any subset is drawn.
@@ -34,10 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 100
   config.patience = 4
 
-  # Class imbalance: the labelled images of these classes are subsampled to `ratio` of their
+  # Class imbalance: the labeled images of these classes are subsampled to `ratio` of their
   # number (1.0 = off).
   config.imbalance = ml_collections.ConfigDict({'minority_classes': (0, 6), 'ratio': 1.0})
-  # Generated data: per labelled image, `per_image` codes drawn near its code (noise_scale times
+  # Generated data: per labeled image, `per_image` codes drawn near its code (noise_scale times
   # the VAE posterior's sd; for an AE, its class's code sd), decoded, kept with its label (0 = off).
   config.generated = ml_collections.ConfigDict({'per_image': 0, 'noise_scale': 1.0})
   config.loss = 'ce'                # 'ce', 'weighted_ce' or 'focal'.

@@ -1,4 +1,4 @@
-"""segae_jax.tools.probe: the labelled subsets, class weights, focal loss and early stopping by hand,
+"""segae_jax.tools.probe: the labeled subsets, class weights, focal loss and early stopping by hand,
 the fine-tuned encoder starting from the autoencoder's, and the command end to end on a VAE
 trained for a few steps on the real Fashion-MNIST."""
 import json
@@ -17,7 +17,7 @@ from segae_jax.tools import probe
 from segae_jax.errors import UserInputError
 from test_generate import run_module
 
-# ----------------------------------------------------------------------------- labelled subsets
+# ----------------------------------------------------------------------------- labeled subsets
 
 
 def _labels(per_class=100, num_classes=10):
@@ -36,32 +36,32 @@ def test_validation_split_disjoint_and_seeded():
       probe.split_validation(1000, bad, seed=0)
 
 
-def test_labelled_subset_stratified_deterministic_nested():
+def test_labeled_subset_stratified_deterministic_nested():
   labels = _labels()
   pool = np.arange(1000)
-  small = probe.labelled_subset(labels, pool, 0.1, seed=0)
+  small = probe.labeled_subset(labels, pool, 0.1, seed=0)
   assert np.bincount(labels[small]).tolist() == [10] * 10  # round(0.1 * 100) per class.
-  assert np.array_equal(small, probe.labelled_subset(labels, pool, 0.1, seed=0))
-  assert not np.array_equal(small, probe.labelled_subset(labels, pool, 0.1, seed=1))
-  large = probe.labelled_subset(labels, pool, 0.5, seed=0)
+  assert np.array_equal(small, probe.labeled_subset(labels, pool, 0.1, seed=0))
+  assert not np.array_equal(small, probe.labeled_subset(labels, pool, 0.1, seed=1))
+  large = probe.labeled_subset(labels, pool, 0.5, seed=0)
   assert np.bincount(labels[large]).tolist() == [50] * 10 and set(small) <= set(large)
-  assert np.array_equal(probe.labelled_subset(labels, pool, 1.0, seed=0), pool)
+  assert np.array_equal(probe.labeled_subset(labels, pool, 1.0, seed=0), pool)
   # At least one image per class even when the fraction rounds to 0; only pool images are drawn.
-  tiny = probe.labelled_subset(labels, np.arange(500, 1000), 0.001, seed=0)
+  tiny = probe.labeled_subset(labels, np.arange(500, 1000), 0.001, seed=0)
   assert np.bincount(labels[tiny]).tolist() == [1] * 10 and tiny.min() >= 500
 
 
-def test_labelled_subset_imbalance_ratio():
+def test_labeled_subset_imbalance_ratio():
   labels = _labels()
   pool = np.arange(1000)
-  subset = probe.labelled_subset(labels, pool, 0.5, seed=0, minority_classes=(0, 6), ratio=0.2)
+  subset = probe.labeled_subset(labels, pool, 0.5, seed=0, minority_classes=(0, 6), ratio=0.2)
   counts = np.bincount(labels[subset]).tolist()
   assert counts == [10, 50, 50, 50, 50, 50, 10, 50, 50, 50]  # 0.2 * 50 for classes 0 and 6.
-  balanced = probe.labelled_subset(labels, pool, 0.5, seed=0)
+  balanced = probe.labeled_subset(labels, pool, 0.5, seed=0)
   assert set(subset) <= set(balanced)  # The minority images kept are a prefix of the same draw.
-  full = probe.labelled_subset(labels, pool, 1.0, seed=0, minority_classes=(6,), ratio=0.01)
+  full = probe.labeled_subset(labels, pool, 1.0, seed=0, minority_classes=(6,), ratio=0.01)
   assert np.bincount(labels[full])[6] == 1 and len(full) == 901  # max(1, round(0.01 * 100)).
-  off = probe.labelled_subset(labels, pool, 0.5, seed=0, minority_classes=(0, 6), ratio=1.0)
+  off = probe.labeled_subset(labels, pool, 0.5, seed=0, minority_classes=(0, 6), ratio=1.0)
   assert np.array_equal(off, balanced)
 
 
@@ -247,7 +247,7 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
   assert r['config']['loss'] == 'focal' and r['config']['label_fractions'] == [0.01, 0.1]
   rows = {(x['method'], x['label_fraction']): x for x in r['results']}
   assert sorted(rows) == sorted((m, f) for m in probe.METHODS for f in (0.01, 0.1))
-  # The labelled images per class, recomputed from the real labels: minority classes 0 and 6
+  # The labeled images per class, recomputed from the real labels: minority classes 0 and 6
   # subsampled to 20%, the same subset for the three methods.
   labels = fashion_mnist.train.arrays['label']
   _, pool = probe.split_validation(len(labels), 1000, 0)
@@ -257,8 +257,8 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
     expected = [max(1, round(0.2 * n)) if c in (0, 6) else n for c, n in enumerate(expected)]
     for method in probe.METHODS:
       row = rows[(method, fraction)]
-      assert row['labelled_per_class'] == expected and row['num_labelled'] == sum(expected)
-      assert row['num_generated'] == row['num_labelled']  # One generated image per real one.
+      assert row['labeled_per_class'] == expected and row['num_labeled'] == sum(expected)
+      assert row['num_generated'] == row['num_labeled']  # One generated image per real one.
   for row in r['results']:
     assert 0.0 <= row['test_accuracy'] <= 1.0 and len(row['per_class_recall']) == 10
     assert all(0.0 <= v <= 1.0 for v in row['per_class_recall'])

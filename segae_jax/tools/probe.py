@@ -4,24 +4,24 @@
 
 Restores the latest checkpoint of an `ae`, `sparse_ae` or `vae` run trained on Fashion-MNIST and,
 for each fraction in config.label_fractions, trains three classifiers with optax on the same
-labelled subset:
+labeled subset:
   linear    softmax regression on the frozen codes (the posterior mean for a VAE), computed once
-            and standardised per dimension with the labelled subset's mean and sd;
+            and standardised per dimension with the labeled subset's mean and sd;
   finetune  EncoderClassifier (the run's encoder + a linear head on its code) trained end to end,
             its encoder starting from the run's encoder parameters;
   scratch   the same network and head initialisation, encoder randomly initialised (baseline).
 
 Data. The validation split (config.validation_size images) is carved from the train split first,
-by a permutation seeded from config.seed; the rest is the labelled pool. Each labelled subset is
+by a permutation seeded from config.seed; the rest is the labeled pool. Each labeled subset is
 class-stratified: from each class c of the pool, round(fraction * n_c) images (at least 1), the
 first ones of a per-class permutation seeded from (config.seed, c), so the subsets of a seed are
 deterministic and nested (the 1% subset lies inside the 10% one). config.imbalance then keeps only
-max(1, round(ratio * m_c)) of the m_c labelled images of each minority class (again a prefix).
+max(1, round(ratio * m_c)) of the m_c labeled images of each minority class (again a prefix).
 Encoder inputs are the run's own preprocessing (binarised once, from a seeded generator, when the
 run trained on binarised images), the same arrays for the three methods and every fraction.
 
 Training: Adam (AdamW when config.weight_decay > 0) from segae_jax.training.optimizers' registry,
-constant learning rate, minibatches of min(batch_size, labelled) drawn from a seeded reshuffle
+constant learning rate, minibatches of min(batch_size, labeled) drawn from a seeded reshuffle
 every epoch, dropout on the head's input, validation accuracy every config.eval_every steps; the
 best parameters (first highest accuracy) are kept and training stops after config.patience
 evaluations without a strict improvement, or at config.num_steps. Loss: 'ce', 'weighted_ce' or
@@ -29,16 +29,16 @@ evaluations without a strict improvement, or at config.num_steps. Loss: 'ce', 'w
 `classification_loss_fn`). The classifiers are segae_jax.models.heads' LinearHead and
 EncoderClassifier.
 
-Generated data (config.generated.per_image > 0): every labelled image is encoded and
+Generated data (config.generated.per_image > 0): every labeled image is encoded and
 `per_image` codes are drawn near its code, z = mean + noise_scale * spread * eps with eps ~ N(0, I)
 (spread: the VAE's posterior standard deviation of that image; for an AE or sparse AE, the
-standard deviation of the codes of the labelled images of its class, per dimension). Each code is
+standard deviation of the codes of the labeled images of its class, per dimension). Each code is
 decoded (Bernoulli means), binarised with a seeded draw when the run trained on binarised images,
-and joins the labelled set with the class label of its source image, for all three methods. The
+and joins the labeled set with the class label of its source image, for all three methods. The
 validation and test images are never generated.
 
 Writes <output>/probe.json (the config, and per method and fraction: test accuracy on the 10,000
-test images, per-class recall, best and stopping step, labelled images per class, train time) and
+test images, per-class recall, best and stopping step, labeled images per class, train time) and
 prints a Markdown table.
 """
 import os
@@ -63,7 +63,7 @@ LOSS_KINDS = ('ce', 'weighted_ce', 'focal')
 SAMPLING = ('class-stratified: from each class c of the pool (train split minus validation), '
             'round(fraction * n_c) images (at least 1), a prefix of a per-class permutation '
             'seeded from (seed, c), so subsets are nested across fractions; minority classes then '
-            'keep a prefix of max(1, round(ratio * m_c)) of their m_c labelled images')
+            'keep a prefix of max(1, round(ratio * m_c)) of their m_c labeled images')
 
 
 def define_flags() -> None:
@@ -135,7 +135,7 @@ def validate(config, num_classes: int = 10) -> None:
 
 def split_validation(num_train: int, validation_size: int, seed: int
                      ) -> Tuple[np.ndarray, np.ndarray]:
-  """Carves the validation split from the train split before any labelled subset is drawn.
+  """Carves the validation split from the train split before any labeled subset is drawn.
 
   Args:
     num_train: images in the train split.
@@ -154,17 +154,17 @@ def split_validation(num_train: int, validation_size: int, seed: int
   return np.sort(perm[:validation_size]), np.sort(perm[validation_size:])
 
 
-def labelled_subset(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int,
+def labeled_subset(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int,
                     minority_classes: Sequence[int] = (), ratio: float = 1.0) -> np.ndarray:
-  """The labelled training images for one label fraction (see the module docstring).
+  """The labeled training images for one label fraction (see the module docstring).
 
   Args:
     labels: int [num_train] class ids of the whole train split.
-    pool: int [p] indices of the train split that may be labelled (not validation).
+    pool: int [p] indices of the train split that may be labeled (not validation).
     fraction: in (0, 1]; each class c of the pool contributes max(1, round(fraction * n_c)).
     seed: seeds one permutation per class (shared by all fractions: subsets are nested).
     minority_classes: class ids subsampled to `ratio`: max(1, round(ratio * m_c)) kept of m_c.
-    ratio: in (0, 1]; 1 keeps every labelled image.
+    ratio: in (0, 1]; 1 keeps every labeled image.
   Returns:
     int64 [n] sorted indices into the train split.
   """
@@ -182,13 +182,13 @@ def labelled_subset(labels: np.ndarray, pool: np.ndarray, fraction: float, seed:
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Weights inversely proportional to the labelled class frequency, normalised to mean 1.
+  """Weights inversely proportional to the labeled class frequency, normalised to mean 1.
 
   w_c = (1 / n_c) / mean_k(1 / n_k) over the classes present (n_k > 0); absent classes get 0.
   A balanced set gives all ones.
 
   Args:
-    labels: int [n] labels of the labelled training images.
+    labels: int [n] labels of the labeled training images.
   Returns:
     float32 [num_classes].
   """
@@ -199,7 +199,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def code_spread(mean: np.ndarray, logvar: Optional[np.ndarray], labels: np.ndarray) -> np.ndarray:
-  """How far generated codes stray from each labelled image's code, per dimension.
+  """How far generated codes stray from each labeled image's code, per dimension.
 
   Args:
     mean: float [n, latent_dim] codes (VAE: posterior means); labels: int [n] their classes.
@@ -239,13 +239,13 @@ def codes_near(mean: np.ndarray, spread: np.ndarray, per_image: int, noise_scale
 def generate_near_codes(lm, x: np.ndarray, y: np.ndarray, per_image: int, noise_scale: float,
                         seed: int, binarize: bool,
                         batch_size: int = 1000) -> Tuple[np.ndarray, np.ndarray]:
-  """Class-conditional generated images: decoded codes drawn near the codes of labelled images
-  (codes_near with code_spread), labelled with their source image's class.
+  """Class-conditional generated images: decoded codes drawn near the codes of labeled images
+  (codes_near with code_spread), labeled with their source image's class.
 
   Args:
     lm: latents.LatentModel of the trained run.
     x: float32 [n, h, w, c] encoder inputs in [0, 1]; y: int [n] their class labels.
-    per_image: draws per labelled image (>= 1).
+    per_image: draws per labeled image (>= 1).
     noise_scale: multiplies the spread (>= 0); 0 gives per_image copies of each reconstruction.
     seed: seeds eps and the binarisation draw.
     binarize: draw Bernoulli pixels from the decoded means (the run trained on binarised inputs,
@@ -377,7 +377,7 @@ def _chunked(fn, params, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def standardizer(codes: np.ndarray):
   """z -> (z - mean) / max(sd, 1e-6) per dimension, the statistics of `codes` (float [n, d],
-  the labelled training codes), so one learning rate suits codes of any scale."""
+  the labeled training codes), so one learning rate suits codes of any scale."""
   codes = np.asarray(codes, np.float64)
   mean, sd = codes.mean(0), np.maximum(codes.std(0), 1e-6)
   return lambda z: ((np.asarray(z, np.float64) - mean) / sd).astype(np.float32)
@@ -562,7 +562,7 @@ def _labeled_set(lm, run, splits: _Splits, subset: np.ndarray, fraction: float, 
 def _probe_fraction(fraction: float, run, lm, splits: _Splits, config, num_classes: int,
                     timing: Dict) -> List[Dict]:
   """The result rows of every method on one label fraction (printed as they come)."""
-  subset = labelled_subset(splits.y_train, splits.pool, fraction, int(config.seed),
+  subset = labeled_subset(splits.y_train, splits.pool, fraction, int(config.seed),
                            tuple(int(c) for c in config.imbalance.minority_classes),
                            float(config.imbalance.ratio))
   y_real = splits.y_train[subset]
@@ -583,8 +583,8 @@ def _probe_fraction(fraction: float, run, lm, splits: _Splits, config, num_class
     predictions = _chunked(out['predict'], out['params'], test_inputs,
                            int(config.eval_batch_size))
     row = {
-        'method': method, 'label_fraction': fraction, 'num_labelled': int(len(subset)),
-        'labelled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
+        'method': method, 'label_fraction': fraction, 'num_labeled': int(len(subset)),
+        'labeled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
         'num_generated': int(len(x_gen)),
         'test_accuracy': float(np.mean(predictions == splits.y_test)),
         'per_class_recall': per_class_recall(splits.y_test, predictions, num_classes),
@@ -637,7 +637,7 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
 
 def _row_line(row: Dict) -> str:
   return (f'{row["method"]:8s} fraction {row["label_fraction"]:g} '
-          f'({row["num_labelled"]} labelled): '
+          f'({row["num_labeled"]} labeled): '
           f'test accuracy {row["test_accuracy"]:.4f}, best step {row["best_step"]}, stopped at '
           f'{row["stop_step"]}, {row["train_time_s"]:.1f} s')
 
@@ -654,7 +654,7 @@ def markdown_table(results: Dict) -> str:
   for r in results['results']:
     recall = ['-' if v is None else f'{100 * v:.0f}' for v in r['per_class_recall']]
     rows.append([r['method'], f'{100 * r["label_fraction"]:g}%',
-                 f'{r["num_labelled"]:,}' + (f' + {r["num_generated"]:,} generated'
+                 f'{r["num_labeled"]:,}' + (f' + {r["num_generated"]:,} generated'
                                              if r.get('num_generated') else ''),
                  f'{100 * r["test_accuracy"]:.2f}%', f'{r["best_step"]} / {r["stop_step"]}',
                  f'{r["train_time_s"]:.0f}'] + recall)
