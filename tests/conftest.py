@@ -170,3 +170,20 @@ def tiny_vae_run(tmp_path_factory, tfds_dir):
 @pytest.fixture(scope='session')
 def tiny_vae_workdir(tiny_vae_run):
   return tiny_vae_run[0]
+
+
+def untrained_run(name, **model):
+  """A common.TrainedRun with initial parameters, for paths that need no training."""
+  import jax
+  import ml_collections
+  import numpy as np
+  from segae_jax.tools import common
+  from segae_jax import models
+  config = ml_collections.ConfigDict({
+      'model': {'name': name, 'latent_dim': 8, **model}, 'seed': 0, 'eval_batch_size': 64,
+      'data': {'name': 'fashion_mnist'}})
+  net = models.build(config.model, (28, 28, 1))
+  variables = net.init({'params': jax.random.PRNGKey(0), 'reparam': jax.random.PRNGKey(1)},
+                       np.zeros((1, 28, 28, 1), np.float32))
+  return common.TrainedRun(config=config, model=net, variables=dict(variables), step=0,
+                           checkpoint='latest', image_shape=(28, 28, 1), class_names=[])

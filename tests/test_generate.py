@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, untrained_run
 from segae_jax.tools import compress, generate
 from segae_jax.errors import UserInputError
 
@@ -114,22 +114,6 @@ def test_bits_per_image_and_parse_bits():
 # ----------------------------------------------------------------------------- without training
 
 
-def _untrained_run(name, **model):
-  """An common.TrainedRun with initial parameters, for paths that need no training."""
-  import jax
-  import ml_collections
-  from segae_jax.tools import common
-  from segae_jax import models
-  config = ml_collections.ConfigDict({
-      'model': {'name': name, 'latent_dim': 8, **model}, 'seed': 0, 'eval_batch_size': 64,
-      'data': {'name': 'fashion_mnist'}})
-  net = models.build(config.model, (28, 28, 1))
-  variables = net.init({'params': jax.random.PRNGKey(0), 'reparam': jax.random.PRNGKey(1)},
-                       np.zeros((1, 28, 28, 1), np.float32))
-  return common.TrainedRun(config=config, model=net, variables=dict(variables), step=0,
-                              checkpoint='latest', image_shape=(28, 28, 1), class_names=[])
-
-
 def _small_dataset(num_test=100):
   """Random 28x28 uint8 images held in memory, shaped like data.build's Fashion-MNIST."""
   from segae_jax import data
@@ -146,7 +130,7 @@ def fake_ae_run(monkeypatch):
   """load_run and data.build patched: an untrained AE on 100 random test images (no disk)."""
   from segae_jax import data
   from segae_jax.tools import common
-  run = _untrained_run('ae')
+  run = untrained_run('ae')
   monkeypatch.setattr(common, 'load_run', lambda workdir, checkpoint: run)
   monkeypatch.setattr(data, 'build', lambda config: _small_dataset())
   return run

@@ -15,6 +15,7 @@ from segae_jax import losses
 from segae_jax.models import heads
 from segae_jax.tools import probe
 from segae_jax.errors import UserInputError
+from conftest import untrained_run
 from test_generate import run_module
 
 # ----------------------------------------------------------------------------- labeled subsets
@@ -225,11 +226,10 @@ def test_finetune_encoder_starts_at_the_vae_encoder(tiny_vae_workdir):
 
 
 def test_finetune_encoder_starts_at_a_sparse_ae_encoder():
-  from test_generate import _untrained_run
-  run = _untrained_run('sparse_ae', code_activation='sigmoid')
+  run = untrained_run('sparse_ae', code_activation='sigmoid')
   _codes_match(run)  # sigmoid(encoder output) of a sparse AE.
   with pytest.raises(ValueError, match='do not fit'):
-    classifier = probe.encoder_classifier_for(_untrained_run('vae'), 10, 0.0)
+    classifier = probe.encoder_classifier_for(untrained_run('vae'), 10, 0.0)
     probe.init_params(classifier, (28, 28, 1), 0, run.variables['params']['encoder'])
 
 
