@@ -338,3 +338,30 @@ def test_metrics_window_stops_at_the_first_non_finite_step():
   with pytest.raises(TrainingDiverged, match=r'train step 2 went non-finite \(loss=nan\); that '
                      r'state was not checkpointed and saved 0\.'):
     window.drain()
+
+
+def _iterator():
+  from segae_jax import data
+  source = data.ArraySource({'image': np.arange(10 * 2, dtype=np.float32).reshape(10, 2)})
+  return data.TrainIterator(source, 2, seed=3, preprocess=lambda ex, rng: dict(ex))
+
+
+def test_prefetcher_keeps_the_position_of_the_next_batch_it_returns():
+  """Two batches read ahead (one of them into the next epoch), the state saved is still that
+  of the first batch not returned: a run resumed from it sees the same batches, in order."""
+  from segae_jax.training.prefetch import DevicePrefetcher
+  put = lambda batch: {k: jnp.asarray(v) for k, v in batch.items()}
+  plain, prefetched = _iterator(), DevicePrefetcher(_iterator(), put, depth=2)
+  for _ in range(4):
+    np.testing.assert_array_equal(next(prefetched)['image'], next(plain)['image'])
+  assert prefetched.get_state() == plain.get_state() == {
+      'epoch': 0, 'batch': 4, 'seed': 3, 'global_batch_size': 2}
+  resumed = DevicePrefetcher(_iterator(), put)
+  resumed.set_state(prefetched.get_state())
+  expected = [next(plain)['image'] for _ in range(3)]
+  assert [np.asarray(next(resumed)['image']).tolist() for _ in range(3)] == \
+      [e.tolist() for e in expected]
+  assert resumed.get_state() == plain.get_state() == {
+      'epoch': 1, 'batch': 2, 'seed': 3, 'global_batch_size': 2}
+  with pytest.raises(ValueError, match='depth must be >= 1'):
+    DevicePrefetcher(_iterator(), put, depth=0)

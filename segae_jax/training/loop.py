@@ -17,6 +17,7 @@ from segae_jax import data
 from segae_jax.data import augment
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 from segae_jax.training import checkpoints, optimizers, parallel, validation, visualise, writers
+from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.step import (build_model, create_train_state, evaluate, evaluation_key,
                                      flat_scalars, model_variables, run_keys, step_functions)
@@ -227,14 +228,14 @@ def _train(config, run: RunSetup, state, run_rng, start_step: int, ckpts: RunChe
   last = config.num_train_steps
   log_now, eval_now, save_now = (every(n, last) for n in (
       config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps))
-  data_state = lambda: {**run.train_iter.get_state(), 'skipped_steps': window.skipped}
+  batches = DevicePrefetcher(run.train_iter, run.strategy.put_batch)
+  data_state = lambda: {**batches.get_state(), 'skipped_steps': window.skipped}
   eval_metrics: Dict[str, Any] = {}
   bar = tqdm(total=last, initial=start_step, disable=jax.process_index() != 0,
              mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
   with bar, StopSignals() as signals:
     for step in range(start_step + 1, last + 1):
-      state, step_metrics = run.strategy.train_step(
-          state, run.strategy.put_batch(next(run.train_iter)), run_rng)
+      state, step_metrics = run.strategy.train_step(state, next(batches), run_rng)
       if run.strategy.sync_each_step:
         jax.block_until_ready(step_metrics)
       window.add(step, step_metrics, config.batch_size)
