@@ -52,6 +52,7 @@ import optax
 from absl import flags
 
 from segae_jax import cli, losses, models
+from segae_jax.data import batching
 from segae_jax.errors import UserInputError
 from segae_jax.models.heads import EncoderClassifier, LinearHead
 from segae_jax.tools import common
@@ -362,19 +363,6 @@ def init_params(classifier: EncoderClassifier, image_shape, seed: int,
 # ----------------------------------------------------------------------------- training
 
 
-def _chunked(fn, params, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn(params, chunk) over x in chunks of one compiled size (the last one padded)."""
-  size = min(batch_size, len(x))
-  out = []
-  for start in range(0, len(x), size):
-    chunk = x[start:start + size]
-    real = len(chunk)
-    if real < size:
-      chunk = np.concatenate([chunk, np.zeros((size - real,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(params, chunk))[:real])
-  return np.concatenate(out)
-
-
 def standardizer(codes: np.ndarray):
   """z -> (z - mean) / max(sd, 1e-6) per dimension, the statistics of `codes` (float [n, d],
   the labeled training codes), so one learning rate suits codes of any scale."""
@@ -447,7 +435,8 @@ def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.n
     params, opt_state, _ = step_fn(params, opt_state, x[idx], y[idx], jax.random.fold_in(key, step))
     step += 1
     if step % eval_every == 0 or step == num_steps:
-      accuracy = float(np.mean(_chunked(predict, params, x_val, eval_batch_size) == y_val))
+      accuracy = float(np.mean(
+          batching.map_batched(lambda xb: predict(params, xb), x_val, eval_batch_size) == y_val))
       history.append([step, accuracy])
       accuracies.append(accuracy)
       best, stop = early_stopping(accuracies, patience)
@@ -498,15 +487,15 @@ def _read_splits(lm, dataset, config, timing: Dict) -> _Splits:
   codes = {}
   if 'linear' in config.methods:
     start = time.perf_counter()
-    codes = {'train': _chunked(_encoder(lm), None, x_train, config.eval_batch_size),
-             'test': _chunked(_encoder(lm), None, x_test, config.eval_batch_size)}
+    codes = {'train': batching.map_batched(_encoder(lm), x_train, config.eval_batch_size),
+             'test': batching.map_batched(_encoder(lm), x_test, config.eval_batch_size)}
     timing['encode_s'] = round(time.perf_counter() - start, 2)
   return _Splits(x_train, y_train, x_test, y_test, val_idx, pool, codes)
 
 
 def _encoder(lm):
-  """(unused params, images float32 [n, h, w, c]) -> codes [n, latent_dim], for _chunked."""
-  return lambda _, chunk: lm.encode(chunk)[0]
+  """images float32 [n, h, w, c] -> codes [n, latent_dim] (means for a VAE)."""
+  return lambda chunk: lm.encode(chunk)[0]
 
 
 def _train_method(method: str, run, lm, splits: _Splits, subset: np.ndarray, x_lab: np.ndarray,
@@ -524,8 +513,8 @@ def _train_method(method: str, run, lm, splits: _Splits, subset: np.ndarray, x_l
     codes = splits.codes
     lab_codes = codes['train'][subset]
     if len(x_gen):
-      lab_codes = np.concatenate([lab_codes, _chunked(_encoder(lm), None, x_gen,
-                                                      eval_batch_size)])
+      lab_codes = np.concatenate([lab_codes, batching.map_batched(_encoder(lm), x_gen,
+                                                                  eval_batch_size)])
     scale = standardizer(lab_codes)
     head = LinearHead(num_classes, float(config.dropout))
     params = head.init(jax.random.PRNGKey(seed), codes['train'][:1])['params']
@@ -580,8 +569,8 @@ def _probe_fraction(fraction: float, run, lm, splits: _Splits, config, num_class
     out, test_inputs = _train_method(method, run, lm, splits, subset, x_lab, y_lab, x_gen,
                                      config, num_classes, settings)
     train_time = time.perf_counter() - start
-    predictions = _chunked(out['predict'], out['params'], test_inputs,
-                           int(config.eval_batch_size))
+    predictions = batching.map_batched(lambda xb: out['predict'](out['params'], xb), test_inputs,
+                                       int(config.eval_batch_size))
     row = {
         'method': method, 'label_fraction': fraction, 'num_labeled': int(len(subset)),
         'labeled_per_class': np.bincount(y_real, minlength=num_classes).tolist(),
