@@ -150,7 +150,7 @@ class _Reconstruct(nn.Module):
     return {'recon_logits': x}
 
 
-def test_trained_run_forward_and_batched_inference():
+def test_trained_run_batched_inference():
   run = _run(_Threshold())
   images = np.array([0.9, 0.1, 0.7, 0.2, 0.6], np.float32).reshape(5, 1, 1, 1)
   images = np.broadcast_to(images, (5, 2, 2, 1))
@@ -163,9 +163,6 @@ def test_trained_run_forward_and_batched_inference():
   probs = run.infer(images, common.seg_probabilities, 4)
   np.testing.assert_allclose(probs[1, 0, 0], [1 / (1 + np.e ** 0.8), 1 / (1 + np.e ** -0.8)],
                              rtol=1e-5)
-  out = run.forward(images[:2])
-  assert sorted(out) == ['mean', 'seg_logits']
-  np.testing.assert_allclose(out['mean'], [0.9, 0.1], rtol=1e-6)
   with pytest.raises(UserInputError, match="workdir w holds a 'vae' model, which does not "
                                            'segment'):
     _run(_Reconstruct(), name='vae').require_segmentation('w')

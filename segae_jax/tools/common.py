@@ -109,14 +109,6 @@ class TrainedRun:
     compiled = jax.jit(lambda variables, x: head(self.apply(variables, x)))
     return lambda images: np.asarray(compiled(self.variables, np.asarray(images, np.float32)))
 
-  def forward(self, images: np.ndarray) -> Dict[str, np.ndarray]:
-    """The outputs of one batch of images (compiled once per run): {name: numpy array [n, ...]}."""
-    import jax
-    if '_forward' not in self.__dict__:
-      self.__dict__['_forward'] = jax.jit(self.apply)
-    outputs = self.__dict__['_forward'](self.variables, np.asarray(images, np.float32))
-    return {name: np.asarray(value) for name, value in outputs.items()}
-
   def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
     padded so the model compiles once: head's array [n, ...] (data.batching.map_batched)."""
