@@ -30,7 +30,6 @@ from scipy import optimize
 from scipy.cluster import vq
 
 from segae_jax import cli
-from segae_jax.data import batching
 from segae_jax.errors import UserInputError
 from segae_jax.tools import common
 
@@ -252,8 +251,8 @@ class Clustering:
 def _batches(images: np.ndarray, batch_size: int):
   """images [n, ...] in consecutive batches of batch_size rows, the last one not padded: the
   clustering samples pixels of every row it sees."""
-  for indices, valid in batching.chunks(len(images), batch_size):
-    yield images[indices[valid > 0]]
+  for start in range(0, len(images), batch_size):
+    yield images[start:start + batch_size]
 
 
 def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
