@@ -88,7 +88,7 @@ def setup_benchmark(config, pmap: bool = False):
   from segae_jax.training import parallel
   dataset = data.build(config.data)
   model = training.build_model(config, dataset.image_shape, dataset.num_classes,
-                            parallel.norm_axis_name('pmap' if pmap else 'jit'))
+                               parallel.norm_axis_name('pmap' if pmap else 'jit'))
   state = training.create_train_state(config, model, dataset.image_shape, jax.random.PRNGKey(0))
   return (dataset, state) + training.step_functions(config)
 

@@ -172,8 +172,8 @@ def test_bad_config_value_refused_before_anything_is_written(tmp_path, overrides
 def test_missing_idx_files_in_given_folder(tmp_path):
   (tmp_path / 'idx').mkdir()
   with pytest.raises(UserInputError, match='Fashion-MNIST files missing in .*make data'):
-    training.train_and_evaluate(_default_config(tmp_path, **{'data.idx_dir': str(tmp_path / 'idx')}),
-                             str(tmp_path / 'w'))
+    config = _default_config(tmp_path, **{'data.idx_dir': str(tmp_path / 'idx')})
+    training.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'tfds' / 'fashion_mnist_idx' / '1.0.0').exists()
 
 

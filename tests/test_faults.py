@@ -41,7 +41,7 @@ def _state(workdir, step=None):
   config = small_config('', **_tiny_overrides())
   model = models.build(config.model, (28, 28, 1))
   target = {'train_state': training.create_train_state(config, model, (28, 28, 1),
-                                                    jax.random.PRNGKey(0)),
+                                                       jax.random.PRNGKey(0)),
             'rng': jax.random.PRNGKey(0)}
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
   step = ckpt.latest_step() if step is None else step

@@ -135,7 +135,7 @@ def test_batchnorm_unet_data_parallel_matches_single_device(strategy_name):
   shape = (16, 16, 1)
   single_model = training.build_model(config, shape, 3)
   parallel_model = training.build_model(config, shape, 3,  # As train_and_evaluate builds it.
-                                     norm_axis_name=parallel.norm_axis_name(strategy_name))
+                                        norm_axis_name=parallel.norm_axis_name(strategy_name))
   state = training.create_train_state(config, single_model, shape, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batches = [{'image': rng.random((4 * devices,) + shape, np.float32),

@@ -46,7 +46,7 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
                               params=run.variables['params'], tx=None, opt_state=None,
                               batch_stats=run.variables.get('batch_stats', {}))
   metrics = training.evaluate(strategy, strategy.replicate(state), dataset, config,
-                           training.evaluation_key(config.seed), split)
+                              training.evaluation_key(config.seed), split)
   results = {**common.result_header(workdir, run, model=False), 'split': split,
              'metrics': metrics}
   writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
