@@ -53,7 +53,7 @@ def tfds_dir(tmp_path_factory):
 def fashion_mnist(tfds_dir):
   """The real dataset as the training loop sees it (no binarisation)."""
   from segae_jax import data
-  return data.build({'name': 'fashion_mnist', 'tfds_dir': tfds_dir, 'cache': True,
+  return data.build({'name': 'fashion_mnist', 'tfds_dir': tfds_dir, 'cache': 'memory',
                      'binarize': False})
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import pathlib
 import subprocess
 import sys
 
@@ -151,10 +152,10 @@ def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir)
   dataset = data.build(config.data)
   a = data.with_labeled_fraction(dataset, 0.25, seed=3)
   b = data.with_labeled_fraction(dataset, 0.25, seed=3)
-  flags = a.train.arrays['labeled']
+  flags = a.train.values
   assert flags.sum() == 16 and set(np.unique(flags)) == {0.0, 1.0}
-  np.testing.assert_array_equal(flags, b.train.arrays['labeled'])
-  assert not np.array_equal(flags, data.with_labeled_fraction(dataset, 0.25, 4).train.arrays['labeled'])
+  np.testing.assert_array_equal(flags, b.train.values)
+  assert not np.array_equal(flags, data.with_labeled_fraction(dataset, 0.25, 4).train.values)
   batch = next(data.TrainIterator(a.train, 64, 0, a.preprocess))
   assert batch['labeled'].sum() == 16 and batch['segmentation'].shape == (64, 32, 32)
   test_batch = next(data.eval_batches(a.test, 8, a.preprocess))
@@ -179,20 +180,25 @@ def test_augmentation_moves_image_and_mask_together():
   image = rng.integers(1, 255, (6, 16, 16, 1), dtype=np.uint8)
   mask = (image[..., 0] // 64).astype(np.uint8)  # The mask is a function of the pixel value.
   examples = {'image': image, 'segmentation': mask}
-  flipped = augment.random_flip(examples, np.random.default_rng(1))
+  rngs = lambda seed: data.ExampleRngs(seed, 1, 0, range(6))  # One generator per example.
+  flipped = augment.random_flip(examples, rngs(1))
   assert (flipped['segmentation'] == flipped['image'][..., 0] // 64).all()
   assert any((flipped['image'][i] == image[i, :, ::-1]).all() for i in range(6))
-  cropped = augment.random_resized_crop(examples, np.random.default_rng(2), 0.3)
+  cropped = augment.random_resized_crop(examples, rngs(2), 0.3)
   assert cropped['image'].shape == image.shape and cropped['segmentation'].shape == mask.shape
   assert set(np.unique(cropped['segmentation'])) <= set(np.unique(mask))  # Nearest: no new labels.
   floats = {'image': image.astype(np.float32) / 255, 'segmentation': mask}
-  jittered = augment.brightness_contrast(floats, np.random.default_rng(3), 0.2, 0.2)
+  jittered = augment.brightness_contrast(floats, rngs(3), 0.2, 0.2)
   assert jittered['image'].min() >= 0 and jittered['image'].max() <= 1
   assert not np.allclose(jittered['image'], floats['image'])
   np.testing.assert_array_equal(jittered['segmentation'], mask)
   wrapped = augment.with_augmentation(lambda ex, r: dict(ex), {'flip': True})
-  a, b = wrapped(examples, np.random.default_rng(5)), wrapped(examples, np.random.default_rng(5))
+  a, b = wrapped(examples, rngs(5)), wrapped(examples, rngs(5))
   np.testing.assert_array_equal(a['image'], b['image'])  # Seeded: reproducible on resume.
+  # Each example draws from its own generator only: the same example in another batch (here
+  # the first three alone) is augmented the same way.
+  alone = augment.random_resized_crop({k: v[:3] for k, v in examples.items()}, rngs(2), 0.3)
+  np.testing.assert_array_equal(alone['image'], cropped['image'][:3])
   assert augment.with_augmentation(len, {}) is len  # All off: no wrapper.
 
 
@@ -205,7 +211,7 @@ def test_random_resized_crop_cuts_image_and_mask_with_the_same_box():
   mask = (y * 16 + x).astype(np.uint8)
   image = np.stack([16 * x + 8, 16 * y + 8, np.zeros_like(x)], -1).astype(np.uint8)
   examples = {'image': np.repeat(image[None], 8, 0), 'segmentation': np.repeat(mask[None], 8, 0)}
-  cropped = augment.random_resized_crop(examples, np.random.default_rng(0), 0.3)
+  cropped = augment.random_resized_crop(examples, data.ExampleRngs(0, 1, 0, range(8)), 0.3)
   assert not np.array_equal(cropped['segmentation'], examples['segmentation'])  # It cropped.
   for key, positions in (('x', lambda m: m % 16), ('y', lambda m: m // 16)):
     from_mask = positions(cropped['segmentation'].astype(np.int32))
@@ -239,10 +245,11 @@ def test_folder_config_trains_on_images_written_here(tmp_path):
 OLD_RUN = os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1')
 
 
-def test_a_workdir_written_by_earlier_code_restores_and_resumes(tmp_path, tfds_dir):
+def test_a_workdir_written_by_earlier_code_restores_and_refuses_to_resume(tmp_path, tfds_dir):
   """tests/data/unet_workdir_v1 was written by the code of 2026-12-01 (make_unet_workdir_v1.py
   beside it): its checkpoints, meta and config.json must keep restoring, giving the logits it
-  gave then, and resuming."""
+  gave then. Its data state is the iterator's before grain (random draws per batch), so resuming
+  its training is refused with one line, leaving the workdir as it was."""
   workdir = str(tmp_path / 'old')
   shutil.copytree(OLD_RUN, workdir)
   expected = np.load(OLD_RUN + '_expected.npz')
@@ -254,5 +261,8 @@ def test_a_workdir_written_by_earlier_code_restores_and_resumes(tmp_path, tfds_d
   assert common.load_run(workdir).checkpoint == 'best'
   config = common.load_config(workdir)
   config.data.tfds_dir, config.num_train_steps = tfds_dir, 4
-  results = training.train_and_evaluate(config, workdir)
-  assert (results['resumed_from_step'], results['step']) == (2, 4)
+  before = sorted(str(p.relative_to(workdir)) for p in pathlib.Path(workdir).rglob('*'))
+  with pytest.raises(UserInputError, match=r'^the checkpoint\'s data state .* before grain .* '
+                                           r'cannot resume exactly; evaluate/predict still read it'):
+    training.train_and_evaluate(config, workdir)
+  assert sorted(str(p.relative_to(workdir)) for p in pathlib.Path(workdir).rglob('*')) == before

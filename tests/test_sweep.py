@@ -20,7 +20,7 @@ SMALL = {'config.num_train_steps': 4, 'config.warmup_steps': 1, 'config.batch_si
          'config.log_every_steps': 2, 'config.eval_every_steps': 4,
          'config.checkpoint_every_steps': 2, 'config.num_pictures': 4,
          'config.eval_batch_size': 1000, 'config.model.hidden_dim': 32,
-         'config.data.cache': False}  # Reads only what it uses: 4 batches and the test split.
+         'config.data.cache': 'stream'}  # Reads only what it uses: 4 batches and the test split.
 GRID = '{"config.beta": [4, 0.5]}'
 
 

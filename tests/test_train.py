@@ -11,7 +11,7 @@ import pytest
 
 from conftest import saved_state, small_config
 from segae_jax.training import checkpoints, optimizers, parallel
-from segae_jax import losses, models, training
+from segae_jax import data, losses, models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
 
 
@@ -355,13 +355,15 @@ def test_prefetcher_keeps_the_position_of_the_next_batch_it_returns():
   for _ in range(4):
     np.testing.assert_array_equal(next(prefetched)['image'], next(plain)['image'])
   assert prefetched.get_state() == plain.get_state() == {
-      'epoch': 0, 'batch': 4, 'seed': 3, 'global_batch_size': 2}
+      'format': data.pipeline.STATE_FORMAT, 'epoch': 0, 'batch': 4, 'seed': 3,
+      'global_batch_size': 2}
   resumed = DevicePrefetcher(_iterator(), put)
   resumed.set_state(prefetched.get_state())
   expected = [next(plain)['image'] for _ in range(3)]
   assert [np.asarray(next(resumed)['image']).tolist() for _ in range(3)] == \
       [e.tolist() for e in expected]
   assert resumed.get_state() == plain.get_state() == {
-      'epoch': 1, 'batch': 2, 'seed': 3, 'global_batch_size': 2}
+      'format': data.pipeline.STATE_FORMAT, 'epoch': 1, 'batch': 2, 'seed': 3,
+      'global_batch_size': 2}
   with pytest.raises(ValueError, match='depth must be >= 1'):
     DevicePrefetcher(_iterator(), put, depth=0)

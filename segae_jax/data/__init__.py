@@ -2,14 +2,17 @@
 
   from segae_jax import data
   ds = data.build(config.data)          # -> Dataset(train, test, image_shape, ...)
-  it = data.TrainIterator(ds.train, 128, seed=0, preprocess=ds.preprocess)
+  it = data.TrainIterator(ds.train, 128, seed=0, preprocess=ds.preprocess, num_workers=2)
 """
 import dataclasses
+import functools
 from typing import Callable, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from segae_jax.data.pipeline import ArraySource, TrainIterator, eval_batches, stack_examples
+from segae_jax.data.pipeline import (ArraySource, DataError, ExampleRngs, StreamedSource,
+                                     TrainIterator, WithFeature, cache_mode, check_num_workers,
+                                     eval_batches, eval_rngs, hold, stack_examples)
 from segae_jax.errors import UserInputError
 from segae_jax.registry import Registry
 
@@ -20,9 +23,11 @@ DATASETS = Registry('dataset')
 class Dataset:
   """A prepared dataset: random-access splits plus what the model and pipeline need to know.
 
-  train, test: sources with __len__ and __getitems__ (numpy dicts; 'image' uint8 [h, w, c]).
+  train, test: sources with __len__ and __getitems__ (numpy dicts; 'image' uint8 [h, w, c]):
+    an ArraySource held in memory or a StreamedSource read from disk (config.data.cache).
   image_shape: (height, width, channels).
-  preprocess: (examples, np.random.Generator) -> batch of float32 images in [0, 1] etc.
+  preprocess: (examples, one np.random.Generator per example) -> batch of float32 images in
+    [0, 1] etc.; a picklable callable (grain runs it in worker processes).
   """
   name: str
   train: object
@@ -33,18 +38,20 @@ class Dataset:
   preprocess: Callable
 
 
-def scale_images(examples, rng: np.random.Generator, binarize: bool = False):
-  """uint8 'image' -> float32 in [0, 1].
+def scale_images(examples, rngs: Sequence[np.random.Generator], binarize: bool = False):
+  """uint8 'image' [batch, h, w, c] -> float32 in [0, 1].
 
   With `binarize`, 'image' becomes a fresh Bernoulli draw per pixel (dynamic binarisation,
   Salakhutdinov & Murray, ICML 2008), so the Bernoulli likelihood is exact, and the grayscale
-  image is kept as 'clean_image' for PSNR/MSE.
+  image is kept as 'clean_image' for PSNR/MSE. Example i draws from rngs[i].
   """
   batch = dict(examples)
   image = examples['image'].astype(np.float32) / 255.0
   if binarize:
     batch['clean_image'] = image
-    image = (rng.random(image.shape, dtype=np.float32) < image).astype(np.float32)
+    noise = np.stack([rng.random(image.shape[1:], dtype=np.float32)
+                      for rng in rngs[:len(image)]])
+    image = (noise < image).astype(np.float32)
   batch['image'] = image
   return batch
 
@@ -53,17 +60,16 @@ def scale_images(examples, rng: np.random.Generator, binarize: bool = False):
 def _fashion_mnist(config: Mapping) -> Dataset:
   from segae_jax.data import fashion_mnist as fm  # Imports tfds only when used.
   builder = fm.prepare(config.get('idx_dir', ''), config.get('tfds_dir') or None)
-  # The whole split is 47 MB as uint8: holding it in memory makes batches ~100x faster than
-  # per-example decoding from array_record.
-  if config.get('cache', True):
-    splits = fm.decoded_splits(builder)
+  # The whole split is 47 MB as uint8 ('auto' holds it): in memory, batches are ~100x faster
+  # than per-example decoding from array_record.
+  if cache_mode(config.get('cache', 'auto')) == 'stream':
+    splits = {k: StreamedSource(v) for k, v in builder.as_data_source().items()}
   else:
-    splits = builder.as_data_source()
-  train, test = splits['train'], splits['test']
+    splits = fm.decoded_splits(builder)
   binarize = bool(config.get('binarize', False))
-  return Dataset(name='fashion_mnist', train=train, test=test, image_shape=(28, 28, 1),
-                 num_classes=10, class_names=fm.CLASS_NAMES,
-                 preprocess=lambda ex, rng: scale_images(ex, rng, binarize))
+  return Dataset(name='fashion_mnist', train=splits['train'], test=splits['test'],
+                 image_shape=(28, 28, 1), num_classes=10, class_names=fm.CLASS_NAMES,
+                 preprocess=functools.partial(scale_images, binarize=binarize))
 
 
 @DATASETS.register('fashion_mnist_scenes')
@@ -90,26 +96,31 @@ def with_labeled_fraction(dataset: Dataset, fraction: float, seed: int) -> Datas
   'labeled' = 0, so segmentation losses skip them while reconstruction terms still use them.
 
   Raises:
-    UserInputError: the dataset has no masks or is not held in memory (config.data.cache).
+    UserInputError: the dataset has no masks.
   """
   train = dataset.train
-  if not isinstance(train, ArraySource) or 'segmentation' not in train.arrays:
-    raise UserInputError(f'config.labeled_fraction={fraction} needs a segmentation dataset held '
-                         f'in memory; {dataset.name} has no masks or config.data.cache is off')
+  if 'segmentation' not in train.__getitems__([0]):
+    raise UserInputError(f'config.labeled_fraction={fraction} needs a segmentation dataset; '
+                         f'{dataset.name} has no masks')
   n = len(train)
   labeled = np.zeros(n, np.float32)
   chosen = np.random.default_rng([seed, 0x5E6]).permutation(n)[:max(1, round(fraction * n))]
   labeled[chosen] = 1.0
-  preprocess = dataset.preprocess
+  return dataclasses.replace(dataset, train=WithFeature(train, 'labeled', labeled),
+                             preprocess=KeepingFlags(dataset.preprocess))
 
-  def preprocess_keeping_flags(examples, rng):
-    batch = preprocess({k: v for k, v in examples.items() if k != 'labeled'}, rng)
-    if 'labeled' in examples:  # Training batches; the test split has every mask.
+
+@dataclasses.dataclass(frozen=True)
+class KeepingFlags:
+  """preprocess, passing the 'labeled' flags of training batches through untouched (the test
+  split has every mask and no flags). A class, so grain can pickle it to its workers."""
+  preprocess: Callable
+
+  def __call__(self, examples, rngs):
+    batch = self.preprocess({k: v for k, v in examples.items() if k != 'labeled'}, rngs)
+    if 'labeled' in examples:
       batch['labeled'] = examples['labeled']
     return batch
-
-  return dataclasses.replace(dataset, train=ArraySource({**train.arrays, 'labeled': labeled}),
-                             preprocess=preprocess_keeping_flags)
 
 
 def build(config: Mapping) -> Dataset:
@@ -121,5 +132,6 @@ def build(config: Mapping) -> Dataset:
   return DATASETS.get(config['name'])(config)
 
 
-__all__ = ['ArraySource', 'DATASETS', 'Dataset', 'TrainIterator', 'build', 'eval_batches',
-           'scale_images', 'stack_examples', 'with_labeled_fraction']
+__all__ = ['ArraySource', 'DATASETS', 'DataError', 'Dataset', 'ExampleRngs', 'StreamedSource',
+           'TrainIterator', 'WithFeature', 'build', 'cache_mode', 'check_num_workers',
+           'eval_batches', 'eval_rngs', 'hold', 'scale_images', 'stack_examples', 'with_labeled_fraction']

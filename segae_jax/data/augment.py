@@ -1,17 +1,22 @@
 """Augmentation for segmentation: the image and its mask move together.
 
-Operates on host numpy batches inside the input pipeline, with the pipeline's seeded
-np.random.Generator, so augmented runs stay reproducible and resumable.
+Operates on host numpy batches inside the input pipeline (in grain's worker processes when
+config.data.num_workers > 0). Example i of a batch draws only from `rngs[i]`, the pipeline's
+generator for that example (data.pipeline.ExampleRngs), so an augmented batch is the same for any
+number of workers and after any resume.
 """
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 
-def random_flip(batch, rng: np.random.Generator):
+Rngs = Sequence[np.random.Generator]
+
+
+def random_flip(batch, rngs: Rngs):
   """Mirrors each example left-right with probability 1/2 (image and 'segmentation')."""
-  flip = rng.random(len(batch['image'])) < 0.5
+  flip = np.array([rng.random() < 0.5 for rng in rngs], bool)
   out = dict(batch)
   for key in ('image', 'segmentation', 'clean_image'):
     if key in batch:
@@ -20,13 +25,13 @@ def random_flip(batch, rng: np.random.Generator):
   return out
 
 
-def random_resized_crop(batch, rng: np.random.Generator, min_scale: float):
+def random_resized_crop(batch, rngs: Rngs, min_scale: float):
   """Crops a random square-ish box covering a fraction in [min_scale, 1] of each image's area and
   resizes it back (image bilinear, mask nearest, with Pillow); expects uint8 images."""
   images, masks = batch['image'], batch.get('segmentation')
   n, h, w = images.shape[:3]
   out_images, out_masks = np.empty_like(images), None if masks is None else np.empty_like(masks)
-  for i in range(n):
+  for i, rng in zip(range(n), rngs):
     scale = rng.uniform(min_scale, 1.0)
     ch, cw = max(1, round(h * np.sqrt(scale))), max(1, round(w * np.sqrt(scale)))
     top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
@@ -43,14 +48,15 @@ def random_resized_crop(batch, rng: np.random.Generator, min_scale: float):
   return out
 
 
-def brightness_contrast(batch, rng: np.random.Generator, brightness: float, contrast: float):
+def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
   """Float images in [0, 1]: x -> (x - mean) * c + mean + b with c ~ U[1 - contrast, 1 + contrast]
   and b ~ U[-brightness, brightness] per image, clipped to [0, 1]. Masks are unchanged."""
   images = batch['image']
   n = len(images)
   shape = (n,) + (1,) * (images.ndim - 1)
-  c = rng.uniform(1 - contrast, 1 + contrast, n).reshape(shape).astype(np.float32)
-  b = rng.uniform(-brightness, brightness, n).reshape(shape).astype(np.float32)
+  draws = np.array([(rng.uniform(1 - contrast, 1 + contrast),
+                     rng.uniform(-brightness, brightness)) for rng in rngs[:n]], np.float32)
+  c, b = draws.reshape((n, 2))[:, 0].reshape(shape), draws.reshape((n, 2))[:, 1].reshape(shape)
   mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
   return dict(batch, image=np.clip((images - mean) * c + mean + b, 0.0, 1.0))
 
@@ -65,14 +71,25 @@ def with_augmentation(preprocess: Callable, config: Mapping) -> Callable:
   if not (flip or crop < 1.0 or brightness > 0 or contrast > 0):
     return preprocess
 
-  def augmented(examples, rng):
-    if crop < 1.0:
-      examples = random_resized_crop(examples, rng, crop)
-    if flip:
-      examples = random_flip(examples, rng)
-    batch = preprocess(examples, rng)
-    if brightness > 0 or contrast > 0:
-      batch = brightness_contrast(batch, rng, brightness, contrast)
-    return batch
+  return Augmented(preprocess, flip, crop, brightness, contrast)
 
-  return augmented
+
+class Augmented:
+  """preprocess with augmentation around it (a class, not a closure: grain pickles it to its
+  worker processes). Each example's draws come in a fixed order from its own generator: crop,
+  flip, the dataset's own (binarisation), then brightness/contrast."""
+
+  def __init__(self, preprocess: Callable, flip: bool, crop: float, brightness: float,
+               contrast: float):
+    self.preprocess, self.flip, self.crop = preprocess, flip, crop
+    self.brightness, self.contrast = brightness, contrast
+
+  def __call__(self, examples, rngs: Rngs):
+    if self.crop < 1.0:
+      examples = random_resized_crop(examples, rngs, self.crop)
+    if self.flip:
+      examples = random_flip(examples, rngs)
+    batch = self.preprocess(examples, rngs)
+    if self.brightness > 0 or self.contrast > 0:
+      batch = brightness_contrast(batch, rngs, self.brightness, self.contrast)
+    return batch

@@ -24,14 +24,23 @@ def chunks(num_examples: int, batch_size: int) -> Iterator[Tuple[np.ndarray, np.
   Raises:
     ValueError: batch_size < 1.
   """
+  for b in range(-(-num_examples // max(batch_size, 1))):
+    yield chunk(num_examples, batch_size, b)
+
+
+def chunk(num_examples: int, batch_size: int, b: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Batch `b` of `chunks(num_examples, batch_size)`, on its own (random access for grain).
+
+  Raises:
+    ValueError: batch_size < 1.
+  """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  for start in range(0, num_examples, batch_size):
-    indices = np.zeros(batch_size, np.int64)
-    valid = np.zeros(batch_size, np.float32)
-    real = np.arange(start, min(start + batch_size, num_examples))
-    indices[:len(real)], valid[:len(real)] = real, 1.0
-    yield indices, valid
+  indices = np.zeros(batch_size, np.int64)
+  valid = np.zeros(batch_size, np.float32)
+  real = np.arange(b * batch_size, min((b + 1) * batch_size, num_examples))
+  indices[:len(real)], valid[:len(real)] = real, 1.0
+  return indices, valid
 
 
 def pad_batch(batch: Arrays, batch_size: int) -> Tuple[Arrays, np.ndarray]:

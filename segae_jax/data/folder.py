@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data.pipeline import ArraySource
+from segae_jax.data.pipeline import hold
 from segae_jax.errors import UserInputError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
@@ -431,12 +431,12 @@ def _config_from_mapping(data_config: Mapping) -> FolderConfig:
   return FolderConfig(**args)
 
 
-def preprocess(examples, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def preprocess(examples, rngs) -> Dict[str, np.ndarray]:
   """uint8 examples -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation': int32 [B, H, W]}.
 
-  `rng` is unused (no stochastic preprocessing); it keeps the pipeline's preprocess signature.
+  `rngs` (one generator per example) is unused: no stochastic preprocessing.
   """
-  del rng  # Deterministic.
+  del rngs  # Deterministic.
   return {'image': examples['image'].astype(np.float32) / 255.0,
           'segmentation': examples['segmentation'].astype(np.int32)}
 
@@ -450,7 +450,8 @@ def load(data_config: Mapping):
       defaults) and tfds_dir (default ~/tensorflow_datasets).
 
   Returns:
-    segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory
+    segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory or
+    streamed from disk (data_config cache: 'auto', True, False; see data.pipeline.hold)
     ('image' uint8 [N, H, W, C], 'segmentation' uint8 [N, H, W]).
 
   Raises:
@@ -462,7 +463,8 @@ def load(data_config: Mapping):
   sources = prepare(config, data_config.get('tfds_dir') or None).as_data_source()
   splits = {}
   for name in SPLITS:
-    splits[name] = ArraySource.from_data_source(sources[name], keys=('image', 'segmentation'))
+    splits[name] = hold(sources[name], data_config.get('cache', 'auto'),
+                        keys=('image', 'segmentation'))
   return Dataset(name='segmentation_folder', train=splits['train'], test=splits['test'],
                  image_shape=config.image_size + (config.channels,),
                  num_classes=config.num_classes, class_names=class_names, preprocess=preprocess)

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from segae_jax.data.pipeline import hold
 from segae_jax.errors import UserInputError
 
 NAME = 'oxford_iiit_pet'
@@ -122,12 +123,12 @@ class PetSource:
     return {'image': images, 'segmentation': masks}
 
 
-def preprocess(examples: Mapping[str, np.ndarray], rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def preprocess(examples: Mapping[str, np.ndarray], rngs) -> Dict[str, np.ndarray]:
   """uint8 examples -> {'image': float32 [B, H, W, 3] in [0, 1], 'segmentation': int32 [B, H, W]}.
 
-  `rng` is unused (no stochastic preprocessing); it keeps the pipeline's preprocess signature.
+  `rngs` (one generator per example) is unused: no stochastic preprocessing.
   """
-  del rng  # Deterministic.
+  del rngs  # Deterministic.
   return {'image': examples['image'].astype(np.float32) / 255.0,
           'segmentation': examples['segmentation'].astype(np.int32)}
 
@@ -198,8 +199,9 @@ def load(data_config: Mapping):
       default), image_size ((height, width), default (64, 64)) and download (default True).
 
   Returns:
-    segae_jax.data.Dataset with PetSource splits ('image' uint8 [n, H, W, 3], 'segmentation'
-    uint8 [n, H, W]; classes 0 = background, 1 = pet, 2 = border / not classified, i.e. trimap
+    segae_jax.data.Dataset with PetSource splits, held in memory once decoded or streamed
+    (data_config cache: 'auto', True, False; see data.pipeline.hold) ('image' uint8
+    [n, H, W, 3], 'segmentation' uint8 [n, H, W]; classes 0 = background, 1 = pet, 2 = border / not classified, i.e. trimap
     values 2, 1, 3), image_shape (H, W, 3), num_classes 3, and `preprocess` giving float32 images
     in [0, 1] and int32 masks.
 
@@ -213,7 +215,9 @@ def load(data_config: Mapping):
   if not isinstance(download, bool):
     raise UserInputError(f'config.data.download={download!r}: expected True or False')
   builder = prepared_builder(data_config.get('tfds_dir') or '', download)
-  splits = {split: PetSource(builder.as_data_source(split=split), image_size) for split in SPLITS}
+  cache = data_config.get('cache', 'auto')
+  splits = {split: hold(PetSource(builder.as_data_source(split=split), image_size), cache)
+            for split in SPLITS}
   return Dataset(name=NAME, train=splits['train'], test=splits['test'],
                  image_shape=image_size + (3,), num_classes=len(CLASS_NAMES),
                  class_names=CLASS_NAMES, preprocess=preprocess)

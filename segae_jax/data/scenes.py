@@ -30,7 +30,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from segae_jax.data import fashion_mnist as fm
-from segae_jax.data.pipeline import ArraySource
+from segae_jax.data.pipeline import hold
 from segae_jax.errors import UserInputError
 
 NAME = 'fashion_mnist_scenes'
@@ -328,16 +328,17 @@ def config_from(data_config: Mapping) -> ScenesConfig:
                          for field, key in keys.items()})
 
 
-# Held in memory for training; 'objects' varies in length and stays in the tfds files.
+# What training reads; 'objects' varies in length and stays in the tfds files.
 FIXED_FEATURES = ('image', 'segmentation')
 
 
-def preprocess(examples: Mapping[str, np.ndarray], rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def preprocess(examples: Mapping[str, np.ndarray], rngs) -> Dict[str, np.ndarray]:
   """uint8 batch -> 'image' float32 [B, S, S, 1] in [0, 1], 'segmentation' int32 [B, S, S].
 
-  `rng` is unused (no stochastic preprocessing); other keys pass through unchanged.
+  `rngs` (one generator per example) is unused: no stochastic preprocessing. Other keys pass
+  through unchanged.
   """
-  del rng
+  del rngs
   batch = dict(examples)
   batch['image'] = examples['image'].astype(np.float32) / 255.0
   batch['segmentation'] = examples['segmentation'].astype(np.int32)
@@ -352,8 +353,9 @@ def load(data_config: Mapping):
       min_objects, max_objects, min_scale, max_scale, scenes_seed (ScenesConfig's defaults).
 
   Returns:
-    segae_jax.data.Dataset with train/test ArraySources of 'image' uint8 [S, S, 1] and
-    'segmentation' uint8 [S, S], held in memory; num_classes 11 (background + 10 garments).
+    segae_jax.data.Dataset with train/test splits of 'image' uint8 [S, S, 1] and
+    'segmentation' uint8 [S, S], held in memory or streamed (data_config cache: 'auto', True,
+    False; see data.pipeline.hold); num_classes 11 (background + 10 garments).
 
   Raises:
     UserInputError: a bad parameter (named) or missing/malformed IDX files.
@@ -364,7 +366,7 @@ def load(data_config: Mapping):
   builder = prepare(config, data_config.get('idx_dir', ''), data_config.get('tfds_dir') or None)
   sources = builder.as_data_source()
   s = config.canvas_size
-  train, test = (ArraySource.from_data_source(sources[split], keys=FIXED_FEATURES)
+  train, test = (hold(sources[split], data_config.get('cache', 'auto'), keys=FIXED_FEATURES)
                  for split in ('train', 'test'))
   return Dataset(name=NAME, train=train, test=test, image_shape=(s, s, 1),
                  num_classes=len(fm.CLASS_NAMES) + 1,

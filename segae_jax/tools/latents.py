@@ -100,6 +100,6 @@ class LatentModel:
     """The preprocessed examples `indices` of `source`: (encoder inputs, grayscale images), both
     float32 [len(indices), h, w, c] in [0, 1]."""
     batch = preprocess(data.stack_examples(source.__getitems__([int(i) for i in indices])),
-                       np.random.default_rng([seed, 3]))
+                       data.eval_rngs(seed, indices))
     return (np.asarray(batch['image'], np.float32),
             np.asarray(batch.get('clean_image', batch['image']), np.float32))

@@ -461,7 +461,7 @@ def _read_split(source, preprocess, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     raise UserInputError('the run\'s dataset has no image labels (feature "label"); the probe '
                          'needs a classification dataset such as fashion_mnist')
   labels = np.asarray(examples['label']).astype(np.int32)
-  batch = preprocess({'image': examples['image']}, np.random.default_rng([seed, 0x1B9]))
+  batch = preprocess({'image': examples['image']}, data.eval_rngs(seed, range(len(labels))))
   return np.asarray(batch['image'], np.float32), labels
 
 

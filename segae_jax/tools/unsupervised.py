@@ -281,17 +281,19 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
   from segae_jax import data
   from segae_jax.training import visualise, writers
   dataset = data.build(run.config.data)
-  if 'segmentation' not in getattr(dataset.test, 'arrays', {}):
+  if 'segmentation' not in dataset.test.__getitems__([0]):
     raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
                          'for regions only')
   rng = np.random.default_rng(config.seed)
   train_source = dataset.train
   fit_index = np.sort(rng.choice(len(train_source), min(config.fit_images, len(train_source)),
                                  replace=False))
-  fit_images = dataset.preprocess(train_source.__getitems__(fit_index), rng)['image']
+  fit_images = dataset.preprocess(train_source.__getitems__(fit_index),
+                                  data.eval_rngs(config.seed, fit_index))['image']
   source = dataset.train if config.split == 'train' else dataset.test
   count = len(source) if config.max_images <= 0 else min(config.max_images, len(source))
-  examples = dataset.preprocess(source.__getitems__(np.arange(count)), rng)
+  examples = dataset.preprocess(source.__getitems__(np.arange(count)),
+                                data.eval_rngs(config.seed, np.arange(count)))
   images, labels = examples['image'], examples['segmentation']
 
   model, baseline = _build_clusterings(run, config)

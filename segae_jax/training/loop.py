@@ -185,7 +185,8 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
       dataset.train, config.batch_size, config.seed,
       augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_local_devices=strategy.device_axis_size)
+      num_local_devices=strategy.device_axis_size,
+      num_workers=config.data.get('num_workers', 0))
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
           'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
           'class_names': list(dataset.class_names)}
@@ -330,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   _check_workdir_writable(workdir)
   run = setup(config)
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
+    stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)
     state, run_rng, start_step, skipped = _restore(run, ckpts)
     if jax.process_index() == 0:

@@ -196,7 +196,8 @@ def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
   for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
                                  seed=config.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(),
-                                 num_local_devices=strategy.device_axis_size):
+                                 num_local_devices=strategy.device_axis_size,
+                                 num_workers=config.data.get('num_workers', 0)):
     sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
     for k, v in sums.items():
       totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)

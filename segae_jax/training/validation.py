@@ -53,6 +53,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f'{", ".join(parallel.STRATEGIES)}')
   models.MODELS.get(config.model.name)
   data.DATASETS.get(config.data.name)
+  data.cache_mode(config.data.get('cache', 'auto'))
+  data.check_num_workers(config.data.get('num_workers', 0))
   optimizers.OPTIMIZERS.get(config.optimizer)
   optimizers.make_schedule(config)
   losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
