@@ -1,8 +1,12 @@
 """The input pipeline on the real Fashion-MNIST files."""
+import dataclasses
+import functools
 import gzip
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from segae_jax import data
 from segae_jax.data import fashion_mnist as fm
@@ -85,15 +89,115 @@ def test_resume_continues_with_exact_next_batch(fashion_mnist):
   resumed.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(resumed)['image'], e)
-  with pytest.raises(ValueError, match='another seed or batch size'):
+  with pytest.raises(UserInputError, match='another seed or batch size'):
     _iterator(fashion_mnist, seed=9, global_batch_size=25_000).set_state(state)
+  # A position saved by the iterator before grain: its per-batch draws cannot be continued.
+  old = {k: v for k, v in state.items() if k != 'format'}
+  with pytest.raises(UserInputError, match=r'^the checkpoint\'s data state .* before grain'):
+    _iterator(fashion_mnist, global_batch_size=25_000).set_state(old)
 
 
-def test_process_shards_make_up_the_global_batch(fashion_mnist):
-  whole = next(_iterator(fashion_mnist))['label']
-  parts = [next(_iterator(fashion_mnist, process_index=p, process_count=2))['label']
-           for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate(parts), whole)
+def _ids_source(n):
+  """n examples, each holding its own index."""
+  return data.ArraySource({'id': np.arange(n)})
+
+
+def test_each_epoch_is_a_permutation_with_the_tail_dropped():
+  """10 examples in batches of 3: epoch e is permutation (seed, e) of the 10, in batches
+  perm[0:3], perm[3:6], perm[6:9]; perm[9] is the dropped tail; the next epoch reshuffles."""
+  it = data.TrainIterator(_ids_source(10), 3, seed=7, preprocess=lambda ex, rngs: dict(ex))
+  epochs = [np.concatenate([next(it)['id'] for _ in range(3)]) for _ in range(2)]
+  for e, seen in enumerate(epochs):
+    np.testing.assert_array_equal(seen, np.random.default_rng([7, e]).permutation(10)[:9])
+    assert len(set(seen.tolist())) == 9
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert (it.epoch, it.batch) == (2, 0)
+
+
+def test_process_slices_cover_each_global_batch_exactly(fashion_mnist):
+  """4 processes' batches, concatenated, are the one-process global batch, binarisation noise
+  included: each example draws from its own generator, wherever it is made."""
+  binarised = functools.partial(data.scale_images, binarize=True)
+  whole = _iterator(fashion_mnist, preprocess=binarised)
+  parts = [_iterator(fashion_mnist, preprocess=binarised, process_index=p, process_count=4)
+           for p in range(4)]
+  for _ in range(2):
+    expected, got = next(whole), [next(p) for p in parts]
+    assert all(len(g['label']) == 16 for g in got)
+    for key in ('label', 'image', 'clean_image'):
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), expected[key])
+
+
+def test_example_generators_depend_on_seed_epoch_and_position_only():
+  draws = lambda *args: [r.random() for r in data.ExampleRngs(*args)]
+  first = draws(0, 1, 0, [5, 6, 7])
+  assert draws(0, 1, 0, [7, 6, 5]) == first[::-1]  # Another batch order: the same draws.
+  assert len({*first, *draws(1, 1, 0, [5]), *draws(0, 2, 0, [5]), *draws(0, 1, 1, [5])}) == 6
+  rngs = data.ExampleRngs(0, 1, 0, [5, 6])
+  assert rngs[0] is rngs[-2]  # Kept: transforms one after another continue one stream.
+  with pytest.raises(IndexError):
+    rngs[2]
+
+
+def test_cache_values_and_a_streamed_split_gives_the_held_batches(tfds_dir, fashion_mnist,
+                                                                  monkeypatch):
+  with pytest.raises(UserInputError, match=r"^config.data.cache='yes': expected one of "
+                                           r"\('auto', 'memory', 'stream'\)"):
+    data.cache_mode('yes')
+  assert [data.cache_mode(v) for v in (True, False, 'auto')] == ['memory', 'stream', 'auto']
+  source = fm.prepare('', tfds_dir).as_data_source()['test']
+  # One example: 784 image bytes + an int64 label; 10,000 of them are 7.92 MB.
+  monkeypatch.setattr(data.pipeline, 'AUTO_CACHE_BYTES', 10_000 * 792)
+  assert isinstance(data.hold(source, 'auto'), data.ArraySource)
+  monkeypatch.setattr(data.pipeline, 'AUTO_CACHE_BYTES', 10_000 * 792 - 1)
+  assert isinstance(data.hold(source, 'auto'), data.StreamedSource)
+  streamed = data.build({'name': 'fashion_mnist', 'tfds_dir': tfds_dir, 'cache': 'stream',
+                         'binarize': True})
+  assert isinstance(streamed.train, data.StreamedSource)
+  held = dataclasses.replace(fashion_mnist, preprocess=streamed.preprocess)
+  for a, b in ((_iterator(streamed), _iterator(held)),
+               (data.eval_batches(streamed.test, 500, streamed.preprocess, num_examples=1200),
+                data.eval_batches(held.test, 500, held.preprocess, num_examples=1200))):
+    for _ in range(2):
+      x, y = next(a), next(b)
+      assert x.keys() == y.keys()
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key])
+
+
+def _png(image: np.ndarray) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format='PNG')
+  return out.getvalue()
+
+
+class PngSource:
+  """Real PNG files in memory, decoded (with Pillow) on each read, as a tfds source decodes."""
+
+  def __init__(self, blobs):
+    self.blobs = blobs
+
+  def __len__(self):
+    return len(self.blobs)
+
+  def __getitems__(self, indices):
+    return [{'image': np.asarray(Image.open(io.BytesIO(self.blobs[i])))[..., None]}
+            for i in indices]
+
+
+def png_source_with_a_cut_file(n=8, cut=5):
+  images = np.random.default_rng(0).integers(0, 255, (n, 8, 8), dtype=np.uint8)
+  blobs = [_png(image) for image in images]
+  blobs[cut] = blobs[cut][:40]  # A file cut short: the header is there, the pixels are not.
+  return PngSource(blobs)
+
+
+def test_an_example_that_cannot_be_decoded_is_named():
+  it = data.TrainIterator(png_source_with_a_cut_file(), 4, seed=0,
+                          preprocess=functools.partial(data.scale_images, binarize=False))
+  with pytest.raises(data.DataError, match=r'^cannot read example 5: \w+Error: [^\n]*$'):
+    for _ in range(2):  # Example 5 is in one of the epoch's two batches.
+      next(it)
 
 
 def test_dynamic_binarisation(fashion_mnist):

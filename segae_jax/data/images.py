@@ -1,5 +1,5 @@
-"""Reading the user's image files (predict, unsupervised): listing a folder, decoding with Pillow,
-converting to float arrays."""
+"""Reading the user's image files (predict, unsupervised, the input pipeline): listing a folder,
+decoding with Pillow, converting to float arrays."""
 import os
 from typing import List, Optional, Sequence
 
@@ -50,3 +50,30 @@ def to_array(image: Image.Image, channels: int,
     image = image.resize((int(size[1]), int(size[0])), Image.BILINEAR)
   width, height = image.size
   return np.asarray(image, np.float32).reshape(height, width, channels) / 255.0
+
+
+class ImageFileSource:
+  """Image files read and decoded on each access (random access for the input pipeline, which
+  decodes in its worker processes): examples {'image': uint8 [height, width, channels]}.
+
+  Args:
+    paths: the files, in example order; a batch stacks them, so they must share one size.
+    channels: 1 (grayscale) or 3 (RGB).
+  """
+
+  def __init__(self, paths: Sequence[str], channels: int):
+    self.paths, self.channels = list(paths), channels
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def describe(self, index: int) -> str:
+    return f'example {index} ({self.paths[index]})'
+
+  def __getitems__(self, indices: Sequence[int]) -> List[dict]:
+    """Raises UserInputError naming a file Pillow cannot decode."""
+    out = []
+    for i in indices:
+      image = np.asarray(read_image(self.paths[int(i)], self.channels))
+      out.append({'image': image.reshape(image.shape[:2] + (self.channels,))})
+    return out

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data.pipeline import hold
+from segae_jax.data.pipeline import describe_example, hold
 from segae_jax.errors import UserInputError
 
 NAME = 'oxford_iiit_pet'
@@ -103,6 +103,9 @@ class PetSource:
 
   def __len__(self) -> int:
     return len(self.examples)
+
+  def describe(self, index: int) -> str:
+    return describe_example(self.examples, index)
 
   def __getitems__(self, indices: Sequence[int]) -> Dict[str, np.ndarray]:
     """Reads examples by index.

@@ -92,6 +92,9 @@ class StreamedSource:
   def __len__(self) -> int:
     return len(self.source)
 
+  def describe(self, index: int) -> str:
+    return describe_example(self.source, index)
+
   def __getitems__(self, indices: Sequence[int]) -> Batch:
     examples = self.source.__getitems__([int(i) for i in indices])
     if self.keys is not None and not isinstance(examples, dict):
@@ -109,6 +112,9 @@ class WithFeature:
 
   def __len__(self) -> int:
     return len(self.source)
+
+  def describe(self, index: int) -> str:
+    return describe_example(self.source, index)
 
   def __getitems__(self, indices: Sequence[int]) -> Batch:
     return {**self.source.__getitems__(indices), self.name: self.values[np.asarray(indices)]}
@@ -189,13 +195,21 @@ def eval_rngs(seed: int, indices: Sequence[int]) -> ExampleRngs:
   return ExampleRngs(seed, EVAL_STREAM, 0, indices)
 
 
-def _describe(source, index: int) -> str:
-  """Where example `index` lives, for error messages: its file if the source knows it."""
-  inner = getattr(source, 'source', source)
-  paths = getattr(getattr(inner, 'data_source', None), '_paths', None) or getattr(
-      inner, 'paths', None)
-  where = f' in {", ".join(map(str, paths))}' if paths else ''
-  return f'example {index}{where}'
+def describe_example(source, index: int) -> str:
+  """'example i' and the file it is in, for error messages: the source's own `describe(index)`
+  if it has one, else for a tfds data source its split's shard file (from the split's public
+  shard lengths), else just the index."""
+  describe = getattr(source, 'describe', None)
+  if describe is not None:
+    return describe(index)
+  info, split = getattr(source, 'dataset_info', None), getattr(source, 'split', None)
+  if info is not None and isinstance(split, str) and split in info.splits:
+    split_info = info.splits[split]
+    shard = int(np.searchsorted(np.cumsum(split_info.shard_lengths), index, side='right'))
+    files = split_info.filepaths
+    if shard < len(files):
+      return f'example {index} of split {split!r} ({files[shard]})'
+  return f'example {index}'
 
 
 def read_examples(source, indices: Sequence[int]) -> Batch:
@@ -214,7 +228,7 @@ def read_examples(source, indices: Sequence[int]) -> Batch:
         culprit = int(i)
         break
     detail = ' '.join(f'{type(e).__name__}: {e}'.split())
-    raise DataError(f'cannot read {_describe(source, culprit)}: {detail}') from e
+    raise DataError(f'cannot read {describe_example(source, culprit)}: {detail}') from e
 
 
 @dataclasses.dataclass
@@ -299,6 +313,9 @@ def _next(iterator, describe: Callable[[], str]):
   """next(iterator), with a grain worker's death turned into one line naming the batch."""
   try:
     return next(iterator)
+  except DataError as e:
+    # grain appends a paragraph about its traceback filtering to the message: keep one line.
+    raise DataError(str(e).splitlines()[0]) from e
   except RuntimeError as e:
     if 'terminated unexpectedly' not in str(e):
       raise
@@ -358,7 +375,7 @@ class TrainIterator(Iterator[Batch]):
   def describe(self, k: int) -> str:
     plan = self.plan(k)
     return (f'training batch {k} (epoch {plan["epoch"]}, examples '
-            f'{_describe(self.source, int(plan["index"][0]))} and '
+            f'{describe_example(self.source, int(plan["index"][0]))} and '
             f'{len(plan["index"]) - 1} more)')
 
   @property

@@ -46,14 +46,15 @@ class MetricsWindow:
   Their metrics stay on the devices until `drain` (fetching each step would synchronise host and
   devices every step); drained, a non-finite step stops the run (config.nonfinite='stop') before
   anything after it is saved, or is counted in `skipped` ('skip'). `close` gives the window's
-  mean scalars and throughput (images/s, wall clock) and starts the next window; `train_time`
-  (seconds) and `train_images` add up the closed windows.
+  mean scalars and throughput (images/s, wall clock; the fraction of it spent waiting for input
+  batches) and starts the next window; `train_time` (seconds), `train_images` and `data_wait`
+  (seconds) add up the closed windows.
   """
 
   def __init__(self, strategy, nonfinite: str, skipped: int, last_good: Callable[[], str]):
     self._strategy, self._nonfinite, self._last_good = strategy, nonfinite, last_good
     self.skipped = skipped
-    self.train_time, self.train_images = 0.0, 0
+    self.train_time, self.train_images, self.data_wait = 0.0, 0, 0.0
     self._pending: List[Tuple[int, Any]] = []
     self._values: List[Dict[str, float]] = []
     self.restart()
@@ -62,15 +63,17 @@ class MetricsWindow:
     """Forgets the finite steps seen so far (e.g. the compiling first step) and restarts the
     clock."""
     self._values.clear()
-    self._start, self._images = time.perf_counter(), 0
+    self._start, self._images, self._data_wait = time.perf_counter(), 0, 0.0
 
   def restart_clock(self) -> None:
     """Evaluation and checkpoint waits are not training time."""
     self._start = time.perf_counter()
 
-  def add(self, step: int, device_metrics, images: int) -> None:
+  def add(self, step: int, device_metrics, images: int, data_wait: float = 0.0) -> None:
+    """One step's metrics (on the devices), its images and the seconds its batch was waited for."""
     self._pending.append((step, device_metrics))
     self._images += images
+    self._data_wait += data_wait
 
   def drain(self) -> None:
     """Fetches the pending step metrics.
@@ -94,7 +97,8 @@ class MetricsWindow:
 
   def close(self, learning_rate: float) -> Dict[str, float]:
     """Drains, then {'train/<metric>': mean over the window's finite steps,
-    'train/learning_rate', 'train/images_per_s', ('train/skipped_steps')}; starts a new window."""
+    'train/learning_rate', 'train/images_per_s', 'train/data_wait_fraction',
+    ('train/skipped_steps')}; starts a new window."""
     self.drain()
     elapsed = time.perf_counter() - self._start
     scalars = {f'train/{k}': float(np.mean([m[k] for m in self._values]))
@@ -102,8 +106,10 @@ class MetricsWindow:
     scalars['train/learning_rate'] = learning_rate
     if elapsed > 0 and self._images:
       scalars['train/images_per_s'] = self._images / elapsed
+      scalars['train/data_wait_fraction'] = min(1.0, self._data_wait / elapsed)
       self.train_time += elapsed
       self.train_images += self._images
+      self.data_wait += self._data_wait
     if self._nonfinite == 'skip':
       scalars['train/skipped_steps'] = self.skipped
     self.restart()
@@ -236,10 +242,13 @@ def _train(config, run: RunSetup, state, run_rng, start_step: int, ckpts: RunChe
              mininterval=2.0, desc='train', unit='step', dynamic_ncols=True)
   with bar, StopSignals() as signals:
     for step in range(start_step + 1, last + 1):
-      state, step_metrics = run.strategy.train_step(state, next(batches), run_rng)
+      waited = time.perf_counter()
+      batch = next(batches)
+      waited = time.perf_counter() - waited
+      state, step_metrics = run.strategy.train_step(state, batch, run_rng)
       if run.strategy.sync_each_step:
         jax.block_until_ready(step_metrics)
-      window.add(step, step_metrics, config.batch_size)
+      window.add(step, step_metrics, config.batch_size, waited)
       bar.update(1)
       if step == start_step + 1:
         # Leave compilation out of throughput figures (its metrics are still checked).
@@ -290,6 +299,8 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
       'num_processes': jax.process_count(),
       'test': eval_metrics,
       'train_images_per_s': (window.train_images / window.train_time if window.train_time
+                             else None),
+      'data_wait_fraction': (window.data_wait / window.train_time if window.train_time
                              else None),
       'train_time_s': window.train_time,
       'num_params': int(sum(np.size(p) for p in jax.tree.leaves(host_state.params))),
