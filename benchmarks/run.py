@@ -25,6 +25,12 @@ Figures (name: what is measured):
                            waiting for the next batch.
   peak_memory/unet64       peak resident memory (MiB, ru_maxrss) of a subprocess that trains
                            unet64 for 5 steps.
+  streaming: pipeline_workers/<n>, streaming_rss/<N>, data_wait/unet_folder128,
+                           unet256_step_flop (benchmarks/input_pipeline.py): generated folders of
+                           256x256 RGB JPEGs through grain workers, memory over 2,000 vs 20,000
+                           images, a real U-Net run's data wait.
+  main_job/images_per_s    only with --baseline=DIR (a checkout of earlier code): the default
+                           VAE's train images/s there and here, alternating, 3 pairs.
 """
 import argparse
 import json
@@ -256,12 +262,13 @@ def _child(args: List[str], devices: int) -> List[Dict]:
 # ----------------------------------------------------------------------------- main
 
 
-ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory')
+ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'streaming')
 
 
-def run(only, output: str, conv_impl: str = 'auto') -> List[Dict]:
+def run(only, output: str, conv_impl: str = 'auto', baseline: str = '') -> List[Dict]:
   """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
-  ('auto' | 'xla' | 'matmul_grad', segae_jax.models.conv_ops), to compare implementations."""
+  ('auto' | 'xla' | 'matmul_grad', segae_jax.models.conv_ops), to compare implementations; with
+  `baseline` (a checkout of other code) also the main job's images/s there and here."""
   results: List[Dict] = []
   peak = 0.0
   steps = {}
@@ -295,6 +302,14 @@ def run(only, output: str, conv_impl: str = 'auto') -> List[Dict]:
   if 'memory' in only:
     for figure in _child(['--child=memory'], 1):
       emit(results, figure)
+  if 'streaming' in only:
+    from benchmarks import input_pipeline
+    for figure in input_pipeline.figures():
+      emit(results, figure)
+  if baseline:
+    from benchmarks import input_pipeline
+    for figure in input_pipeline.main_job_figures(os.path.abspath(baseline)):
+      emit(results, figure)
   import jax
   meta = {'figure': 'machine', 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
           'backend': jax.default_backend(), 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
@@ -311,6 +326,8 @@ def main(argv=None) -> None:
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
   parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'matmul_grad'),
                       help='convolution gradients of the train-step figures (conv_ops)')
+  parser.add_argument('--baseline', default='',
+                      help='a checkout of earlier code: also time its main job against this one')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -325,7 +342,7 @@ def main(argv=None) -> None:
   unknown = [x for x in only if x not in ALL]
   if unknown:
     parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
-  run(only, args.output, args.conv_impl)
+  run(only, args.output, args.conv_impl, args.baseline)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,12 @@ def default_num_workers() -> int:
   return 0 if (cores or 1) < 4 else min(8, cores // 2)
 
 
+def input_pipeline_fields() -> dict:
+  """config.data fields of the input pipeline, for every dataset (configs that replace
+  config.data add them back)."""
+  return {'cache': 'auto', 'num_workers': default_num_workers()}
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -23,12 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = 'fashion_mnist'
   config.data.idx_dir = ''      # '' = Debian's /usr/share/datasets/fashion-mnist or the fetch cache.
   config.data.tfds_dir = ''     # '' = tfds's default (~/tensorflow_datasets).
-  # 'auto': hold a split in memory when it takes at most 1 GiB decoded (Fashion-MNIST: 47 MB),
-  # else stream it from disk; 'memory' / 'stream' force either.
-  config.data.cache = 'auto'
-  # grain worker processes that read, decode and augment (0 = a thread of the training process);
-  # the batches are the same for any value.
-  config.data.num_workers = default_num_workers()
+  # cache: 'auto' holds a split in memory when it takes at most 256 MiB decoded (Fashion-MNIST:
+  # 47 MB), else streams it from disk; 'memory' / 'stream' force either. num_workers: grain
+  # processes that read, decode and augment (0 = a thread of the training process); the batches
+  # are the same for any value.
+  config.data.update(input_pipeline_fields())
   config.data.binarize = True   # Dynamic binarisation: the Bernoulli likelihood is then exact.
 
   config.model = ml_collections.ConfigDict()

@@ -7,7 +7,7 @@ stems). Set the paths and classes on the command line, e.g.
 """
 import ml_collections
 
-from configs import unet_scenes
+from configs import default, unet_scenes
 
 
 def get_config():
@@ -26,6 +26,7 @@ def get_config():
       'split_seed': 0,
       'tfds_dir': '',
       'augment': {'flip': True, 'crop_min_scale': 0.7, 'brightness': 0.1, 'contrast': 0.1},
+      **default.input_pipeline_fields(),   # cache ('auto' | 'memory' | 'stream'), num_workers.
   })
   config.eval_batch_size = 32
   return config

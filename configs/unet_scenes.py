@@ -13,6 +13,7 @@ def scenes_data() -> ml_collections.ConfigDict:
       'num_train': 10000, 'num_test': 2000, 'min_objects': 1, 'max_objects': 4,
       'min_scale': 0.75, 'max_scale': 1.5, 'scenes_seed': 0,
       'augment': {'flip': True, 'crop_min_scale': 1.0, 'brightness': 0.0, 'contrast': 0.0},
+      **default.input_pipeline_fields(),
   })
 
 
