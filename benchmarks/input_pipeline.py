@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import numpy as np
 
@@ -100,19 +100,25 @@ def _folder_overrides(root: str, tfds_dir: str, size: int) -> List[str]:
   return [f'--config.data.images_dir={root}/images', f'--config.data.masks_dir={root}/masks',
           '--config.data.num_classes=2', '--config.data.channels=3',
           f'--config.data.image_size=({size},{size})', f'--config.data.tfds_dir={tfds_dir}',
-          '--config.data.cache=auto']
+          '--config.data.cache=auto', f'--config.data.test_fraction={TEST_FRACTION}']
+
+
+TEST_FRACTION = 0.01
 
 
 def _prepare(root: str, tfds_dir: str, size: int) -> None:
-  """Prepares the segmentation_folder of `root` in its own process (so its memory is not the
-  training process's)."""
+  """Prepares the segmentation_folder of `root` (as _folder_overrides describes it) in its own
+  process, so its memory is not the training process's."""
   code = ('from configs import folder; from segae_jax import data; '
           'c = folder.get_config().data; '
           f'c.images_dir, c.masks_dir = "{root}/images", "{root}/masks"; '
           f'c.image_size, c.tfds_dir, c.cache = ({size}, {size}), "{tfds_dir}", "stream"; '
+          f'c.test_fraction = {TEST_FRACTION}; '
           'data.build(c)')
-  subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True,
-                 timeout=3600)
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=3600)
+  if proc.returncode:
+    raise RuntimeError(f'preparing {root} failed: {proc.stderr[-2000:]}')
 
 
 def _train(workdir: str, extra: List[str], steps: int) -> Dict:
@@ -138,7 +144,7 @@ def _train(workdir: str, extra: List[str], steps: int) -> Dict:
 def streaming_rss_figures(root: str) -> List[Dict]:
   figures = []
   small_model = ['--config.model.features=(8,16)', '--config.batch_size=8',
-                 '--config.eval_batch_size=8', '--config.data.test_fraction=0.001']
+                 '--config.eval_batch_size=8']
   for count in (2_000, 20_000):
     folder = os.path.join(root, f'rgb{count}')
     write_folder(folder, count)
@@ -188,15 +194,15 @@ def unet256_flop_figure() -> Dict:
           'batch_size': 8, 'gflop_per_image': flop / 8 / 1e9}
 
 
-def figures() -> List[Dict]:
-  """Every figure above, in a temporary folder removed afterwards."""
+def figures() -> Iterator[Dict]:
+  """Every figure above, each as soon as it is measured, in a temporary folder removed
+  afterwards."""
   root = tempfile.mkdtemp(prefix='segae_bench_input_')
   try:
-    out = pipeline_workers_figures(root)
-    out.append(data_wait_folder_figure(root))
-    out.append(unet256_flop_figure())
-    out += streaming_rss_figures(root)
-    return out
+    yield from pipeline_workers_figures(root)
+    yield data_wait_folder_figure(root)
+    yield unet256_flop_figure()
+    yield from streaming_rss_figures(root)
   finally:
     shutil.rmtree(root, ignore_errors=True)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segae_jax.data import folder
+from segae_jax.data import folder, pipeline
 from segae_jax.errors import UserInputError
 
 HEIGHT, WIDTH = 20, 24  # Source files; examples are 16x16.
@@ -86,6 +86,23 @@ def test_good_folder_builds_with_resize(tmp_path):
   assert os.path.isdir(os.path.join(tfds_dir, 'segmentation_folder', builder.builder_config.name,
                                     '1.0.0'))
   assert not [p for p in _leftovers(tfds_dir) if 'incomplete.' in p]
+
+
+def test_a_split_is_written_in_shards_of_bounded_size(tmp_path, monkeypatch):
+  """Shards of 4 examples (16x16x3 image + 16x16 mask = 1,024 bytes each): the 9 training
+  examples go to 3 array_record files, read back in file-stem order, as one file holds them."""
+  images_dir, masks_dir, _, _ = _make_folder(tmp_path)
+  whole = _read(folder.prepare(_config(images_dir, masks_dir), str(tmp_path / 'one')), 'train')
+  monkeypatch.setattr(folder, 'SHARD_BYTES', 4 * 1024)
+  builder = folder.prepare(_config(images_dir, masks_dir), str(tmp_path / 'sharded'))
+  assert builder.info.splits['train'].shard_lengths == [4, 4, 1]
+  sharded = _read(builder, 'train')
+  assert sharded['file_name'] == whole['file_name']
+  np.testing.assert_array_equal(sharded['image'], whole['image'])
+  np.testing.assert_array_equal(sharded['segmentation'], whole['segmentation'])
+  # An error message about example 5 names the shard file it is in: the second of three.
+  where = pipeline.describe_example(builder.as_data_source()['train'], 5)
+  assert where.startswith("example 5 of split 'train' (") and where.endswith('-00001-of-00003)')
 
 
 def test_fraction_split_is_seeded_and_disjoint(tmp_path, monkeypatch):

@@ -332,11 +332,31 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
   return resized_image.reshape(height, width, config.channels), resized_mask
 
 
-class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
+# Examples per array_record shard: about 256 MiB of raw examples. Each shard is written as its
+# examples are read (tfds.core.ShardBasedBuilder), so preparing holds one shard in memory at most;
+# GeneratorBasedBuilder would hold a whole split, and past 1 GB spill it through TensorFlow.
+SHARD_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardExamples:
+  """The (key, example) pairs of one shard: pairs[start:stop] of a split, read and converted."""
+  config: 'FolderConfig'
+  pairs: Tuple[Tuple[str, str, str], ...]
+  start: int
+
+  def __call__(self):
+    for i, (stem, image_path, mask_path) in enumerate(self.pairs, self.start):
+      image, mask = read_example(image_path, mask_path, self.config)
+      yield i, {'image': image, 'segmentation': mask, 'file_name': stem}
+
+
+class SegmentationFolder(tfds.core.ShardBasedBuilder):
   """Images with label masks from the user's folders (see FolderConfig).
 
   Features: 'image' uint8 [height, width, channels], 'segmentation' uint8 [height, width] of class
-  ids, 'file_name' the file stem. Splits 'train' and 'test', each in file-stem order.
+  ids, 'file_name' the file stem. Splits 'train' and 'test', each in file-stem order, in shards of
+  about SHARD_BYTES.
   """
 
   VERSION = tfds.core.Version('1.0.0')
@@ -363,7 +383,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
     )
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     del dl_manager  # Nothing to download.
     config: FolderConfig = self.builder_config
     read_class_names(config)
@@ -373,13 +393,11 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
     for pairs in splits.values():
       for _, image_path, mask_path in pairs:
         read_example(image_path, mask_path, config, transform=False)
-    return {name: self._generate_examples(pairs) for name, pairs in splits.items()}
-
-  def _generate_examples(self, pairs):
-    config: FolderConfig = self.builder_config
-    for i, (stem, image_path, mask_path) in enumerate(pairs):
-      image, mask = read_example(image_path, mask_path, config)
-      yield i, {'image': image, 'segmentation': mask, 'file_name': stem}
+    height, width = config.image_size
+    per_shard = max(1, SHARD_BYTES // (height * width * (config.channels + 1)))
+    return {name: [_ShardExamples(config, tuple(pairs[s:s + per_shard]), s)
+                   for s in range(0, len(pairs), per_shard)]
+            for name, pairs in splits.items()}
 
 
 def _remove_leftovers(config_dir: str) -> None:
