@@ -245,16 +245,19 @@ class TrainPlan:
 
   def __post_init__(self):
     self.batches_per_epoch = self.num_examples // self.global_batch_size
-    self._perm_epoch, self._perm = None, None
+    # (epoch, its permutation), replaced in one assignment: grain's reading thread and the
+    # training thread (describing a batch in an error) may both call this.
+    self._cached = (None, None)
 
   def __call__(self, k: int) -> Dict[str, Any]:
     epoch, b = divmod(int(k), self.batches_per_epoch)
-    if self._perm_epoch != epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-      self._perm_epoch = epoch
+    cached_epoch, perm = self._cached
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._cached = (epoch, perm)
     start = b * self.global_batch_size + self.process_index * self.local_batch_size
     position = np.arange(start, start + self.local_batch_size)
-    return {'index': self._perm[position], 'position': position, 'epoch': epoch}
+    return {'index': perm[position], 'position': position, 'epoch': epoch}
 
 
 @dataclasses.dataclass(frozen=True)
