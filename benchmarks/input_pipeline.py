@@ -7,6 +7,8 @@ Figures:
                            (min scale 0.35, back to 256x256) + flip + scaling to float32, with
                            n = 0, 1, 2 grain worker processes: examples_per_s and its ratio to
                            n = 0 (the per-worker scaling).
+  pipeline_workers_stored/<n> the same 400 images prepared as a segmentation_folder (raw uint8
+                           in array_record, so nothing to decode) and streamed: crop + flip.
   streaming_rss/<N>        peak resident memory (ru_maxrss, MiB) of a train.py process training
                            a small U-Net for 8 steps on a segmentation_folder of N = 2,000 and
                            20,000 such images (config.data.cache='auto': both stream), after the
@@ -73,14 +75,12 @@ def _augmented_preprocess():
                                    {'flip': True, 'crop_min_scale': 0.35})
 
 
-def pipeline_workers_figures(root: str, seconds: float = 8.0) -> List[Dict]:
+def _rates(name: str, source, preprocess, seconds: float) -> List[Dict]:
+  """Examples/s of a TrainIterator over `source` with 0, 1 and 2 workers (batches of 32)."""
   from segae_jax import data
-  from segae_jax.data.images import ImageFileSource
-  paths = write_folder(os.path.join(root, 'jpeg400'), 400, masks=False)
-  source = ImageFileSource(paths, channels=3)
   figures, base = [], None
   for workers in (0, 1, 2):
-    it = data.TrainIterator(source, 32, 0, _augmented_preprocess(), num_workers=workers)
+    it = data.TrainIterator(source, 32, 0, preprocess, num_workers=workers)
     for _ in range(2 + workers):  # Workers started and their buffers filled once.
       next(it)
     batches, start = 0, time.perf_counter()
@@ -90,10 +90,33 @@ def pipeline_workers_figures(root: str, seconds: float = 8.0) -> List[Dict]:
     per_s = batches * 32 / (time.perf_counter() - start)
     it.close()
     base = base or per_s
-    figures.append({'figure': f'pipeline_workers/{workers}', 'image_size': [SIZE, SIZE, 3],
+    figures.append({'figure': f'{name}/{workers}', 'image_size': [SIZE, SIZE, 3],
                     'batch_size': 32, 'examples_per_s': per_s, 'ratio_to_0_workers': per_s / base,
                     'host_cores': len(os.sched_getaffinity(0))})
   return figures
+
+
+def pipeline_workers_figures(root: str, seconds: float = 8.0) -> List[Dict]:
+  """JPEG files decoded on each read; then the same images prepared as a segmentation_folder
+  (raw uint8 in array_record: no decoding when training) and streamed."""
+  from segae_jax import data
+  from segae_jax.data import augment, folder as folder_lib
+  from segae_jax.data.images import ImageFileSource
+  folder = os.path.join(root, 'jpeg400')
+  paths = write_folder(folder, 400)
+  figures = _rates('pipeline_workers', ImageFileSource(paths, channels=3),
+                   _augmented_preprocess(), seconds)
+  tfds_dir = os.path.join(root, 'tfds400')
+  _prepare(folder, tfds_dir, SIZE)
+  config = {'name': 'segmentation_folder', 'images_dir': f'{folder}/images',
+            'masks_dir': f'{folder}/masks', 'num_classes': 2, 'channels': 3,
+            'image_size': (SIZE, SIZE), 'test_fraction': TEST_FRACTION, 'tfds_dir': tfds_dir,
+            'cache': 'stream'}
+  dataset = data.build(config)
+  assert isinstance(dataset.train, data.StreamedSource)
+  preprocess = augment.with_augmentation(folder_lib.preprocess,
+                                         {'flip': True, 'crop_min_scale': 0.35})
+  return figures + _rates('pipeline_workers_stored', dataset.train, preprocess, seconds)
 
 
 def _folder_overrides(root: str, tfds_dir: str, size: int) -> List[str]:

@@ -143,6 +143,9 @@ def _bad_values():
       ({'data.idx_dir': '/nonexistent/fmnist'},
        'Fashion-MNIST data directory /nonexistent/fmnist does not exist; run `make data`'),
       ({'loss': {'rec_l7': 1.0}}, "'rec_l7'; known: "),
+      ({'data.num_workers': -1}, 'config.data.num_workers=-1: expected an integer >= 0'),
+      ({'data.cache': 'sometimes'},
+       "config.data.cache='sometimes': expected one of ('auto', 'memory', 'stream')"),
   ]
   if devices > 1:  # Any batch divides over one device.
     cases.append(({'batch_size': 8 * devices + 1},

@@ -12,7 +12,7 @@ import numpy as np
 
 from segae_jax.data.pipeline import (ArraySource, DataError, ExampleRngs, StreamedSource,
                                      TrainIterator, WithFeature, cache_mode, check_num_workers,
-                                     eval_batches, eval_rngs, hold, stack_examples)
+                                     eval_batches, eval_rngs, hold, stack_examples, unit_float)
 from segae_jax.errors import UserInputError
 from segae_jax.registry import Registry
 
@@ -46,7 +46,7 @@ def scale_images(examples, rngs: Sequence[np.random.Generator], binarize: bool =
   image is kept as 'clean_image' for PSNR/MSE. Example i draws from rngs[i].
   """
   batch = dict(examples)
-  image = examples['image'].astype(np.float32) / 255.0
+  image = unit_float(examples['image'])
   if binarize:
     batch['clean_image'] = image
     noise = np.stack([rng.random(image.shape[1:], dtype=np.float32)
@@ -134,4 +134,5 @@ def build(config: Mapping) -> Dataset:
 
 __all__ = ['ArraySource', 'DATASETS', 'DataError', 'Dataset', 'ExampleRngs', 'StreamedSource',
            'TrainIterator', 'WithFeature', 'build', 'cache_mode', 'check_num_workers',
-           'eval_batches', 'eval_rngs', 'hold', 'scale_images', 'stack_examples', 'with_labeled_fraction']
+           'eval_batches', 'eval_rngs', 'hold', 'scale_images', 'stack_examples', 'unit_float',
+           'with_labeled_fraction']

@@ -16,12 +16,12 @@ Rngs = Sequence[np.random.Generator]
 
 def random_flip(batch, rngs: Rngs):
   """Mirrors each example left-right with probability 1/2 (image and 'segmentation')."""
-  flip = np.array([rng.random() < 0.5 for rng in rngs], bool)
+  flip = np.array([rng.random() < 0.5 for rng in rngs[:len(batch['image'])]], bool)
   out = dict(batch)
   for key in ('image', 'segmentation', 'clean_image'):
     if key in batch:
-      out[key] = np.where(flip.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
-                          batch[key][:, :, ::-1], batch[key])
+      out[key] = batch[key].copy()
+      out[key][flip] = batch[key][flip, :, ::-1]  # Copies only the mirrored examples.
   return out
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data.pipeline import hold
+from segae_jax.data.pipeline import hold, unit_float
 from segae_jax.errors import UserInputError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
@@ -455,7 +455,7 @@ def preprocess(examples, rngs) -> Dict[str, np.ndarray]:
   `rngs` (one generator per example) is unused: no stochastic preprocessing.
   """
   del rngs  # Deterministic.
-  return {'image': examples['image'].astype(np.float32) / 255.0,
+  return {'image': unit_float(examples['image']),
           'segmentation': examples['segmentation'].astype(np.int32)}
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data.pipeline import describe_example, hold
+from segae_jax.data.pipeline import describe_example, hold, unit_float
 from segae_jax.errors import UserInputError
 
 NAME = 'oxford_iiit_pet'
@@ -132,7 +132,7 @@ def preprocess(examples: Mapping[str, np.ndarray], rngs) -> Dict[str, np.ndarray
   `rngs` (one generator per example) is unused: no stochastic preprocessing.
   """
   del rngs  # Deterministic.
-  return {'image': examples['image'].astype(np.float32) / 255.0,
+  return {'image': unit_float(examples['image']),
           'segmentation': examples['segmentation'].astype(np.int32)}
 
 

@@ -155,6 +155,12 @@ def hold(source, cache, keys: Optional[Sequence[str]] = None):
   return ArraySource.from_data_source(source, keys=keys) if mode == 'memory' else streamed
 
 
+def unit_float(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 pixel / 255 in [0, 1], in one pass (the same values as
+  `images.astype(np.float32) / 255`, without its float32 temporary)."""
+  return np.divide(images, np.float32(255), dtype=np.float32)
+
+
 def stack_examples(examples) -> Batch:
   """A list of per-example dicts (what tfds data sources return) -> dict of stacked arrays."""
   if isinstance(examples, dict):

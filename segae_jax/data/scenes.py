@@ -30,7 +30,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from segae_jax.data import fashion_mnist as fm
-from segae_jax.data.pipeline import hold
+from segae_jax.data.pipeline import hold, unit_float
 from segae_jax.errors import UserInputError
 
 NAME = 'fashion_mnist_scenes'
@@ -340,7 +340,7 @@ def preprocess(examples: Mapping[str, np.ndarray], rngs) -> Dict[str, np.ndarray
   """
   del rngs
   batch = dict(examples)
-  batch['image'] = examples['image'].astype(np.float32) / 255.0
+  batch['image'] = unit_float(examples['image'])
   batch['segmentation'] = examples['segmentation'].astype(np.int32)
   return batch
 
