@@ -249,7 +249,8 @@ def test_a_workdir_written_by_earlier_code_restores_and_refuses_to_resume(tmp_pa
   """tests/data/unet_workdir_v1 was written by the code of 2026-12-01 (make_unet_workdir_v1.py
   beside it): its checkpoints, meta and config.json must keep restoring, giving the logits it
   gave then. Its data state is the iterator's before grain (random draws per batch), so resuming
-  its training is refused with one line, leaving the workdir as it was."""
+  its training is refused with one line, leaving the workdir as it was; as a finished run it
+  still re-evaluates."""
   workdir = str(tmp_path / 'old')
   shutil.copytree(OLD_RUN, workdir)
   expected = np.load(OLD_RUN + '_expected.npz')
@@ -266,3 +267,7 @@ def test_a_workdir_written_by_earlier_code_restores_and_refuses_to_resume(tmp_pa
                                            r'cannot resume exactly; evaluate/predict still read it'):
     training.train_and_evaluate(config, workdir)
   assert sorted(str(p.relative_to(workdir)) for p in pathlib.Path(workdir).rglob('*')) == before
+  # Finished (2 of 2 steps), it has no batch to draw: re-running only evaluates it again.
+  config.num_train_steps = 2
+  results = training.train_and_evaluate(config, workdir)
+  assert (results['resumed_from_step'], results['step']) == (2, 2)

@@ -201,16 +201,18 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
                   run_rng=run_rng, train_iter=train_iter, meta=meta)
 
 
-def _restore(run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Array, int, int]:
+def _restore(config, run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Array, int, int]:
   """(state, run key, start step, skipped steps): from the newest intact checkpoint (the
-  training iterator set to its position), or the initial ones."""
+  training iterator set to its position, unless the run has no step left to train), or the
+  initial ones."""
   restored = ckpts.restore({'train_state': run.state, 'rng': run.run_rng})
   if restored is None:
     return run.state, run.run_rng, 0, 0
   (tree, data_state), start_step = restored
   data_state = dict(data_state)
   skipped = int(data_state.pop('skipped_steps', 0))
-  run.train_iter.set_state(data_state)
+  if start_step < config.num_train_steps:  # A finished run draws no batch: any state will do.
+    run.train_iter.set_state(data_state)
   log.info('Resumed from %s at step %d.', ckpts.latest.directory, start_step)
   return tree['train_state'], tree['rng'], start_step, skipped
 
@@ -344,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
     stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)
-    state, run_rng, start_step, skipped = _restore(run, ckpts)
+    state, run_rng, start_step, skipped = _restore(config, run, ckpts)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
