@@ -72,7 +72,7 @@ def test_a_killed_worker_stops_the_iterator_with_one_line(fashion_mnist):
   start = time.time()
   with pytest.raises(data.pipeline.InputWorkerDied,
                      match=r'^an input worker process died .* while making training batch \d+ '
-                           r'\(epoch 0, examples example \d+ and 63 more\); re-run'):
+                           r'\(epoch 0: 64 examples, the first example \d+\); re-run'):
     _batches(it, 50)  # A few are already made; then the dead worker's turn comes.
   assert time.time() - start < 60  # Noticed, not waited on forever.
 

@@ -385,9 +385,8 @@ class TrainIterator(Iterator[Batch]):
 
   def describe(self, k: int) -> str:
     plan = self.plan(k)
-    return (f'training batch {k} (epoch {plan["epoch"]}, examples '
-            f'{describe_example(self.source, int(plan["index"][0]))} and '
-            f'{len(plan["index"]) - 1} more)')
+    return (f'training batch {k} (epoch {plan["epoch"]}: {len(plan["index"])} examples, the first '
+            f'{describe_example(self.source, int(plan["index"][0]))})')
 
   @property
   def epoch(self) -> int:
