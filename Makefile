@@ -33,7 +33,8 @@ test: data
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
 
-# Speed and memory figures (JSON lines, benchmarks/results.json); about 10 minutes on 2 cores.
+# Speed and memory figures (JSON lines, benchmarks/results.json); about 20 minutes on 2 cores
+# (half of it the streaming figures, which generate and prepare 20,000 256x256 images).
 bench: data
 	$(BIN)/python -m benchmarks.run
 
