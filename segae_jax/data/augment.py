@@ -7,12 +7,7 @@ number of workers and after any resume.
 """
 from typing import Callable, Mapping, Sequence
 
-import cv2
 import numpy as np
-
-# One OpenCV thread per process: the pipeline's parallelism is grain's workers, and the cores
-# left are XLA's.
-cv2.setNumThreads(1)
 
 
 Rngs = Sequence[np.random.Generator]
@@ -29,11 +24,20 @@ def random_flip(batch, rngs: Rngs):
   return out
 
 
+def _opencv():
+  """cv2, imported on the first crop (most runs never crop; the import takes about 0.1 s), with
+  one thread per process: the pipeline's parallelism is grain's workers, the other cores XLA's."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  cv2.setNumThreads(1)
+  return cv2
+
+
 def random_resized_crop(batch, rngs: Rngs, min_scale: float):
   """Crops a random square-ish box covering a fraction in [min_scale, 1] of each image's area and
   resizes it back to the image's size (image bilinear, mask nearest neighbour with pixel centres
   aligned, both with OpenCV: 7x faster than Pillow's resize on 256x256 RGB here); expects uint8
   images [batch, height, width, channels] and masks [batch, height, width]."""
+  cv2 = _opencv()
   images, masks = batch['image'], batch.get('segmentation')
   n, h, w = images.shape[:3]
   out_images, out_masks = np.empty_like(images), None if masks is None else np.empty_like(masks)
