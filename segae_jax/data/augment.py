@@ -63,8 +63,9 @@ def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
   n = len(images)
   shape = (n,) + (1,) * (images.ndim - 1)
   draws = np.array([(rng.uniform(1 - contrast, 1 + contrast),
-                     rng.uniform(-brightness, brightness)) for rng in rngs[:n]], np.float32)
-  c, b = draws.reshape((n, 2))[:, 0].reshape(shape), draws.reshape((n, 2))[:, 1].reshape(shape)
+                     rng.uniform(-brightness, brightness)) for rng in rngs[:n]],
+                   np.float32).reshape((n, 2))
+  c, b = draws[:, 0].reshape(shape), draws[:, 1].reshape(shape)
   mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
   return dict(batch, image=np.clip((images - mean) * c + mean + b, 0.0, 1.0))
 

@@ -469,7 +469,7 @@ def load(data_config: Mapping):
 
   Returns:
     segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory or
-    streamed from disk (data_config cache: 'auto', True, False; see data.pipeline.hold)
+    streamed from disk (data_config cache: 'auto', 'memory', 'stream'; see data.pipeline.hold)
     ('image' uint8 [N, H, W, C], 'segmentation' uint8 [N, H, W]).
 
   Raises:

@@ -203,10 +203,10 @@ def load(data_config: Mapping):
 
   Returns:
     segae_jax.data.Dataset with PetSource splits, held in memory once decoded or streamed
-    (data_config cache: 'auto', True, False; see data.pipeline.hold) ('image' uint8
-    [n, H, W, 3], 'segmentation' uint8 [n, H, W]; classes 0 = background, 1 = pet, 2 = border / not classified, i.e. trimap
-    values 2, 1, 3), image_shape (H, W, 3), num_classes 3, and `preprocess` giving float32 images
-    in [0, 1] and int32 masks.
+    (data_config cache: 'auto', 'memory', 'stream'; see data.pipeline.hold) ('image' uint8
+    [n, H, W, 3], 'segmentation' uint8 [n, H, W]; classes 0 = background, 1 = pet,
+    2 = border / not classified, i.e. trimap values 2, 1, 3), image_shape (H, W, 3),
+    num_classes 3, and `preprocess` giving float32 images in [0, 1] and int32 masks.
 
   Raises:
     UserInputError: a bad image_size or download value, or the dataset is not prepared and cannot

@@ -320,6 +320,13 @@ def _die_with_parent(worker_index: int, num_workers: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def _close(iterator) -> None:
+  """Stops a grain iterator's worker processes (only iterators with workers have close())."""
+  close = getattr(iterator, 'close', None)
+  if close is not None:
+    close()
+
+
 def _next(iterator, describe: Callable[[], str]):
   """next(iterator), with a grain worker's death turned into one line naming the batch."""
   try:
@@ -421,9 +428,7 @@ class TrainIterator(Iterator[Batch]):
   def close(self) -> None:
     """Stops the reading thread or worker processes (a later next() starts them again)."""
     if self._iterator is not None:
-      close = getattr(self._iterator, 'close', None)
-      if close is not None:
-        close()
+      _close(self._iterator)
       self._iterator = None
 
 
@@ -471,6 +476,4 @@ def eval_batches(source, global_batch_size: int, preprocess: Preprocess, seed: i
     for b in range(num_batches):
       yield _to_devices(_next(iterator, lambda: f'evaluation batch {b}'), num_local_devices)
   finally:
-    close = getattr(iterator, 'close', None)
-    if close is not None:
-      close()
+    _close(iterator)

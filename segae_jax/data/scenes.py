@@ -354,8 +354,8 @@ def load(data_config: Mapping):
 
   Returns:
     segae_jax.data.Dataset with train/test splits of 'image' uint8 [S, S, 1] and
-    'segmentation' uint8 [S, S], held in memory or streamed (data_config cache: 'auto', True,
-    False; see data.pipeline.hold); num_classes 11 (background + 10 garments).
+    'segmentation' uint8 [S, S], held in memory or streamed (data_config cache: 'auto',
+    'memory', 'stream'; see data.pipeline.hold); num_classes 11 (background + 10 garments).
 
   Raises:
     UserInputError: a bad parameter (named) or missing/malformed IDX files.
