@@ -6,13 +6,14 @@
 """
 import dataclasses
 import functools
-from typing import Callable, Mapping, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segae_jax.data.pipeline import (ArraySource, DataError, ExampleRngs, StreamedSource,
+from segae_jax.data.pipeline import (ArraySource, DataError, ExampleRngs, Pools, StreamedSource,
                                      TrainIterator, WithFeature, cache_mode, check_num_workers,
-                                     eval_batches, eval_rngs, hold, stack_examples, unit_float)
+                                     check_unlabeled_per_batch, eval_batches, eval_rngs, hold,
+                                     stack_examples, unit_float)
 from segae_jax.errors import UserInputError
 from segae_jax.registry import Registry
 
@@ -26,8 +27,14 @@ class Dataset:
   train, test: sources with __len__ and __getitems__ (numpy dicts; 'image' uint8 [h, w, c]):
     an ArraySource held in memory or a StreamedSource read from disk (config.data.cache).
   image_shape: (height, width, channels).
+  num_classes: segmentation classes; 0 for a dataset without masks (image_folder).
   preprocess: (examples, one np.random.Generator per example) -> batch of float32 images in
     [0, 1] etc.; a picklable callable (grain runs it in worker processes).
+  unlabeled: an unlabelled training pool ('image' only) for semi-supervised training, or None.
+  resize: how examples of another size reach image_shape ('resize' or 'center_crop',
+    data.sizing); only datasets stored at the images' own sizes have such examples.
+  sizes: for those, {split: {'count', 'min_height', 'min_width', 'max_height', 'max_width',
+    'pixels'}} (data.local.size_summary); None for datasets of one fixed size.
   """
   name: str
   train: object
@@ -36,6 +43,9 @@ class Dataset:
   num_classes: int
   class_names: Sequence[str]
   preprocess: Callable
+  unlabeled: Optional[object] = None
+  resize: str = 'resize'
+  sizes: Optional[Mapping[str, Mapping[str, int]]] = None
 
 
 def scale_images(examples, rngs: Sequence[np.random.Generator], binarize: bool = False):
@@ -82,6 +92,12 @@ def _fashion_mnist_scenes(config: Mapping) -> Dataset:
 def _segmentation_folder(config: Mapping) -> Dataset:
   from segae_jax.data import folder
   return folder.load(config)
+
+
+@DATASETS.register('image_folder')
+def _image_folder(config: Mapping) -> Dataset:
+  from segae_jax.data import image_folder
+  return image_folder.load(config)
 
 
 @DATASETS.register('oxford_iiit_pet')
@@ -132,7 +148,7 @@ def build(config: Mapping) -> Dataset:
   return DATASETS.get(config['name'])(config)
 
 
-__all__ = ['ArraySource', 'DATASETS', 'DataError', 'Dataset', 'ExampleRngs', 'StreamedSource',
-           'TrainIterator', 'WithFeature', 'build', 'cache_mode', 'check_num_workers',
-           'eval_batches', 'eval_rngs', 'hold', 'scale_images', 'stack_examples', 'unit_float',
-           'with_labeled_fraction']
+__all__ = ['ArraySource', 'DATASETS', 'DataError', 'Dataset', 'ExampleRngs', 'KeepingFlags',
+           'Pools', 'StreamedSource', 'TrainIterator', 'WithFeature', 'build', 'cache_mode',
+           'check_num_workers', 'check_unlabeled_per_batch', 'eval_batches', 'eval_rngs', 'hold',
+           'scale_images', 'stack_examples', 'unit_float', 'with_labeled_fraction']

@@ -5,9 +5,12 @@ config.data.num_workers > 0). Example i of a batch draws only from `rngs[i]`, th
 generator for that example (data.pipeline.ExampleRngs), so an augmented batch is the same for any
 number of workers and after any resume.
 """
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from segae_jax.data import sizing
+from segae_jax.data.sizing import Size
 
 
 Rngs = Sequence[np.random.Generator]
@@ -24,36 +27,14 @@ def random_flip(batch, rngs: Rngs):
   return out
 
 
-def _opencv():
-  """cv2, imported on the first crop (most runs never crop; the import takes about 0.1 s), with
-  one thread per process: the pipeline's parallelism is grain's workers, the other cores XLA's."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  cv2.setNumThreads(1)
-  return cv2
-
-
-def random_resized_crop(batch, rngs: Rngs, min_scale: float):
-  """Crops a random square-ish box covering a fraction in [min_scale, 1] of each image's area and
-  resizes it back to the image's size (image bilinear, mask nearest neighbour with pixel centres
-  aligned, both with OpenCV: 7x faster than Pillow's resize on 256x256 RGB here); expects uint8
-  images [batch, height, width, channels] and masks [batch, height, width]."""
-  cv2 = _opencv()
-  images, masks = batch['image'], batch.get('segmentation')
-  n, h, w = images.shape[:3]
-  out_images, out_masks = np.empty_like(images), None if masks is None else np.empty_like(masks)
-  for i, rng in zip(range(n), rngs):
-    scale = rng.uniform(min_scale, 1.0)
-    ch, cw = max(1, round(h * np.sqrt(scale))), max(1, round(w * np.sqrt(scale)))
-    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    window = (slice(top, top + ch), slice(left, left + cw))
-    resized = cv2.resize(images[i][window], (w, h), interpolation=cv2.INTER_LINEAR)
-    out_images[i] = resized.reshape(images.shape[1:])
-    if masks is not None:
-      out_masks[i] = cv2.resize(masks[i][window], (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-  out = dict(batch, image=out_images)
-  if masks is not None:
-    out['segmentation'] = out_masks
-  return out
+def random_resized_crop(batch, rngs: Rngs, min_scale: float, size: Optional[Size] = None,
+                        mode: str = 'resize'):
+  """Random crops of uint8 examples, resized to `size` (default: the images' own size, for
+  datasets of one fixed size): with mode 'resize' a window covering a fraction in [min_scale, 1]
+  of each image's area, with 'center_crop' a window of `size` at a random position (no
+  resampling); see data.sizing. Masks follow their images with the same window."""
+  images = batch['image']
+  return sizing.fit(batch, size or images.shape[1:3], mode, rngs, min_scale)
 
 
 def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
@@ -70,17 +51,24 @@ def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
   return dict(batch, image=np.clip((images - mean) * c + mean + b, 0.0, 1.0))
 
 
-def with_augmentation(preprocess: Callable, config: Mapping) -> Callable:
+def with_augmentation(preprocess: Callable, config: Mapping, size: Optional[Size] = None,
+                      mode: str = 'resize') -> Callable:
   """Wraps a dataset's preprocess (uint8 examples -> float batch) with the augmentations that
   `config` turns on: flip (bool), crop_min_scale (< 1 enables random resized crop),
-  brightness and contrast (> 0 enable them). Returns preprocess itself when all are off."""
+  brightness and contrast (> 0 enable them). Returns preprocess itself when all are off.
+
+  `size` and `mode` are the dataset's (Dataset.image_shape[:2], Dataset.resize) for datasets
+  stored at the images' own sizes: the crop then goes from the image's own size straight to
+  `size`, and with mode 'center_crop' a crop is a window of `size` at a random position.
+  """
   flip = bool(config.get('flip', False))
   crop = float(config.get('crop_min_scale', 1.0))
   brightness, contrast = float(config.get('brightness', 0.0)), float(config.get('contrast', 0.0))
-  if not (flip or crop < 1.0 or brightness > 0 or contrast > 0):
+  # A crop-only dataset's training crop is always random (its evaluation takes the centre).
+  crop_only = mode == 'center_crop' and size is not None
+  if not (flip or crop < 1.0 or brightness > 0 or contrast > 0 or crop_only):
     return preprocess
-
-  return Augmented(preprocess, flip, crop, brightness, contrast)
+  return Augmented(preprocess, flip, crop, brightness, contrast, size, mode)
 
 
 class Augmented:
@@ -89,13 +77,16 @@ class Augmented:
   flip, the dataset's own (binarisation), then brightness/contrast."""
 
   def __init__(self, preprocess: Callable, flip: bool, crop: float, brightness: float,
-               contrast: float):
+               contrast: float, size: Optional[Size] = None, mode: str = 'resize'):
     self.preprocess, self.flip, self.crop = preprocess, flip, crop
     self.brightness, self.contrast = brightness, contrast
+    self.size, self.mode = (None if size is None else tuple(size)), mode
 
   def __call__(self, examples, rngs: Rngs):
-    if self.crop < 1.0:
-      examples = random_resized_crop(examples, rngs, self.crop)
+    if self.crop < 1.0 or (self.mode == 'center_crop' and self.size is not None):
+      examples = random_resized_crop(examples, rngs, self.crop, self.size, self.mode)
+    elif self.size is not None:
+      examples = sizing.fit(examples, self.size, self.mode)
     if self.flip:
       examples = random_flip(examples, rngs)
     batch = self.preprocess(examples, rngs)

@@ -1,54 +1,58 @@
 """The user's own images and label masks, as a tensorflow-datasets builder (`segmentation_folder`).
 
 Layout: every image in `images_dir` has a mask of the same file stem in `masks_dir`
-(`cat_01.jpg` <-> `cat_01.png`); extensions .png .jpg .jpeg .tif .tiff in any case. Masks are
-single-channel integer label images (mode L, P, I or 1): pixel value = class id in
-[0, num_classes). With split='folders' the same layout sits in `train/` and `test/` subfolders of
-both folders; with split='fraction' one flat folder is split at random, seeded.
+(`cat_01.jpg` <-> `cat_01.png`); extensions .png .jpg .jpeg .tif .tiff .bmp in any case. Masks are
+single-channel integer label images (mode L, P or I): pixel value = class id in [0, num_classes).
+With split='folders' the same layout sits in `train/` and `test/` subfolders of both folders; with
+split='fraction' one flat folder is split at random, seeded. `unlabeled_dir` (optional, searched
+recursively) holds images without masks for semi-supervised training: they become the split
+'unlabeled' and join every training batch (config.data.unlabeled_per_batch of them).
 
 Every file is opened, decoded and checked before tfds writes anything, so a bad file stops the
-build with one line naming it, and nothing half-built is left behind. The prepared dataset lives in
-`<tfds_dir>/segmentation_folder/<config name>/1.0.0`, where the config name is a hash of every
-setting (absolute paths included): other folders or settings prepare into other folders. Files
-added to or changed in the folders later are NOT noticed: a prepared config is reused as it is
-(delete its folder to rebuild).
+build with one line naming it, and nothing half-built is left behind. Images and masks are stored
+at their own size (the long side capped at `max_size` if set, aspect kept; data.local), so the
+training size (`image_size`) and how images reach it (`resize`) are the input pipeline's business
+and can change without preparing again. The prepared dataset lives in
+`<tfds_dir>/segmentation_folder/<config name>/2.0.0`, where the config name is a hash of the
+settings that change what is stored (absolute paths included). Files added to or changed in the
+folders later are NOT noticed: a prepared config is reused as it is (delete its folder to rebuild).
 
-Image conversion (same for validation and writing):
+Image conversion (data.images.image_array; the same for checking and writing):
   - grayscale (modes 1, L, LA) counts as 1 channel; colour (RGB, RGBA, P, PA, CMYK, YCbCr) as 3.
     An image whose channel count differs from `channels` is refused, never silently converted.
-  - alpha: dropped when every pixel is fully opaque, refused otherwise (the colour under
-    transparent pixels is arbitrary).
+  - alpha: dropped when every pixel is fully opaque, refused otherwise.
   - 16-bit, 32-bit and float images are refused (no unambiguous scaling to uint8).
   - multi-frame files (TIFF stacks) are refused; EXIF orientation is ignored (pixels as stored,
     which is how masks drawn on the stored pixels line up).
-  - resize='resize': image bilinear, mask nearest neighbour, to image_size (aspect ratio not kept).
-    resize='center_crop': the central image_size window of both; smaller images are refused.
+  - resize='resize': the whole image (evaluation) or a random resized crop of it (training) goes
+    to image_size, image bilinear, mask nearest. resize='center_crop': the central (evaluation)
+    or a random (training) image_size window; images smaller than it are refused.
 """
 import dataclasses
 import hashlib
 import json
 import numbers
 import os
-import shutil
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from segae_jax.data import local, sizing
+from segae_jax.data.images import (capped_size, image_array, list_image_files, one_line,
+                                   open_image)
 from segae_jax.data.pipeline import hold, unit_float
 from segae_jax.errors import UserInputError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
-RESIZE_MODES = ('resize', 'center_crop')
 SPLIT_MODES = ('fraction', 'folders')
-SPLITS = ('train', 'test')
+SPLITS = local.SPLITS
+UNLABELED = 'unlabeled'
 MAX_CLASSES = 256  # Masks are stored as uint8.
-GRAY_MODES = ('1', 'L', 'LA')
-COLOUR_MODES = ('RGB', 'RGBA', 'P', 'PA', 'CMYK', 'YCbCr')
-ALPHA_MODES = ('LA', 'RGBA', 'PA')
 # np.asarray gives one integer per pixel for these ('1' -> bool, I;16* -> uint16, I -> int32).
 MASK_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
+# What an unlabelled example stores as its mask: the feature exists in every split.
+NO_MASK = np.zeros((1, 1), np.uint8)
 
 
 def _is_int(value) -> bool:
@@ -59,25 +63,90 @@ def _abspath(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+def check_image_size(size) -> Tuple[int, int]:
+  """config.data.image_size as (height, width) of positive ints.
+
+  Raises:
+    UserInputError: anything else.
+  """
+  if (not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2
+      or not all(_is_int(s) and s > 0 for s in size)):
+    raise UserInputError(f'config.data.image_size must be (height, width), two positive '
+                         f'integers, got {size!r}')
+  return int(size[0]), int(size[1])
+
+
+def check_common(config) -> None:
+  """The fields both folder configs share (FolderConfig, image_folder.ImageFolderConfig):
+  image_size, channels, resize, split, test_fraction, split_seed, max_size; normalised in place.
+
+  Raises:
+    UserInputError: naming config.data.<field>.
+  """
+  config.image_size = check_image_size(config.image_size)
+  if config.channels not in (1, 3) or not _is_int(config.channels):
+    raise UserInputError(f'config.data.channels must be 1 or 3, got {config.channels!r}')
+  sizing.check_mode(config.resize)
+  if config.split not in SPLIT_MODES:
+    raise UserInputError(f'unknown config.data.split {config.split!r}; known: '
+                         f'{", ".join(SPLIT_MODES)}')
+  if (not isinstance(config.test_fraction, numbers.Real) or isinstance(config.test_fraction, bool)
+      or not 0.0 < config.test_fraction < 1.0):
+    raise UserInputError(f'config.data.test_fraction must be in (0, 1), got '
+                         f'{config.test_fraction!r}')
+  for key in ('split_seed', 'max_size'):
+    if not _is_int(getattr(config, key)) or getattr(config, key) < 0:
+      raise UserInputError(f'config.data.{key} must be a non-negative integer, got '
+                           f'{getattr(config, key)!r}')
+  config.channels, config.test_fraction = int(config.channels), float(config.test_fraction)
+  config.split_seed, config.max_size = int(config.split_seed), int(config.max_size)
+
+
+def check_paths(config, keys: Sequence[str], optional: Sequence[str] = ()) -> None:
+  """Makes the path fields `keys` (required) and `optional` absolute, in place.
+
+  Raises:
+    UserInputError: a field that is not a path, or a required one left empty.
+  """
+  for key in tuple(keys) + tuple(optional):
+    value = getattr(config, key)
+    if not isinstance(value, (str, os.PathLike)):
+      raise UserInputError(f'config.data.{key} must be a path, got {value!r}')
+    if not os.fspath(value):
+      if key in keys:
+        raise UserInputError(f'config.data.{key} must be set (a folder of images)')
+      continue
+    setattr(config, key, _abspath(os.fspath(value)))
+
+
+def config_name(prefix: str, settings: Mapping[str, object]) -> str:
+  """'<prefix>_<12 hex digits of the settings' hash>'."""
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+  return f'{prefix}_{digest[:12]}'
+
+
 @dataclasses.dataclass(eq=False, kw_only=True)
 class FolderConfig(tfds.core.BuilderConfig):
-  """Where the images and masks are and how to turn them into fixed-size arrays.
+  """Where the images and masks are, and what the input pipeline makes of them.
 
   Attributes:
     images_dir: folder of images (with split='folders': holding train/ and test/).
     masks_dir: folder of masks, same file stems (and the same train/ and test/ subfolders).
     num_classes: label values must lie in [0, num_classes); at most 256 (uint8 masks).
-    image_size: (height, width) of the stored examples.
+    image_size: (height, width) the model sees (not stored: the pipeline crops or resizes).
     channels: 1 (grayscale) or 3 (colour); images with the other count are refused.
     class_names_file: optional text file, one class name per line (blank lines ignored), exactly
       num_classes names.
-    resize: 'resize' (image bilinear, mask nearest) or 'center_crop'.
+    resize: 'resize' or 'center_crop' (data.sizing; not stored).
     split: 'fraction' (random split of one folder) or 'folders' (train/ and test/ subfolders).
     test_fraction: with split='fraction', round(test_fraction * N) images go to test.
     split_seed: with split='fraction', seeds the permutation that picks the test images.
+    max_size: > 0 caps the long side of stored images and masks at this many pixels (aspect
+      kept); 0 stores them at their own size.
+    unlabeled_dir: optional folder (searched recursively) of images without masks.
 
-  `name` is set from a hash of all the fields above (paths made absolute first), whatever is
-  passed. Paths are stored absolute.
+  `name` is set from a hash of the stored settings (`settings()`, paths made absolute first),
+  whatever is passed.
 
   Raises:
     UserInputError: a field has the wrong type or value (naming config.data.<field>).
@@ -93,56 +162,31 @@ class FolderConfig(tfds.core.BuilderConfig):
   split: str = 'fraction'
   test_fraction: float = 0.2
   split_seed: int = 0
+  max_size: int = 0
+  unlabeled_dir: str = ''
 
   def __post_init__(self):
-    for key in ('images_dir', 'masks_dir', 'class_names_file'):
-      if not isinstance(getattr(self, key), (str, os.PathLike)):
-        raise UserInputError(f'config.data.{key} must be a path, got {getattr(self, key)!r}')
-    for key in ('images_dir', 'masks_dir'):
-      if not str(getattr(self, key)):
-        raise UserInputError(f'config.data.{key} must be set (a folder of images)')
-      setattr(self, key, _abspath(os.fspath(getattr(self, key))))
-    if self.class_names_file:
-      self.class_names_file = _abspath(os.fspath(self.class_names_file))
-    size = self.image_size
-    if (not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2
-        or not all(_is_int(s) and s > 0 for s in size)):
-      raise UserInputError(f'config.data.image_size must be (height, width), two positive '
-                           f'integers, got {size!r}')
-    self.image_size = (int(size[0]), int(size[1]))
-    if self.channels not in (1, 3) or not _is_int(self.channels):
-      raise UserInputError(f'config.data.channels must be 1 or 3, got {self.channels!r}')
+    check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
+    if self.unlabeled_dir and self.unlabeled_dir in (self.images_dir, self.masks_dir):
+      which = 'images_dir' if self.unlabeled_dir == self.images_dir else 'masks_dir'
+      raise UserInputError(f'config.data.unlabeled_dir {self.unlabeled_dir} is also '
+                           f'config.data.{which}; unlabelled images need a folder of their own')
+    check_common(self)
     if not _is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
       raise UserInputError(f'config.data.num_classes must be an integer in [2, {MAX_CLASSES}] '
                            f'(masks are uint8), got {self.num_classes!r}')
-    if self.resize not in RESIZE_MODES:
-      raise UserInputError(f'unknown config.data.resize {self.resize!r}; known: '
-                           f'{", ".join(RESIZE_MODES)}')
-    if self.split not in SPLIT_MODES:
-      raise UserInputError(f'unknown config.data.split {self.split!r}; known: '
-                           f'{", ".join(SPLIT_MODES)}')
-    if (not isinstance(self.test_fraction, numbers.Real) or isinstance(self.test_fraction, bool)
-        or not 0.0 < self.test_fraction < 1.0):
-      raise UserInputError(f'config.data.test_fraction must be in (0, 1), got '
-                           f'{self.test_fraction!r}')
-    if not _is_int(self.split_seed) or self.split_seed < 0:
-      raise UserInputError(f'config.data.split_seed must be a non-negative integer, got '
-                           f'{self.split_seed!r}')
-    self.num_classes, self.channels = int(self.num_classes), int(self.channels)
-    self.test_fraction, self.split_seed = float(self.test_fraction), int(self.split_seed)
-    fields = self.settings()
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    self.name = f'folder_{digest[:12]}'
+    self.num_classes = int(self.num_classes)
+    self.name = config_name('folder', self.settings())
     if self.description is None:
-      self.description = 'Images and masks from ' + json.dumps(fields, sort_keys=True)
+      self.description = 'Images and masks from ' + json.dumps(self.settings(), sort_keys=True)
 
   def settings(self) -> Dict[str, object]:
-    """The fields that define the dataset (what the config name hashes), JSON-serialisable."""
+    """The fields that define what is stored (what the config name hashes), JSON-serialisable."""
     return {'images_dir': self.images_dir, 'masks_dir': self.masks_dir,
-            'image_size': list(self.image_size), 'channels': self.channels,
-            'num_classes': self.num_classes, 'class_names_file': self.class_names_file,
-            'resize': self.resize, 'split': self.split, 'test_fraction': self.test_fraction,
-            'split_seed': self.split_seed}
+            'channels': self.channels, 'num_classes': self.num_classes,
+            'class_names_file': self.class_names_file, 'split': self.split,
+            'test_fraction': self.test_fraction, 'split_seed': self.split_seed,
+            'max_size': self.max_size, 'unlabeled_dir': self.unlabeled_dir}
 
 
 def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
@@ -158,7 +202,7 @@ def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
     with open(path, encoding='utf-8') as f:
       names = tuple(line.strip() for line in f.read().splitlines() if line.strip())
   except (OSError, UnicodeDecodeError) as e:
-    raise UserInputError(f'{path}: cannot read class names file ({_one_line(e)})') from None
+    raise UserInputError(f'{path}: cannot read class names file ({one_line(e)})') from None
   if len(names) != config.num_classes:
     raise UserInputError(f'{path}: {len(names)} class names (one per non-blank line) but '
                          f'config.data.num_classes is {config.num_classes}')
@@ -168,39 +212,10 @@ def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
   return names
 
 
-def _one_line(error: BaseException) -> str:
-  return ' '.join(f'{type(error).__name__}: {error}'.split())
-
-
-def _list_images(directory: str, what: str) -> Dict[str, str]:
-  """{file stem: full path} of the image files directly inside `directory`, sorted by stem.
-
-  Raises:
-    UserInputError: the folder is missing, holds no image files, or two files share a stem.
-  """
-  if not os.path.isdir(directory):
-    raise UserInputError(f'{directory}: {what} folder does not exist')
-  files: Dict[str, str] = {}
-  for entry in sorted(os.listdir(directory)):
-    stem, ext = os.path.splitext(entry)
-    path = os.path.join(directory, entry)
-    # Hidden files (macOS '._x.png' resource forks) are not images even with an image extension.
-    if entry.startswith('.') or ext.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(path):
-      continue
-    if stem in files:
-      raise UserInputError(f'{path}: same file stem as {files[stem]}; images and masks are '
-                           f'matched by stem, so each stem must appear once')
-    files[stem] = path
-  if not files:
-    raise UserInputError(f'{directory}: no {what} files ({" ".join(IMAGE_EXTENSIONS)}) in the '
-                         f'folder')
-  return dict(sorted(files.items()))
-
-
 def _pair(images_dir: str, masks_dir: str) -> List[Tuple[str, str, str]]:
   """[(stem, image path, mask path)] sorted by stem; every image must have a mask and back."""
-  images = _list_images(images_dir, 'image')
-  masks = _list_images(masks_dir, 'mask')
+  images = list_image_files(images_dir, 'image')
+  masks = list_image_files(masks_dir, 'mask')
   for stem, path in images.items():
     if stem not in masks:
       raise UserInputError(f'{path}: image without a mask (no {stem}.<ext> in {masks_dir})')
@@ -210,71 +225,38 @@ def _pair(images_dir: str, masks_dir: str) -> List[Tuple[str, str, str]]:
   return [(stem, images[stem], masks[stem]) for stem in images]
 
 
+def _unlabeled(config: FolderConfig, mask_stems: set) -> List[Tuple[str, str, str]]:
+  """[(key, image path, '')] of unlabeled_dir; an image whose stem has a mask is refused."""
+  files = list_image_files(config.unlabeled_dir, 'unlabeled image', recursive=True)
+  for key, path in files.items():
+    stem = key.rsplit('/', 1)[-1]
+    if stem in mask_stems:
+      raise UserInputError(f'{path}: unlabeled image has a mask ({stem}.<ext> in '
+                           f'{config.masks_dir}); move it to images_dir or rename it')
+  return [(key, path, '') for key, path in files.items()]
+
+
 def split_files(config: FolderConfig) -> Dict[str, List[Tuple[str, str, str]]]:
-  """{'train': [(stem, image path, mask path)], 'test': [...]}, each sorted by stem.
+  """{'train': [(stem, image path, mask path)], 'test': [...]} each sorted by stem, and
+  'unlabeled': [(key, image path, '')] when config.unlabeled_dir is set.
 
   split='fraction': round(test_fraction * N) pairs, picked by a permutation seeded with
   split_seed, go to test and the rest to train. split='folders': the train/ and test/ subfolders.
 
   Raises:
-    UserInputError: missing folders or files, unmatched stems, or an empty split.
+    UserInputError: missing folders or files, unmatched stems, an empty split, or an unlabelled
+      image that has a mask.
   """
   if config.split == 'folders':
-    return {s: _pair(os.path.join(config.images_dir, s), os.path.join(config.masks_dir, s))
-            for s in SPLITS}
-  pairs = _pair(config.images_dir, config.masks_dir)
-  num_test = int(len(pairs) * config.test_fraction + 0.5)  # Round half up, not to even.
-  if num_test == 0 or num_test == len(pairs):
-    empty = 'test' if num_test == 0 else 'train'
-    raise UserInputError(f'{config.images_dir}: {len(pairs)} image(s) with test_fraction '
-                         f'{config.test_fraction} leave the {empty} split empty; add images or '
-                         f'change config.data.test_fraction')
-  is_test = np.zeros(len(pairs), bool)
-  is_test[np.random.default_rng(config.split_seed).permutation(len(pairs))[:num_test]] = True
-  return {'train': [p for p, t in zip(pairs, is_test) if not t],
-          'test': [p for p, t in zip(pairs, is_test) if t]}
-
-
-def _open(path: str, what: str) -> Image.Image:
-  """Opens and fully decodes one file (a truncated file fails here, not later)."""
-  try:
-    with Image.open(path) as image:
-      image.load()
-      frames = getattr(image, 'n_frames', 1)
-  # Pillow's format plugins raise many exception types on malformed data (OSError, SyntaxError,
-  # ValueError, struct.error, DecompressionBombError, ...); all mean "this file is unusable".
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserInputError(f'{path}: cannot read {what} ({_one_line(e)})') from None
-  if frames != 1:
-    raise UserInputError(f'{path}: {what} file holds {frames} frames; expected one image per file')
-  return image
-
-
-def _image_array(image: Image.Image, path: str, channels: int) -> np.ndarray:
-  """PIL image -> uint8 [height, width, channels], refusing what cannot convert without loss."""
-  mode = image.mode
-  if mode == 'P' and 'transparency' in image.info:
-    mode = 'PA'  # A palette with a transparent index is an alpha channel in disguise.
-  if mode in GRAY_MODES:
-    found, target = 1, 'L'
-  elif mode in COLOUR_MODES:
-    found, target = 3, 'RGB'
+    splits = {s: _pair(os.path.join(config.images_dir, s), os.path.join(config.masks_dir, s))
+              for s in SPLITS}
   else:
-    raise UserInputError(f'{path}: image mode {image.mode} is not supported; expected an 8-bit '
-                         f'grayscale or colour image (16-bit and float images need converting)')
-  if found != channels:
-    kind = 'grayscale' if found == 1 else 'colour'
-    raise UserInputError(f'{path}: image has {found} channel(s) ({kind}, mode {image.mode}) but '
-                         f'config.data.channels is {channels}')
-  if mode in ALPHA_MODES:
-    with_alpha = np.asarray(image.convert(target + 'A'))
-    if with_alpha[..., -1].min() < 255:
-      raise UserInputError(f'{path}: image has transparent pixels (mode {image.mode}); expected an '
-                           f'opaque image (only a fully opaque alpha channel is dropped)')
-    array = with_alpha[..., :-1]
-  else:
-    array = np.asarray(image.convert(target))
-  return array.reshape(array.shape[:2] + (channels,))
+    splits = local.split_by_fraction(_pair(config.images_dir, config.masks_dir),
+                                     config.test_fraction, config.split_seed, config.images_dir)
+  if config.unlabeled_dir:
+    stems = {stem for pairs in splits.values() for stem, _, _ in pairs}
+    splits[UNLABELED] = _unlabeled(config, stems)
+  return splits
 
 
 def _mask_array(mask: Image.Image, path: str, num_classes: int) -> np.ndarray:
@@ -294,93 +276,75 @@ def _mask_array(mask: Image.Image, path: str, num_classes: int) -> np.ndarray:
 
 
 def read_example(image_path: str, mask_path: str, config: FolderConfig,
-                 transform: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-  """Reads, checks and (with `transform`) resizes or crops one image/mask pair.
+                 transform: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """Reads and checks one image/mask pair (mask_path '' for an unlabelled image).
 
   Returns:
-    image uint8 [height, width, channels] and mask uint8 [height, width]; of config.image_size
-    with `transform`, else of the files' own size.
+    image uint8 [height, width, channels] and mask uint8 [height, width] (None without a mask):
+    with `transform` as stored (capped at config.max_size), else at the files' own size.
 
   Raises:
     UserInputError: naming the file and the problem (unreadable, wrong mode or channel count,
-      transparent pixels, sizes differ, label out of range, smaller than the centre crop).
+      transparent pixels, sizes differ, label out of range, smaller than the crop of
+      resize='center_crop').
   """
-  image = _open(image_path, 'image')
-  mask = _open(mask_path, 'mask')
-  image_array = _image_array(image, image_path, config.channels)
-  mask_array = _mask_array(mask, mask_path, config.num_classes)
-  h, w = image_array.shape[:2]
-  if mask_array.shape != (h, w):
-    raise UserInputError(f'{mask_path}: mask is {mask_array.shape[0]}x{mask_array.shape[1]} '
-                         f'(height x width) but its image {image_path} is {h}x{w}')
-  height, width = config.image_size
-  if config.resize == 'center_crop' and (h < height or w < width):
-    raise UserInputError(f'{image_path}: image is {h}x{w} (height x width), smaller than '
-                         f'config.data.image_size {height}x{width} needed by center_crop; use '
-                         f'resize="resize" or a smaller image_size')
-  if not transform or (h, w) == (height, width):
-    return image_array, mask_array
+  image = image_array(open_image(image_path, 'image'), image_path, config.channels)
+  mask = None
+  h, w = image.shape[:2]
+  if mask_path:
+    mask = _mask_array(open_image(mask_path, 'mask'), mask_path, config.num_classes)
+    if mask.shape != (h, w):
+      raise UserInputError(f'{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} '
+                           f'(height x width) but its image {image_path} is {h}x{w}')
   if config.resize == 'center_crop':
-    top, left = (h - height) // 2, (w - width) // 2
-    return (image_array[top:top + height, left:left + width],
-            mask_array[top:top + height, left:left + width])
-  pil_image = Image.fromarray(image_array[..., 0] if config.channels == 1 else image_array)
-  # Labels are categories: nearest neighbour never invents a class between two others.
-  resized_image = np.asarray(pil_image.resize((width, height), Image.Resampling.BILINEAR))
-  resized_mask = np.asarray(Image.fromarray(mask_array).resize((width, height),
-                                                               Image.Resampling.NEAREST))
-  return resized_image.reshape(height, width, config.channels), resized_mask
-
-
-# Examples per array_record shard: about 256 MiB of raw examples. Each shard is written as its
-# examples are read (tfds.core.ShardBasedBuilder), so preparing holds one shard in memory at most;
-# GeneratorBasedBuilder would hold a whole split, and past 1 GB spill it through TensorFlow.
-SHARD_BYTES = 256 << 20
+    sizing.check_fits(*capped_size(h, w, config.max_size), config.image_size, image_path)
+  if not transform:
+    return image, mask
+  return local.capped(image, mask, config.max_size)
 
 
 @dataclasses.dataclass(frozen=True)
-class _ShardExamples:
-  """The (key, example) pairs of one shard: pairs[start:stop] of a split, read and converted."""
-  config: 'FolderConfig'
-  pairs: Tuple[Tuple[str, str, str], ...]
-  start: int
+class _ReadPair:
+  """(stem, image path, mask path) -> the stored example (tfds encodes the PNGs)."""
+  config: FolderConfig
 
-  def __call__(self):
-    for i, (stem, image_path, mask_path) in enumerate(self.pairs, self.start):
-      image, mask = read_example(image_path, mask_path, self.config)
-      yield i, {'image': image, 'segmentation': mask, 'file_name': stem}
+  def __call__(self, item) -> Dict[str, object]:
+    stem, image_path, mask_path = item
+    image, mask = read_example(image_path, mask_path, self.config)
+    return {'image': local.png(image), 'segmentation': local.png(NO_MASK if mask is None else mask),
+            'file_name': stem}
 
 
 class SegmentationFolder(tfds.core.ShardBasedBuilder):
   """Images with label masks from the user's folders (see FolderConfig).
 
-  Features: 'image' uint8 [height, width, channels], 'segmentation' uint8 [height, width] of class
-  ids, 'file_name' the file stem. Splits 'train' and 'test', each in file-stem order, in shards of
-  about SHARD_BYTES.
+  Features: 'image' uint8 [height, width, channels] and 'segmentation' uint8 [height, width, 1]
+  (class ids), both PNG at the image's own size (capped at max_size), 'file_name' the file stem.
+  Splits 'train' and 'test' (and 'unlabeled', masks 1x1 zeros), in file order; the image sizes of
+  each split are in info.metadata['sizes'] (data.local.size_summary).
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Images and masks from local folders, resized or centre-cropped.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Images and masks from local folders, resized or centre-cropped.',
+                   '2.0.0': 'Stored at their own size as PNG; an optional unlabeled split.'}
   # tfds uses the code path only to find a checksums file for downloads (there are none here);
   # its lookup raises NotADirectoryError under the editable install when run outside the repo.
   code_path = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     config: FolderConfig = self.builder_config
-    height, width = config.image_size
     # Built outside tfds's catalog: DatasetInfo is returned directly (no metadata folder).
     return tfds.core.DatasetInfo(
         builder=self,
         description=config.description,
         features=tfds.features.FeaturesDict({
-            # Raw uint8 tensors, not PNG: no decode on read, and no TensorFlow to encode.
-            'image': tfds.features.Tensor(shape=(height, width, config.channels), dtype=np.uint8),
-            'segmentation': tfds.features.Tensor(shape=(height, width), dtype=np.uint8),
+            'image': local.image_feature(config.channels),
+            'segmentation': local.image_feature(1),
             'file_name': tfds.features.Text(),
         }),
         supervised_keys=('image', 'segmentation'),
-        # Keep the file-stem order (the pipeline shuffles).
-        disable_shuffling=True,
+        disable_shuffling=True,  # Keep the file order (the pipeline shuffles).
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _shard_iterators_per_split(self, dl_manager):
@@ -388,29 +352,14 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder):
     config: FolderConfig = self.builder_config
     read_class_names(config)
     splits = split_files(config)
-    # Decode and check every pair before tfds writes the first record: a bad file found halfway
+    # Decode and check every file before tfds writes the first record: a bad file found halfway
     # through writing would otherwise cost the whole build.
-    for pairs in splits.values():
-      for _, image_path, mask_path in pairs:
-        read_example(image_path, mask_path, config, transform=False)
-    height, width = config.image_size
-    per_shard = max(1, SHARD_BYTES // (height * width * (config.channels + 1)))
-    return {name: [_ShardExamples(config, tuple(pairs[s:s + per_shard]), s)
-                   for s in range(0, len(pairs), per_shard)]
-            for name, pairs in splits.items()}
-
-
-def _remove_leftovers(config_dir: str) -> None:
-  """Removes incomplete.* build folders in `config_dir`, then the folders left empty."""
-  if os.path.isdir(config_dir):
-    for entry in os.listdir(config_dir):
-      if entry.startswith('incomplete.'):
-        shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
-  for directory in (config_dir, os.path.dirname(config_dir)):
-    try:
-      os.rmdir(directory)  # Only succeeds when empty: a prepared dataset is never touched.
-    except OSError:
-      break
+    sizes = {name: [local.capped(*read_example(image, mask, config, transform=False),
+                                 config.max_size)[0].shape[:2] for _, image, mask in items]
+             for name, items in splits.items()}
+    self.info.metadata['sizes'] = {name: local.size_summary(s) for name, s in sizes.items()}
+    pixels = max(s['pixels'] / s['count'] for s in self.info.metadata['sizes'].values())
+    return local.shards(splits, _ReadPair(config), int(pixels) * (config.channels + 1))
 
 
 def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> SegmentationFolder:
@@ -422,67 +371,77 @@ def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> Segmentatio
   Raises:
     UserInputError: naming the offending file or config key (nothing written).
   """
-  builder = SegmentationFolder(config=config, data_dir=tfds_dir or None,
-                               file_format='array_record')
-  config_dir = os.fspath(builder.data_path.parent)  # <tfds_dir>/segmentation_folder/<name>
-  try:
-    builder.download_and_prepare()
-  except BaseException:
-    # tfds removes its own incomplete folder on an exception; this also clears what a killed
-    # earlier attempt left and the empty parents tfds created.
-    _remove_leftovers(config_dir)
-    raise
-  return builder
+  return local.prepare(SegmentationFolder(config=config, data_dir=tfds_dir or None,
+                                          file_format='array_record'))
 
 
-def _config_from_mapping(data_config: Mapping) -> FolderConfig:
-  for key in ('images_dir', 'masks_dir', 'num_classes'):
-    if data_config.get(key) in (None, ''):
-      raise UserInputError(f'config.data.{key} must be set for dataset segmentation_folder')
-  defaults = {f.name: f.default for f in dataclasses.fields(FolderConfig)
-              if f.default is not dataclasses.MISSING}
-  args = {key: data_config.get(key, defaults.get(key))
-          for key in ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels',
-                      'class_names_file', 'resize', 'split', 'test_fraction', 'split_seed')}
-  if args['class_names_file'] is None:
-    args['class_names_file'] = ''
-  return FolderConfig(**args)
+FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'class_names_file',
+          'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir')
 
 
-def preprocess(examples, rngs) -> Dict[str, np.ndarray]:
-  """uint8 examples -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation': int32 [B, H, W]}.
+def config_from_mapping(data_config: Mapping, cls=FolderConfig, fields=FIELDS,
+                        required=('images_dir', 'masks_dir', 'num_classes')):
+  """The builder config `cls` from config.data: `fields` taken from it, the class's defaults for
+  those missing (or None).
 
-  `rngs` (one generator per example) is unused: no stochastic preprocessing.
+  Raises:
+    UserInputError: a `required` field is missing or empty, or a field is bad.
   """
-  del rngs  # Deterministic.
-  return {'image': unit_float(examples['image']),
-          'segmentation': examples['segmentation'].astype(np.int32)}
+  for key in required:
+    if data_config.get(key) in (None, ''):
+      raise UserInputError(f'config.data.{key} must be set for dataset {data_config.get("name")}')
+  defaults = {f.name: f.default for f in dataclasses.fields(cls)
+              if f.default is not dataclasses.MISSING}
+  args = {key: data_config.get(key) for key in fields}
+  return cls(**{k: defaults.get(k) if v is None else v for k, v in args.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """uint8 examples of any size -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation':
+  int32 [B, H, W]} of `size` by the deterministic fit of `mode` (data.sizing.fit: the training
+  crops happen before, in data.augment). `rngs` is unused."""
+  size: Tuple[int, int]
+  mode: str
+
+  def __call__(self, examples, rngs) -> Dict[str, np.ndarray]:
+    del rngs  # Deterministic.
+    examples = sizing.fit(examples, self.size, self.mode)
+    masks = examples['segmentation']
+    return {'image': unit_float(examples['image']),
+            'segmentation': masks.reshape(masks.shape[:3]).astype(np.int32)}
 
 
 def load(data_config: Mapping):
   """Prepares (once) and loads the folder dataset described by config.data.
 
   Args:
-    data_config: mapping with images_dir, masks_dir, num_classes and optionally image_size,
-      channels, class_names_file, resize, split, test_fraction, split_seed (FolderConfig's
-      defaults) and tfds_dir (default ~/tensorflow_datasets).
+    data_config: mapping with images_dir, masks_dir, num_classes and optionally the other
+      FolderConfig fields (its defaults), tfds_dir (default ~/tensorflow_datasets) and cache.
 
   Returns:
     segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory or
-    streamed from disk (data_config cache: 'auto', 'memory', 'stream'; see data.pipeline.hold)
-    ('image' uint8 [N, H, W, C], 'segmentation' uint8 [N, H, W]).
+    streamed from disk (data_config cache: 'auto', 'memory', 'stream'; see data.pipeline.hold):
+    'image' uint8 [h, w, C] and 'segmentation' uint8 [h, w, 1] at each image's own size, and
+    `unlabeled` ('image' only) when unlabeled_dir is set.
 
   Raises:
-    UserInputError: a bad setting or file, naming it.
+    UserInputError: a bad setting or file, naming it; with resize='center_crop', a split whose
+      smallest stored image is smaller than image_size.
   """
   from segae_jax.data import Dataset  # Here: segae_jax.data imports this module to register it.
-  config = _config_from_mapping(data_config)
+  config = config_from_mapping(data_config)
   class_names = read_class_names(config)
-  sources = prepare(config, data_config.get('tfds_dir') or None).as_data_source()
-  splits = {}
-  for name in SPLITS:
-    splits[name] = hold(sources[name], data_config.get('cache', 'auto'),
-                        keys=('image', 'segmentation'))
+  builder = prepare(config, data_config.get('tfds_dir') or None)
+  sizes = local.recorded_sizes(builder)
+  local.check_crop_fits(sizes, config.image_size, config.resize,
+                        f'segmentation_folder {os.fspath(builder.data_path)}')
+  sources = builder.as_data_source()
+  cache = data_config.get('cache', 'auto')
+  splits = {name: hold(sources[name], cache, keys=('image', 'segmentation')) for name in SPLITS}
+  unlabeled = hold(sources[UNLABELED], cache, keys=('image',)) if config.unlabeled_dir else None
   return Dataset(name='segmentation_folder', train=splits['train'], test=splits['test'],
                  image_shape=config.image_size + (config.channels,),
-                 num_classes=config.num_classes, class_names=class_names, preprocess=preprocess)
+                 num_classes=config.num_classes, class_names=class_names,
+                 preprocess=Preprocess(config.image_size, config.resize),
+                 unlabeled=unlabeled, resize=config.resize, sizes=sizes)

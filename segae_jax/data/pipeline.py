@@ -72,7 +72,7 @@ class ArraySource:
     streamed = StreamedSource(source, keys)
     parts = [streamed.__getitems__(range(start, min(start + chunk, len(source))))
              for start in range(0, len(source), chunk)]
-    return cls({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return cls(concat_batches(parts))
 
   def __len__(self) -> int:
     return self._len
@@ -150,7 +150,7 @@ def hold(source, cache, keys: Optional[Sequence[str]] = None):
   streamed = StreamedSource(source, keys)
   if mode == 'auto' and len(source):
     example = streamed.__getitems__([0])
-    nbytes = sum(v.nbytes for v in example.values()) * len(source)
+    nbytes = sum(np.asarray(v[0]).nbytes for v in example.values()) * len(source)
     mode = 'memory' if nbytes <= AUTO_CACHE_BYTES else 'stream'
   return ArraySource.from_data_source(source, keys=keys) if mode == 'memory' else streamed
 
@@ -161,11 +161,35 @@ def unit_float(images: np.ndarray) -> np.ndarray:
   return np.divide(images, np.float32(255), dtype=np.float32)
 
 
+def _stack(values: Sequence[np.ndarray]) -> np.ndarray:
+  """Arrays of one shape -> one stacked array; of several shapes (images at their own sizes) ->
+  a 1-D object array holding them (data.sizing brings them to one size)."""
+  arrays = [np.asarray(v) for v in values]
+  if all(a.shape == arrays[0].shape for a in arrays):
+    return np.stack(arrays)
+  ragged = np.empty(len(arrays), object)
+  for i, a in enumerate(arrays):
+    ragged[i] = a
+  return ragged
+
+
 def stack_examples(examples) -> Batch:
-  """A list of per-example dicts (what tfds data sources return) -> dict of stacked arrays."""
+  """A list of per-example dicts (what tfds data sources return) -> dict of stacked arrays
+  (object arrays for features whose shapes differ between examples)."""
   if isinstance(examples, dict):
     return examples
-  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+  return {k: _stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def concat_batches(parts: Sequence[Batch]) -> Batch:
+  """Batches of one split, joined in order; a feature ragged in any part is ragged in all."""
+  out = {}
+  for k in parts[0]:
+    if any(p[k].dtype == object for p in parts) or len({p[k].shape[1:] for p in parts}) > 1:
+      out[k] = _stack([a for p in parts for a in p[k]])
+    else:
+      out[k] = np.concatenate([p[k] for p in parts])
+  return out
 
 
 class ExampleRngs(Sequence):
@@ -266,6 +290,83 @@ class TrainPlan:
     return {'index': perm[position], 'position': position, 'epoch': epoch}
 
 
+# Unlabelled examples' positions (the counter of their generators) start here, far above any
+# labelled position, and count on over the whole run: no two examples share a generator.
+UNLABELED_POSITION = 1 << 40
+
+
+class Pools:
+  """A labelled split and an unlabelled pool read as one source with a 'labeled' flag:
+  indices [0, n) are the labelled examples (flag 1), [n, n + m) the unlabelled ones (flag 0,
+  'segmentation' all zeros, which the segmentation terms never see: they weight by the flag)."""
+
+  def __init__(self, labeled, unlabeled):
+    self.labeled, self.unlabeled = labeled, unlabeled
+    self.num_labeled = len(labeled)
+
+  def __len__(self) -> int:
+    return self.num_labeled + len(self.unlabeled)
+
+  def describe(self, index: int) -> str:
+    if index < self.num_labeled:
+      return describe_example(self.labeled, index)
+    return 'unlabeled ' + describe_example(self.unlabeled, index - self.num_labeled)
+
+  def __getitems__(self, indices: Sequence[int]) -> Batch:
+    indices = np.asarray(indices, np.int64)
+    is_labeled = indices < self.num_labeled
+    parts, order = [], []
+    if is_labeled.any():
+      part = stack_examples(self.labeled.__getitems__(indices[is_labeled]))
+      parts.append(dict(part, labeled=np.ones(int(is_labeled.sum()), np.float32)))
+      order.append(np.flatnonzero(is_labeled))
+    if not is_labeled.all():
+      part = stack_examples(self.unlabeled.__getitems__(indices[~is_labeled] - self.num_labeled))
+      masks = _stack([np.zeros(image.shape[:2], np.uint8) for image in part['image']])
+      parts.append(dict(part, segmentation=masks,
+                        labeled=np.zeros(int((~is_labeled).sum()), np.float32)))
+      order.append(np.flatnonzero(~is_labeled))
+    batch = concat_batches(parts)
+    inverse = np.argsort(np.concatenate(order), kind='stable')
+    return {k: v[inverse] for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class MixedPlan:
+  """TrainPlan for Pools: each global batch is `labeled` 's batch (global_batch_size -
+  unlabeled_per_batch labelled examples; epochs count over the labelled pool) plus
+  unlabeled_per_batch unlabelled ones, taken in order from the pool's own stream of
+  permutations (seeded from (seed, its epoch)); each process keeps its slice of both parts."""
+  labeled: TrainPlan
+  num_labeled: int
+  num_unlabeled: int
+  unlabeled_per_batch: int
+  process_count: int
+
+  def __post_init__(self):
+    self.batches_per_epoch = self.labeled.batches_per_epoch
+    self._cached = (None, None)
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    cached_epoch, perm = self._cached
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([self.labeled.seed, 0xA11, epoch]).permutation(
+          self.num_unlabeled)
+      self._cached = (epoch, perm)
+    return perm
+
+  def __call__(self, k: int) -> Dict[str, Any]:
+    plan = self.labeled(k)
+    local = self.unlabeled_per_batch // self.process_count
+    start = int(k) * self.unlabeled_per_batch + self.labeled.process_index * local
+    positions = np.arange(start, start + local, dtype=np.int64)
+    epochs, within = np.divmod(positions, self.num_unlabeled)
+    index = np.array([self._permutation(int(e))[i] for e, i in zip(epochs, within)], np.int64)
+    return {'index': np.concatenate([plan['index'], index + self.num_labeled]),
+            'position': np.concatenate([plan['position'], UNLABELED_POSITION + positions]),
+            'epoch': plan['epoch']}
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadBatch:
   """A plan -> the preprocessed batch: read (and so decode) its examples, then `preprocess` with
@@ -292,6 +393,28 @@ def check_num_workers(value) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
     raise UserInputError(f'config.data.num_workers={value!r}: expected an integer >= 0 '
                          f'(0 = decode and augment in the training process)')
+  return int(value)
+
+
+def check_unlabeled_per_batch(value, batch_size: int, has_pool: bool,
+                              process_count: int = 1) -> int:
+  """Raises UserInputError unless config.data.unlabeled_per_batch is an integer in
+  [0, batch_size) that is > 0 exactly when there is an unlabelled pool (and with several
+  processes, divisible by their number, as the labelled part must be)."""
+  key = 'config.data.unlabeled_per_batch'
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise UserInputError(f'{key}={value!r}: expected an integer >= 0')
+  if value >= batch_size:
+    raise UserInputError(f'{key}={value} must be smaller than the batch size {batch_size} (every '
+                         f'step needs labelled examples)')
+  if has_pool and value == 0:
+    raise UserInputError(f'{key} is 0 but config.data.unlabeled_dir is set: say how many of each '
+                         f'batch of {batch_size} are unlabelled')
+  if value and not has_pool:
+    raise UserInputError(f'{key}={value} needs an unlabelled pool (config.data.unlabeled_dir)')
+  if value % process_count or (batch_size - value) % process_count:
+    raise UserInputError(f'{key}={value} and the {batch_size - value} labelled examples of a '
+                         f'batch must each divide over the {process_count} processes')
   return int(value)
 
 
@@ -355,23 +478,36 @@ class TrainIterator(Iterator[Batch]):
     num_local_devices: if set, batches are reshaped to [num_local_devices, per_device, ...].
     num_workers: grain worker processes for reading, decoding and augmenting (0: a thread of
       this process). The batches do not depend on it.
+    unlabeled, unlabeled_per_batch: an unlabelled pool and how many of each global batch come
+      from it (semi-supervised training; see Pools and MixedPlan): every example then carries a
+      'labeled' flag, float32 [batch], and epochs count over `source`.
 
   Raises:
-    UserInputError: the batch is larger than the split, or a bad num_workers.
+    UserInputError: the batch is larger than the split, or a bad num_workers or
+      unlabeled_per_batch.
   """
 
   def __init__(self, source, global_batch_size: int, seed: int, preprocess: Preprocess,
                process_index: int = 0, process_count: int = 1,
-               num_local_devices: Optional[int] = None, num_workers: int = 0):
-    if global_batch_size > len(source):
+               num_local_devices: Optional[int] = None, num_workers: int = 0,
+               unlabeled=None, unlabeled_per_batch: int = 0):
+    num_labeled = global_batch_size - unlabeled_per_batch
+    check_unlabeled_per_batch(unlabeled_per_batch, global_batch_size, unlabeled is not None,
+                              process_count)
+    if num_labeled > len(source):
       raise UserInputError(f'batch size {global_batch_size} exceeds the split size {len(source)}')
-    self.source = source
     self.global_batch_size = global_batch_size
+    self.unlabeled_per_batch = unlabeled_per_batch
     self.seed = seed
     self.num_local_devices = num_local_devices
     self.num_workers = check_num_workers(num_workers)
-    self.plan = TrainPlan(len(source), global_batch_size, global_batch_size // process_count,
+    self.plan = TrainPlan(len(source), num_labeled, num_labeled // process_count,
                           process_index, seed)
+    if unlabeled is not None:
+      self.plan = MixedPlan(self.plan, len(source), len(unlabeled), unlabeled_per_batch,
+                            process_count)
+      source = Pools(source, unlabeled)
+    self.source = source
     self.batches_per_epoch = self.plan.batches_per_epoch
     self._load = LoadBatch(source, preprocess, seed, TRAIN_STREAM)
     self._taken = 0
@@ -404,8 +540,11 @@ class TrainIterator(Iterator[Batch]):
     return self._taken % self.batches_per_epoch
 
   def get_state(self) -> Dict[str, Union[int, str]]:
-    return {'format': STATE_FORMAT, 'epoch': self.epoch, 'batch': self.batch, 'seed': self.seed,
-            'global_batch_size': self.global_batch_size}
+    state = {'format': STATE_FORMAT, 'epoch': self.epoch, 'batch': self.batch, 'seed': self.seed,
+             'global_batch_size': self.global_batch_size}
+    if self.unlabeled_per_batch:
+      state['unlabeled_per_batch'] = self.unlabeled_per_batch
+    return state
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues from a get_state() position (with any num_workers).
@@ -419,9 +558,12 @@ class TrainIterator(Iterator[Batch]):
           f'the checkpoint\'s data state {dict(state)} was written by the input pipeline before '
           f'grain (random draws per batch, not per example), so training cannot resume exactly; '
           f'evaluate/predict still read it, or train into a new --workdir')
-    if (state['seed'], state['global_batch_size']) != (self.seed, self.global_batch_size):
-      raise UserInputError(f'data state {dict(state)} was saved with another seed or batch size '
-                           f'(now seed={self.seed}, batch={self.global_batch_size})')
+    saved = (state['seed'], state['global_batch_size'], state.get('unlabeled_per_batch', 0))
+    if saved != (self.seed, self.global_batch_size, self.unlabeled_per_batch):
+      raise UserInputError(f'data state {dict(state)} was saved with another seed, batch size or '
+                           f'unlabeled_per_batch (now seed={self.seed}, batch='
+                           f'{self.global_batch_size}, unlabeled_per_batch='
+                           f'{self.unlabeled_per_batch})')
     self._taken = int(state['epoch']) * self.batches_per_epoch + int(state['batch'])
     self.close()
 

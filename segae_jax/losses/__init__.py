@@ -27,4 +27,4 @@ from segae_jax.losses.classification import class_ce, class_focal
 from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_fn
 from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, rec_bce, rec_mse,
                                              rec_mse_per_pixel, sparsity_kl, sparsity_l1)
-from segae_jax.losses.segmentation import dice, focal, seg_ce
+from segae_jax.losses.segmentation import SEGMENTATION_TERMS, dice, focal, seg_ce

@@ -8,6 +8,10 @@ from segae_jax.errors import UserInputError
 from segae_jax.losses.base import LOSSES, softmax_focal, weighted_mean
 
 
+# The terms registered here: they need masks ('segmentation') in the batch.
+SEGMENTATION_TERMS = ('seg_ce', 'focal', 'dice')
+
+
 def _example_weights(batch) -> jnp.ndarray:
   """[batch] weights of examples that count for segmentation terms: real and labeled."""
   weights = jnp.ones(batch['segmentation'].shape[:1], jnp.float32)

@@ -56,6 +56,15 @@ def build(model_config: Mapping[str, Any], image_shape: Sequence[int], **from_da
   return model
 
 
+def segments(name: str) -> bool:
+  """Whether the registered model `name` outputs 'seg_logits' (needs masks to train).
+
+  Raises:
+    UserInputError: unknown name.
+  """
+  return bool(getattr(MODELS.get(name), 'segments', False))
+
+
 def is_unet_family(model: nn.Module) -> bool:
   """Whether `model` has a U-Net encoder (`model.encoder`, a UNetEncoder: unet, segae, unet_ae,
   vae_unet), e.g. for tools that read the encoder's levels."""
@@ -65,4 +74,4 @@ def is_unet_family(model: nn.Module) -> bool:
 __all__ = ['Autoencoder', 'SparseAutoencoder', 'VAE', 'ConvEncoder', 'ConvDecoder', 'Layers',
            'MODELS', 'SegAutoencoder', 'SegNet', 'SegmentationModel', 'UNet', 'UNetAutoencoder',
            'UNetBase', 'VAEUNet', 'build', 'is_unet_family', 'layers_of', 'make_layers',
-           'reparameterize']
+           'reparameterize', 'segments']

@@ -10,7 +10,7 @@ Layout is NHWC: images are `[batch, height, width, channels]`. ConvEncoder halve
 with each stride-2 convolution, so height and width must be divisible by `2 ** len(features)`.
 """
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -218,6 +218,8 @@ class SegmentationModel(nn.Module):
     layers: the factories, made from the five attributes above by models.build (which
       validates them there, once); None (a model constructed directly) makes them at setup.
   """
+  # Whether the model outputs 'seg_logits' (a class attribute, not a field).
+  segments: ClassVar[bool] = True
   image_shape: Tuple[int, int, int]
   num_classes: int = 11
   features: Sequence[int] = (32, 64, 128, 256)

@@ -31,7 +31,7 @@ with `norm_axis_name` set must then run inside a transform binding that axis. Un
 Every block gets its convolutions and norms from one segae_jax.models.layers.Layers, which
 models.build makes (and validates) once from these attributes and conv_impl / dtype.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -321,6 +321,8 @@ class UNetAutoencoder(UNetBase):
     'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
     Both in `dtype` (float32 if None).
   """
+  segments: ClassVar[bool] = False
+
 
   def setup(self):
     layers = self._unet_layers()

@@ -16,9 +16,10 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from segae_jax.data import batching
+from segae_jax.data import batching, sizing
 from segae_jax.data import images as image_files
 from segae_jax.errors import UserInputError
+from segae_jax.tools import tiling
 
 CHECKPOINT_KINDS = ('best', 'latest')
 # What an output head receives: the model's outputs ({'seg_logits': ..., 'recon_logits': ...}).
@@ -56,6 +57,48 @@ def define_run_flags(workdir_help: str, checkpoint: Optional[str] = None,
                       module_name=module)
   if checkpoint is not None:
     define_checkpoint_flag(checkpoint, flag_values, module)
+
+
+def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--mode, --overlap, --blend and --tile_size of the shared inference path (Inference), filed
+  under the calling module."""
+  module = _calling_module(1)
+  flags.DEFINE_enum('mode', 'auto', list(tiling.MODES),
+                    'tile: sliding-window inference at the image\'s own resolution; resize: the '
+                    'image resized to the model input; auto: tile images larger than the model '
+                    'input, resize the others.', flag_values=flag_values, module_name=module)
+  flags.DEFINE_float('overlap', 0.25, 'Tile overlap, a fraction in [0, 1) of the tile size.',
+                     flag_values=flag_values, module_name=module)
+  flags.DEFINE_enum('blend', 'gaussian', list(tiling.BLENDS),
+                    'How overlapping tiles\' outputs are blended.', flag_values=flag_values,
+                    module_name=module)
+  flags.DEFINE_string('tile_size', '', 'Tile HxW in pixels (default: the training image size).',
+                      flag_values=flag_values, module_name=module)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """How images of any size meet the model (the flags of define_inference_flags).
+
+  Raises:
+    UserInputError: an unknown mode or blend, or an overlap outside [0, 1).
+  """
+  mode: str = 'auto'
+  overlap: float = 0.25
+  blend: str = 'gaussian'
+  tile_size: str = ''
+
+  def __post_init__(self):
+    tiling.check_options(self.mode, self.overlap, self.blend)
+
+  @classmethod
+  def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> 'Inference':
+    return cls(flag_values.mode, flag_values.overlap, flag_values.blend, flag_values.tile_size)
+
+
+def seg_logits(outputs: Dict[str, Any]):
+  """Head: the class logits, float32 [batch, height, width, classes]."""
+  return outputs['seg_logits'].astype('float32')
 
 
 def seg_labels(outputs: Dict[str, Any]):
@@ -113,6 +156,47 @@ class TrainedRun:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
     padded so the model compiles once: head's array [n, ...] (data.batching.map_batched)."""
     return batching.map_batched(self.jit(head), images, batch_size)
+
+  def at_size(self, size: Sequence[int]) -> 'TrainedRun':
+    """This run with its model taking images of `size` (height, width): itself at its own size;
+    a segmentation model (fully convolutional) cloned to the new size.
+
+    Raises:
+      UserInputError: the model takes only its training size, or `size` is not divisible by the
+        model's downsampling.
+    """
+    import jax
+    from segae_jax import models
+    size = (int(size[0]), int(size[1]))
+    if size == tuple(self.image_shape[:2]):
+      return self
+    own = 'x'.join(map(str, self.image_shape[:2]))
+    if not isinstance(self.model, models.SegmentationModel):
+      raise UserInputError(f'--tile_size={size[0]}x{size[1]}: model {self.config.model.name!r} '
+                           f'takes only its training size {own}')
+    shape = size + (self.image_shape[2],)
+    run = dataclasses.replace(self, model=self.model.clone(image_shape=shape), image_shape=shape)
+    try:
+      jax.eval_shape(run.apply, run.variables, np.zeros((1,) + shape, np.float32))
+    except UserInputError as e:
+      raise UserInputError(f'--tile_size={size[0]}x{size[1]}: {e}') from None
+    return run
+
+  def make_tiling(self, inference: Inference, batch_size: int) -> tiling.Tiling:
+    """The Tiling of `inference` for this model (tiles of its training size unless set).
+
+    Raises:
+      UserInputError: a bad tile size (see at_size).
+    """
+    size = tiling.parse_tile_size(inference.tile_size, self.image_shape[:2])
+    self.at_size(size)
+    return tiling.Tiling(size, inference.overlap, inference.blend, batch_size)
+
+  def uses_tiles(self, inference: Inference, height: int, width: int) -> bool:
+    """Whether a height x width image is tiled: --mode=tile, or auto and larger than the model
+    input on an axis."""
+    h, w = self.image_shape[:2]
+    return inference.mode == 'tile' or (inference.mode == 'auto' and (height > h or width > w))
 
   def has_unet_encoder(self) -> bool:
     """True for the U-Net family (unet, segae, unet_ae, vae_unet): an `encoder` with levels."""
@@ -199,6 +283,43 @@ def read_images(files: Sequence[str], image_shape: Sequence[int]):
   originals = [image_files.read_image(f, channels) for f in files]
   inputs = np.stack([image_files.to_array(img, channels, image_shape[:2]) for img in originals])
   return originals, inputs
+
+
+def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,
+                   batch_size: int) -> List[np.ndarray]:
+  """Label maps of images of any size at their own size: the shared inference path of predict
+  and evaluate.
+
+  Args:
+    run: a segmentation run.
+    images: uint8 [height, width, channels] each, in the model's channels.
+    inference: tiled (tools.tiling: blended logits, then arg-max) or resized (the image resized
+      to the model input, bilinear; the label map back to the image's size, nearest neighbour),
+      per image as run.uses_tiles says.
+    batch_size: images (resized) or tiles per forward pass.
+
+  Returns:
+    uint8 [height, width] class ids per image.
+
+  Raises:
+    UserInputError: a bad tile size.
+  """
+  size = run.image_shape[:2]
+  tiled = [run.uses_tiles(inference, *image.shape[:2]) for image in images]
+  labels: List[Optional[np.ndarray]] = [None] * len(images)
+  resized = [i for i, t in enumerate(tiled) if not t]
+  if resized:
+    inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
+    maps = run.infer(np.divide(inputs, np.float32(255)), seg_labels, batch_size).astype(np.uint8)
+    for i, label in zip(resized, maps):
+      labels[i] = sizing.resize_mask(label, images[i].shape[:2])
+  if any(tiled):
+    tiles = run.make_tiling(inference, batch_size)
+    logits = run.at_size(tiles.tile).jit(seg_logits)
+    for i in (i for i, t in enumerate(tiled) if t):
+      pixels = np.divide(images[i], np.float32(255), dtype=np.float32)
+      labels[i] = tiles.apply(logits, pixels).argmax(-1).astype(np.uint8)
+  return labels
 
 
 def result_header(workdir: str, run: TrainedRun, checkpoint: bool = True,

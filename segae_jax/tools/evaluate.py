@@ -1,12 +1,19 @@
 """Evaluates a trained run on a split:
-  python -m segae_jax.tools.evaluate --workdir=DIR [--split=test]
+  python -m segae_jax.tools.evaluate --workdir=DIR [--split=test] [--mode=auto|tile|resize]
 
 Restores the best checkpoint (highest test mIoU for segmentation runs; the latest otherwise, or
 with --checkpoint=latest) and writes <workdir>/eval_<split>.json with every metric, including the
 per-class IoU/Dice table, which is also printed.
+
+--mode=resize is the evaluation training runs (at the training size). --mode=tile scores a
+segmentation model at each image's own resolution, by sliding-window inference against the
+stored mask (segmentation scores only: mIoU, Dice, pixel accuracy, per class); --mode=auto
+(default) tiles when the split holds images larger than the model's input (a folder dataset
+stored at native size), else resizes.
 """
 import os
 
+import numpy as np
 from absl import flags
 
 from segae_jax import cli
@@ -20,37 +27,78 @@ def define_flags() -> None:
   library next to other commands that define the same names."""
   common.define_run_flags('Training workdir (holds config.json and checkpoints/).', 'best',
                           split_help='Split to evaluate.')
+  flags.DEFINE_integer('batch_size', 32, 'Tiles per forward pass (--mode=tile).')
+  common.define_inference_flags()
 
 
-def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best'):
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
+                 inference: common.Inference = common.Inference(), batch_size: int = 32):
   """Returns (and writes to eval_<split>.json) the metrics of the restored run on `split`.
 
-  The evaluation is the one training runs: same key (training.evaluation_key), same data-parallel
-  strategy (config.parallel) and batches, so on the devices the run trained on the metrics of its
-  final checkpoint equal its results.json exactly. (Under pmap a sampling model draws its noise
-  per device: on another device count a VAE's sampled terms change within their noise.)
+  In resize mode the evaluation is the one training runs: same key (training.evaluation_key),
+  same data-parallel strategy (config.parallel) and batches, so on the devices the run trained on
+  the metrics of its final checkpoint equal its results.json exactly. (Under pmap a sampling
+  model draws its noise per device: on another device count a VAE's sampled terms change within
+  their noise.) In tile mode, see tiled_scores.
 
   Raises:
-    UserInputError: not a workdir, no checkpoint, or config.eval_batch_size not divisible by the
-      devices present.
+    UserInputError: not a workdir, no checkpoint, config.eval_batch_size not divisible by the
+      devices present, or (tile mode) a model that does not segment or a bad tile size.
   """
-  from segae_jax import data, training
-  from segae_jax.training import parallel, writers
+  from segae_jax import data
+  from segae_jax.training import writers
 
   run = common.load_run(workdir, checkpoint)
+  dataset = data.build(run.config.data)
+  largest = (dataset.sizes or {}).get(split, {})
+  tiled = run.uses_tiles(inference, largest.get('max_height', 0), largest.get('max_width', 0))
+  if tiled:
+    metrics = tiled_scores(run, dataset, split, inference, batch_size, workdir)
+  else:
+    metrics = _training_evaluation(run, dataset, split)
+  results = {**common.result_header(workdir, run, model=False), 'split': split,
+             'mode': 'tile' if tiled else 'resize', 'metrics': metrics}
+  writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
+  return results
+
+
+def _training_evaluation(run, dataset, split: str):
+  from segae_jax import training
+  from segae_jax.training import parallel
   config = run.config
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
-  dataset = data.build(config.data)
   strategy = parallel.make_strategy(config.parallel, *training.step_functions(config))
   state = training.TrainState(step=run.step, apply_fn=run.model.apply,
                               params=run.variables['params'], tx=None, opt_state=None,
                               batch_stats=run.variables.get('batch_stats', {}))
-  metrics = training.evaluate(strategy, strategy.replicate(state), dataset, config,
-                              training.evaluation_key(config.seed), split)
-  results = {**common.result_header(workdir, run, model=False), 'split': split,
-             'metrics': metrics}
-  writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
-  return results
+  return training.evaluate(strategy, strategy.replicate(state), dataset, config,
+                           training.evaluation_key(config.seed), split)
+
+
+def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_size: int,
+                 workdir: str = '', chunk: int = 64):
+  """Segmentation scores of `split` at each image's own resolution: every image segmented by
+  common.segment_images (tiled where run.uses_tiles says) and its label map counted against the
+  stored mask in one confusion matrix (training.metrics.segmentation_scores of it).
+
+  Raises:
+    UserInputError: a model that does not segment, or a bad tile size.
+  """
+  from segae_jax.training import metrics as metrics_lib
+  run.require_segmentation(workdir)
+  run.make_tiling(inference, batch_size)
+  source = getattr(dataset, split)
+  k = dataset.num_classes
+  confusion = np.zeros((k, k), np.int64)
+  for start in range(0, len(source), chunk):
+    examples = source.__getitems__(np.arange(start, min(start + chunk, len(source))))
+    images = [np.asarray(image) for image in examples['image']]
+    labels = common.segment_images(run, images, inference, batch_size)
+    for truth, predicted in zip(examples['segmentation'], labels):
+      truth = np.asarray(truth).reshape(predicted.shape).astype(np.int64)
+      confusion += np.bincount(truth.ravel() * k + predicted.ravel(),
+                               minlength=k * k).reshape(k, k)
+  return metrics_lib.segmentation_scores(confusion, dataset.class_names)
 
 
 PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))
@@ -68,8 +116,10 @@ def format_table(metrics) -> str:
 
 def main() -> None:
   """The command, once cli.run_command has parsed the flags."""
-  results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
-  print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split}:')
+  results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
+                         common.Inference.from_flags(), FLAGS.batch_size)
+  print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split} '
+        f'({results["mode"]}):')
   print(format_table(results['metrics']))
   print(f'wrote {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
 

@@ -1,9 +1,13 @@
 """Segments images with a trained run:
   python -m segae_jax.tools.predict --workdir=DIR --input=FOLDER_OR_IMAGE --output=OUT
 
-Each image (any size; PNG, JPEG, TIFF, BMP) is converted to the model's channels, resized to its
-input size, segmented, and the label map resized back to the image's own size (nearest
-neighbour). Writes OUT/<stem>_labels.png (uint8 class ids) and OUT/<stem>_overlay.png (colours
+      [--mode=auto|tile|resize] [--overlap=0.25] [--blend=gaussian|constant] [--tile_size=HxW]
+
+Each image (any size; PNG, JPEG, TIFF, BMP) is converted to the model's channels and segmented at
+its own resolution: images larger than the model's input by sliding-window inference (tiles of
+the training size overlapping by --overlap, logits blended; segae_jax.tools.tiling), the others
+resized to the input and the label map resized back (nearest neighbour); --mode=tile or resize
+forces either. Writes OUT/<stem>_labels.png (uint8 class ids) and OUT/<stem>_overlay.png (colours
 over the image), and prints one summary line.
 """
 import os
@@ -13,7 +17,7 @@ from absl import flags
 from PIL import Image
 
 from segae_jax import cli
-from segae_jax.data.images import list_images
+from segae_jax.data.images import list_images, read_image
 from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
@@ -25,30 +29,34 @@ def define_flags() -> None:
   common.define_run_flags('Training workdir of a segmentation model.', 'best')
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
   flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
-  flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
+  flags.DEFINE_integer('batch_size', 32, 'Images (or tiles) per forward pass.')
+  common.define_inference_flags()
 
 
 def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best',
-            batch_size: int = 32):
+            batch_size: int = 32, inference: common.Inference = common.Inference()):
   """Segments every image of `input_path`; returns ({stem: label map uint8 [h, w]} at image size,
   the restored common.TrainedRun).
 
   Raises:
     UserInputError: no such input or no image in it, an unreadable image, not a workdir or no
-      checkpoint, or a model that does not segment (all before anything is written).
+      checkpoint, a model that does not segment, or a tile size it cannot take (all before
+      anything is written).
   """
   from segae_jax.training import visualise
 
   files = list_images(input_path)
   run = common.load_run(workdir, checkpoint)
-  originals, inputs = common.read_images(files, run.image_shape)
+  channels = run.image_shape[2]
+  originals = [read_image(f, channels) for f in files]  # All checked first.
   run.require_segmentation(workdir)
-  labels = run.infer(inputs, common.seg_labels, batch_size).astype(np.uint8)
+  run.make_tiling(inference, batch_size)  # A bad --tile_size fails before anything is written.
+  pixels = [np.asarray(img).reshape(img.size[1], img.size[0], channels) for img in originals]
+  labels = common.segment_images(run, pixels, inference, batch_size)
   os.makedirs(output, exist_ok=True)
   results = {}
-  for path, img, label in zip(files, originals, labels):
+  for path, img, full in zip(files, originals, labels):
     stem = os.path.splitext(os.path.basename(path))[0]
-    full = np.asarray(Image.fromarray(label).resize(img.size, Image.NEAREST))
     Image.fromarray(full).save(os.path.join(output, f'{stem}_labels.png'))
     rgb = np.asarray(img.convert('RGB'))
     Image.fromarray(visualise.overlay(rgb, full)).save(os.path.join(output, f'{stem}_overlay.png'))
@@ -59,7 +67,7 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
 def main() -> None:
   """The command, once cli.run_command has parsed the flags."""
   results, run = predict(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint,
-                         FLAGS.batch_size)
+                         FLAGS.batch_size, common.Inference.from_flags())
   counts = np.bincount(np.concatenate([r.reshape(-1) for r in results.values()]),
                        minlength=len(run.class_names) or 1)
   total = counts.sum()

@@ -14,7 +14,11 @@ mIoU and pixel accuracy (pixels of unmatched clusters count as errors); foregrou
 assigns each cluster to background or foreground by the majority of its pixels. The same
 clustering on the raw pixels (colour and position only) is the baseline, run on the same images.
 
-With --input, the regions of a folder of the user's own images (no masks, no score) are written.
+With --input, the regions of a folder of the user's own images (no masks, no score) are written,
+each at its own resolution: images larger than the model's input get their encoder features by
+sliding-window inference (tiles of the training size, --overlap, feature maps blended;
+segae_jax.tools.tiling), the others are resized to the input (--mode=tile or resize forces
+either).
 
 Outputs in --output (default WORKDIR/unsupervised): unsupervised.json, regions.png (image | truth
 | regions | baseline regions, regions coloured by their matched class) and, per image written,
@@ -44,6 +48,7 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
   flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised).')
+  common.define_inference_flags()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +142,10 @@ class FeatureExtractor:
     self.levels = tuple(int(l) for l in levels) if run is not None and feature_weight > 0 else ()
     self.weights = {'colour': float(colour_weight), 'position': float(position_weight)}
     self._encode = None
+    # Set for --input images of their own size: the encoder features of an image that is not of
+    # the model's input size come tile by tile (tools.tiling), blended.
+    self.tiles = None
+    self._input_size = None if run is None else tuple(run.image_shape[:2])
     if self.levels:
       if not run.has_unet_encoder():
         raise UserInputError(
@@ -156,6 +165,7 @@ class FeatureExtractor:
                 for l in self.levels]
       self._variables = run.variables
       self._encode = jax.jit(encode)
+      self._dims = [int(run.model.features[l]) for l in self.levels]
     self.weights = {k: v for k, v in self.weights.items() if v > 0}
     if not self.weights:
       raise UserInputError('config: every feature weight is 0, nothing to cluster')
@@ -167,13 +177,22 @@ class FeatureExtractor:
     b, h, w, _ = images.shape
     blocks = {}
     if self._encode is not None:
-      for level, fmap in zip(self.levels, self._encode(self._variables, images)):
+      for level, fmap in zip(self.levels, self._feature_maps(images)):
         blocks[f'level{level}'] = np.asarray(fmap)
     if 'colour' in self.weights:
       blocks['colour'] = np.asarray(images, np.float32)
     if 'position' in self.weights:
       blocks['position'] = np.broadcast_to(pixel_grid(h, w), (b, h, w, 2))
     return blocks
+
+  def _feature_maps(self, images: np.ndarray) -> List[np.ndarray]:
+    """The chosen levels' maps at the images' resolution, [b, h, w, features[l]] each."""
+    if self.tiles is None or images.shape[1:3] == self._input_size:
+      return self._encode(self._variables, images)
+    fused = lambda tiles: np.concatenate(
+        [np.asarray(m) for m in self._encode(self._variables, tiles)], -1)
+    maps = np.stack([self.tiles.apply(fused, image) for image in images])
+    return np.split(maps, np.cumsum(self._dims)[:-1], axis=-1)
 
   def fit(self, blocks: Mapping[str, np.ndarray]) -> None:
     """Learns each dimension's mean and scale from {block: [n, dims]} sample pixels."""
@@ -344,19 +363,36 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
                   ).save(os.path.join(output, f'{stem}_overlay.png'))
 
 
-def segment_folder(run, config, input_path: str, output: str) -> Dict[str, object]:
-  """Regions of the user's images: fits on them and writes every region map, no score."""
+def segment_folder(run, config, input_path: str, output: str,
+                   inference: Optional[common.Inference] = None) -> Dict[str, object]:
+  """Regions of the user's images, each at its own size: fits on them and writes every region
+  map, no score (tiled or resized per image as run.uses_tiles says)."""
   from segae_jax.data import images as image_files
+  from segae_jax.data import sizing
+  inference = inference or common.Inference()
   files = image_files.list_images(input_path)
-  originals, images = common.read_images(files, run.image_shape)  # All checked first.
+  channels, size = run.image_shape[2], run.image_shape[:2]
+  pixels = [np.asarray(image_files.read_image(f, channels)) for f in files]  # All checked first.
+  pixels = [p.reshape(p.shape[:2] + (channels,)) for p in pixels]
+  tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
   model, _ = _build_clusterings(run, config)
-  model.fit(_batches(images, config.batch_size), np.random.default_rng(config.seed))
-  clusters = np.concatenate([model.regions(b) for b in _batches(images, config.batch_size)])
-  for path, original, regions in zip(files, originals, clusters):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    pixels = image_files.to_array(original, run.image_shape[2])
-    _write_regions(output, stem, pixels, regions, size=original.size)
-  return {'input': os.path.abspath(input_path), 'num_images': len(files)}
+  if any(tiled):
+    model.extractor.tiles = run.make_tiling(inference, config.batch_size)
+  unit = lambda p: np.divide(p, np.float32(255), dtype=np.float32)
+  resized = [i for i, t in enumerate(tiled) if not t]
+  stacked = np.stack([unit(sizing.resize_image(pixels[i], size)) for i in resized]) if resized \
+      else np.zeros((0,) + tuple(run.image_shape), np.float32)
+  batches = list(_batches(stacked, config.batch_size)) + [unit(pixels[i])[None] for i, t in
+                                                          enumerate(tiled) if t]
+  order = resized + [i for i, t in enumerate(tiled) if t]
+  model.fit(batches, np.random.default_rng(config.seed))
+  clusters = [c for b in batches for c in model.regions(b)]
+  for i, regions in zip(order, clusters):
+    stem = os.path.splitext(os.path.basename(files[i]))[0]
+    h, w = pixels[i].shape[:2]
+    _write_regions(output, stem, unit(pixels[i]), regions, size=(w, h))
+  return {'input': os.path.abspath(input_path), 'num_images': len(files),
+          'num_tiled': int(sum(tiled))}
 
 
 def validate(config) -> None:
@@ -371,8 +407,8 @@ def validate(config) -> None:
 
 
 def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
-                     output: Optional[str] = None,
-                     checkpoint: str = 'latest') -> Dict[str, object]:
+                     output: Optional[str] = None, checkpoint: str = 'latest',
+                     inference: Optional[common.Inference] = None) -> Dict[str, object]:
   """Restores the run, clusters, scores (split mode) and writes unsupervised.json; returns it.
 
   Raises:
@@ -382,9 +418,11 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   validate(config)
   run = common.load_run(workdir, checkpoint)
   output = output or os.path.join(workdir, 'unsupervised')
+  if input_path:  # A bad --tile_size fails before the output folder exists.
+    run.make_tiling(inference or common.Inference(), config.batch_size)
   os.makedirs(output, exist_ok=True)
   if input_path:
-    results = segment_folder(run, config, input_path, output)
+    results = segment_folder(run, config, input_path, output, inference)
   else:
     results = segment_split(run, config, output)
   results = {**common.result_header(workdir, run, checkpoint=False), 'config': config.to_dict(),
@@ -395,7 +433,8 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
 
 def main() -> None:
   """The command, once cli.run_command has parsed the flags."""
-  results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output)
+  results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output,
+                             inference=common.Inference.from_flags())
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
   if 'autoencoder' in results:
     for name in ('autoencoder', 'baseline_pixels'):

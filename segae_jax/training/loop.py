@@ -187,12 +187,17 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
   strategy = parallel.make_strategy(config.parallel, *step_functions(config))
   _, schedule = optimizers.make_optimizer(config)
   init_rng, run_rng = run_keys(config.seed)
+  preprocess = dataset.preprocess
+  if dataset.unlabeled is not None:  # Pools flag every example; the flags pass through.
+    preprocess = data.KeepingFlags(preprocess)
   train_iter = data.TrainIterator(
       dataset.train, config.batch_size, config.seed,
-      augment.with_augmentation(dataset.preprocess, config.data.get('augment', {})),
+      augment.with_augmentation(preprocess, config.data.get('augment', {}),
+                                dataset.image_shape[:2], dataset.resize),
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_local_devices=strategy.device_axis_size,
-      num_workers=config.data.get('num_workers', 0))
+      num_workers=config.data.get('num_workers', 0), unlabeled=dataset.unlabeled,
+      unlabeled_per_batch=config.data.get('unlabeled_per_batch', 0))
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
           'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
           'class_names': list(dataset.class_names)}

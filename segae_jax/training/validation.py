@@ -1,6 +1,7 @@
 """Config checks run before anything is built or written, each failing with one clear line."""
 import logging
 
+import jax
 import ml_collections
 
 from segae_jax import data, losses, models
@@ -55,8 +56,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data.DATASETS.get(config.data.name)
   data.cache_mode(config.data.get('cache', 'auto'))
   data.check_num_workers(config.data.get('num_workers', 0))
+  _check_data_fits_model(config)
   optimizers.OPTIMIZERS.get(config.optimizer)
   optimizers.make_schedule(config)
   losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
   parallel.check_batch_divisible(config.batch_size, 'config.batch_size')
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
+
+
+def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
+  """A dataset without masks needs a model and loss that do not segment; an unlabelled pool
+  needs a batch share and excludes the labeled_fraction simulation."""
+  if config.data.name == 'image_folder':
+    seg_terms = sorted(t for t, w in config.loss.items() if w and t in losses.SEGMENTATION_TERMS)
+    if models.segments(config.model.name) or seg_terms:
+      what = (f'model {config.model.name!r}' if models.segments(config.model.name)
+              else f'config.loss term(s) {", ".join(seg_terms)}')
+      raise UserInputError(f'config.data.name=image_folder has no masks, but {what} segments; '
+                           f'use segmentation_folder (masks_dir, optionally unlabeled_dir) or a '
+                           f'model that reconstructs (ae, sparse_ae, vae, unet_ae)')
+  has_pool = bool(config.data.get('unlabeled_dir', ''))
+  data.check_unlabeled_per_batch(config.data.get('unlabeled_per_batch', 0), config.batch_size,
+                                 has_pool, jax.process_count())
+  if has_pool and config.labeled_fraction < 1.0:
+    raise UserInputError(f'config.labeled_fraction={config.labeled_fraction} simulates '
+                         f'unlabelled images by hiding masks; with config.data.unlabeled_dir '
+                         f'the unlabelled images are real: leave labeled_fraction at 1')

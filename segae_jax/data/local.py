@@ -1,0 +1,144 @@
+"""What the two builders of the user's own folders share (segmentation_folder, image_folder):
+a seeded split by fraction, the stored features, shards written as they are read, the image
+sizes recorded in the dataset's metadata, and a prepare() that leaves nothing half-built.
+
+Images are stored at their own size (capped at config.data.max_size on the long side) as PNG,
+lossless: one prepared dataset serves every training size, cropped or resized in the input
+pipeline (data.sizing). tfds encodes PNG with Pillow and decodes it with OpenCV: no TensorFlow.
+"""
+import dataclasses
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from segae_jax.data import sizing
+from segae_jax.data.images import capped_size
+from segae_jax.errors import UserInputError
+
+SPLITS = ('train', 'test')
+# Bytes of decoded pixels per array_record shard. Each shard is written as its examples are read
+# (tfds.core.ShardBasedBuilder), so preparing holds about one shard in memory at most;
+# GeneratorBasedBuilder would hold a whole split, and past 1 GB spill it through TensorFlow.
+SHARD_BYTES = 256 << 20
+
+
+def split_by_fraction(items: List[Any], test_fraction: float, seed: int,
+                      where: str) -> Dict[str, List[Any]]:
+  """{'train': [...], 'test': [...]}: round(test_fraction * N) items, picked by a permutation
+  seeded with `seed`, go to test; both keep the order of `items`.
+
+  Raises:
+    UserInputError: a split would be empty (`where` names the folder).
+  """
+  num_test = int(len(items) * test_fraction + 0.5)  # Round half up, not to even.
+  if num_test == 0 or num_test == len(items):
+    empty = 'test' if num_test == 0 else 'train'
+    raise UserInputError(f'{where}: {len(items)} image(s) with test_fraction {test_fraction} '
+                         f'leave the {empty} split empty; add images or change '
+                         f'config.data.test_fraction')
+  is_test = np.zeros(len(items), bool)
+  is_test[np.random.default_rng(seed).permutation(len(items))[:num_test]] = True
+  return {'train': [x for x, t in zip(items, is_test) if not t],
+          'test': [x for x, t in zip(items, is_test) if t]}
+
+
+def image_feature(channels: int) -> tfds.features.Image:
+  """A PNG image of any height and width (None, None, channels)."""
+  return tfds.features.Image(shape=(None, None, channels), encoding_format='png')
+
+
+def png(array: np.ndarray) -> Image.Image:
+  """uint8 [h, w] or [h, w, 1 | 3] -> the Pillow image tfds encodes (a numpy array would make
+  tfds encode it with TensorFlow)."""
+  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def capped(image: np.ndarray, mask, max_size: int):
+  """(image, mask) scaled so the long side is at most `max_size` (0: unchanged), aspect kept;
+  image with area averaging, mask nearest neighbour (mask may be None)."""
+  size = capped_size(image.shape[0], image.shape[1], max_size)
+  if size == image.shape[:2]:
+    return image, mask
+  return sizing.resize_image(image, size), (None if mask is None else
+                                            sizing.resize_mask(mask, size))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardExamples:
+  """The (key, example) pairs of one shard: read(item) for items[i], keys start, start + 1, ..."""
+  read: Callable[[Any], Dict[str, Any]]
+  items: Tuple[Any, ...]
+  start: int
+
+  def __call__(self):
+    for i, item in enumerate(self.items, self.start):
+      yield i, self.read(item)
+
+
+def shards(splits: Mapping[str, Sequence[Any]], read: Callable[[Any], Dict[str, Any]],
+           bytes_per_example: int) -> Dict[str, List[ShardExamples]]:
+  """{split: [ShardExamples]} of about SHARD_BYTES of decoded pixels each."""
+  per_shard = max(1, SHARD_BYTES // max(1, bytes_per_example))
+  return {name: [ShardExamples(read, tuple(items[s:s + per_shard]), s)
+                 for s in range(0, len(items), per_shard)]
+          for name, items in splits.items()}
+
+
+def size_summary(sizes: Sequence[Tuple[int, int]]) -> Dict[str, int]:
+  """{'count', 'min_height', 'min_width', 'max_height', 'max_width', 'pixels'} of (h, w) sizes."""
+  heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+  return {'count': len(sizes), 'min_height': int(heights.min()), 'min_width': int(widths.min()),
+          'max_height': int(heights.max()), 'max_width': int(widths.max()),
+          'pixels': int((heights * widths).sum())}
+
+
+def check_crop_fits(summary: Mapping[str, Mapping[str, int]], size: Tuple[int, int],
+                    mode: str, where: str) -> None:
+  """Raises UserInputError when mode 'center_crop' meets a split whose smallest image (from the
+  dataset's recorded sizes) is smaller than `size`."""
+  if mode != 'center_crop':
+    return
+  for split, s in summary.items():
+    sizing.check_fits(s['min_height'], s['min_width'], size,
+                      f'{where} split {split!r} (smallest image)')
+
+
+def _remove_leftovers(config_dir: str) -> None:
+  """Removes incomplete.* build folders in `config_dir`, then the folders left empty."""
+  if os.path.isdir(config_dir):
+    for entry in os.listdir(config_dir):
+      if entry.startswith('incomplete.'):
+        shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
+  for directory in (config_dir, os.path.dirname(config_dir)):
+    try:
+      os.rmdir(directory)  # Only succeeds when empty: a prepared dataset is never touched.
+    except OSError:
+      break
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Builds the dataset once (a prepared config is reused without looking at the files again) and
+  returns `builder`. On any failure, an interrupt while writing included, no dataset folder and no
+  incomplete.* folder is left.
+
+  Raises:
+    UserInputError: from the builder's checks, naming the offending file or key.
+  """
+  config_dir = os.fspath(builder.data_path.parent)  # <tfds_dir>/<builder name>/<config name>
+  try:
+    builder.download_and_prepare()
+  except BaseException:
+    # tfds removes its own incomplete folder on an exception; this also clears what a killed
+    # earlier attempt left and the empty parents tfds created.
+    _remove_leftovers(config_dir)
+    raise
+  return builder
+
+
+def recorded_sizes(builder: tfds.core.DatasetBuilder) -> Dict[str, Dict[str, int]]:
+  """{split: size_summary} as the builder recorded it in the dataset's metadata."""
+  return dict(builder.info.metadata['sizes'])
