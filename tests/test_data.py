@@ -89,7 +89,7 @@ def test_resume_continues_with_exact_next_batch(fashion_mnist):
   resumed.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(resumed)['image'], e)
-  with pytest.raises(UserInputError, match='another seed or batch size'):
+  with pytest.raises(UserInputError, match='another seed, batch size'):
     _iterator(fashion_mnist, seed=9, global_batch_size=25_000).set_state(state)
   # A position saved by the iterator before grain: its per-batch draws cannot be continued.
   old = {k: v for k, v in state.items() if k != 'format'}

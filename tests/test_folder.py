@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segae_jax.data import folder, pipeline
+from segae_jax.data import folder, local, pipeline
 from segae_jax.errors import UserInputError
 
-HEIGHT, WIDTH = 20, 24  # Source files; examples are 16x16.
+HEIGHT, WIDTH = 20, 24  # Source files, stored at this size; the pipeline makes them 16x16.
 LABELS = np.array([0, 1, 3], np.uint8)  # Class 2 never drawn: interpolation would invent it.
 
 
@@ -45,7 +45,8 @@ def _read(builder, split):
   """A whole split as arrays, 'file_name' as a list of str."""
   source = builder.as_data_source()[split]
   examples = source.__getitems__(list(range(len(source))))
-  out = {k: np.stack([e[k] for e in examples]) for k in ('image', 'segmentation')}
+  out = {'image': np.stack([e['image'] for e in examples]),
+         'segmentation': np.stack([e['segmentation'][..., 0] for e in examples])}
   out['file_name'] = [e['file_name'].decode() if isinstance(e['file_name'], bytes)
                       else str(e['file_name']) for e in examples]
   return out
@@ -58,16 +59,24 @@ def _nearest(array, height, width):
   return array[rows][:, cols]
 
 
+def _area_weights(n, m):
+  """[m, n]: output pixel i averages input pixels by their overlap with [i * n / m, (i+1) n / m)."""
+  lo, hi = np.arange(m)[:, None] * n / m, (np.arange(m)[:, None] + 1) * n / m
+  j = np.arange(n)[None, :]
+  overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)
+  return overlap / overlap.sum(1, keepdims=True)
+
+
 def _leftovers(tfds_dir):
   """Every dataset or incomplete.* folder under tfds_dir."""
   found = []
   for root, dirs, _ in os.walk(tfds_dir):
     found += [os.path.join(root, d) for d in dirs
-              if d.startswith('incomplete.') or d == '1.0.0' or d.startswith('folder_')]
+              if d.startswith('incomplete.') or d == '2.0.0' or d.startswith('folder_')]
   return found
 
 
-def test_good_folder_builds_with_resize(tmp_path):
+def test_good_folder_is_stored_at_its_own_size_and_resized_by_the_pipeline(tmp_path):
   images_dir, masks_dir, images, masks = _make_folder(tmp_path)
   tfds_dir = str(tmp_path / 'tfds')
   builder = folder.prepare(_config(images_dir, masks_dir), tfds_dir)
@@ -75,25 +84,46 @@ def test_good_folder_builds_with_resize(tmp_path):
   assert len(test['file_name']) == 3 and len(train['file_name']) == 9  # round(0.25 * 12).
   assert sorted(train['file_name'] + test['file_name']) == sorted(images)
   assert train['file_name'] == sorted(train['file_name'])  # Stored in file-stem order.
-  assert train['image'].shape == (9, 16, 16, 3) and train['image'].dtype == np.uint8
-  assert train['segmentation'].shape == (9, 16, 16) and train['segmentation'].dtype == np.uint8
+  assert train['image'].shape == (9, HEIGHT, WIDTH, 3) and train['image'].dtype == np.uint8
+  assert builder.info.metadata['sizes']['train'] == {
+      'count': 9, 'min_height': HEIGHT, 'min_width': WIDTH, 'max_height': HEIGHT,
+      'max_width': WIDTH, 'pixels': 9 * HEIGHT * WIDTH}
+  preprocess = folder.Preprocess((16, 16), 'resize')
   for split in (train, test):
-    for stem, image, mask in zip(split['file_name'], split['image'], split['segmentation']):
-      assert set(np.unique(mask)) <= set(LABELS.tolist())
-      np.testing.assert_array_equal(mask, _nearest(masks[stem], 16, 16))
-      expected = np.asarray(Image.fromarray(images[stem]).resize((16, 16), Image.BILINEAR))
-      np.testing.assert_array_equal(image, expected)
+    batch = preprocess(split, None)
+    assert batch['image'].shape[1:] == (16, 16, 3) and batch['segmentation'].dtype == np.int32
+    for stem, image, mask, fitted, labels in zip(split['file_name'], split['image'],
+                                                 split['segmentation'], batch['image'],
+                                                 batch['segmentation']):
+      np.testing.assert_array_equal(image, images[stem])  # PNG: lossless.
+      np.testing.assert_array_equal(mask, masks[stem])
+      assert set(np.unique(labels)) <= set(LABELS.tolist())
+      np.testing.assert_array_equal(labels, _nearest(masks[stem], 16, 16))
+      # Shrinking averages areas (no aliasing): the exact area average, within rounding.
+      averaged = np.einsum('ih,hwc,jw->ijc', _area_weights(HEIGHT, 16), images[stem],
+                           _area_weights(WIDTH, 16))
+      assert np.abs(fitted * 255 - averaged).max() <= 0.51
   assert os.path.isdir(os.path.join(tfds_dir, 'segmentation_folder', builder.builder_config.name,
-                                    '1.0.0'))
+                                    '2.0.0'))
   assert not [p for p in _leftovers(tfds_dir) if 'incomplete.' in p]
 
 
+def test_max_size_caps_the_long_side_keeping_the_aspect(tmp_path):
+  images_dir, masks_dir, _, masks = _make_folder(tmp_path, n=4)
+  builder = folder.prepare(_config(images_dir, masks_dir, max_size=12), str(tmp_path / 'tfds'))
+  stored = _read(builder, 'train')
+  assert stored['image'].shape[1:] == (10, 12, 3)  # 20x24 -> 10x12.
+  for stem, mask in zip(stored['file_name'], stored['segmentation']):
+    np.testing.assert_array_equal(mask, _nearest(masks[stem], 10, 12))
+
+
 def test_a_split_is_written_in_shards_of_bounded_size(tmp_path, monkeypatch):
-  """Shards of 4 examples (16x16x3 image + 16x16 mask = 1,024 bytes each): the 9 training
-  examples go to 3 array_record files, read back in file-stem order, as one file holds them."""
+  """Shards of 4 examples (20x24x3 image + 20x24 mask = 1,920 bytes decoded each): the 9
+  training examples go to 3 array_record files, read back in file-stem order, as one file holds
+  them."""
   images_dir, masks_dir, _, _ = _make_folder(tmp_path)
   whole = _read(folder.prepare(_config(images_dir, masks_dir), str(tmp_path / 'one')), 'train')
-  monkeypatch.setattr(folder, 'SHARD_BYTES', 4 * 1024)
+  monkeypatch.setattr(local, 'SHARD_BYTES', 4 * 1920)
   builder = folder.prepare(_config(images_dir, masks_dir), str(tmp_path / 'sharded'))
   assert builder.info.splits['train'].shard_lengths == [4, 4, 1]
   sharded = _read(builder, 'train')
@@ -115,12 +145,14 @@ def test_fraction_split_is_seeded_and_disjoint(tmp_path, monkeypatch):
     assert not set(train) & set(test) and set(train) | set(test) == set(images)
     tests[tfds_name] = test
   assert tests['a'] == tests['b'] and tests['a'] != tests['c']
-  # The config name hashes every setting, with paths made absolute.
+  # The config name hashes every stored setting, with paths made absolute; the training size
+  # and how images reach it are the pipeline's, so one prepared dataset serves them all.
   monkeypatch.chdir(tmp_path)
   base = _config(images_dir, masks_dir).name
   assert _config('images', 'masks').name == base
   assert _config(images_dir, masks_dir, split_seed=1).name != base
-  assert _config(images_dir, masks_dir, resize='center_crop').name != base
+  assert _config(images_dir, masks_dir, max_size=10).name != base
+  assert _config(images_dir, masks_dir, resize='center_crop', image_size=(8, 8)).name == base
   assert _config(images_dir, tmp_path / 'images').name != base
 
 
@@ -147,7 +179,8 @@ def test_center_crop_takes_the_centre(tmp_path):
     _write(tmp_path / 'masks' / f'{i}.png', mask)
   builder = folder.prepare(_config(tmp_path / 'images', tmp_path / 'masks', resize='center_crop'),
                            str(tmp_path / 'tfds'))
-  example = _read(builder, 'train')
+  example = folder.Preprocess((16, 16), 'center_crop')(_read(builder, 'train'), None)
+  example['image'] = np.round(example['image'] * 255).astype(np.uint8)
   # 20x24 -> 16x16: rows 2..17, columns 4..19.
   np.testing.assert_array_equal(example['image'][0, :, 0, 0], np.arange(2, 18) * 10)
   np.testing.assert_array_equal(example['image'][0, 0, :, 1], np.arange(4, 20) * 10)
@@ -167,13 +200,15 @@ def test_load_gives_dataset_with_class_names_and_preprocess(tmp_path):
   assert ds.name == 'segmentation_folder' and ds.image_shape == (16, 16, 3)
   assert ds.num_classes == 4 and tuple(ds.class_names) == ('background', 'cat', 'dog', 'bird')
   assert len(ds.train) == 6 and len(ds.test) == 2
-  assert set(ds.train.arrays) == {'image', 'segmentation'}
+  assert set(ds.train.arrays) == {'image', 'segmentation'} and ds.unlabeled is None
+  assert ds.sizes['test']['max_width'] == WIDTH
   batch = ds.preprocess(ds.train.__getitems__([0, 3]), np.random.default_rng(0))
   assert batch['image'].dtype == np.float32 and batch['image'].shape == (2, 16, 16, 3)
   assert batch['segmentation'].dtype == np.int32 and batch['segmentation'].shape == (2, 16, 16)
   raw = ds.train.__getitems__([0, 3])
-  np.testing.assert_allclose(batch['image'], raw['image'] / 255.0, rtol=1e-6)
-  np.testing.assert_array_equal(batch['segmentation'], raw['segmentation'])
+  assert raw['image'].shape == (2, HEIGHT, WIDTH, 3)  # Held at its own size.
+  np.testing.assert_array_equal(batch['segmentation'],
+                                [_nearest(m[..., 0], 16, 16) for m in raw['segmentation']])
   data_config['class_names_file'] = ''
   assert tuple(folder.load(data_config).class_names) == ('class_0', 'class_1', 'class_2', 'class_3')
 
@@ -393,7 +428,8 @@ def test_bad_settings_name_the_key(tmp_path):
                         ({'split': 'random'}, 'config.data.split'),
                         ({'test_fraction': 1.0}, 'config.data.test_fraction'),
                         ({'image_size': (16,)}, 'config.data.image_size'),
-                        ({'split_seed': -1}, 'config.data.split_seed')):
+                        ({'split_seed': -1}, 'config.data.split_seed'),
+                        ({'max_size': -5}, 'config.data.max_size')):
     with pytest.raises(UserInputError, match=key):
       folder.FolderConfig(**{**good, **override})
   with pytest.raises(UserInputError, match='config.data.masks_dir must be set'):

@@ -16,7 +16,7 @@ from segae_jax.training import checkpoints
 from segae_jax import data, training
 from segae_jax.tools import common, evaluate, predict
 from segae_jax.errors import UserInputError
-from segae_jax.data import augment
+from segae_jax.data import augment, sizing
 from segae_jax.data import fashion_mnist as fm
 
 def test_unet_scenes_end_to_end(unet_scenes_run):
@@ -103,7 +103,7 @@ def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):
   (folder / 'notes.txt').write_text('not an image, and not listed as one')
   out = tmp_path / 'out'
   proc = _run_module('segae_jax.tools.predict', f'--workdir={workdir}', f'--input={folder}',
-                     f'--output={out}')
+                     f'--output={out}', '--mode=resize')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith(f'segmented 3 images into {out}')
   # The model's own argmax, computed here from the restored run on the resized image.
@@ -114,14 +114,17 @@ def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):
     stem = name.split('.')[0]
     labels = np.asarray(Image.open(out / f'{stem}_labels.png'))
     assert labels.shape == (h, w) and labels.dtype == np.uint8
-    image = Image.open(folder / name).convert('L' if channels == 1 else 'RGB')
-    x = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32) / 255.0
+    image = np.asarray(Image.open(folder / name).convert('L' if channels == 1 else 'RGB'))
+    x = sizing.resize_image(image.reshape(h, w, channels), (height, width)) / np.float32(255)
     logits = run.model.apply(run.variables, x.reshape(1, height, width, channels))['seg_logits']
     expected = np.asarray(logits[0].argmax(-1)).astype(np.uint8)
-    expected = np.asarray(Image.fromarray(expected).resize((w, h), Image.NEAREST))
-    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(labels, sizing.resize_mask(expected, (h, w)))
     classes_seen |= set(np.unique(labels).tolist())
     assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == (h, w, 3)
+  # By default (auto) images larger than the model's input are tiled, the others resized.
+  tiled, _ = predict.predict(workdir, str(folder), str(tmp_path / 'auto'))
+  np.testing.assert_array_equal(tiled['b'], np.asarray(Image.open(out / 'b_labels.png')))
+  assert tiled['a'].shape == (40, 50) and tiled['c'].shape == (33, 31)
   assert len(classes_seen) > 1, classes_seen  # Not a constant map that any model would give.
 
 
