@@ -7,8 +7,8 @@ Figures:
                            (min scale 0.35, back to 256x256) + flip + scaling to float32, with
                            n = 0, 1, 2 grain worker processes: examples_per_s and its ratio to
                            n = 0 (the per-worker scaling).
-  pipeline_workers_stored/<n> the same 400 images prepared as a segmentation_folder (raw uint8
-                           in array_record, so nothing to decode) and streamed: crop + flip.
+  pipeline_workers_stored/<n> the same 400 images prepared as a segmentation_folder (stored as
+                           PNG at their own size, decoded when read) and streamed: crop + flip.
   streaming_rss/<N>        peak resident memory (ru_maxrss, MiB) of a train.py process training
                            a small U-Net for 8 steps on a segmentation_folder of N = 2,000 and
                            20,000 such images (config.data.cache='auto': both stream), after the
@@ -98,9 +98,9 @@ def _rates(name: str, source, preprocess, seconds: float) -> List[Dict]:
 
 def pipeline_workers_figures(root: str, seconds: float = 8.0) -> List[Dict]:
   """JPEG files decoded on each read; then the same images prepared as a segmentation_folder
-  (raw uint8 in array_record: no decoding when training) and streamed."""
+  (PNG at their own size in array_record, decoded by OpenCV when read) and streamed."""
   from segae_jax import data
-  from segae_jax.data import augment, folder as folder_lib
+  from segae_jax.data import augment
   from segae_jax.data.images import ImageFileSource
   folder = os.path.join(root, 'jpeg400')
   paths = write_folder(folder, 400)
@@ -114,8 +114,9 @@ def pipeline_workers_figures(root: str, seconds: float = 8.0) -> List[Dict]:
             'cache': 'stream'}
   dataset = data.build(config)
   assert isinstance(dataset.train, data.StreamedSource)
-  preprocess = augment.with_augmentation(folder_lib.preprocess,
-                                         {'flip': True, 'crop_min_scale': 0.35})
+  preprocess = augment.with_augmentation(dataset.preprocess,
+                                         {'flip': True, 'crop_min_scale': 0.35},
+                                         dataset.image_shape[:2], dataset.resize)
   return figures + _rates('pipeline_workers_stored', dataset.train, preprocess, seconds)
 
 
