@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from segae_jax.data import batching
+from segae_jax.data import batching, images, sizing
 from segae_jax.errors import UserInputError
 from segae_jax.tools import common
 
@@ -88,33 +88,28 @@ def test_format_table_aligned_and_markdown():
       '| a\\|b | - |')
 
 
-def test_read_images_resizes_and_scales_to_the_model_input(tmp_path):
+def test_user_images_are_read_converted_and_resized_to_the_model_input(tmp_path):
+  """What predict and unsupervised --input do with a file before the model (resize mode)."""
+  read = lambda name, channels: np.asarray(images.read_image(str(tmp_path / name), channels))
   rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]],
                   [[0, 0, 0], [51, 51, 51], [102, 102, 102], [255, 255, 255]]], np.uint8)
   Image.fromarray(rgb, 'RGB').save(tmp_path / 'a.png')
   Image.fromarray(np.full((6, 8), 51, np.uint8), 'L').save(tmp_path / 'b.png')
-  files = [str(tmp_path / 'a.png')]
-  originals, inputs = common.read_images(files, (2, 4, 3))  # Its own size: no resampling.
-  assert inputs.shape == (1, 2, 4, 3) and inputs.dtype == np.float32
-  np.testing.assert_allclose(inputs[0], rgb / 255.0, rtol=1e-6)
-  assert originals[0].mode == 'RGB' and originals[0].size == (4, 2)
+  np.testing.assert_array_equal(sizing.resize_image(read('a.png', 3), (2, 4)), rgb)  # Own size.
   # Grayscale: ITU-R 601 luma L = (299 R + 587 G + 114 B) / 1000, rounded: red 76, green 150,
   # blue 29.
-  _, gray = common.read_images(files, (2, 4, 1))
-  assert gray.shape == (1, 2, 4, 1)
-  np.testing.assert_allclose(gray[0, 0, :, 0] * 255, [76, 150, 29, 255], atol=1e-4)
-  # A flat 8x6 image resized to the model's 4x2 (RGB from gray) stays flat: 51 / 255 = 0.2.
-  originals, flat = common.read_images([str(tmp_path / 'b.png'), files[0]], (2, 4, 3))
-  assert flat.shape == (2, 2, 4, 3) and originals[0].size == (8, 6)
-  np.testing.assert_allclose(flat[0], 0.2, rtol=1e-6)
-  # Bilinear, pixel centres aligned: [0, 255] to width 4 samples at x = -0.25 (clamped to 0),
-  # 0.25, 0.75, 1.25 (clamped to 1): 0, 63.75 -> 64, 191.25 -> 191, 255.
+  np.testing.assert_array_equal(read('a.png', 1)[0], [76, 150, 29, 255])
+  # A flat 8x6 image shrunk to 4x2 (RGB from gray) stays flat.
+  flat = sizing.resize_image(read('b.png', 3), (2, 4))
+  assert flat.shape == (2, 4, 3) and (flat == 51).all()
+  # Bilinear when enlarging, pixel centres aligned: [0, 255] to width 4 samples at x = -0.25
+  # (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1): 0, 63.75 -> 64, 191.25 -> 191, 255.
   Image.fromarray(np.array([[0, 255]], np.uint8), 'L').save(tmp_path / 'ramp.png')
-  _, ramp = common.read_images([str(tmp_path / 'ramp.png')], (1, 4, 1))
-  np.testing.assert_allclose(ramp[0, 0, :, 0] * 255, [0, 64, 191, 255], atol=1e-4)
+  ramp = sizing.resize_image(read('ramp.png', 1)[..., None], (1, 4))
+  np.testing.assert_array_equal(ramp[0, :, 0], [0, 64, 191, 255])
   with pytest.raises(UserInputError, match='not a readable image'):
     (tmp_path / 'c.png').write_bytes(b'no image')
-    common.read_images([str(tmp_path / 'c.png')], (2, 4, 3))
+    read('c.png', 3)
 
 
 def test_run_flags_are_filed_under_the_calling_module():

@@ -29,11 +29,9 @@ Image conversion (data.images.image_array; the same for checking and writing):
     or a random (training) image_size window; images smaller than it are refused.
 """
 import dataclasses
-import hashlib
 import json
-import numbers
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -45,7 +43,6 @@ from segae_jax.data.images import (capped_size, image_array, list_image_files, o
 from segae_jax.data.pipeline import hold, unit_float
 from segae_jax.errors import UserInputError
 
-SPLIT_MODES = ('fraction', 'folders')
 SPLITS = local.SPLITS
 UNLABELED = 'unlabeled'
 MAX_CLASSES = 256  # Masks are stored as uint8.
@@ -53,76 +50,6 @@ MAX_CLASSES = 256  # Masks are stored as uint8.
 MASK_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 # What an unlabelled example stores as its mask: the feature exists in every split.
 NO_MASK = np.zeros((1, 1), np.uint8)
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _abspath(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
-
-
-def check_image_size(size) -> Tuple[int, int]:
-  """config.data.image_size as (height, width) of positive ints.
-
-  Raises:
-    UserInputError: anything else.
-  """
-  if (not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2
-      or not all(_is_int(s) and s > 0 for s in size)):
-    raise UserInputError(f'config.data.image_size must be (height, width), two positive '
-                         f'integers, got {size!r}')
-  return int(size[0]), int(size[1])
-
-
-def check_common(config) -> None:
-  """The fields both folder configs share (FolderConfig, image_folder.ImageFolderConfig):
-  image_size, channels, resize, split, test_fraction, split_seed, max_size; normalised in place.
-
-  Raises:
-    UserInputError: naming config.data.<field>.
-  """
-  config.image_size = check_image_size(config.image_size)
-  if config.channels not in (1, 3) or not _is_int(config.channels):
-    raise UserInputError(f'config.data.channels must be 1 or 3, got {config.channels!r}')
-  sizing.check_mode(config.resize)
-  if config.split not in SPLIT_MODES:
-    raise UserInputError(f'unknown config.data.split {config.split!r}; known: '
-                         f'{", ".join(SPLIT_MODES)}')
-  if (not isinstance(config.test_fraction, numbers.Real) or isinstance(config.test_fraction, bool)
-      or not 0.0 < config.test_fraction < 1.0):
-    raise UserInputError(f'config.data.test_fraction must be in (0, 1), got '
-                         f'{config.test_fraction!r}')
-  for key in ('split_seed', 'max_size'):
-    if not _is_int(getattr(config, key)) or getattr(config, key) < 0:
-      raise UserInputError(f'config.data.{key} must be a non-negative integer, got '
-                           f'{getattr(config, key)!r}')
-  config.channels, config.test_fraction = int(config.channels), float(config.test_fraction)
-  config.split_seed, config.max_size = int(config.split_seed), int(config.max_size)
-
-
-def check_paths(config, keys: Sequence[str], optional: Sequence[str] = ()) -> None:
-  """Makes the path fields `keys` (required) and `optional` absolute, in place.
-
-  Raises:
-    UserInputError: a field that is not a path, or a required one left empty.
-  """
-  for key in tuple(keys) + tuple(optional):
-    value = getattr(config, key)
-    if not isinstance(value, (str, os.PathLike)):
-      raise UserInputError(f'config.data.{key} must be a path, got {value!r}')
-    if not os.fspath(value):
-      if key in keys:
-        raise UserInputError(f'config.data.{key} must be set (a folder of images)')
-      continue
-    setattr(config, key, _abspath(os.fspath(value)))
-
-
-def config_name(prefix: str, settings: Mapping[str, object]) -> str:
-  """'<prefix>_<12 hex digits of the settings' hash>'."""
-  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-  return f'{prefix}_{digest[:12]}'
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -166,17 +93,17 @@ class FolderConfig(tfds.core.BuilderConfig):
   unlabeled_dir: str = ''
 
   def __post_init__(self):
-    check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
+    local.check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
     if self.unlabeled_dir and self.unlabeled_dir in (self.images_dir, self.masks_dir):
       which = 'images_dir' if self.unlabeled_dir == self.images_dir else 'masks_dir'
       raise UserInputError(f'config.data.unlabeled_dir {self.unlabeled_dir} is also '
                            f'config.data.{which}; unlabelled images need a folder of their own')
-    check_common(self)
-    if not _is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
+    local.check_common(self)
+    if not local.is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
       raise UserInputError(f'config.data.num_classes must be an integer in [2, {MAX_CLASSES}] '
                            f'(masks are uint8), got {self.num_classes!r}')
     self.num_classes = int(self.num_classes)
-    self.name = config_name('folder', self.settings())
+    self.name = local.config_name('folder', self.settings())
     if self.description is None:
       self.description = 'Images and masks from ' + json.dumps(self.settings(), sort_keys=True)
 
@@ -379,23 +306,6 @@ FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'c
           'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir')
 
 
-def config_from_mapping(data_config: Mapping, cls=FolderConfig, fields=FIELDS,
-                        required=('images_dir', 'masks_dir', 'num_classes')):
-  """The builder config `cls` from config.data: `fields` taken from it, the class's defaults for
-  those missing (or None).
-
-  Raises:
-    UserInputError: a `required` field is missing or empty, or a field is bad.
-  """
-  for key in required:
-    if data_config.get(key) in (None, ''):
-      raise UserInputError(f'config.data.{key} must be set for dataset {data_config.get("name")}')
-  defaults = {f.name: f.default for f in dataclasses.fields(cls)
-              if f.default is not dataclasses.MISSING}
-  args = {key: data_config.get(key) for key in fields}
-  return cls(**{k: defaults.get(k) if v is None else v for k, v in args.items()})
-
-
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """uint8 examples of any size -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation':
@@ -430,7 +340,8 @@ def load(data_config: Mapping):
       smallest stored image is smaller than image_size.
   """
   from segae_jax.data import Dataset  # Here: segae_jax.data imports this module to register it.
-  config = config_from_mapping(data_config)
+  config = local.config_from_mapping(data_config, FolderConfig, FIELDS,
+                                     ('images_dir', 'masks_dir', 'num_classes'))
   class_names = read_class_names(config)
   builder = prepare(config, data_config.get('tfds_dir') or None)
   sizes = local.recorded_sizes(builder)

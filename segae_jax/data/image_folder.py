@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segae_jax.data import folder, local, sizing
+from segae_jax.data import local, sizing
 from segae_jax.data.images import capped_size, image_array, list_image_files, open_image
 from segae_jax.data.pipeline import hold
 
@@ -29,7 +29,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     images_dir: folder of images, searched recursively (with split='folders': holding train/ and
       test/).
     image_size, channels, resize, split, test_fraction, split_seed, max_size: as in
-      segae_jax.data.folder.FolderConfig.
+      segae_jax.data.folder.FolderConfig (checked by data.local.check_common).
 
   `name` is set from a hash of the stored settings (paths made absolute first).
 
@@ -47,9 +47,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   max_size: int = 0
 
   def __post_init__(self):
-    folder.check_paths(self, ('images_dir',))
-    folder.check_common(self)
-    self.name = folder.config_name('images', self.settings())
+    local.check_paths(self, ('images_dir',))
+    local.check_common(self)
+    self.name = local.config_name('images', self.settings())
     if self.description is None:
       self.description = 'Images from ' + json.dumps(self.settings(), sort_keys=True)
 
@@ -176,7 +176,7 @@ def load(data_config: Mapping):
     UserInputError: a bad setting or file, naming it.
   """
   from segae_jax.data import Dataset
-  config = folder.config_from_mapping(data_config, ImageFolderConfig, FIELDS, ('images_dir',))
+  config = local.config_from_mapping(data_config, ImageFolderConfig, FIELDS, ('images_dir',))
   builder = prepare(config, data_config.get('tfds_dir') or None)
   sizes = local.recorded_sizes(builder)
   local.check_crop_fits(sizes, config.image_size, config.resize,

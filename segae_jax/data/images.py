@@ -1,7 +1,7 @@
-"""Reading the user's image files (predict, unsupervised, the input pipeline): listing a folder,
-decoding with Pillow, converting to float arrays."""
+"""Reading the user's image files (predict, unsupervised, the input pipeline, the folder
+builders): listing a folder, decoding with Pillow, checking and converting to uint8 arrays."""
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -40,16 +40,6 @@ def read_image(path: str, channels: int) -> Image.Image:
       return img.convert('L' if channels == 1 else 'RGB')
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise UserInputError(f'{path}: not a readable image ({e.__class__.__name__}: {e})') from None
-
-
-def to_array(image: Image.Image, channels: int,
-             size: Optional[Sequence[int]] = None) -> np.ndarray:
-  """A Pillow 'L' or 'RGB' image as float32 [height, width, channels] in [0, 1] (pixel / 255),
-  first resized (bilinear) to `size` = (height, width) if given, else at its own size."""
-  if size is not None:
-    image = image.resize((int(size[1]), int(size[0])), Image.BILINEAR)
-  width, height = image.size
-  return np.asarray(image, np.float32).reshape(height, width, channels) / 255.0
 
 
 class ImageFileSource:

@@ -7,6 +7,9 @@ lossless: one prepared dataset serves every training size, cropped or resized in
 pipeline (data.sizing). tfds encodes PNG with Pillow and decodes it with OpenCV: no TensorFlow.
 """
 import dataclasses
+import hashlib
+import json
+import numbers
 import os
 import shutil
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
@@ -20,10 +23,99 @@ from segae_jax.data.images import capped_size
 from segae_jax.errors import UserInputError
 
 SPLITS = ('train', 'test')
+SPLIT_MODES = ('fraction', 'folders')
 # Bytes of decoded pixels per array_record shard. Each shard is written as its examples are read
 # (tfds.core.ShardBasedBuilder), so preparing holds about one shard in memory at most;
 # GeneratorBasedBuilder would hold a whole split, and past 1 GB spill it through TensorFlow.
 SHARD_BYTES = 256 << 20
+
+
+def is_int(value) -> bool:
+  """An integer that is not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _abspath(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def check_image_size(size) -> Tuple[int, int]:
+  """config.data.image_size as (height, width) of positive ints.
+
+  Raises:
+    UserInputError: anything else.
+  """
+  if (not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2
+      or not all(is_int(s) and s > 0 for s in size)):
+    raise UserInputError(f'config.data.image_size must be (height, width), two positive '
+                         f'integers, got {size!r}')
+  return int(size[0]), int(size[1])
+
+
+def check_common(config) -> None:
+  """The fields both folder configs share (FolderConfig, image_folder.ImageFolderConfig):
+  image_size, channels, resize, split, test_fraction, split_seed, max_size; normalised in place.
+
+  Raises:
+    UserInputError: naming config.data.<field>.
+  """
+  config.image_size = check_image_size(config.image_size)
+  if config.channels not in (1, 3) or not is_int(config.channels):
+    raise UserInputError(f'config.data.channels must be 1 or 3, got {config.channels!r}')
+  sizing.check_mode(config.resize)
+  if config.split not in SPLIT_MODES:
+    raise UserInputError(f'unknown config.data.split {config.split!r}; known: '
+                         f'{", ".join(SPLIT_MODES)}')
+  if (not isinstance(config.test_fraction, numbers.Real) or isinstance(config.test_fraction, bool)
+      or not 0.0 < config.test_fraction < 1.0):
+    raise UserInputError(f'config.data.test_fraction must be in (0, 1), got '
+                         f'{config.test_fraction!r}')
+  for key in ('split_seed', 'max_size'):
+    if not is_int(getattr(config, key)) or getattr(config, key) < 0:
+      raise UserInputError(f'config.data.{key} must be a non-negative integer, got '
+                           f'{getattr(config, key)!r}')
+  config.channels, config.test_fraction = int(config.channels), float(config.test_fraction)
+  config.split_seed, config.max_size = int(config.split_seed), int(config.max_size)
+
+
+def check_paths(config, keys: Sequence[str], optional: Sequence[str] = ()) -> None:
+  """Makes the path fields `keys` (required) and `optional` absolute, in place.
+
+  Raises:
+    UserInputError: a field that is not a path, or a required one left empty.
+  """
+  for key in tuple(keys) + tuple(optional):
+    value = getattr(config, key)
+    if not isinstance(value, (str, os.PathLike)):
+      raise UserInputError(f'config.data.{key} must be a path, got {value!r}')
+    if not os.fspath(value):
+      if key in keys:
+        raise UserInputError(f'config.data.{key} must be set (a folder of images)')
+      continue
+    setattr(config, key, _abspath(os.fspath(value)))
+
+
+def config_name(prefix: str, settings: Mapping[str, object]) -> str:
+  """'<prefix>_<12 hex digits of the settings' hash>'."""
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+  return f'{prefix}_{digest[:12]}'
+
+
+def config_from_mapping(data_config: Mapping, cls, fields: Sequence[str],
+                        required: Sequence[str]):
+  """The builder config `cls` from config.data: `fields` taken from it, the class's defaults for
+  those missing (or None).
+
+  Raises:
+    UserInputError: a `required` field is missing or empty, or a field is bad.
+  """
+  for key in required:
+    if data_config.get(key) in (None, ''):
+      raise UserInputError(f'config.data.{key} must be set for dataset {data_config.get("name")}')
+  defaults = {f.name: f.default for f in dataclasses.fields(cls)
+              if f.default is not dataclasses.MISSING}
+  args = {key: data_config.get(key) for key in fields}
+  return cls(**{k: defaults.get(k) if v is None else v for k, v in args.items()})
 
 
 def split_by_fraction(items: List[Any], test_fraction: float, seed: int,

@@ -315,14 +315,18 @@ class Pools:
   def __getitems__(self, indices: Sequence[int]) -> Batch:
     indices = np.asarray(indices, np.int64)
     is_labeled = indices < self.num_labeled
-    parts, order = [], []
+    parts, order, mask_channels = [], [], ()
     if is_labeled.any():
       part = stack_examples(self.labeled.__getitems__(indices[is_labeled]))
       parts.append(dict(part, labeled=np.ones(int(is_labeled.sum()), np.float32)))
       order.append(np.flatnonzero(is_labeled))
+      # Zero masks shaped like the labelled ones ([h, w] or [h, w, 1]): examples of one size then
+      # stay one stacked array.
+      mask_channels = np.asarray(part['segmentation'][0]).shape[2:]
     if not is_labeled.all():
       part = stack_examples(self.unlabeled.__getitems__(indices[~is_labeled] - self.num_labeled))
-      masks = _stack([np.zeros(image.shape[:2], np.uint8) for image in part['image']])
+      masks = _stack([np.zeros(image.shape[:2] + mask_channels, np.uint8)
+                      for image in part['image']])
       parts.append(dict(part, segmentation=masks,
                         labeled=np.zeros(int((~is_labeled).sum()), np.float32)))
       order.append(np.flatnonzero(~is_labeled))

@@ -1,6 +1,7 @@
 """The backbone of the research tools: a trained run restored from its workdir and what every tool
-does with it (inference in fixed-size batches, the encoder's feature maps, the user's images read
-as model inputs, the result header of a JSON file, tables, the --checkpoint flag).
+does with it (inference in fixed-size batches, images of any size segmented at their own size,
+the encoder's feature maps, the result header of a JSON file, tables, the --checkpoint and
+inference flags).
 
 Light to import (no JAX, no orbax until a run is restored), so a tool's `--help` stays fast.
 """
@@ -17,7 +18,6 @@ import numpy as np
 from absl import flags
 
 from segae_jax.data import batching, sizing
-from segae_jax.data import images as image_files
 from segae_jax.errors import UserInputError
 from segae_jax.tools import tiling
 
@@ -267,22 +267,6 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   return TrainedRun(config=config, model=model, variables=training.model_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
                     class_names=meta.get('class_names') or [])
-
-
-def read_images(files: Sequence[str], image_shape: Sequence[int]):
-  """The user's image files as the model's inputs, every file read before any is used.
-
-  Returns:
-    (the images as opened, Pillow 'L' or 'RGB' at their own sizes; float32 [n, height, width,
-    channels] in [0, 1]: each resized (bilinear) to image_shape (height, width, channels)).
-
-  Raises:
-    UserInputError: a file Pillow cannot decode (named).
-  """
-  channels = image_shape[2]
-  originals = [image_files.read_image(f, channels) for f in files]
-  inputs = np.stack([image_files.to_array(img, channels, image_shape[:2]) for img in originals])
-  return originals, inputs
 
 
 def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,
