@@ -28,8 +28,9 @@ train: data
 test: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
-# Subprocess runs killed with SIGKILL/SIGTERM/SIGINT, resumed on other device counts, and
-# two processes on 127.0.0.1: about 4 minutes on 2 cores.
+# Subprocess runs killed with SIGKILL/SIGTERM/SIGINT, resumed on other device counts, two
+# processes on 127.0.0.1, and the longest end-to-end checks (reduced precision, probe): about
+# 4 minutes on 2 cores.
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
 

@@ -41,6 +41,9 @@ def _vae_run(tfds_dir, fashion_mnist, dtype, loss_scale=128.0, steps=10, scaled=
   return state, np.array(losses_), np.array(grad_norms)
 
 
+# About 10 s: with the long checks of `make test-faults` (CI runs it); the compute dtype's use is
+# checked in the default suite (test_layers.py).
+@pytest.mark.faults
 def test_reduced_precision_loss_within_tolerance_of_float32(tfds_dir, fashion_mnist):
   _, loss32, _ = _vae_run(tfds_dir, fashion_mnist, 'float32')
   state16, loss16, _ = _vae_run(tfds_dir, fashion_mnist, 'bfloat16')

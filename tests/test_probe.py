@@ -233,6 +233,9 @@ def test_finetune_encoder_starts_at_a_sparse_ae_encoder():
     probe.init_params(classifier, (28, 28, 1), 0, run.variables['params']['encoder'])
 
 
+# About 10 s: with the long checks of `make test-faults` (CI runs it), which keeps the default suite
+# within its 4 minutes; the probe's parts are tested by hand above.
+@pytest.mark.faults
 def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
   out = str(tmp_path / 'probe')
   proc = run_module('probe', f'--workdir={tiny_vae_workdir}', '--config=configs/probe_fashion_mnist.py',

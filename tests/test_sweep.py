@@ -201,6 +201,12 @@ def test_metric_lookup_and_defaults():
 # ------------------------------------------------------------------------- a real sweep --
 
 
+# The sweep run end to end (a subprocess training two points, about 25 s with the tests on it) is
+# with the long checks of `make test-faults` (CI runs it), which keeps the default suite within its
+# 4 minutes; the sweep's parts (grids, random points, overrides, tables) are tested above by hand.
+LONG = pytest.mark.faults
+
+
 @pytest.fixture(scope='module')
 def swept(tmp_path_factory, tfds_dir):
   """A 2-point grid over beta on configs/default.py, 4 steps each, run as a subprocess."""
@@ -214,6 +220,7 @@ def swept(tmp_path_factory, tfds_dir):
   return {'workdir': workdir, 'args': args, 'stdout': proc.stdout, 'csv': csv_text}
 
 
+@LONG
 def test_sweep_writes_sorted_tables_and_one_run_per_point(swept):
   workdir = swept['workdir']
   names = ['0_beta=4', '1_beta=0.5']
@@ -249,6 +256,7 @@ def _mtimes(workdir):
           for name in ('0_beta=4', '1_beta=0.5')}
 
 
+@LONG
 def test_rerun_reads_finished_points_and_sorts_by_mode(swept):
   workdir = swept['workdir']
   before = _mtimes(workdir)
@@ -264,6 +272,7 @@ def test_rerun_reads_finished_points_and_sorts_by_mode(swept):
   assert len(rows) == 2
 
 
+@LONG
 def test_unfinished_point_resumes_from_its_checkpoint(swept):
   workdir = swept['workdir']
   path = os.path.join(workdir, '1_beta=0.5', 'results.json')
@@ -281,6 +290,7 @@ def test_unfinished_point_resumes_from_its_checkpoint(swept):
   assert len(rows) == 2
 
 
+@LONG
 def test_changed_sweep_in_the_same_workdir_is_refused(swept):
   workdir = swept['workdir']
   recorded = open(os.path.join(workdir, 'sweep.json')).read()
@@ -291,6 +301,7 @@ def test_changed_sweep_in_the_same_workdir_is_refused(swept):
   assert sorted(n for n in os.listdir(workdir) if '_beta=' in n) == ['0_beta=4', '1_beta=0.5']
 
 
+@LONG
 def test_metric_missing_from_results_names_the_available_ones(swept):
   proc = run_sweep(*swept['args'], '--metric=test.miou')
   assert_one_line_error(proc, "metric 'test.miou' is not in the results", 'test.neg_elbo',
