@@ -132,6 +132,8 @@ def test_unsupervised_cli_on_a_folder_without_masks(ae_workdir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.load(open(os.path.join(out, 'unsupervised.json')))
   assert result['num_images'] == 3 and 'autoencoder' not in result
+  # The model takes 32x32: the two larger images get their features tile by tile (auto mode).
+  assert result['num_tiled'] == 2
   for i, size in enumerate([(40, 30), (32, 32), (64, 48)]):
     regions = Image.open(os.path.join(out, f'im{i}_regions.png'))
     assert regions.size == size and np.asarray(regions).max() < 3
