@@ -209,11 +209,8 @@ def tiling_figures(lines, output: str, workdir: str, offset: int = 0) -> None:
     run = common.load_run(run_dir, 'latest')
     for mode, inference in modes.items():
       labels = common.segment_images(run, list(images), inference, 32)
-      k = len(class_names)
-      confusion = np.zeros((k, k), np.int64)
-      for truth, predicted in zip(masks, labels):
-        confusion += np.bincount(truth.astype(np.int64).ravel() * k + predicted.ravel(),
-                                 minlength=k * k).reshape(k, k)
+      confusion = sum(common.confusion_counts(truth, predicted, len(class_names))
+                      for truth, predicted in zip(masks, labels))
       scores = metrics.segmentation_scores(confusion, class_names)
       emit(lines, output, {'figure': f'{name}/{variant}/{mode}', 'miou': scores['miou'],
                            'pixel_accuracy': scores['pixel_accuracy'],

@@ -182,15 +182,24 @@ class TrainedRun:
       raise UserInputError(f'--tile_size={size[0]}x{size[1]}: {e}') from None
     return run
 
-  def make_tiling(self, inference: Inference, batch_size: int) -> tiling.Tiling:
-    """The Tiling of `inference` for this model (tiles of its training size unless set).
+  def tiled(self, inference: Inference, batch_size: int) -> Tuple['TrainedRun', tiling.Tiling]:
+    """(this run at the tile size, the Tiling of `inference`): tiles of the training size unless
+    inference.tile_size says otherwise.
 
     Raises:
       UserInputError: a bad tile size (see at_size).
     """
     size = tiling.parse_tile_size(inference.tile_size, self.image_shape[:2])
-    self.at_size(size)
-    return tiling.Tiling(size, inference.overlap, inference.blend, batch_size)
+    return (self.at_size(size),
+            tiling.Tiling(size, inference.overlap, inference.blend, batch_size))
+
+  def make_tiling(self, inference: Inference, batch_size: int) -> tiling.Tiling:
+    """The Tiling of `inference` for this model (see `tiled`).
+
+    Raises:
+      UserInputError: a bad tile size (see at_size).
+    """
+    return self.tiled(inference, batch_size)[1]
 
   def uses_tiles(self, inference: Inference, height: int, width: int) -> bool:
     """Whether a height x width image is tiled: --mode=tile, or auto and larger than the model
@@ -269,41 +278,71 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
                     class_names=meta.get('class_names') or [])
 
 
-def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,
-                   batch_size: int) -> List[np.ndarray]:
+class Segmenter:
   """Label maps of images of any size at their own size: the shared inference path of predict
-  and evaluate.
+  and evaluate. Built once per run (the tile size checked, the model's two compiled heads made),
+  then called on any number of image lists.
+
+  Each image is tiled (tools.tiling: blended logits, then arg-max) or resized (to the model input,
+  bilinear; the label map back to the image's size, nearest neighbour), as run.uses_tiles says.
 
   Args:
     run: a segmentation run.
-    images: uint8 [height, width, channels] each, in the model's channels.
-    inference: tiled (tools.tiling: blended logits, then arg-max) or resized (the image resized
-      to the model input, bilinear; the label map back to the image's size, nearest neighbour),
-      per image as run.uses_tiles says.
+    inference: the mode, overlap, blend and tile size.
     batch_size: images (resized) or tiles per forward pass.
 
-  Returns:
-    uint8 [height, width] class ids per image.
+  Raises:
+    UserInputError: a bad tile size (at construction, before anything is written).
+  """
+
+  def __init__(self, run: TrainedRun, inference: Inference, batch_size: int):
+    self.run, self.inference, self.batch_size = run, inference, batch_size
+    tile_run, self.tiles = run.tiled(inference, batch_size)
+    self._labels = run.jit(seg_labels)
+    self._tile_logits = tile_run.jit(seg_logits)
+
+  def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """uint8 [height, width, channels] images (the model's channels) -> uint8 [height, width]
+    class ids each."""
+    size = self.run.image_shape[:2]
+    tiled = [self.run.uses_tiles(self.inference, *image.shape[:2]) for image in images]
+    labels: List[Optional[np.ndarray]] = [None] * len(images)
+    resized = [i for i, t in enumerate(tiled) if not t]
+    if resized:
+      inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
+      maps = batching.map_batched(self._labels, np.divide(inputs, np.float32(255)),
+                                  self.batch_size).astype(np.uint8)
+      for i, label in zip(resized, maps):
+        labels[i] = sizing.resize_mask(label, images[i].shape[:2])
+    for i in (i for i, t in enumerate(tiled) if t):
+      pixels = np.divide(images[i], np.float32(255), dtype=np.float32)
+      labels[i] = self.tiles.apply(self._tile_logits, pixels).argmax(-1).astype(np.uint8)
+    return labels
+
+
+def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,
+                   batch_size: int) -> List[np.ndarray]:
+  """Segmenter(run, inference, batch_size)(images), for one list of images.
 
   Raises:
     UserInputError: a bad tile size.
   """
-  size = run.image_shape[:2]
-  tiled = [run.uses_tiles(inference, *image.shape[:2]) for image in images]
-  labels: List[Optional[np.ndarray]] = [None] * len(images)
-  resized = [i for i, t in enumerate(tiled) if not t]
-  if resized:
-    inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
-    maps = run.infer(np.divide(inputs, np.float32(255)), seg_labels, batch_size).astype(np.uint8)
-    for i, label in zip(resized, maps):
-      labels[i] = sizing.resize_mask(label, images[i].shape[:2])
-  if any(tiled):
-    tiles = run.make_tiling(inference, batch_size)
-    logits = run.at_size(tiles.tile).jit(seg_logits)
-    for i in (i for i, t in enumerate(tiled) if t):
-      pixels = np.divide(images[i], np.float32(255), dtype=np.float32)
-      labels[i] = tiles.apply(logits, pixels).argmax(-1).astype(np.uint8)
-  return labels
+  return Segmenter(run, inference, batch_size)(images)
+
+
+def confusion_counts(labels, predictions, num_classes: int,
+                     num_predicted: Optional[int] = None) -> np.ndarray:
+  """int64 [num_classes, num_predicted] pixel counts C[label, prediction] from int maps of one
+  shape (num_predicted defaults to num_classes: a confusion matrix for
+  training.metrics.segmentation_scores); labels outside [0, num_classes) (an ignore label) are
+  not counted."""
+  num_predicted = num_classes if num_predicted is None else num_predicted
+  labels = np.asarray(labels, np.int64).reshape(-1)
+  predictions = np.asarray(predictions, np.int64).reshape(-1)
+  keep = (labels >= 0) & (labels < num_classes)
+  index = labels[keep] * num_predicted + predictions[keep]
+  return np.bincount(index, minlength=num_classes * num_predicted).reshape(num_classes,
+                                                                            num_predicted)
 
 
 def result_header(workdir: str, run: TrainedRun, checkpoint: bool = True,

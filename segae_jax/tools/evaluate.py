@@ -78,7 +78,7 @@ def _training_evaluation(run, dataset, split: str):
 def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_size: int,
                  workdir: str = '', chunk: int = 64):
   """Segmentation scores of `split` at each image's own resolution: every image segmented by
-  common.segment_images (tiled where run.uses_tiles says) and its label map counted against the
+  common.Segmenter (tiled where run.uses_tiles says) and its label map counted against the
   stored mask in one confusion matrix (training.metrics.segmentation_scores of it).
 
   Raises:
@@ -86,18 +86,16 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
   """
   from segae_jax.training import metrics as metrics_lib
   run.require_segmentation(workdir)
-  run.make_tiling(inference, batch_size)
+  segment = common.Segmenter(run, inference, batch_size)
   source = getattr(dataset, split)
   k = dataset.num_classes
   confusion = np.zeros((k, k), np.int64)
   for start in range(0, len(source), chunk):
     examples = source.__getitems__(np.arange(start, min(start + chunk, len(source))))
-    images = [np.asarray(image) for image in examples['image']]
-    labels = common.segment_images(run, images, inference, batch_size)
+    labels = segment([np.asarray(image) for image in examples['image']])
     for truth, predicted in zip(examples['segmentation'], labels):
-      truth = np.asarray(truth).reshape(predicted.shape).astype(np.int64)
-      confusion += np.bincount(truth.ravel() * k + predicted.ravel(),
-                               minlength=k * k).reshape(k, k)
+      confusion += common.confusion_counts(np.asarray(truth).reshape(predicted.shape),
+                                           predicted, k)
   return metrics_lib.segmentation_scores(confusion, dataset.class_names)
 
 

@@ -100,17 +100,6 @@ def foreground_iou(confusion: np.ndarray, background: int = 0) -> float:
   return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else 0.0
 
 
-def cluster_confusion(labels: np.ndarray, clusters: np.ndarray, num_classes: int,
-                      num_clusters: int) -> np.ndarray:
-  """[num_classes, num_clusters] int64 pixel counts from int label and cluster maps of one shape;
-  labels outside [0, num_classes) (an ignore label) are not counted."""
-  labels = np.asarray(labels, np.int64).reshape(-1)
-  clusters = np.asarray(clusters, np.int64).reshape(-1)
-  keep = (labels >= 0) & (labels < num_classes)
-  index = labels[keep] * num_clusters + clusters[keep]
-  return np.bincount(index, minlength=num_classes * num_clusters).reshape(num_classes, num_clusters)
-
-
 # ---------------------------------------------------------------------------------------------
 # Features and clustering.
 
@@ -326,7 +315,7 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
     for chunk, truth in zip(_batches(images, config.batch_size),
                             _batches(labels, config.batch_size)):
       clusters = clustering.regions(chunk)
-      confusion += cluster_confusion(truth, clusters, num_classes, k)
+      confusion += common.confusion_counts(truth, clusters, num_classes, k)
       maps.append(clusters[:config.num_pictures - sum(len(m) for m in maps)])  # The first ones.
     scores = hungarian_scores(confusion)
     scores['per_class_iou'] = dict(zip(dataset.class_names, scores['per_class_iou']))
