@@ -263,6 +263,23 @@ def read_examples(source, indices: Sequence[int]) -> Batch:
     raise DataError(f'cannot read {describe_example(source, culprit)}: {detail}') from e
 
 
+class EpochPermutations:
+  """epoch -> the permutation of range(n) seeded from (*seed, epoch); the latest one is kept,
+  replaced in one assignment (grain's reading thread and the training thread, describing a batch
+  in an error, may both ask)."""
+
+  def __init__(self, n: int, seed: Sequence[int]):
+    self.n, self.seed = int(n), tuple(int(s) for s in seed)
+    self._cached = (None, None)
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    cached_epoch, perm = self._cached
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([*self.seed, epoch]).permutation(self.n)
+      self._cached = (epoch, perm)
+    return perm
+
+
 @dataclasses.dataclass
 class TrainPlan:
   """Batch k of this process -> {'index': its examples, 'position': their positions in the
@@ -275,16 +292,11 @@ class TrainPlan:
 
   def __post_init__(self):
     self.batches_per_epoch = self.num_examples // self.global_batch_size
-    # (epoch, its permutation), replaced in one assignment: grain's reading thread and the
-    # training thread (describing a batch in an error) may both call this.
-    self._cached = (None, None)
+    self._permutation = EpochPermutations(self.num_examples, (self.seed,))
 
   def __call__(self, k: int) -> Dict[str, Any]:
     epoch, b = divmod(int(k), self.batches_per_epoch)
-    cached_epoch, perm = self._cached
-    if cached_epoch != epoch:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-      self._cached = (epoch, perm)
+    perm = self._permutation(epoch)
     start = b * self.global_batch_size + self.process_index * self.local_batch_size
     position = np.arange(start, start + self.local_batch_size)
     return {'index': perm[position], 'position': position, 'epoch': epoch}
@@ -342,22 +354,13 @@ class MixedPlan:
   unlabeled_per_batch unlabelled ones, taken in order from the pool's own stream of
   permutations (seeded from (seed, its epoch)); each process keeps its slice of both parts."""
   labeled: TrainPlan
-  num_labeled: int
   num_unlabeled: int
   unlabeled_per_batch: int
   process_count: int
 
   def __post_init__(self):
     self.batches_per_epoch = self.labeled.batches_per_epoch
-    self._cached = (None, None)
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    cached_epoch, perm = self._cached
-    if cached_epoch != epoch:
-      perm = np.random.default_rng([self.labeled.seed, 0xA11, epoch]).permutation(
-          self.num_unlabeled)
-      self._cached = (epoch, perm)
-    return perm
+    self._permutation = EpochPermutations(self.num_unlabeled, (self.labeled.seed, 0xA11))
 
   def __call__(self, k: int) -> Dict[str, Any]:
     plan = self.labeled(k)
@@ -366,7 +369,7 @@ class MixedPlan:
     positions = np.arange(start, start + local, dtype=np.int64)
     epochs, within = np.divmod(positions, self.num_unlabeled)
     index = np.array([self._permutation(int(e))[i] for e, i in zip(epochs, within)], np.int64)
-    return {'index': np.concatenate([plan['index'], index + self.num_labeled]),
+    return {'index': np.concatenate([plan['index'], index + self.labeled.num_examples]),
             'position': np.concatenate([plan['position'], UNLABELED_POSITION + positions]),
             'epoch': plan['epoch']}
 
@@ -508,8 +511,7 @@ class TrainIterator(Iterator[Batch]):
     self.plan = TrainPlan(len(source), num_labeled, num_labeled // process_count,
                           process_index, seed)
     if unlabeled is not None:
-      self.plan = MixedPlan(self.plan, len(source), len(unlabeled), unlabeled_per_batch,
-                            process_count)
+      self.plan = MixedPlan(self.plan, len(unlabeled), unlabeled_per_batch, process_count)
       source = Pools(source, unlabeled)
     self.source = source
     self.batches_per_epoch = self.plan.batches_per_epoch
