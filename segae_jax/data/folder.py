@@ -223,8 +223,7 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
     if mask.shape != (h, w):
       raise UserInputError(f'{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} '
                            f'(height x width) but its image {image_path} is {h}x{w}')
-  if config.resize == 'center_crop':
-    sizing.check_fits(*capped_size(h, w, config.max_size), config.image_size, image_path)
+  local.check_stored_fits(config, h, w, image_path)
   if not transform:
     return image, mask
   return local.capped(image, mask, config.max_size)
@@ -281,12 +280,11 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder):
     splits = split_files(config)
     # Decode and check every file before tfds writes the first record: a bad file found halfway
     # through writing would otherwise cost the whole build.
-    sizes = {name: [local.capped(*read_example(image, mask, config, transform=False),
-                                 config.max_size)[0].shape[:2] for _, image, mask in items]
+    # Only the stored size is needed here: nothing is resized until the shards are written.
+    sizes = {name: [capped_size(*read_example(image, mask, config, transform=False)[0].shape[:2],
+                                config.max_size) for _, image, mask in items]
              for name, items in splits.items()}
-    self.info.metadata['sizes'] = {name: local.size_summary(s) for name, s in sizes.items()}
-    pixels = max(s['pixels'] / s['count'] for s in self.info.metadata['sizes'].values())
-    return local.shards(splits, _ReadPair(config), int(pixels) * (config.channels + 1))
+    return local.plan_shards(self.info, splits, sizes, _ReadPair(config), config.channels + 1)
 
 
 def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> SegmentationFolder:
@@ -344,10 +342,7 @@ def load(data_config: Mapping):
                                      ('images_dir', 'masks_dir', 'num_classes'))
   class_names = read_class_names(config)
   builder = prepare(config, data_config.get('tfds_dir') or None)
-  sizes = local.recorded_sizes(builder)
-  local.check_crop_fits(sizes, config.image_size, config.resize,
-                        f'segmentation_folder {os.fspath(builder.data_path)}')
-  sources = builder.as_data_source()
+  sources, sizes = local.checked_sources(builder, config, 'segmentation_folder')
   cache = data_config.get('cache', 'auto')
   splits = {name: hold(sources[name], cache, keys=('image', 'segmentation')) for name in SPLITS}
   unlabeled = hold(sources[UNLABELED], cache, keys=('image',)) if config.unlabeled_dir else None

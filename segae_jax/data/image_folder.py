@@ -82,8 +82,7 @@ def read_image(path: str, config: ImageFolderConfig, transform: bool = True) -> 
     UserInputError: naming the file and the problem.
   """
   image = image_array(open_image(path, 'image'), path, config.channels)
-  if config.resize == 'center_crop':
-    sizing.check_fits(*capped_size(*image.shape[:2], config.max_size), config.image_size, path)
+  local.check_stored_fits(config, *image.shape[:2], path)
   return local.capped(image, None, config.max_size)[0] if transform else image
 
 
@@ -127,9 +126,7 @@ class ImageFolder(tfds.core.ShardBasedBuilder):
     sizes = {name: [capped_size(*read_image(path, config, transform=False).shape[:2],
                                 config.max_size) for _, path in items]
              for name, items in splits.items()}
-    self.info.metadata['sizes'] = {name: local.size_summary(s) for name, s in sizes.items()}
-    pixels = max(s['pixels'] / s['count'] for s in self.info.metadata['sizes'].values())
-    return local.shards(splits, _ReadImage(config), int(pixels) * config.channels)
+    return local.plan_shards(self.info, splits, sizes, _ReadImage(config), config.channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +175,7 @@ def load(data_config: Mapping):
   from segae_jax.data import Dataset
   config = local.config_from_mapping(data_config, ImageFolderConfig, FIELDS, ('images_dir',))
   builder = prepare(config, data_config.get('tfds_dir') or None)
-  sizes = local.recorded_sizes(builder)
-  local.check_crop_fits(sizes, config.image_size, config.resize,
-                        f'image_folder {builder.data_path}')
-  sources = builder.as_data_source()
+  sources, sizes = local.checked_sources(builder, config, 'image_folder')
   splits = {name: hold(sources[name], data_config.get('cache', 'auto'), keys=('image',))
             for name in local.SPLITS}
   return Dataset(name='image_folder', train=splits['train'], test=splits['test'],

@@ -188,15 +188,38 @@ def size_summary(sizes: Sequence[Tuple[int, int]]) -> Dict[str, int]:
           'pixels': int((heights * widths).sum())}
 
 
-def check_crop_fits(summary: Mapping[str, Mapping[str, int]], size: Tuple[int, int],
-                    mode: str, where: str) -> None:
-  """Raises UserInputError when mode 'center_crop' meets a split whose smallest image (from the
-  dataset's recorded sizes) is smaller than `size`."""
-  if mode != 'center_crop':
-    return
-  for split, s in summary.items():
-    sizing.check_fits(s['min_height'], s['min_width'], size,
-                      f'{where} split {split!r} (smallest image)')
+def check_stored_fits(config, height: int, width: int, path: str) -> None:
+  """With config.resize='center_crop', raises UserInputError (naming `path`) unless a
+  height x width image, once stored (capped at config.max_size), holds the image_size window."""
+  if config.resize == 'center_crop':
+    sizing.check_fits(*capped_size(height, width, config.max_size), config.image_size, path)
+
+
+def plan_shards(info: tfds.core.DatasetInfo, splits: Mapping[str, Sequence[Any]],
+                sizes: Mapping[str, Sequence[Tuple[int, int]]],
+                read: Callable[[Any], Dict[str, Any]],
+                bytes_per_pixel: int) -> Dict[str, List[ShardExamples]]:
+  """Records each split's size_summary of its stored (height, width) sizes in
+  info.metadata['sizes'] and returns the splits' shards of about SHARD_BYTES (from the largest
+  mean pixel count of a split times `bytes_per_pixel`)."""
+  info.metadata['sizes'] = {name: size_summary(s) for name, s in sizes.items()}
+  pixels = max(s['pixels'] / s['count'] for s in info.metadata['sizes'].values())
+  return shards(splits, read, int(pixels) * bytes_per_pixel)
+
+
+def checked_sources(builder: tfds.core.DatasetBuilder, config, where: str):
+  """(the prepared dataset's data sources by split, its recorded sizes by split), after checking
+  that with config.resize='center_crop' every split's smallest image holds config.image_size.
+
+  Raises:
+    UserInputError: a split too small for the crop, naming `where`, the split and its size.
+  """
+  sizes = dict(builder.info.metadata['sizes'])
+  if config.resize == 'center_crop':
+    for split, s in sizes.items():
+      sizing.check_fits(s['min_height'], s['min_width'], config.image_size,
+                        f'{where} {builder.data_path} split {split!r} (smallest image)')
+  return builder.as_data_source(), sizes
 
 
 def _remove_leftovers(config_dir: str) -> None:
@@ -229,8 +252,3 @@ def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
     _remove_leftovers(config_dir)
     raise
   return builder
-
-
-def recorded_sizes(builder: tfds.core.DatasetBuilder) -> Dict[str, Dict[str, int]]:
-  """{split: size_summary} as the builder recorded it in the dataset's metadata."""
-  return dict(builder.info.metadata['sizes'])
