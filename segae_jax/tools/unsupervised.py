@@ -352,13 +352,13 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
                   ).save(os.path.join(output, f'{stem}_overlay.png'))
 
 
-def segment_folder(run, config, input_path: str, output: str,
-                   inference: Optional[common.Inference] = None) -> Dict[str, object]:
+def segment_folder(run, config, input_path: str, output: str, inference: common.Inference,
+                   tiles) -> Dict[str, object]:
   """Regions of the user's images, each at its own size: fits on them and writes every region
-  map, no score (tiled or resized per image as run.uses_tiles says)."""
+  map, no score (tiled with `tiles`, a tools.tiling.Tiling, or resized, per image as
+  run.uses_tiles says)."""
   from segae_jax.data import images as image_files
   from segae_jax.data import sizing
-  inference = inference or common.Inference()
   files = image_files.list_images(input_path)
   channels, size = run.image_shape[2], run.image_shape[:2]
   pixels = [np.asarray(image_files.read_image(f, channels)) for f in files]  # All checked first.
@@ -366,7 +366,7 @@ def segment_folder(run, config, input_path: str, output: str,
   tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
   model, _ = _build_clusterings(run, config)
   if any(tiled):
-    model.extractor.tiles = run.make_tiling(inference, config.batch_size)
+    model.extractor.tiles = tiles
   unit = lambda p: np.divide(p, np.float32(255), dtype=np.float32)
   resized = [i for i, t in enumerate(tiled) if not t]
   stacked = np.stack([unit(sizing.resize_image(pixels[i], size)) for i in resized]) if resized \
@@ -408,10 +408,11 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   run = common.load_run(workdir, checkpoint)
   output = output or os.path.join(workdir, 'unsupervised')
   if input_path:  # A bad --tile_size fails before the output folder exists.
-    run.make_tiling(inference or common.Inference(), config.batch_size)
+    inference = inference or common.Inference()
+    tiles = run.make_tiling(inference, config.batch_size)
   os.makedirs(output, exist_ok=True)
   if input_path:
-    results = segment_folder(run, config, input_path, output, inference)
+    results = segment_folder(run, config, input_path, output, inference, tiles)
   else:
     results = segment_split(run, config, output)
   results = {**common.result_header(workdir, run, checkpoint=False), 'config': config.to_dict(),
