@@ -1,10 +1,17 @@
 # Two entry points for a fresh Debian machine: `make train` and `make test`.
-# Each creates .venv, installs the pinned package and makes sure Fashion-MNIST is present;
-# a re-run with nothing changed skips all of that.
+# Each creates .venv, installs the pinned package (with oneDNN from PyPI on Linux x86-64), builds
+# the oneDNN convolution handlers and makes sure Fashion-MNIST is present; a re-run with nothing
+# changed skips all of that.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The oneDNN custom-call handlers (segae_jax/native); a failed build warns and leaves the models
+# on XLA's convolutions, so the stamp records the attempt, not a success.
+NATIVE_STAMP := $(VENV)/.native-stamp
+NATIVE_SRC := segae_jax/native/onednn_conv.cc segae_jax/native/build.py
+# PyTorch for `make bench`'s side-by-side figures, in its own venv (the project never imports it).
+TORCH_VENV := .venv-torchref
 CONFIG ?= configs/default.py
 WORKDIR ?= runs/default
 # 4 forced CPU devices let the tests exercise pmap and sharded jit on one machine.
@@ -12,14 +19,22 @@ TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=4
 
 .PHONY: install data train test test-faults test-slow bench profile clean
 
-install: $(STAMP)
+install: $(NATIVE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-data: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	$(BIN)/python -m segae_jax.native.build
+	touch $(NATIVE_STAMP)
+
+$(TORCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 numpy
+
+data: $(NATIVE_STAMP)
 	$(BIN)/python -m segae_jax.data.fetch
 
 train: data
@@ -36,8 +51,8 @@ test-faults: data
 
 # Speed and memory figures (JSON lines, benchmarks/results.json); about 20 minutes on 2 cores
 # (half of it the streaming figures, which generate and prepare 20,000 256x256 images).
-bench: data
-	$(BIN)/python -m benchmarks.run
+bench: data $(TORCH_VENV)/bin/python
+	$(BIN)/python -m benchmarks.run --torch_python=$(TORCH_VENV)/bin/python
 
 # Where a CPU step spends its time: per-layer convolution timings and a traced step by op
 # category (JSON lines, benchmarks/profile.json); about 2 minutes on 2 cores.
@@ -49,4 +64,4 @@ test-slow: data
 	$(TEST_ENV) SEGAE_FAST_COMPILE=0 $(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(TORCH_VENV) *.egg-info

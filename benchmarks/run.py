@@ -324,7 +324,7 @@ def main(argv=None) -> None:
   parser.add_argument('--only', default=','.join(ALL),
                       help=f'comma-separated subset of {", ".join(ALL)}')
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
-  parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'matmul_grad'),
+  parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'matmul_grad', 'onednn'),
                       help='convolution gradients of the train-step figures (conv_ops)')
   parser.add_argument('--baseline', default='',
                       help='a checkout of earlier code: also time its main job against this one')

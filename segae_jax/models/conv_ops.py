@@ -1,4 +1,10 @@
-"""Convolution with a kernel gradient computed as matrix products (for XLA:CPU).
+"""The convolution paths behind config.conv_impl: XLA's own, the matmul kernel gradient below,
+and oneDNN's primitives (segae_jax.native.onednn), all with lax.conv_general_dilated's signature.
+
+'onednn' (the CPU default when its library loads): forward, input-gradient and kernel-gradient
+convolutions are oneDNN primitives called as XLA custom calls; see `onednn_conv_general_dilated`.
+
+'matmul_grad' (the CPU fallback), a kernel gradient computed as matrix products:
 
 Why: XLA:CPU lowers the kernel (weight) gradient of a convolution to a convolution whose window
 is the whole image, and runs it at 4-11 GFLOP/s for the layer sizes of our U-Nets and VAEs (a
@@ -17,7 +23,7 @@ order (tests/test_conv_ops.py compares values and gradients with lax.conv_genera
 nn.ConvTranspose). Accelerators keep the plain lax path (see `resolve`).
 """
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -25,22 +31,33 @@ import jax.numpy as jnp
 from jax import lax
 
 from segae_jax.errors import UserInputError
+from segae_jax.native import onednn
 
-IMPLS = ('auto', 'xla', 'matmul_grad')
+IMPLS = ('auto', 'xla', 'matmul_grad', 'onednn')
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve(impl: str) -> str:
-  """'auto' -> 'matmul_grad' on CPU, 'xla' elsewhere (GPU/TPU convolutions are fast).
+  """The path `impl` runs on this backend: 'xla', 'matmul_grad' or 'onednn'.
+
+  'auto' is 'xla' on GPU/TPU (their convolutions are fast) and on CPU 'onednn' when its library
+  loads, else 'matmul_grad'. 'onednn' without its library is 'matmul_grad' too (after one
+  RuntimeWarning from segae_jax.native.onednn naming the library and the reason).
 
   Raises:
-    UserInputError: `impl` is not one of IMPLS.
+    UserInputError: `impl` is not one of IMPLS, or is 'onednn' on a backend other than CPU.
   """
   if impl not in IMPLS:
     raise UserInputError(f'config.conv_impl={impl!r}; expected one of {", ".join(IMPLS)}')
-  if impl == 'auto':
-    return 'matmul_grad' if jax.default_backend() == 'cpu' else 'xla'
+  if impl in ('auto', 'onednn'):
+    backend = jax.default_backend()
+    if backend != 'cpu':
+      if impl == 'onednn':
+        raise UserInputError(f"config.conv_impl='onednn' runs on CPU only, not on {backend}; "
+                             "use 'auto' or 'xla'")
+      return 'xla'
+    return 'onednn' if onednn.available() else 'matmul_grad'
   return impl
 
 
@@ -147,6 +164,27 @@ def _conv_bwd(strides, padding, lhs_dilation, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count,
+                   preferred_element_type):
+  """(strides, explicit padding pairs, lhs_dilation) of a 2-D NHWC/HWIO convolution without
+  kernel dilation, groups or a preferred output type, the ones the paths here handle; else None."""
+  nd = lhs.ndim - 2
+  if (nd != 2 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      or feature_group_count != 1 or batch_group_count != 1
+      or any(d != 1 for d in (rhs_dilation or (1,) * nd))
+      or preferred_element_type is not None):
+    return None
+  lhs_dilation = tuple(lhs_dilation or (1,) * nd)
+  window_strides = tuple(window_strides)
+  if isinstance(padding, str):
+    dilated = [(n - 1) * d + 1 for n, d in zip(lhs.shape[1:3], lhs_dilation)]
+    padding = lax.padtype_to_pads(dilated, rhs.shape[:2], window_strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return window_strides, padding, lhs_dilation
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
@@ -156,25 +194,57 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides, padding and input (lhs) dilation; anything else goes to lax.conv_general_dilated
   unchanged. Usable as flax's `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
   """
+  geometry = _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count, batch_group_count,
+                            preferred_element_type)
+  if geometry is None:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+  return _conv(lhs, rhs, *geometry)
+
+
+def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                rhs_dilation=None, dimension_numbers=None,
+                                feature_group_count=1, batch_group_count=1, precision=None,
+                                preferred_element_type=None):
+  """lax.conv_general_dilated on oneDNN's primitives (same signature, same result up to float
+  summation order; tests/test_onednn.py states the tolerances).
+
+  A plain convolution (no input dilation) is segae_jax.native.onednn.conv. One with input
+  (lhs) dilation s and unit strides, the form lax.conv_transpose and flax's ConvTranspose take,
+  is the adjoint of a stride-s convolution with the kernel flipped and its channel axes swapped,
+  padded by (kernel - 1 - low, kernel - 1 - high): onednn.conv_transpose, oneDNN's backward-data
+  primitive. Operands of other dtypes than float32/bfloat16, negative padding, and anything
+  _nhwc_geometry refuses go to lax.conv_general_dilated unchanged.
+  """
   plain = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  nd = lhs.ndim - 2
-  if (nd != 2 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-      or feature_group_count != 1 or batch_group_count != 1
-      or any(d != 1 for d in (rhs_dilation or (1,) * nd))
-      or preferred_element_type is not None):
+  geometry = _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count, batch_group_count,
+                            preferred_element_type)
+  if geometry is None:
     return plain()
-  lhs_dilation = tuple(lhs_dilation or (1,) * nd)
-  window_strides = tuple(window_strides)
-  if isinstance(padding, str):
-    dilated = [(n - 1) * d + 1 for n, d in zip(lhs.shape[1:3], lhs_dilation)]
-    padding = lax.padtype_to_pads(dilated, rhs.shape[:2], window_strides, padding)
-  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(lhs, rhs, window_strides, padding, lhs_dilation)
+  strides, padding, dilation = geometry
+  if dilation == (1, 1):
+    if not onednn.supported(lhs.dtype, rhs.dtype, padding):
+      return plain()
+    return onednn.conv(lhs, rhs, strides, padding)
+  kernel = rhs.shape[:2]
+  adjoint_padding = tuple((kernel[d] - 1 - padding[d][0], kernel[d] - 1 - padding[d][1])
+                          for d in (0, 1))
+  out_hw = tuple((lhs.shape[1 + d] - 1) * dilation[d] + sum(padding[d]) - kernel[d] + 2
+                 for d in (0, 1))
+  if strides != (1, 1) or min(out_hw) < 1 or not onednn.supported(lhs.dtype, rhs.dtype,
+                                                                    adjoint_padding):
+    return plain()
+  flipped = jnp.transpose(rhs[::-1, ::-1], (0, 1, 3, 2))
+  return onednn.conv_transpose(lhs, flipped, out_hw, dilation, adjoint_padding)
 
 
 def _transpose_padding(kernel: int, stride: int, padding: str) -> Tuple[int, int]:
@@ -192,9 +262,11 @@ def _transpose_padding(kernel: int, stride: int, padding: str) -> Tuple[int, int
 
 
 def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int],
-                   padding: Union[str, Sequence[Tuple[int, int]]]) -> jnp.ndarray:
+                   padding: Union[str, Sequence[Tuple[int, int]]],
+                   conv: Callable[..., jnp.ndarray] = conv_general_dilated) -> jnp.ndarray:
   """lax.conv_transpose(x, kernel, strides, padding) (transpose_kernel=False, NHWC/HWIO), built
-  on `conv_general_dilated` above: a stride-1 convolution of the input dilated by `strides`.
+  on `conv` (this module's conv_general_dilated or onednn_conv_general_dilated): a stride-1
+  convolution of the input dilated by `strides`.
 
   Args:
     x: [batch, height, width, in_channels]; kernel: [kh, kw, in_channels, out_channels].
@@ -204,8 +276,11 @@ def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int]
   """
   if isinstance(padding, str):
     padding = [_transpose_padding(k, s, padding) for k, s in zip(kernel.shape[:2], strides)]
-  return conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=tuple(strides),
-                              dimension_numbers=_NHWC)
+  return conv(x, kernel, (1, 1), padding, lhs_dilation=tuple(strides), dimension_numbers=_NHWC)
+
+
+# The conv_general_dilated each non-XLA path hands to nn.Conv and conv_transpose.
+_HOOKS = {'matmul_grad': conv_general_dilated, 'onednn': onednn_conv_general_dilated}
 
 
 def Conv(impl: str, *args, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
@@ -214,8 +289,9 @@ def Conv(impl: str, *args, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
   Same parameters ('kernel' [kh, kw, in, out], 'bias' [out]) and the same forward mathematics
   whatever `impl`, so checkpoints move freely between implementations and machines.
   """
-  if resolve(impl) == 'matmul_grad':
-    kwargs['conv_general_dilated'] = conv_general_dilated
+  path = resolve(impl)
+  if path in _HOOKS:
+    kwargs['conv_general_dilated'] = _HOOKS[path]
   return nn.Conv(*args, **kwargs)
 
 
@@ -232,7 +308,7 @@ class ConvTranspose(nn.Module):
     strides: (sh, sw); the output is `strides` times the input for padding 'SAME'.
     padding: 'SAME' | 'VALID' | explicit ((low, high), (low, high)) pairs of the dilated input.
     use_bias: add a learnt bias.
-    impl: 'auto' | 'xla' | 'matmul_grad' (see `resolve`).
+    impl: 'auto' | 'xla' | 'matmul_grad' | 'onednn' (see `resolve`).
     dtype: computation dtype (parameters stay float32); None keeps the input's.
   """
   features: int
@@ -253,8 +329,9 @@ class ConvTranspose(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     strides = tuple(self.strides)
     padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-    if resolve(self.impl) == 'matmul_grad':
-      y = conv_transpose(x, kernel, strides, padding)
+    path = resolve(self.impl)
+    if path in _HOOKS:
+      y = conv_transpose(x, kernel, strides, padding, conv=_HOOKS[path])
     else:
       y = lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=_NHWC)
     return y if bias is None else y + bias
