@@ -10,6 +10,7 @@ from segae_jax import models
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
 from segae_jax.models.unet import max_pool_2x2
+from segae_jax.native import onednn
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -117,7 +118,8 @@ def test_conv_transpose_module_is_nn_conv_transpose():
 
 def test_resolve():
   assert conv_ops.resolve('xla') == 'xla'
-  assert conv_ops.resolve('auto') == ('matmul_grad' if jax.default_backend() == 'cpu' else 'xla')
+  cpu = 'onednn' if onednn.available() else 'matmul_grad'
+  assert conv_ops.resolve('auto') == (cpu if jax.default_backend() == 'cpu' else 'xla')
   with pytest.raises(UserInputError, match="conv_impl='fast'"):
     conv_ops.resolve('fast')
 

@@ -125,13 +125,15 @@ def test_data_parallel_matches_single_device(tfds_dir, fashion_mnist, strategy_n
 def test_batchnorm_unet_data_parallel_matches_single_device(strategy_name):
   """A U-Net with BatchNorm under each strategy against one device on the global batch: the
   batch statistics are global (pmap averages them over the devices' shards), so parameters,
-  running statistics, loss and grad_norm agree, and every replica holds the same statistics."""
+  running statistics, loss and grad_norm agree, and every replica holds the same statistics.
+  On oneDNN's convolutions (the CPU default; the matmul path where the library is absent)."""
   devices = _device_count_or_skip()
   from configs import unet_scenes
   config = unet_scenes.get_config()
   config.update_from_flattened_dict({
       'model.features': (4, 8), 'optimizer': 'sgd', 'momentum': 0.0, 'schedule': 'constant',
-      'warmup_steps': 0, 'learning_rate': 0.05, 'batch_size': 4 * devices})
+      'warmup_steps': 0, 'learning_rate': 0.05, 'batch_size': 4 * devices,
+      'conv_impl': 'onednn'})
   shape = (16, 16, 1)
   single_model = training.build_model(config, shape, 3)
   parallel_model = training.build_model(config, shape, 3,  # As train_and_evaluate builds it.
