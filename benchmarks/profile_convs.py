@@ -3,9 +3,9 @@
 Two profiles, printed as JSON lines (and written to --output):
   layer/<model>/<layer>   Each convolution of the reference models (vae_fmnist, unet64 of
                           ../shared/bench/README.md) alone at the model's batch size: milliseconds
-                          (median of 10 after 2 warm-up calls) of XLA's forward, input gradient and
-                          kernel gradient, and of the kernel gradient of segae_jax.models.conv_ops
-                          (conv_impl='matmul_grad'), with the layer's forward GFLOP.
+                          (median of 10 after 2 warm-up calls) and GFLOP/s of the forward, input
+                          gradient and kernel gradient on each conv_impl path (xla, matmul_grad,
+                          onednn where it loads), beside the matmul peak.
   pool/unet64/<shape>     The U-Net's 2x2 max-pool after a ReLU at unet64's three pooled sizes,
                           forward + backward in milliseconds: the model's max_pool_2x2 (gradient
                           to each window's first maximum by argmax), jnp.max's own gradient
@@ -69,46 +69,64 @@ def _median_ms(fn, *args, repeats: int = 10) -> float:
   return float(np.median(times)) * 1e3
 
 
-def layer_figures() -> List[Dict]:
+def _three_parts(conv, x, w, dy) -> Dict[str, float]:
+  """Milliseconds of conv's forward, input gradient and kernel gradient, each jitted alone (under
+  jit the unused gradient of a vjp is dropped)."""
   import jax
+  return {'forward_ms': _median_ms(jax.jit(conv), x, w),
+          'input_grad_ms': _median_ms(jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0]),
+                                      x, w, dy),
+          'kernel_grad_ms': _median_ms(jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1]),
+                                       x, w, dy)}
+
+
+def _layer_paths(x_shape, k_shape, strides, padding, transposed):
+  """{path name: conv(x, w)} for XLA, the matmul kernel gradient and (if it loads) oneDNN."""
   from jax import lax
   from segae_jax.models import conv_ops
+  from segae_jax.native import onednn
+  hooks = {'xla': lax.conv_general_dilated, 'matmul_grad': conv_ops.conv_general_dilated}
+  if onednn.available():
+    hooks['onednn'] = conv_ops.onednn_conv_general_dilated
+  if transposed:
+    return {name: (lambda hook: lambda x, w: conv_ops.conv_transpose(x, w, strides, padding,
+                                                                     conv=hook))(hook)
+            for name, hook in hooks.items()}
+  return {name: (lambda hook: lambda x, w: hook(x, w, strides, padding,
+                                                dimension_numbers=NHWC))(hook)
+          for name, hook in hooks.items()}
+
+
+def layer_figures() -> List[Dict]:
+  """Per layer: each path's forward / input-gradient / kernel-gradient milliseconds and GFLOP/s
+  (the forward's FLOPs; each gradient costs the same), against the matmul peak measured here."""
+  import jax
+  from benchmarks.run import matmul_peak
+  peak = matmul_peak()['gflop_per_s']
   figures = []
   for model, layer, x_shape, k_shape, strides, padding, transposed in LAYERS:
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
     w = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
-    if transposed:
-      conv = lambda x, w: lax.conv_transpose(x, w, strides, padding, dimension_numbers=NHWC)
-      ours = lambda x, w: conv_ops.conv_transpose(x, w, strides, padding)
-    else:
-      conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding,
-                                                   dimension_numbers=NHWC)
-      ours = lambda x, w: conv_ops.conv_general_dilated(x, w, strides, padding,
-                                                        dimension_numbers=NHWC)
-    y = jax.eval_shape(conv, x, w)
+    paths = _layer_paths(x_shape, k_shape, strides, padding, transposed)
+    y = jax.eval_shape(paths['xla'], x, w)
     dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-    forward = jax.jit(conv)
-    input_grad = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0])
-    kernel_grad_xla = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1])
-    # The model's own path; under jit the unused input gradient is dropped.
-    kernel_grad_matmul = jax.jit(lambda x, w, dy: jax.vjp(ours, x, w)[1](dy)[1])
-    # Same gradient from both, or the timing means nothing.
-    ref, new = kernel_grad_xla(x, w, dy), kernel_grad_matmul(x, w, dy)
-    rel = float(np.max(np.abs(np.asarray(ref) - np.asarray(new))) / np.max(np.abs(ref)))
+    # Same kernel gradient from every path, or the timing means nothing.
+    grads = {name: np.asarray(jax.jit(lambda x, w, dy, c=conv: jax.vjp(c, x, w)[1](dy)[1])(
+        x, w, dy)) for name, conv in paths.items()}
     # Forward FLOPs over the real (not dilation-zero) inputs: 2 * outputs * taps * cin * cout
     # / (stride^2 for transposed layers, whose taps each see one input in stride^2 outputs).
     gflop = (2 * np.prod(y.shape[:3]) * np.prod(k_shape)
              / (np.prod(strides) if transposed else 1) / 1e9)
-    times = {'forward_ms': _median_ms(forward, x, w),
-             'xla_input_grad_ms': _median_ms(input_grad, x, w, dy),
-             'xla_kernel_grad_ms': _median_ms(kernel_grad_xla, x, w, dy),
-             'matmul_kernel_grad_ms': _median_ms(kernel_grad_matmul, x, w, dy)}
-    figures.append({'figure': f'layer/{model}/{layer}', 'input': list(x_shape),
-                    'kernel': list(k_shape), 'strides': list(strides), 'padding': padding,
-                    'transposed': transposed, 'forward_gflop': gflop, **times,
-                    'kernel_grad_speedup': times['xla_kernel_grad_ms'] /
-                                           times['matmul_kernel_grad_ms'],
-                    'kernel_grad_max_rel_diff': rel})
+    figure = {'figure': f'layer/{model}/{layer}', 'input': list(x_shape),
+              'kernel': list(k_shape), 'strides': list(strides), 'padding': padding,
+              'transposed': transposed, 'forward_gflop': gflop, 'matmul_peak_gflop_per_s': peak}
+    for name, conv in paths.items():
+      for part, ms in _three_parts(conv, x, w, dy).items():
+        figure[f'{name}_{part}'] = ms
+        figure[f'{name}_{part[:-3]}_gflop_per_s'] = gflop / ms * 1e3
+      figure[f'{name}_kernel_grad_max_rel_diff'] = float(
+          np.max(np.abs(grads[name] - grads['xla'])) / np.max(np.abs(grads['xla'])))
+    figures.append(figure)
   return figures
 
 

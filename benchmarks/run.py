@@ -128,8 +128,29 @@ def matmul_peak() -> Dict:
           'gflop_per_s': 2 * n ** 3 / np.median(times) / 1e9}
 
 
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
+
+
+def step_flops(config, state, batch, rng, compiled) -> float:
+  """The step's FLOPs from XLA's cost analysis. XLA cannot see inside oneDNN's custom calls
+  (it counts them as zero), so a oneDNN step is counted on the XLA path's program: the same
+  mathematics, built from the same config with conv_impl='xla'."""
+  import jax
+  from segae_jax.models import conv_ops
+  if conv_ops.resolve(config.get('conv_impl', 'auto')) != 'onednn':
+    return _flops(compiled)
+  xla_config = config.copy_and_resolve_references()
+  xla_config.conv_impl = 'xla'
+  _, xla_state, xla_train_fn, _ = setup_benchmark(xla_config)
+  return _flops(jax.jit(xla_train_fn).lower(xla_state, batch, rng).compile())
+
+
 def train_step_figure(name: str, config, peak: float) -> Dict:
   import jax
+  from segae_jax.models import conv_ops
   dataset, state, train_fn, _ = setup_benchmark(config)
   batch = next(train_iterator(config, dataset))
   step = jax.jit(train_fn, donate_argnums=(0,))
@@ -137,9 +158,7 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
   start = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0))
+  flops = step_flops(config, state, batch, rng, compiled)
   for _ in range(WARMUP_STEPS):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
@@ -153,6 +172,7 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
   gflops = flops / median / 1e9
   return {'figure': f'train_step/{name}', 'model': config.model.name,
           'conv_impl': config.get('conv_impl', 'auto'),
+          'conv_path': conv_ops.resolve(config.get('conv_impl', 'auto')),
           'batch_size': config.batch_size, 'image_shape': list(batch['image'].shape[1:]),
           'compile_s': compile_s, 'images_per_s': config.batch_size / median,
           'step_s_median': median, 'step_s_min': float(np.min(times)),
@@ -237,16 +257,18 @@ def parallel_child(num_devices: int) -> List[Dict]:
   return figures
 
 
-def memory_child() -> Dict:
+def memory_child(conv_impl: str = 'auto') -> Dict:
   import jax
   config = reference_config('unet64')
+  config.conv_impl = conv_impl
   dataset, state, train_fn, _ = setup_benchmark(config)
   iterator = train_iterator(config, dataset)
   step = jax.jit(train_fn, donate_argnums=(0,))
   for _ in range(5):
     state, metrics = step(state, next(iterator), jax.random.PRNGKey(0))
   jax.block_until_ready(metrics)
-  return {'figure': 'peak_memory/unet64', 'steps': 5, 'batch_size': config.batch_size,
+  return {'figure': f'peak_memory/unet64/{conv_impl}', 'steps': 5,
+          'batch_size': config.batch_size,
           'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -262,17 +284,20 @@ def _child(args: List[str], devices: int) -> List[Dict]:
 # ----------------------------------------------------------------------------- main
 
 
-ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'streaming')
+ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'side_by_side',
+       'threads', 'streaming')
 
 
-def run(only, output: str, conv_impl: str = 'auto', baseline: str = '') -> List[Dict]:
+def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
+        torch_python: str = '') -> List[Dict]:
   """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
-  ('auto' | 'xla' | 'matmul_grad', segae_jax.models.conv_ops), to compare implementations; with
-  `baseline` (a checkout of other code) also the main job's images/s there and here."""
+  ('auto' | 'xla' | 'matmul_grad' | 'onednn', segae_jax.models.conv_ops), to compare
+  implementations; with `baseline` (a checkout of other code) also the main job's images/s there
+  and here; with `torch_python` (a Python with PyTorch) the side-by-side figures."""
   results: List[Dict] = []
   peak = 0.0
   steps = {}
-  if 'matmul' in only or 'reference' in only or 'configs' in only:
+  if {'matmul', 'reference', 'configs', 'side_by_side'} & set(only):
     figure = matmul_peak()
     peak = figure['gflop_per_s']
     emit(results, figure)
@@ -300,7 +325,16 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '') -> List[
       for figure in _child(['--child=parallel', f'--devices={devices}'], devices):
         emit(results, figure)
   if 'memory' in only:
-    for figure in _child(['--child=memory'], 1):
+    for impl in ('xla', 'matmul_grad', 'onednn'):
+      for figure in _child(['--child=memory', f'--conv_impl={impl}'], 1):
+        emit(results, figure)
+  if 'side_by_side' in only and torch_python:
+    from benchmarks import side_by_side
+    for figure in side_by_side.figures(torch_python, peak, conv_impl):
+      emit(results, figure)
+  if 'threads' in only:
+    from benchmarks import side_by_side
+    for figure in side_by_side.thread_figures():
       emit(results, figure)
   if 'streaming' in only:
     from benchmarks import input_pipeline
@@ -328,6 +362,9 @@ def main(argv=None) -> None:
                       help='convolution gradients of the train-step figures (conv_ops)')
   parser.add_argument('--baseline', default='',
                       help='a checkout of earlier code: also time its main job against this one')
+  parser.add_argument('--torch_python', default='',
+                      help='a Python with PyTorch: the side-by-side figures against '
+                           '../shared/bench/torch_ref.py (skipped without it)')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -336,13 +373,13 @@ def main(argv=None) -> None:
       print(json.dumps(figure), flush=True)
     return
   if args.child == 'memory':
-    print(json.dumps(memory_child()), flush=True)
+    print(json.dumps(memory_child(args.conv_impl)), flush=True)
     return
   only = [x for x in args.only.split(',') if x]
   unknown = [x for x in only if x not in ALL]
   if unknown:
     parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
-  run(only, args.output, args.conv_impl, args.baseline)
+  run(only, args.output, args.conv_impl, args.baseline, args.torch_python)
 
 
 if __name__ == '__main__':
