@@ -78,8 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   # gives a non-finite step, handled by config.nonfinite ('skip' suits float16).
   config.compute_dtype = 'float32'
   config.loss_scale = 128.0     # float16 only; 1024 overflows the VAE's pixel-summed loss.
-  # How convolution gradients are computed (segae_jax/models/conv_ops.py; the same results):
-  # 'auto' = matmul kernel gradients on CPU, XLA's own elsewhere; or 'xla' | 'matmul_grad'.
+  # Which convolutions run (segae_jax/models/conv_ops.py; the same results and parameters):
+  # 'auto' = oneDNN's on CPU (matmul kernel gradients if its library did not build), XLA's own
+  # on GPU/TPU; or 'xla' | 'matmul_grad' | 'onednn'.
   config.conv_impl = 'auto'
   config.num_pictures = 32
   return config

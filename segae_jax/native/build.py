@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 LIBRARY_NAME = 'libsegae_onednn_conv.so'
@@ -30,11 +30,13 @@ def library_path() -> pathlib.Path:
   return prefix() / 'lib' / LIBRARY_NAME
 
 
-def command(output: pathlib.Path) -> List[str]:
-  """The g++ command line that compiles SOURCE into `output` (rpath to the oneDNN library)."""
+def command(output: pathlib.Path, defines: Sequence[str] = ()) -> List[str]:
+  """The g++ command line that compiles SOURCE into `output` (rpath to the oneDNN library);
+  `defines` (e.g. 'SEGAE_ONEDNN_NO_CACHE') build the variants benchmarks compare."""
   import jax  # pylint: disable=import-outside-toplevel
   lib = prefix() / 'lib'
   return [os.environ.get('CXX', 'g++'), '-O2', '-std=c++17', '-shared', '-fPIC',
+          *(f'-D{d}' for d in defines),
           # jaxlib's FFI headers raise warnings under g++ 12; they are not ours to fix.
           '-w', f'-I{jax.ffi.include_dir()}', f'-I{prefix() / "include"}', str(SOURCE),
           '-o', str(output), f'-L{lib}', '-l:libdnnl.so.3', f'-Wl,-rpath,{lib}']
@@ -53,8 +55,9 @@ def missing() -> Optional[str]:
   return None
 
 
-def build(output: Optional[pathlib.Path] = None) -> Optional[str]:
-  """Compile the handlers into `output` (default `library_path()`), atomically.
+def build(output: Optional[pathlib.Path] = None, defines: Sequence[str] = ()) -> Optional[str]:
+  """Compile the handlers into `output` (default `library_path()`), atomically; `defines` as
+  in `command`.
 
   Returns:
     None on success, else a one-line reason (nothing is written then).
@@ -64,7 +67,7 @@ def build(output: Optional[pathlib.Path] = None) -> Optional[str]:
   if reason:
     return reason
   partial = output.with_name(output.name + '.partial')
-  result = subprocess.run(command(partial), capture_output=True, text=True, check=False)
+  result = subprocess.run(command(partial, defines), capture_output=True, text=True, check=False)
   if result.returncode != 0:
     partial.unlink(missing_ok=True)
     lines = (result.stderr or result.stdout).strip().splitlines()

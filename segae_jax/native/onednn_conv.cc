@@ -68,9 +68,15 @@ std::unique_ptr<Prepared> Prepare(const Geometry& g) {
   auto& eng = Engine();
   auto src = dnnl::memory::desc(g.src, g.type, tag::nhwc);
   auto dst = dnnl::memory::desc(g.dst, g.type, tag::nhwc);
-  // Weights: oneDNN picks its blocked layout ('any'); one small reorder of the kernel per call
-  // beats the unblocked HWIO kernels (benchmarks/onednn_layers.py measures both).
+  // Weights: oneDNN picks its blocked layout ('any') and the kernel is reordered into it on each
+  // call (a small copy: the kernel, not the activations). SEGAE_ONEDNN_HWIO_WEIGHTS builds the
+  // variant that makes the primitives read HWIO as it lies; benchmarks/onednn_variants.py times
+  // both.
+#ifdef SEGAE_ONEDNN_HWIO_WEIGHTS
+  auto wei_any = dnnl::memory::desc(g.wei, g.type, tag::hwio);
+#else
   auto wei_any = dnnl::memory::desc(g.wei, g.type, tag::any);
+#endif
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto hint = dnnl::convolution_forward::primitive_desc(
@@ -110,7 +116,14 @@ std::unique_ptr<Prepared> Prepare(const Geometry& g) {
   return p;
 }
 
+// SEGAE_ONEDNN_NO_CACHE builds the variant that creates every primitive afresh on each call
+// (oneDNN's own primitive cache still helps it), for benchmarks/onednn_variants.py.
 const Prepared& Cached(const Geometry& g) {
+#ifdef SEGAE_ONEDNN_NO_CACHE
+  thread_local std::unique_ptr<Prepared> fresh;
+  fresh = Prepare(g);
+  return *fresh;
+#endif
   static std::mutex mutex;
   static auto* cache = new std::unordered_map<std::string, std::unique_ptr<Prepared>>();
   std::string key = g.Key();

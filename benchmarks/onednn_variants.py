@@ -1,0 +1,58 @@
+"""What the oneDNN handlers' choices are worth: `python -m benchmarks.onednn_variants`.
+
+Builds segae_jax/native/onednn_conv.cc three ways into a temporary folder and times the two
+reference train steps (benchmarks.run --only=reference --conv_impl=onednn, a fresh process per
+variant, SEGAE_ONEDNN_LIBRARY pointing at it), in two interleaved rounds:
+  variant/shipped        primitives cached per geometry, weights in oneDNN's blocked layout
+                         (reordered from HWIO on each call);
+  variant/hwio_weights   the primitives read the HWIO kernel as it lies (no reorder);
+  variant/no_cache       every primitive created afresh on each call.
+One JSON line per variant and round (images/s of each model), written to --output too.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
+            'no_cache': ('SEGAE_ONEDNN_NO_CACHE',)}
+
+
+def main(argv=None) -> None:
+  from segae_jax.native import build
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'variants.json'))
+  args = parser.parse_args(argv)
+  figures = []
+  with tempfile.TemporaryDirectory() as tmp:
+    libraries = {}
+    for name, defines in VARIANTS.items():
+      libraries[name] = os.path.join(tmp, f'{name}.so')
+      reason = build.build(libraries[name], defines)
+      if reason:
+        raise SystemExit(f'variant {name}: {reason}')
+    for round_ in range(args.rounds):
+      for name, library in libraries.items():
+        proc = subprocess.run(
+            [sys.executable, '-m', 'benchmarks.run', '--only=reference', '--conv_impl=onednn',
+             '--output', os.devnull], cwd=ROOT, capture_output=True, text=True, timeout=900,
+            env={**os.environ, 'SEGAE_ONEDNN_LIBRARY': library}, check=True)
+        steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+        figure = {'figure': f'variant/{name}', 'round': round_, 'defines': list(VARIANTS[name]),
+                  **{f'{s["figure"].split("/")[1]}_images_per_s': s['images_per_s']
+                     for s in steps if s['figure'].startswith('train_step/')}}
+        print(json.dumps(figure), flush=True)
+        figures.append(figure)
+  with open(args.output, 'w') as f:
+    json.dump(figures, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
