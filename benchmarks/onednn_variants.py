@@ -1,12 +1,14 @@
 """What the oneDNN handlers' choices are worth: `python -m benchmarks.onednn_variants`.
 
-Builds segae_jax/native/onednn_conv.cc three ways into a temporary folder and times the two
+Builds segae_jax/native/onednn_conv.cc four ways into a temporary folder and times the two
 reference train steps (benchmarks.run --only=reference --conv_impl=onednn, a fresh process per
 variant, SEGAE_ONEDNN_LIBRARY pointing at it), in two interleaved rounds:
   variant/shipped        primitives cached per geometry, weights in oneDNN's blocked layout
                          (reordered from HWIO on each call);
   variant/hwio_weights   the primitives read the HWIO kernel as it lies (no reorder);
-  variant/no_cache       every primitive created afresh on each call.
+  variant/no_cache       every primitive created afresh on each call;
+  variant/serial         one oneDNN call at a time in the process (a mutex), where XLA would
+                         run independent ones (a layer's input and kernel gradients) at once.
 One JSON line per variant and round (images/s of each model), written to --output too.
 """
 import argparse
@@ -21,7 +23,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
-            'no_cache': ('SEGAE_ONEDNN_NO_CACHE',)}
+            'no_cache': ('SEGAE_ONEDNN_NO_CACHE',), 'serial': ('SEGAE_ONEDNN_SERIAL',)}
 
 
 def main(argv=None) -> None:

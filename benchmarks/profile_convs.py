@@ -149,7 +149,12 @@ def op_categories(hlo_text: str) -> Dict[str, tuple]:
     opcode = roots.get(calls.group(1), inst.group(2)) if calls else inst.group(2)
     op_name = re.search(r'op_name="([^"]+)"', line)
     op_name = op_name.group(1) if op_name else ''
-    if opcode == 'convolution':
+    target = re.search(r'custom_call_target="SegaeOnednnConv(\w+)"', line)
+    if opcode == 'custom-call' and target:
+      category = {'Forward': 'oneDNN convolution forward',
+                  'BackwardData': 'oneDNN convolution input gradient',
+                  'BackwardWeights': 'oneDNN convolution kernel gradient'}[target.group(1)]
+    elif opcode == 'convolution':
       category = 'convolution input gradient' if 'transpose(' in op_name else (
           'convolution forward')
     elif opcode == 'dot':

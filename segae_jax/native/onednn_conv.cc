@@ -164,6 +164,12 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
   Geometry g{kind, type, {x[0], x[3], x[1], x[2]}, {w[3], w[2], w[0], w[1]},
              {y[0], y[3], y[1], y[2]}, {sh, sw}, {pt, pl}, {pb, pr}};
   thread_local std::vector<char> scratchpad, weights;
+  // SEGAE_ONEDNN_SERIAL builds the variant that runs one call at a time (each already uses every
+  // core) where XLA runs independent ones at once; benchmarks/onednn_variants.py times it.
+#ifdef SEGAE_ONEDNN_SERIAL
+  static std::mutex serial;
+  std::lock_guard<std::mutex> one_at_a_time(serial);
+#endif
   try {
     const Prepared& p = Cached(g);
     auto& eng = Engine();
