@@ -10,7 +10,8 @@ Figures (name: what is measured):
   train_step/<model>       one device, one real batch reused: compile_s (lower + compile),
                            images_per_s (batch / median of >= 10 timed steps after 3 warm-up
                            steps, each waited for), step_gflop (XLA cost analysis, forward +
-                           backward + Adam), gflop_per_s and fraction_of_matmul_peak.
+                           backward + Adam; for a oneDNN step, of the same step on XLA's
+                           convolutions), gflop_per_s and fraction_of_matmul_peak.
                            Models: vae_fmnist and unet64 exactly as ../shared/bench/README.md
                            specifies them, then the main configs (default VAE, U-Net scenes,
                            SegAE scenes).
@@ -23,8 +24,11 @@ Figures (name: what is measured):
                            the matching train step's images/s.
   data_wait/<config>       a real training loop of 30 steps: the fraction of wall time spent
                            waiting for the next batch.
-  peak_memory/unet64       peak resident memory (MiB, ru_maxrss) of a subprocess that trains
-                           unet64 for 5 steps.
+  peak_memory/unet64/<impl> peak resident memory (MiB, ru_maxrss) of a subprocess that trains
+                           unet64 for 5 steps, for conv_impl xla, matmul_grad and onednn.
+  side_by_side/..., threads/<setting>  benchmarks/side_by_side.py: interleaved rounds against
+                           ../shared/bench/torch_ref.py eager and --compile (with --torch_python),
+                           and the oneDNN steps under OpenMP/XLA thread settings.
   streaming: pipeline_workers/<n>, streaming_rss/<N>, data_wait/unet_folder128,
                            unet256_step_flop (benchmarks/input_pipeline.py): generated folders of
                            256x256 RGB JPEGs through grain workers, memory over 2,000 vs 20,000

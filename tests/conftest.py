@@ -30,6 +30,13 @@ else:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+# oneDNN's OpenMP threads sleep as soon as a convolution ends instead of spinning for more work:
+# with 4 forced devices and many tiny programs, spinning teams take the cores from the threads
+# with work (test_segmentation.py + test_train.py: 115 s spinning, 93 s passive, 2026-12-01).
+# Training keeps OpenMP's default, faster for one device (docs/performance.md, threads). Read by
+# libgomp when oneDNN is first loaded, which is after this.
+os.environ.setdefault('OMP_WAIT_POLICY', 'passive')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `from configs import default` inside config files.
   sys.path.insert(0, ROOT)
