@@ -14,7 +14,6 @@ One JSON line per variant and round (images/s of each model), written to --outpu
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -27,6 +26,7 @@ VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
 
 
 def main(argv=None) -> None:
+  from benchmarks import side_by_side
   from segae_jax.native import build
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
@@ -42,14 +42,8 @@ def main(argv=None) -> None:
         raise SystemExit(f'variant {name}: {reason}')
     for round_ in range(args.rounds):
       for name, library in libraries.items():
-        proc = subprocess.run(
-            [sys.executable, '-m', 'benchmarks.run', '--only=reference', '--conv_impl=onednn',
-             '--output', os.devnull], cwd=ROOT, capture_output=True, text=True, timeout=900,
-            env={**os.environ, 'SEGAE_ONEDNN_LIBRARY': library}, check=True)
-        steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
         figure = {'figure': f'variant/{name}', 'round': round_, 'defines': list(VARIANTS[name]),
-                  **{f'{s["figure"].split("/")[1]}_images_per_s': s['images_per_s']
-                     for s in steps if s['figure'].startswith('train_step/')}}
+                  **side_by_side.reference_steps({'SEGAE_ONEDNN_LIBRARY': library})}
         print(json.dumps(figure), flush=True)
         figures.append(figure)
   with open(args.output, 'w') as f:

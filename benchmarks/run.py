@@ -334,7 +334,12 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
         emit(results, figure)
   if 'side_by_side' in only and torch_python:
     from benchmarks import side_by_side
-    for figure in side_by_side.figures(torch_python, peak, conv_impl):
+    def step_figure(name):
+      config = reference_config(name)
+      config.conv_impl = conv_impl
+      return train_step_figure(name, config, peak)
+
+    for figure in side_by_side.figures(torch_python, step_figure):
       emit(results, figure)
   if 'threads' in only:
     from benchmarks import side_by_side

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -44,16 +44,19 @@ def torch_figure(torch_python: str, model: str, compiled: bool) -> Dict:
   return json.loads(lines[-1])
 
 
-def figures(torch_python: str, peak: float, conv_impl: str = 'auto',
+def figures(torch_python: str, step_figure: Callable[[str], Dict],
             rounds: int = 2) -> List[Dict]:
-  """The interleaved rounds and their summary (see the module docstring)."""
-  from benchmarks import run
+  """The interleaved rounds and their summary (see the module docstring).
+
+  Args:
+    torch_python: a Python with PyTorch, to run torch_ref.py.
+    step_figure: model name -> benchmarks.run's train_step figure of that reference model.
+    rounds: how many times the three runs of each model are repeated.
+  """
   out, seen = [], {model: {'segae_jax': [], 'eager': [], 'compiled': []} for model in MODELS}
   for round_ in range(rounds):
     for model in MODELS:
-      config = run.reference_config(model)
-      config.conv_impl = conv_impl
-      ours = run.train_step_figure(model, config, peak)
+      ours = step_figure(model)
       eager = torch_figure(torch_python, model, compiled=False)
       compiled = torch_figure(torch_python, model, compiled=True)
       for key, value in (('segae_jax', ours['images_per_s']), ('eager', eager['images_per_s']),
@@ -74,19 +77,22 @@ def figures(torch_python: str, peak: float, conv_impl: str = 'auto',
   return out
 
 
+def reference_steps(env: Dict[str, str]) -> Dict[str, float]:
+  """{'<model>_images_per_s': ...} of the two reference steps on oneDNN, timed by
+  benchmarks.run in a fresh process with `env` added (OpenMP and XLA read their settings, and
+  the loader its library path, once, at start-up)."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.run', '--only=reference', '--conv_impl=onednn',
+       '--output', os.devnull], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+      text=True, timeout=900, check=False)
+  if proc.returncode:
+    raise RuntimeError(f'reference steps with {env} failed: {proc.stderr[-2000:]}')
+  steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  return {f'{f["figure"].split("/")[1]}_images_per_s': f['images_per_s']
+          for f in steps if f['figure'].startswith('train_step/')}
+
+
 def thread_figures() -> List[Dict]:
-  """The reference steps on oneDNN under each THREAD_SETTINGS environment (fresh processes:
-  OpenMP and XLA read these once, at start-up)."""
-  out = []
-  for name, env in THREAD_SETTINGS.items():
-    proc = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.run', '--only=reference', '--conv_impl=onednn',
-         '--output', os.devnull], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-        text=True, timeout=900, check=False)
-    if proc.returncode:
-      raise RuntimeError(f'threads/{name} failed: {proc.stderr[-2000:]}')
-    steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
-    out.append({'figure': f'threads/{name}', 'env': env, **{
-        f'{f["figure"].split("/")[1]}_images_per_s': f['images_per_s']
-        for f in steps if f['figure'].startswith('train_step/')}})
-  return out
+  """The reference steps on oneDNN under each THREAD_SETTINGS environment."""
+  return [{'figure': f'threads/{name}', 'env': env, **reference_steps(env)}
+          for name, env in THREAD_SETTINGS.items()]

@@ -1,4 +1,5 @@
-"""The matmul kernel gradient (segae_jax.models.conv_ops) against XLA's own convolutions."""
+"""The conv_impl paths (segae_jax.models.conv_ops) against XLA's own convolutions: the matmul kernel
+gradient layer by layer, and every path on whole models."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,9 +11,11 @@ from segae_jax import models
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
 from segae_jax.models.unet import max_pool_2x2
-from segae_jax.native import onednn
+from segae_jax.native import build, onednn
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+needs_onednn = pytest.mark.skipif(build.missing() is not None or not onednn.available(),
+                                  reason='oneDNN handlers not available')
 
 
 def _inputs(x_shape, k_shape, seed=0):
@@ -145,21 +148,28 @@ def test_max_pool_2x2_gradient_goes_to_the_first_maximum_of_each_window():
                                                 [0, 0, 0, 0]])
 
 
-@pytest.mark.parametrize('name,fields', [
-    ('unet', {'features': (4, 8)}),
-    pytest.param('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16},
+@pytest.mark.parametrize('name,fields,impl', [
+    ('unet', {'features': (4, 8)}, 'matmul_grad'),
+    pytest.param('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16}, 'matmul_grad',
                  marks=pytest.mark.slow),   # its layers are covered one by one above
-    pytest.param('segnet', {'features': (4, 8)}, marks=pytest.mark.slow),
+    pytest.param('segnet', {'features': (4, 8)}, 'matmul_grad', marks=pytest.mark.slow),
+    # oneDNN's convolutions (tests/test_onednn.py has them layer by layer): BatchNorm and the
+    # up-convolution, strided and transposed layers, two decoders.
+    # The vae and segae ones under `make test-faults` (CI runs it), for the default suite's time.
+    pytest.param('unet', {'features': (4, 8)}, 'onednn', marks=needs_onednn),
+    pytest.param('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16}, 'onednn',
+                 marks=[needs_onednn, pytest.mark.faults]),
+    pytest.param('segae', {'features': (4, 8)}, 'onednn', marks=[needs_onednn, pytest.mark.faults]),
 ])
-def test_whole_model_same_loss_and_gradients_either_impl(name, fields):
-  # The straightforward model (XLA's convolution gradients) and the matmul one, same parameters
-  # and batch: the loss and every parameter gradient agree to float32 summation order.
+def test_whole_model_same_loss_and_gradients_either_impl(name, fields, impl):
+  # The straightforward model (XLA's convolution gradients) and `impl`'s, same parameters and
+  # batch: the loss and every parameter gradient agree to float32 summation order.
   shape = (16, 16, 1)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4,) + shape)
   rngs = {'reparam': jax.random.PRNGKey(1)}
-  grads = {}
-  for impl in ('xla', 'matmul_grad'):
-    model = models.build({'name': name, 'conv_impl': impl, **fields}, shape, num_classes=3)
+  grads, hlo = {}, {}
+  for path in ('xla', impl):
+    model = models.build({'name': name, 'conv_impl': path, **fields}, shape, num_classes=3)
     variables = jax.jit(model.init)({'params': jax.random.PRNGKey(2), **rngs}, x)
 
     def loss(params):
@@ -167,10 +177,14 @@ def test_whole_model_same_loss_and_gradients_either_impl(name, fields):
                         mutable=['batch_stats'])[0]
       return sum(jnp.sum(jnp.sin(v)) for v in jax.tree.leaves(out))
 
-    grads[impl] = jax.jit(jax.value_and_grad(loss))(variables['params'])
-  np.testing.assert_allclose(grads['matmul_grad'][0], grads['xla'][0], rtol=1e-5)
+    step = jax.jit(jax.value_and_grad(loss))
+    hlo[path] = step.lower(variables['params']).as_text()
+    grads[path] = step(variables['params'])
+  # Each path ran what it names: oneDNN's custom calls, or none.
+  assert ('SegaeOnednn' in hlo[impl]) == (impl == 'onednn') and 'SegaeOnednn' not in hlo['xla']
+  np.testing.assert_allclose(grads[impl][0], grads['xla'][0], rtol=1e-5)
   flat_ref = jax.tree.leaves_with_path(grads['xla'][1])
-  flat_new = jax.tree.leaves(grads['matmul_grad'][1])
+  flat_new = jax.tree.leaves(grads[impl][1])
   assert len(flat_ref) == len(flat_new)
   for (path, ref), new in zip(flat_ref, flat_new):
     np.testing.assert_allclose(new, ref, rtol=2e-4, atol=2e-5 * float(jnp.max(jnp.abs(ref))),

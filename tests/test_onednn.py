@@ -1,4 +1,5 @@
-"""oneDNN convolutions (segae_jax.native, conv_impl='onednn') against XLA's own convolutions.
+"""oneDNN convolutions (segae_jax.native, conv_impl='onednn') against XLA's own convolutions
+(whole models on every path: tests/test_conv_ops.py).
 
 Tolerances: float32 values 1e-5 relative/absolute, input gradients 1e-5, kernel gradients 1e-5
 relative plus 1e-4 absolute (sums over batch x positions in another order); bfloat16 results
@@ -15,7 +16,6 @@ import pytest
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from segae_jax import models
 from segae_jax.models import conv_ops
 from segae_jax.native import build, onednn
 
@@ -162,39 +162,6 @@ def test_same_inputs_give_the_same_bits():
       lambda x, w: onednn.conv(x, w, (1, 1), ((1, 1), (1, 1))), x, w, key))
   for a, b in zip(jax.tree.leaves(f(x, w)), jax.tree.leaves(f(x + 0, w + 0))):
     np.testing.assert_array_equal(a, b)
-
-
-@needs_onednn
-@pytest.mark.parametrize('name,fields', [
-    ('unet', {'features': (4, 8)}),                                   # BatchNorm, up-convolution
-    ('vae', {'latent_dim': 4, 'features': (4, 8), 'hidden_dim': 16}),  # strided + transposed
-    ('segae', {'features': (4, 8)}),                                  # two decoders
-])
-def test_whole_model_same_loss_and_gradients_as_xla(name, fields):
-  shape = (16, 16, 1)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (4,) + shape)
-  rngs = {'reparam': jax.random.PRNGKey(1)}
-  grads, hlo = {}, {}
-  for impl in ('xla', 'onednn'):
-    model = models.build({'name': name, 'conv_impl': impl, **fields}, shape, num_classes=3)
-    variables = jax.jit(model.init)({'params': jax.random.PRNGKey(2), **rngs}, x)
-
-    def loss(params):
-      out = model.apply({**variables, 'params': params}, x, train=True, rngs=rngs,
-                        mutable=['batch_stats'])[0]
-      return sum(jnp.sum(jnp.sin(v)) for v in jax.tree.leaves(out))
-
-    step = jax.jit(jax.value_and_grad(loss))
-    hlo[impl] = step.lower(variables['params']).as_text()
-    grads[impl] = step(variables['params'])
-  assert 'SegaeOnednn' in hlo['onednn'] and 'SegaeOnednn' not in hlo['xla']
-  np.testing.assert_allclose(grads['onednn'][0], grads['xla'][0], rtol=1e-5)
-  flat_ref = jax.tree.leaves_with_path(grads['xla'][1])
-  flat_new = jax.tree.leaves(grads['onednn'][1])
-  assert len(flat_ref) == len(flat_new)
-  for (path, ref), new in zip(flat_ref, flat_new):
-    np.testing.assert_allclose(new, ref, rtol=2e-4, atol=2e-5 * float(jnp.max(jnp.abs(ref))),
-                               err_msg=jax.tree_util.keystr(path))
 
 
 def _devices_or_skip():
