@@ -185,6 +185,24 @@ def _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation
   return window_strides, padding, lhs_dilation
 
 
+def _dispatch(fast: Callable[..., Optional[jnp.ndarray]], lhs, rhs, window_strides, padding,
+              lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+              batch_group_count, precision, preferred_element_type) -> jnp.ndarray:
+  """fast(lhs, rhs, strides, padding, lhs_dilation) for what _nhwc_geometry takes, unless it
+  declines (returns None); else lax.conv_general_dilated with the arguments unchanged."""
+  geometry = _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count, batch_group_count,
+                            preferred_element_type)
+  out = None if geometry is None else fast(lhs, rhs, *geometry)
+  if out is not None:
+    return out
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
@@ -194,16 +212,27 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides, padding and input (lhs) dilation; anything else goes to lax.conv_general_dilated
   unchanged. Usable as flax's `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
   """
-  geometry = _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count, batch_group_count,
-                            preferred_element_type)
-  if geometry is None:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
-  return _conv(lhs, rhs, *geometry)
+  return _dispatch(_conv, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count, precision,
+                   preferred_element_type)
+
+
+def _onednn_conv(lhs, rhs, strides, padding, dilation) -> Optional[jnp.ndarray]:
+  """The oneDNN call for one normalised geometry (see onednn_conv_general_dilated), or None
+  where oneDNN does not take it."""
+  if dilation == (1, 1):
+    return (onednn.conv(lhs, rhs, strides, padding)
+            if onednn.supported(lhs.dtype, rhs.dtype, padding) else None)
+  kernel = rhs.shape[:2]
+  adjoint_padding = tuple((kernel[d] - 1 - padding[d][0], kernel[d] - 1 - padding[d][1])
+                          for d in (0, 1))
+  out_hw = tuple((lhs.shape[1 + d] - 1) * dilation[d] + sum(padding[d]) - kernel[d] + 2
+                 for d in (0, 1))
+  if strides != (1, 1) or min(out_hw) < 1 or not onednn.supported(lhs.dtype, rhs.dtype,
+                                                                    adjoint_padding):
+    return None
+  flipped = jnp.transpose(rhs[::-1, ::-1], (0, 1, 3, 2))
+  return onednn.conv_transpose(lhs, flipped, out_hw, dilation, adjoint_padding)
 
 
 def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -220,31 +249,9 @@ def onednn_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   primitive. Operands of other dtypes than float32/bfloat16, negative padding, and anything
   _nhwc_geometry refuses go to lax.conv_general_dilated unchanged.
   """
-  plain = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
-  geometry = _nhwc_geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count, batch_group_count,
-                            preferred_element_type)
-  if geometry is None:
-    return plain()
-  strides, padding, dilation = geometry
-  if dilation == (1, 1):
-    if not onednn.supported(lhs.dtype, rhs.dtype, padding):
-      return plain()
-    return onednn.conv(lhs, rhs, strides, padding)
-  kernel = rhs.shape[:2]
-  adjoint_padding = tuple((kernel[d] - 1 - padding[d][0], kernel[d] - 1 - padding[d][1])
-                          for d in (0, 1))
-  out_hw = tuple((lhs.shape[1 + d] - 1) * dilation[d] + sum(padding[d]) - kernel[d] + 2
-                 for d in (0, 1))
-  if strides != (1, 1) or min(out_hw) < 1 or not onednn.supported(lhs.dtype, rhs.dtype,
-                                                                    adjoint_padding):
-    return plain()
-  flipped = jnp.transpose(rhs[::-1, ::-1], (0, 1, 3, 2))
-  return onednn.conv_transpose(lhs, flipped, out_hw, dilation, adjoint_padding)
+  return _dispatch(_onednn_conv, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count, precision,
+                   preferred_element_type)
 
 
 def _transpose_padding(kernel: int, stride: int, padding: str) -> Tuple[int, int]:
