@@ -52,6 +52,7 @@ struct Geometry {
 // A primitive ready to run: which weights layout it wants and how to get there from HWIO.
 struct Prepared {
   dnnl::primitive primitive;
+  dnnl::memory::desc src, dst;           // NHWC, as XLA holds the activations.
   dnnl::memory::desc user_weights;       // HWIO, as XLA holds the kernel.
   dnnl::memory::desc primitive_weights;  // The layout oneDNN chose for this geometry.
   bool reorder = false;
@@ -66,8 +67,11 @@ dnnl::engine& Engine() {
 
 std::unique_ptr<Prepared> Prepare(const Geometry& g) {
   auto& eng = Engine();
-  auto src = dnnl::memory::desc(g.src, g.type, tag::nhwc);
-  auto dst = dnnl::memory::desc(g.dst, g.type, tag::nhwc);
+  auto p = std::make_unique<Prepared>();
+  p->src = dnnl::memory::desc(g.src, g.type, tag::nhwc);
+  p->dst = dnnl::memory::desc(g.dst, g.type, tag::nhwc);
+  const auto& src = p->src;
+  const auto& dst = p->dst;
   // Weights: oneDNN picks its blocked layout ('any') and the kernel is reordered into it on each
   // call (a small copy: the kernel, not the activations). SEGAE_ONEDNN_HWIO_WEIGHTS builds the
   // variant that makes the primitives read HWIO as it lies; benchmarks/onednn_variants.py times
@@ -82,7 +86,6 @@ std::unique_ptr<Prepared> Prepare(const Geometry& g) {
   auto hint = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei_any,
       dst, g.strides, g.pad_low, g.pad_high, attr);
-  auto p = std::make_unique<Prepared>();
   p->user_weights = dnnl::memory::desc(g.wei, g.type, tag::hwio);
   dnnl::memory::desc scratch;
   if (g.kind == kForward) {
@@ -174,8 +177,6 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
     const Prepared& p = Cached(g);
     auto& eng = Engine();
     thread_local dnnl::stream stream(eng);
-    auto src_md = dnnl::memory::desc(g.src, type, tag::nhwc);
-    auto dst_md = dnnl::memory::desc(g.dst, type, tag::nhwc);
     void* wei_data = kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
     dnnl::memory user_wei(p.user_weights, eng, wei_data);
     dnnl::memory wei = p.reorder
@@ -186,20 +187,20 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
                          eng, Buffer(scratchpad, p.scratchpad_bytes));
     if (kind == kForward) {
       if (p.reorder) p.weights_reorder.execute(stream, user_wei, wei);
-      p.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(src_md, eng, a.untyped_data())},
+      p.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, eng, a.untyped_data())},
                                    {DNNL_ARG_WEIGHTS, wei},
-                                   {DNNL_ARG_DST, dnnl::memory(dst_md, eng, out->untyped_data())},
+                                   {DNNL_ARG_DST, dnnl::memory(p.dst, eng, out->untyped_data())},
                                    {DNNL_ARG_SCRATCHPAD, scratch}});
     } else if (kind == kBackwardData) {
       if (p.reorder) p.weights_reorder.execute(stream, user_wei, wei);
       p.primitive.execute(
-          stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(dst_md, eng, a.untyped_data())},
+          stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(p.dst, eng, a.untyped_data())},
                    {DNNL_ARG_WEIGHTS, wei},
-                   {DNNL_ARG_DIFF_SRC, dnnl::memory(src_md, eng, out->untyped_data())},
+                   {DNNL_ARG_DIFF_SRC, dnnl::memory(p.src, eng, out->untyped_data())},
                    {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
-      p.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(src_md, eng, a.untyped_data())},
-                                   {DNNL_ARG_DIFF_DST, dnnl::memory(dst_md, eng, b.untyped_data())},
+      p.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, eng, a.untyped_data())},
+                                   {DNNL_ARG_DIFF_DST, dnnl::memory(p.dst, eng, b.untyped_data())},
                                    {DNNL_ARG_DIFF_WEIGHTS, wei},
                                    {DNNL_ARG_SCRATCHPAD, scratch}});
       if (p.reorder) p.weights_reorder.execute(stream, wei, user_wei);
