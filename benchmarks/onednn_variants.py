@@ -27,6 +27,7 @@ VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
 
 def main(argv=None) -> None:
   from benchmarks import side_by_side
+  from benchmarks.run import emit
   from segae_jax.native import build
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
@@ -42,10 +43,9 @@ def main(argv=None) -> None:
         raise SystemExit(f'variant {name}: {reason}')
     for round_ in range(args.rounds):
       for name, library in libraries.items():
-        figure = {'figure': f'variant/{name}', 'round': round_, 'defines': list(VARIANTS[name]),
-                  **side_by_side.reference_steps({'SEGAE_ONEDNN_LIBRARY': library})}
-        print(json.dumps(figure), flush=True)
-        figures.append(figure)
+        emit(figures, {'figure': f'variant/{name}', 'round': round_,
+                       'defines': list(VARIANTS[name]),
+                       **side_by_side.reference_steps({'SEGAE_ONEDNN_LIBRARY': library})})
   with open(args.output, 'w') as f:
     json.dump(figures, f, indent=1)
 

@@ -238,6 +238,7 @@ def pool_figures() -> List[Dict]:
 
 
 def main(argv=None) -> None:
+  from benchmarks.run import emit
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', default='layers,pool,step',
                       help='comma-separated: layers, pool, step')
@@ -247,17 +248,14 @@ def main(argv=None) -> None:
   parts = args.only.split(',')
   if 'layers' in parts:
     for figure in layer_figures():
-      print(json.dumps(figure), flush=True)
-      figures.append(figure)
+      emit(figures, figure)
   if 'pool' in parts:
     for figure in pool_figures():
-      print(json.dumps(figure), flush=True)
-      figures.append(figure)
+      emit(figures, figure)
   if 'step' in parts:
     for name in ('vae_fmnist', 'unet64'):
       for figure in step_figures(name):
-        print(json.dumps(figure), flush=True)
-        figures.append(figure)
+        emit(figures, figure)
   with open(args.output, 'w') as f:
     json.dump(figures, f, indent=1)
 
