@@ -115,7 +115,7 @@ def _batch_axes(sharding) -> Optional[object]:
 def _make_partitioned(target: str):
   """_call for `target` as a custom_partitioning op (static: shape, dtype, strides, padding)."""
   rule, reduction = _RULES[target]
-  batched_out = target != BACKWARD_WEIGHTS
+  batched_out = not reduction   # Summing over the batch leaves a result without one.
 
   def call(a, b, shape, dtype, strides, padding):
     return _call(target, shape, dtype, a, b, strides, padding)
@@ -123,7 +123,7 @@ def _make_partitioned(target: str):
   def shardings(mesh, batch):
     batch_major = NamedSharding(mesh, PartitionSpec(batch, None, None, None))
     replicated = NamedSharding(mesh, PartitionSpec())
-    args = (batch_major, batch_major if target == BACKWARD_WEIGHTS else replicated)
+    args = (batch_major, replicated if batched_out else batch_major)
     return args, batch_major if batched_out else replicated
 
   def infer(shape, dtype, strides, padding, mesh, arg_shapes, result_shape):
