@@ -58,7 +58,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9         # sgd only.
 
   config.batch_size = 128       # Global: split over all devices of all processes.
-  config.labeled_fraction = 1.0  # < 1: semi-supervised, only this fraction keeps its masks.
+  # < 1: semi-supervised, only this fraction keeps its masks; with data.unlabeled_per_batch > 0
+  # the others become an unlabelled pool (as data.unlabeled_dir's images would be).
+  config.labeled_fraction = 1.0
+  # The training method (segae_jax/training/objectives.py; docs/segmentation.md): 'supervised'
+  # (config.loss; with a pool, reconstruction of every image), 'masked_rec', 'denoising',
+  # 'fixmatch' / 'mean_teacher'; objective_params: its fields (e.g. threshold, ema_decay).
+  config.objective = 'supervised'
+  config.objective_params = ml_collections.ConfigDict()
+  # Pretrain -> fine-tune: start a fresh run from the matching parameters of another run's
+  # checkpoint ('latest', 'best' or a step), except those matching an init_dont_load regex.
+  config.init_from = ''
+  config.init_checkpoint = 'latest'
+  config.init_dont_load = ()
   config.num_train_steps = 4000
   config.parallel = 'pmap'      # 'pmap' or 'jit' (batch sharded over a NamedSharding mesh).
 

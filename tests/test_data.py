@@ -147,9 +147,9 @@ def test_cache_values_and_a_streamed_split_gives_the_held_batches(tfds_dir, fash
   assert [data.cache_mode(v) for v in (True, False, 'auto')] == ['memory', 'stream', 'auto']
   source = fm.prepare('', tfds_dir).as_data_source()['test']
   # One example: 784 image bytes + an int64 label; 10,000 of them are 7.92 MB.
-  monkeypatch.setattr(data.pipeline, 'AUTO_CACHE_BYTES', 10_000 * 792)
+  monkeypatch.setattr(data.sources, 'AUTO_CACHE_BYTES', 10_000 * 792)
   assert isinstance(data.hold(source, 'auto'), data.ArraySource)
-  monkeypatch.setattr(data.pipeline, 'AUTO_CACHE_BYTES', 10_000 * 792 - 1)
+  monkeypatch.setattr(data.sources, 'AUTO_CACHE_BYTES', 10_000 * 792 - 1)
   assert isinstance(data.hold(source, 'auto'), data.StreamedSource)
   streamed = data.build({'name': 'fashion_mnist', 'tfds_dir': tfds_dir, 'cache': 'stream',
                          'binarize': True})

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, assert_trees_equal, run_train, saved_state, small_config
-from segae_jax.training import checkpoints
+from segae_jax.training import checkpoints, objectives
 from segae_jax import losses, models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
 
@@ -65,8 +65,7 @@ def test_train_step_keeps_the_state_on_a_nonfinite_batch(tfds_dir, fashion_mnist
   config = small_config(tfds_dir, **_tiny_overrides(warmup_steps=0))  # Step 0 moves.
   model = models.build(config.model, (28, 28, 1))
   state = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(training.train_step,
-                                   loss_fn=losses.make_loss_fn(config.loss)))
+  step = jax.jit(functools.partial(training.train_step, objective=objectives.plain(config)))
   batch = fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(8)), None)
   good, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert float(metrics['nonfinite']) == 0.0 and int(good.step) == 1

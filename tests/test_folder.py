@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segae_jax.data import folder, local, pipeline
+from segae_jax.data import folder, local, pipeline, sources
 from segae_jax.errors import UserInputError
 
 HEIGHT, WIDTH = 20, 24  # Source files, stored at this size; the pipeline makes them 16x16.
@@ -131,7 +131,7 @@ def test_a_split_is_written_in_shards_of_bounded_size(tmp_path, monkeypatch):
   np.testing.assert_array_equal(sharded['image'], whole['image'])
   np.testing.assert_array_equal(sharded['segmentation'], whole['segmentation'])
   # An error message about example 5 names the shard file it is in: the second of three.
-  where = pipeline.describe_example(builder.as_data_source()['train'], 5)
+  where = sources.describe_example(builder.as_data_source()['train'], 5)
   assert where.startswith("example 5 of split 'train' (") and where.endswith('-00001-of-00003)')
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import small_config
 from segae_jax import losses, models, training
-from segae_jax.training import validation
+from segae_jax.training import objectives, validation
 from segae_jax.errors import UserInputError
 
 
@@ -25,7 +25,7 @@ def _vae_run(tfds_dir, fashion_mnist, dtype, loss_scale=128.0, steps=10, scaled=
   model = training.build_model(config, (28, 28, 1))  # As training builds it from the config.
   state = training.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
   scale = loss_scale if scaled else training.loss_scale_for(config)
-  step = jax.jit(functools.partial(training.train_step, loss_fn=losses.make_loss_fn(config.loss),
+  step = jax.jit(functools.partial(training.train_step, objective=objectives.plain(config),
                                    loss_scale=scale))
   batch = fashion_mnist.preprocess(fashion_mnist.train.__getitems__(np.arange(64)), None)
   # The compute dtype is really used: activations (here the decoder's logits) in it.

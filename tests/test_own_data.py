@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import set_fields
 from segae_jax import data, losses, training
-from segae_jax.data import image_folder, pipeline, sizing
+from segae_jax.data import image_folder, pipeline, sizing, sources
 from segae_jax.errors import UserInputError
 from segae_jax.tools import common, evaluate, tiling
 
@@ -184,28 +184,26 @@ def _marked(n, value):
   """An in-memory split whose examples say where they come from: image pixels = value + index."""
   images = (value + np.arange(n, dtype=np.uint8))[:, None, None, None] * np.ones((1, 4, 4, 1),
                                                                                  np.uint8)
-  return pipeline.ArraySource({'image': images, 'segmentation': np.ones((n, 4, 4), np.uint8)})
+  return sources.ArraySource({'image': images, 'segmentation': np.ones((n, 4, 4), np.uint8)})
 
 
-def _source_index(batch):
-  """(is unlabelled, index in its pool) of every example of a batch of _marked examples."""
-  first = batch['image'][:, 0, 0, 0].astype(int)
-  return first >= 100, np.where(first >= 100, first - 100, first)
+def _first_pixels(images):
+  return images[..., 0, 0, 0].astype(int)
 
 
 def test_mixed_batches_hold_exactly_the_unlabeled_share_in_every_process_slice():
-  labeled, unlabeled = _marked(10, 0), pipeline.ArraySource({'image': _marked(7, 100).arrays['image']})
+  labeled, unlabeled = _marked(10, 0), sources.ArraySource({'image': _marked(7, 100).arrays['image']})
   keep = lambda examples, rngs: dict(examples)
   whole = data.TrainIterator(labeled, 8, 0, keep, unlabeled=unlabeled, unlabeled_per_batch=4)
   assert whole.batches_per_epoch == 2  # 10 labelled // 4 per batch: epochs count the labelled.
   seen_unlabeled = []
   for _ in range(4):
     batch = next(whole)
-    is_unlabeled, index = _source_index(batch)
-    np.testing.assert_array_equal(batch['labeled'], 1.0 - is_unlabeled)
-    assert is_unlabeled.sum() == 4 and (batch['segmentation'][is_unlabeled] == 0).all()
-    assert (batch['segmentation'][~is_unlabeled] == 1).all()
-    seen_unlabeled += index[is_unlabeled].tolist()
+    # The labelled part and the pool's share, each on its own: no masks or flags for the pool.
+    assert (_first_pixels(batch['image']) < 100).all() and len(batch['image']) == 4
+    assert (batch['segmentation'] == 1).all() and 'labeled' not in batch
+    assert set(batch['unlabeled']) == {'image'}
+    seen_unlabeled += (_first_pixels(batch['unlabeled']['image']) - 100).tolist()
   # The pool is walked permutation after permutation: all 7 before any repeats.
   assert sorted(seen_unlabeled[:7]) == list(range(7))
   # Two processes: each slice holds 2 labelled + 2 unlabelled, and together they make the batch.
@@ -213,10 +211,17 @@ def test_mixed_batches_hold_exactly_the_unlabeled_share_in_every_process_slice()
                                unlabeled=unlabeled, unlabeled_per_batch=4) for p in (0, 1)]
   reference = data.TrainIterator(labeled, 8, 0, keep, unlabeled=unlabeled, unlabeled_per_batch=4)
   for _ in range(3):
-    parts = [next(s) for s in slices]
-    assert all(p['labeled'].sum() == 2 for p in parts)
-    together = np.concatenate([p['image'] for p in parts])
-    assert sorted(together[:, 0, 0, 0]) == sorted(next(reference)['image'][:, 0, 0, 0])
+    parts, whole_batch = [next(s) for s in slices], next(reference)
+    for key in ('image', 'unlabeled'):
+      together = np.concatenate([p[key]['image'] if key == 'unlabeled' else p[key]
+                                 for p in parts])
+      expected = whole_batch[key]['image'] if key == 'unlabeled' else whole_batch[key]
+      assert all(len(p['image']) == 2 for p in parts)
+      np.testing.assert_array_equal(together, expected)
+  # pmap's layout: every device gets its share of each part (2 devices: 2 + 2 each).
+  devices = next(data.TrainIterator(labeled, 8, 0, keep, num_local_devices=2,
+                                    unlabeled=unlabeled, unlabeled_per_batch=4))
+  assert devices['image'].shape[:2] == (2, 2) and devices['unlabeled']['image'].shape[:2] == (2, 2)
   state = whole.get_state()
   assert state['unlabeled_per_batch'] == 4
   with pytest.raises(UserInputError, match='unlabeled_per_batch'):
@@ -224,19 +229,25 @@ def test_mixed_batches_hold_exactly_the_unlabeled_share_in_every_process_slice()
                        unlabeled_per_batch=2).set_state(state)
 
 
-def test_unlabeled_examples_get_zero_segmentation_gradient_and_full_reconstruction_gradient():
+@pytest.mark.parametrize('seg_term', ['seg_ce', 'dice', 'focal'])
+def test_unlabeled_examples_get_zero_segmentation_gradient_and_full_reconstruction_gradient(
+    seg_term):
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((4, 8, 8, 1), np.float32),
            'segmentation': rng.integers(0, 3, (4, 8, 8)).astype(np.int32),
            'labeled': np.array([1, 0, 1, 0], np.float32)}
   outputs = {'seg_logits': rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
              'rec_logits': rng.normal(size=(4, 8, 8, 1)).astype(np.float32)}
-  loss_fn = losses.make_loss_fn({'seg_ce': 0.5, 'rec_mse_per_pixel': 0.5})
+  loss_fn = losses.make_loss_fn({seg_term: 0.5, 'rec_mse_per_pixel': 0.5})
   grads = jax.grad(lambda o: loss_fn(o, batch)[0])(outputs)
   per_example = lambda g: np.abs(np.asarray(g)).reshape(4, -1).sum(1)
   seg, rec = per_example(grads['seg_logits']), per_example(grads['rec_logits'])
   assert (seg[[1, 3]] == 0).all() and (seg[[0, 2]] > 0).all()
   assert (rec > 0).all()
+  # The unlabelled examples' masks do not matter either (their value, not only their gradient).
+  other = dict(batch, segmentation=np.where(batch['labeled'][:, None, None] > 0,
+                                            batch['segmentation'], 2))
+  assert float(loss_fn(outputs, other)[0]) == float(loss_fn(outputs, batch)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,8 +353,8 @@ def test_semisupervised_folder_config_trains_and_scores_at_native_resolution(tmp
   config = importlib.import_module('configs.segae_folder_semisup').get_config()
   data_config = _folder_config(tmp_path)
   set_fields(config, {**{f'data.{k}': v for k, v in data_config.items() if k != 'name'},
-                      'data.unlabeled_per_batch': 2, 'model.features': (8, 16),
-                      'batch_size': 4, 'num_train_steps': 3, 'warmup_steps': 1,
+                      'data.unlabeled_per_batch': 4, 'model.features': (8, 16),
+                      'batch_size': 8, 'num_train_steps': 3, 'warmup_steps': 1,
                       'eval_every_steps': 3, 'checkpoint_every_steps': 3, 'log_every_steps': 3,
                       'eval_batch_size': 4, 'num_pictures': 2})
   workdir = str(tmp_path / 'run')

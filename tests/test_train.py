@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import saved_state, small_config
-from segae_jax.training import checkpoints, optimizers, parallel
+from segae_jax.training import checkpoints, objectives, optimizers, parallel
 from segae_jax import data, losses, models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
 
@@ -39,7 +39,7 @@ def test_train_step_lowers_loss_on_fixed_batch(tfds_dir, fashion_mnist, model_na
     return float(loss_fn(out, batch)[0])
 
   before = loss_at(state.params)
-  step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn))
+  step = jax.jit(functools.partial(training.train_step, objective=objectives.plain(config)))
   new_state, metrics = step(state, batch, key)
   assert int(new_state.step) == 1
   assert set(metrics) >= {'loss', 'grad_norm'} and float(metrics['grad_norm']) > 0
@@ -61,9 +61,7 @@ def _device_count_or_skip():
 def _split_for(strategy, batch):
   """A global batch as the strategy's pipeline would hand it: [devices, per_device, ...] for
   pmap, unchanged for sharded jit."""
-  if strategy.device_axis_size:
-    return {k: v.reshape((strategy.device_axis_size, -1) + v.shape[1:]) for k, v in batch.items()}
-  return batch
+  return data.pipeline.to_devices(batch, strategy.device_axis_size)
 
 
 def _run_both(config, model_single, model_parallel, state, batches, strategy_name):
@@ -161,7 +159,7 @@ def test_batchnorm_unet_data_parallel_matches_single_device(strategy_name):
 def test_checkpoint_restored_equals_saved(tmp_path, tfds_dir, fashion_mnist):
   config, model, state, loss_fn, (batch, *_) = _setup(tfds_dir, fashion_mnist, 'vae',
                                                       {'rec_bce': 1.0, 'kl': 1.0})
-  state, _ = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn))(
+  state, _ = jax.jit(functools.partial(training.train_step, objective=objectives.plain(config)))(
       state, batch, jax.random.PRNGKey(0))  # Non-trivial optimizer state.
   tree = {'train_state': state, 'rng': jax.random.PRNGKey(42)}
   meta = {'model': config.model.to_dict(), 'dataset': 'fashion_mnist', 'image_shape': [28, 28, 1]}
@@ -236,11 +234,12 @@ def test_infinite_gradient_with_a_finite_loss_keeps_the_state(tfds_dir, fashion_
                                                       {'rec_mse': 1.0}, warmup_steps=0,
                                                       **{'model.features': (8, 16)})
 
-  def bad_loss(outputs, batch):
-    loss, metrics = loss_fn({'rec_logits': _infinite_gradient(outputs['rec_logits'])}, batch)
-    return loss, metrics
+  def bad_loss(outputs, batch, axis_name=None):
+    return loss_fn({'rec_logits': _infinite_gradient(outputs['rec_logits'])}, batch, axis_name)
 
-  new_state, metrics = jax.jit(functools.partial(training.train_step, loss_fn=bad_loss))(
+  objective = objectives.plain(config)
+  objective.loss_fn = bad_loss
+  new_state, metrics = jax.jit(functools.partial(training.train_step, objective=objective))(
       state, batch, jax.random.PRNGKey(0))
   assert np.isfinite(float(metrics['loss'])) and not np.isfinite(float(metrics['grad_norm']))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1

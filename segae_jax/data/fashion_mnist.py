@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segae_jax.data.pipeline import ArraySource
+from segae_jax.data.sources import ArraySource
 from segae_jax.errors import UserInputError
 
 # SHA-256 of the *decompressed* IDX bytes. Debian's gzip headers differ from upstream's (name and

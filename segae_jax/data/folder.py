@@ -40,7 +40,8 @@ from PIL import Image
 from segae_jax.data import local, sizing
 from segae_jax.data.images import (capped_size, image_array, list_image_files, one_line,
                                    open_image)
-from segae_jax.data.pipeline import hold, unit_float
+from segae_jax.data.dataset import Dataset
+from segae_jax.data.sources import hold, unit_float
 from segae_jax.errors import UserInputError
 
 SPLITS = local.SPLITS
@@ -307,7 +308,7 @@ FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'c
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """uint8 examples of any size -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation':
-  int32 [B, H, W]} of `size` by the deterministic fit of `mode` (data.sizing.fit: the training
+  int32 [B, H, W] (when the examples have masks)} of `size` by the deterministic fit of `mode` (data.sizing.fit: the training
   crops happen before, in data.augment). `rngs` is unused."""
   size: Tuple[int, int]
   mode: str
@@ -315,9 +316,11 @@ class Preprocess:
   def __call__(self, examples, rngs) -> Dict[str, np.ndarray]:
     del rngs  # Deterministic.
     examples = sizing.fit(examples, self.size, self.mode)
-    masks = examples['segmentation']
-    return {'image': unit_float(examples['image']),
-            'segmentation': masks.reshape(masks.shape[:3]).astype(np.int32)}
+    batch = {'image': unit_float(examples['image'])}
+    if 'segmentation' in examples:  # An unlabelled pool's examples have none.
+      masks = examples['segmentation']
+      batch['segmentation'] = masks.reshape(masks.shape[:3]).astype(np.int32)
+    return batch
 
 
 def load(data_config: Mapping):
@@ -337,7 +340,6 @@ def load(data_config: Mapping):
     UserInputError: a bad setting or file, naming it; with resize='center_crop', a split whose
       smallest stored image is smaller than image_size.
   """
-  from segae_jax.data import Dataset  # Here: segae_jax.data imports this module to register it.
   config = local.config_from_mapping(data_config, FolderConfig, FIELDS,
                                      ('images_dir', 'masks_dir', 'num_classes'))
   class_names = read_class_names(config)

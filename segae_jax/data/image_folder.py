@@ -18,7 +18,8 @@ import tensorflow_datasets as tfds
 
 from segae_jax.data import local, sizing
 from segae_jax.data.images import capped_size, image_array, list_image_files, open_image
-from segae_jax.data.pipeline import hold
+from segae_jax.data.dataset import Dataset, scale_images
+from segae_jax.data.sources import hold
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -139,7 +140,6 @@ class Preprocess:
   binarize: bool = False
 
   def __call__(self, examples, rngs) -> Dict[str, np.ndarray]:
-    from segae_jax.data import scale_images
     images = sizing.fit({'image': examples['image']}, self.size, self.mode)
     return scale_images(images, rngs, self.binarize)
 
@@ -172,7 +172,6 @@ def load(data_config: Mapping):
   Raises:
     UserInputError: a bad setting or file, naming it.
   """
-  from segae_jax.data import Dataset
   config = local.config_from_mapping(data_config, ImageFolderConfig, FIELDS, ('images_dir',))
   builder = prepare(config, data_config.get('tfds_dir') or None)
   sources, sizes = local.checked_sources(builder, config, 'image_folder')

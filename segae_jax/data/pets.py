@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data.pipeline import describe_example, hold, unit_float
+from segae_jax.data.dataset import Dataset
+from segae_jax.data.sources import describe_example, hold, unit_float
 from segae_jax.errors import UserInputError
 
 NAME = 'oxford_iiit_pet'
@@ -212,7 +213,6 @@ def load(data_config: Mapping):
     UserInputError: a bad image_size or download value, or the dataset is not prepared and cannot
       be (see `prepared_builder`).
   """
-  from segae_jax.data import Dataset  # Here: segae_jax.data imports this module to register it.
   image_size = _image_size(data_config.get('image_size', (64, 64)))
   download = data_config.get('download', True)
   if not isinstance(download, bool):

@@ -30,7 +30,8 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from segae_jax.data import fashion_mnist as fm
-from segae_jax.data.pipeline import hold, unit_float
+from segae_jax.data.dataset import Dataset
+from segae_jax.data.sources import hold, unit_float
 from segae_jax.errors import UserInputError
 
 NAME = 'fashion_mnist_scenes'
@@ -341,7 +342,8 @@ def preprocess(examples: Mapping[str, np.ndarray], rngs) -> Dict[str, np.ndarray
   del rngs
   batch = dict(examples)
   batch['image'] = unit_float(examples['image'])
-  batch['segmentation'] = examples['segmentation'].astype(np.int32)
+  if 'segmentation' in examples:  # An unlabelled pool's examples have none.
+    batch['segmentation'] = examples['segmentation'].astype(np.int32)
   return batch
 
 
@@ -360,8 +362,6 @@ def load(data_config: Mapping):
   Raises:
     UserInputError: a bad parameter (named) or missing/malformed IDX files.
   """
-  # Imported here so segae_jax.data can import this module at its top without a cycle.
-  from segae_jax.data import Dataset
   config = config_from(data_config)
   builder = prepare(config, data_config.get('idx_dir', ''), data_config.get('tfds_dir') or None)
   sources = builder.as_data_source()

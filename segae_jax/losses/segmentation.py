@@ -1,4 +1,10 @@
-"""Segmentation terms over seg_logits [batch, height, width, classes] (see losses.base)."""
+"""Segmentation terms over seg_logits [batch, height, width, classes] (see losses.base).
+
+Each is a mean over the pixels (or images, for Dice) that count: real (batch['valid']), labelled
+(batch['labeled']) and not ignored; with `axis_name` (pmap) over every device's, so that pmap,
+sharded jit and one device give the same value and gradient (losses.base.axis_mean).
+"""
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +48,8 @@ def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
 
 
 @LOSSES.register('seg_ce')
-def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
+def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255,
+           axis_name: Optional[str] = None):
   """Softmax cross-entropy of seg_logits against integer labels, nats per labeled pixel.
 
   class_weights: optional [num_classes] per-class weights; pixels equal to `ignore_label` (or
@@ -51,25 +58,26 @@ def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255):
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  value = weighted_mean(ce, weights)
+  value = weighted_mean(ce, weights, axis_name)
   return value, {'seg_ce': value}
 
 
 @LOSSES.register('focal')
-def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: int = 255):
+def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: int = 255,
+          axis_name: Optional[str] = None):
   """Multi-class focal loss -(1 - p_t)^gamma * log p_t per labeled pixel (Lin et al., "Focal Loss
   for Dense Object Detection", ICCV 2017, Eq. 5; class_weights play the role of alpha_t), as
   losses.softmax_focal computes it.
   """
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
-  value = weighted_mean(softmax_focal(logits, labels, gamma), weights)
+  value = weighted_mean(softmax_focal(logits, labels, gamma), weights, axis_name)
   return value, {'focal': value}
 
 
 @LOSSES.register('dice')
 def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
-         ignore_label: int = 255):
+         ignore_label: int = 255, axis_name: Optional[str] = None):
   """Soft multi-class Dice loss per class 1 - (I + s) / ((P + T) / 2 + s) with I = sum(p * t),
   P = sum(p), T = sum(t) over the image's labeled pixels (= 1 - 2I / (P + T) for s = 0),
   averaged over classes, per image, then over labeled images (Milletari et al., V-Net, 2016).
@@ -88,6 +96,5 @@ def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
   total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(targets, axis=(1, 2))
   per_class = 1.0 - (intersection + smooth) / (0.5 * total + smooth)
   per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:], axis=-1)
-  weights = _example_weights(batch)
-  value = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+  value = weighted_mean(per_image, _example_weights(batch), axis_name)
   return value, {'dice': value}

@@ -65,6 +65,15 @@ def segments(name: str) -> bool:
   return bool(getattr(MODELS.get(name), 'segments', False))
 
 
+def reconstructs(name: str) -> bool:
+  """Whether the registered model `name` outputs 'rec_logits' (a reconstruction of its input).
+
+  Raises:
+    UserInputError: unknown name.
+  """
+  return bool(getattr(MODELS.get(name), 'reconstructs', False))
+
+
 def is_unet_family(model: nn.Module) -> bool:
   """Whether `model` has a U-Net encoder (`model.encoder`, a UNetEncoder: unet, segae, unet_ae,
   vae_unet), e.g. for tools that read the encoder's levels."""
@@ -74,4 +83,4 @@ def is_unet_family(model: nn.Module) -> bool:
 __all__ = ['Autoencoder', 'SparseAutoencoder', 'VAE', 'ConvEncoder', 'ConvDecoder', 'Layers',
            'MODELS', 'SegAutoencoder', 'SegNet', 'SegmentationModel', 'UNet', 'UNetAutoencoder',
            'UNetBase', 'VAEUNet', 'build', 'is_unet_family', 'layers_of', 'make_layers',
-           'reparameterize', 'segments']
+           'reconstructs', 'reparameterize', 'segments']

@@ -5,7 +5,7 @@ Every model in segae_jax returns a dict of outputs, so losses can pick what they
                 [0, 1] is sigmoid(rec_logits).
   'z':          [batch, latent_dim] the code.
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,6 +31,8 @@ class Autoencoder(nn.Module):
       (segae_jax.models.conv_ops); results are the same.
     dtype: computation dtype (config.compute_dtype); parameters stay float32. None: float32.
   """
+  # Whether the model outputs 'rec_logits' (a class attribute, not a field; VAE inherits it).
+  reconstructs: ClassVar[bool] = True
   image_shape: Tuple[int, int, int]
   latent_dim: int = 32
   features: Sequence[int] = (32, 64)

@@ -218,8 +218,9 @@ class SegmentationModel(nn.Module):
     layers: the factories, made from the five attributes above by models.build (which
       validates them there, once); None (a model constructed directly) makes them at setup.
   """
-  # Whether the model outputs 'seg_logits' (a class attribute, not a field).
+  # Whether the model outputs 'seg_logits' / 'rec_logits' (class attributes, not fields).
   segments: ClassVar[bool] = True
+  reconstructs: ClassVar[bool] = False
   image_shape: Tuple[int, int, int]
   num_classes: int = 11
   features: Sequence[int] = (32, 64, 128, 256)

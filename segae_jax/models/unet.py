@@ -281,6 +281,7 @@ class SegAutoencoder(UNetBase):
     'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
     All in `dtype` (float32 if None).
   """
+  reconstructs: ClassVar[bool] = True
   seg_skips: bool = True
   rec_skips: bool = False
 
@@ -322,7 +323,7 @@ class UNetAutoencoder(UNetBase):
     Both in `dtype` (float32 if None).
   """
   segments: ClassVar[bool] = False
-
+  reconstructs: ClassVar[bool] = True
 
   def setup(self):
     layers = self._unet_layers()
@@ -355,6 +356,7 @@ class VAEUNet(UNetBase):
     'mean', 'logvar', 'z': [batch, h/2^(L-1), w/2^(L-1), latent_channels].
     All in `dtype` (float32 if None).
   """
+  reconstructs: ClassVar[bool] = True
   latent_channels: int = 16
 
   def setup(self):

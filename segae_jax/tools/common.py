@@ -259,6 +259,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   """
   import jax
   from segae_jax import training  # Heavy; keeps `--help` fast.
+  from segae_jax.training import objectives
   if checkpoint not in CHECKPOINT_KINDS:
     raise UserInputError(f'unknown checkpoint {checkpoint!r}; known: {", ".join(CHECKPOINT_KINDS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -266,14 +267,18 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   kind, ckpt, step = _open_checkpoint(workdir, checkpoint)
   meta = ckpt.read_meta(step)
   image_shape = tuple(meta['image_shape'])
-  # Exactly the model training built (compute dtype, convolution implementation).
+  # Exactly the model training built (compute dtype, convolution implementation), and the
+  # objective's state (an EMA teacher) that the checkpoint holds beside it.
   model = training.build_model(config, image_shape, meta.get('num_classes'))
-  state = training.create_train_state(config, model, image_shape, jax.random.PRNGKey(0))
+  objective = objectives.of_config(config, image_shape)
+  state = objective.init_state(training.create_train_state(config, model, image_shape,
+                                                           jax.random.PRNGKey(0)))
   restored, _ = ckpt.restore(step, {'train_state': state, 'rng': jax.random.PRNGKey(0)},
                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   ckpt.close()
   state = restored['train_state']
-  return TrainedRun(config=config, model=model, variables=training.model_variables(state),
+  # The variables the run evaluated with (the teacher of a teacher objective, by default).
+  return TrainedRun(config=config, model=model, variables=objective.eval_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
                     class_names=meta.get('class_names') or [])
 

@@ -19,6 +19,9 @@ from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
+# What checkpoints written before a meta field existed hold: every run trained 'supervised' then.
+META_DEFAULTS = {'objective': 'supervised', 'objective_state': []}
+
 
 def abstract_tree(tree, sharding=None):
   """The target orbax restores `tree`'s structure into: with a sharding, shape/dtype/sharding
@@ -78,7 +81,7 @@ class Checkpointer:
     is of another model or dataset."""
     saved = self.read_meta(step) if saved is None else saved
     for key in meta:
-      if _jsonable(saved.get(key)) != _jsonable(meta[key]):
+      if _jsonable(saved.get(key, META_DEFAULTS.get(key))) != _jsonable(meta[key]):
         raise UserInputError(
             f'workdir checkpoint {self.directory}/{step} holds {key}={saved.get(key)}, but this '
             f'run has {key}={meta[key]}; use another --workdir (nothing was overwritten)')
@@ -124,6 +127,14 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def steps_in(directory: str) -> list:
+  """The steps of the whole checkpoints in `directory` (its subfolders named by a step number;
+  orbax writes a step under a temporary name and renames it when complete), [] if none."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
 def _jsonable(x):

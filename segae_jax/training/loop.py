@@ -14,16 +14,16 @@ import numpy as np
 from tqdm import tqdm
 
 from segae_jax import data
-from segae_jax.data import augment
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
-from segae_jax.training import checkpoints, optimizers, parallel, validation, visualise, writers
+from segae_jax.training import (checkpoints, objectives, optimizers, parallel, pretrained,
+                                validation, visualise, writers)
 from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
-from segae_jax.training.step import (build_model, create_train_state, evaluate, evaluation_key,
-                                     flat_scalars, model_variables, run_keys, step_functions)
+from segae_jax.training.state import create_train_state
+from segae_jax.training.step import (build_model, evaluate, evaluation_key, flat_scalars,
+                                     run_keys, step_functions)
 
 log = logging.getLogger(__name__)
-
 
 
 def _check_workdir_writable(workdir: str) -> None:
@@ -163,11 +163,13 @@ class RunCheckpoints:
 @dataclasses.dataclass
 class RunSetup:
   """What a run is built from, before any checkpoint is read: the dataset, the model, the
-  data-parallel strategy with the compiled steps, the learning-rate schedule, the initial state and
-  run key, the training iterator, and `meta` (what a checkpoint is of: a workdir holding another
-  model's or dataset's checkpoint is refused untouched)."""
+  objective (the training method), the data-parallel strategy with the compiled steps, the
+  learning-rate schedule, the initial state and run key, the training inputs, and `meta` (what a
+  checkpoint is of: a workdir holding another model's, dataset's or objective's checkpoint is
+  refused untouched)."""
   dataset: data.Dataset
   model: Any
+  objective: objectives.Objective
   strategy: Any
   schedule: Callable[[int], float]
   state: Any
@@ -176,34 +178,31 @@ class RunSetup:
   meta: Dict[str, Any]
 
 
-def setup(config: ml_collections.ConfigDict) -> RunSetup:
-  """Builds the dataset, model, strategy, optimizer state and training iterator of `config`."""
-  dataset = data.build(config.data)
-  if config.labeled_fraction < 1.0:
-    dataset = data.with_labeled_fraction(dataset, config.labeled_fraction, config.seed)
+def setup(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
+  """Builds the dataset, model, objective, strategy, initial state and training inputs of
+  `config`; a fresh run (no checkpoint in `workdir` yet) starts from config.init_from's
+  parameters when it is set (training.pretrained)."""
+  dataset = data.run_dataset(config)
   # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
   model = build_model(config, dataset.image_shape, dataset.num_classes,
                       parallel.norm_axis_name(config.parallel))
-  strategy = parallel.make_strategy(config.parallel, *step_functions(config))
+  objective = objectives.make(config, dataset.image_shape[:2], data.has_pool(config))
+  strategy = parallel.make_strategy(config.parallel, *step_functions(config, objective))
   _, schedule = optimizers.make_optimizer(config)
   init_rng, run_rng = run_keys(config.seed)
-  preprocess = dataset.preprocess
-  if dataset.unlabeled is not None:  # Pools flag every example; the flags pass through.
-    preprocess = data.KeepingFlags(preprocess)
-  train_iter = data.TrainIterator(
-      dataset.train, config.batch_size, config.seed,
-      augment.with_augmentation(preprocess, config.data.get('augment', {}),
-                                dataset.image_shape[:2], dataset.resize),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_local_devices=strategy.device_axis_size,
-      num_workers=config.data.get('num_workers', 0), unlabeled=dataset.unlabeled,
-      unlabeled_per_batch=config.data.get('unlabeled_per_batch', 0))
+  state = create_train_state(config, model, dataset.image_shape, init_rng)
+  if not checkpoints.steps_in(os.path.join(workdir, 'checkpoints')):
+    state = pretrained.init_from(config, state)
+  state = objective.init_state(state)
+  train_iter = data.train_inputs(config, dataset, objective.views(), strategy.device_axis_size,
+                                 jax.process_index(), jax.process_count())
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
           'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
-          'class_names': list(dataset.class_names)}
-  return RunSetup(dataset=dataset, model=model, strategy=strategy, schedule=schedule,
-                  state=create_train_state(config, model, dataset.image_shape, init_rng),
-                  run_rng=run_rng, train_iter=train_iter, meta=meta)
+          'class_names': list(dataset.class_names), 'objective': objective.name,
+          'objective_state': sorted(getattr(state, 'objective_state', None) or {})}
+  return RunSetup(dataset=dataset, model=model, objective=objective, strategy=strategy,
+                  schedule=schedule, state=state, run_rng=run_rng, train_iter=train_iter,
+                  meta=meta)
 
 
 def _restore(config, run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Array, int, int]:
@@ -317,7 +316,7 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
   if jax.process_index() == 0:
     pictures_batch = next(data.eval_batches(run.dataset.test, config.num_pictures,
                                             run.dataset.preprocess, seed=config.seed))
-    visualise.write_pictures(run.model, model_variables(host_state), pictures_batch,
+    visualise.write_pictures(run.model, run.objective.eval_variables(host_state), pictures_batch,
                              evaluation_key(config.seed), workdir, writer, step,
                              num_samples=2 * config.num_pictures)
     writers.write_json(os.path.join(workdir, 'results.json'), results)
@@ -347,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   validation.validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   _check_workdir_writable(workdir)
-  run = setup(config)
+  run = setup(config, workdir)
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
     stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)

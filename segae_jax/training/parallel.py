@@ -106,8 +106,8 @@ class JitStrategy(_Strategy):
 
   def put_batch(self, batch: Dict[str, np.ndarray]):
     # Each process passes its own slice; together they form the global batch.
-    return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
-            for k, v in batch.items()}
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(self.data_sharding, v), batch)
 
   def fetch(self, tree):
     """Replicated values -> host numpy (this process's copy: across processes a replicated
@@ -146,10 +146,14 @@ def make_strategy(name: str, train_step: Callable, eval_step: Callable):
   raise UserInputError(f'unknown config.parallel {name!r}; known: {", ".join(STRATEGIES)}')
 
 
-def check_batch_divisible(batch_size: int, what: str = 'config.batch_size') -> None:
-  """Raises UserInputError unless batch_size splits evenly over all devices of all processes."""
+def check_batch_divisible(batch_size: int, what: str = 'config.batch_size',
+                          multiple: int = 1) -> None:
+  """Raises UserInputError unless batch_size splits evenly over all devices of all processes,
+  into shares that are each a multiple of `multiple`."""
   devices, processes = jax.device_count(), jax.process_count()
-  if batch_size % devices:
+  if batch_size % (devices * multiple):
+    each = f' into multiples of {multiple}' if multiple > 1 else ''
     raise UserInputError(
-        f'{what}={batch_size} is not divisible by the {devices} devices '
-        f'({jax.local_device_count()} local x {processes} processes); use a multiple of {devices}')
+        f'{what}={batch_size} is not divisible by the {devices} devices{each} '
+        f'({jax.local_device_count()} local x {processes} processes); use a multiple of '
+        f'{devices * multiple}')

@@ -1,7 +1,8 @@
-"""TrainState and the pure step functions: train_step, eval_step, and evaluate over a split.
+"""The pure step functions, train_step and eval_step, and evaluate over a split.
 
-The step functions are pure; the data-parallel strategy (segae_jax.training.parallel) compiles
-them with pmap or sharded jit.
+train_step is the same for every training method: the objective (training/objectives.py)
+computes the loss of a step and updates its own state. The data-parallel strategy
+(segae_jax.training.parallel) compiles the steps with pmap or sharded jit.
 """
 import functools
 import logging
@@ -11,40 +12,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax.training import train_state
 
-from segae_jax.training import metrics as metrics_lib, optimizers
+from segae_jax.training import metrics as metrics_lib, objectives as objectives_lib
+from segae_jax.training.state import (TrainState, create_train_state, float32_outputs,
+                                      keep_if_finite, model_variables)
 from segae_jax import data, losses, models
 
 log = logging.getLogger(__name__)
-
-
-
-class TrainState(train_state.TrainState):
-  """flax TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics
-  (`batch_stats`, an empty dict for models without BatchNorm)."""
-  batch_stats: Any = None
-
-
-def create_train_state(config: ml_collections.ConfigDict, model, image_shape,
-                       rng: jax.Array) -> TrainState:
-  """Initialises parameters on a dummy batch [1, height, width, channels] and the optimizer."""
-  params_rng, reparam_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {'params': params_rng, 'reparam': reparam_rng, 'dropout': reparam_rng}, dummy)
-  tx, _ = optimizers.make_optimizer(config)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
-
-
-def model_variables(state: TrainState, params=None) -> Dict[str, Any]:
-  """The variables to `model.apply`: {'params': params (default state.params)} plus
-  'batch_stats' when the model has BatchNorm."""
-  variables = {'params': state.params if params is None else params}
-  if state.batch_stats:
-    variables['batch_stats'] = state.batch_stats
-  return variables
 
 
 def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
@@ -55,11 +29,6 @@ def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   reparam, dropout = jax.random.split(rng)
   return {'reparam': reparam, 'dropout': dropout}
-
-
-def float32_outputs(outputs: Mapping[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
-  # Losses and metrics in float32 whatever the model's compute dtype (mixed precision).
-  return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
 
 def loss_scale_for(config: ml_collections.ConfigDict) -> float:
@@ -92,49 +61,47 @@ def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: Opt
                       conv_impl=config.get('conv_impl', 'auto'))
 
 
-def step_functions(config: ml_collections.ConfigDict):
-  """(train_step, eval_step) bound to config's loss and loss scale, not yet compiled."""
+def step_functions(config: ml_collections.ConfigDict,
+                   objective: Optional[objectives_lib.Objective] = None):
+  """(train_step, eval_step) bound to `objective` (objectives.make; default objectives.plain:
+  config.loss, the student evaluated), config's loss and loss scale, not yet compiled."""
+  objective = objective or objectives_lib.plain(config)
   loss_fn = losses.make_loss_fn(config.loss, config.get('loss_params'))
-  return (functools.partial(train_step, loss_fn=loss_fn, loss_scale=loss_scale_for(config)),
-          functools.partial(eval_step, loss_fn=loss_fn))
+  return (functools.partial(train_step, objective=objective, loss_scale=loss_scale_for(config)),
+          functools.partial(eval_step, objective=objective, loss_fn=loss_fn))
 
 
-def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
-               loss_fn: losses.LossFn, axis_name: Optional[str] = None,
+def train_step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array, *,
+               objective: objectives_lib.Objective, axis_name: Optional[str] = None,
                loss_scale: float = 1.0):
   """One optimisation step on `batch` (pure).
 
   Args:
-    state: the TrainState.
-    batch: {'image': float32 [batch, height, width, channels] in [0, 1], ...}.
+    state: the TrainState (with the objective's state, if it has any).
+    batch: {'image': float32 [batch, height, width, channels] in [0, 1], ...} and, with an
+      unlabelled pool, 'unlabeled': {...} (data.inputs).
     rng: the run's PRNG key; the step's key is derived from it and state.step.
-    loss_fn: (outputs, batch) -> (scalar, metrics), e.g. losses.make_loss_fn(config.loss).
-    axis_name: the pmap axis to average gradients and metrics over, or None.
+    objective: the training method (objectives.make): the step's loss, its metrics, and the
+      update of its own state after the optimizer step.
+    axis_name: the pmap axis to average gradients and metrics over, or None; the loss terms
+      reduce their numerators and denominators over it (losses.base.axis_mean).
     loss_scale: the loss is multiplied by this before differentiation and the gradients divided
       by it (static loss scaling for float16 compute; Micikevicius et al., "Mixed Precision
       Training", ICLR 2018, Sec. 3.2). 1 for float32/bfloat16.
 
   Returns:
-    (new state, metrics: {'loss', each loss term, 'grad_norm', 'nonfinite'} float32 scalars).
-    'nonfinite' is 1 when the loss, a term or the gradient norm is NaN or infinite; the new state
-    then keeps the old parameters, optimizer state and BatchNorm statistics (only the step
-    advances), so no non-finite value enters the state whatever config.nonfinite decides.
+    (new state, metrics: {'loss', each loss term, the objective's own, 'grad_norm',
+    'nonfinite'} float32 scalars). 'nonfinite' is 1 when a metric or the gradient norm is NaN or
+    infinite; the new state then keeps every array of the old one (only the step advances), so
+    no non-finite value enters the state whatever config.nonfinite decides.
   """
   rngs = _step_rngs(rng, state.step, axis_name)
 
   def compute_loss(params):
-    if state.batch_stats:
-      # BatchNorm: batch statistics in training mode (averaged over devices inside the model
-      # when it was built with norm_axis_name), running averages updated.
-      outputs, updates = state.apply_fn(model_variables(state, params), batch['image'], train=True,
-                                        rngs=rngs, mutable=['batch_stats'])
-    else:
-      outputs, updates = state.apply_fn({'params': params}, batch['image'], train=True,
-                                        rngs=rngs), {}
-    loss, step_metrics = loss_fn(float32_outputs(outputs), batch)
-    return loss * loss_scale, (step_metrics, updates)
+    loss, step_metrics, batch_stats = objective.loss(params, state, batch, rngs, axis_name)
+    return loss * loss_scale, (step_metrics, batch_stats)
 
-  (_, (step_metrics, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+  (_, (step_metrics, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
       state.params)
   if loss_scale != 1.0:
     grads = jax.tree.map(lambda g: g / loss_scale, grads)
@@ -145,19 +112,18 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arr
                                            for g in jax.tree.leaves(grads)))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in step_metrics.values()]))
   new_state = state.apply_gradients(grads=grads)
-  if updates:
-    new_state = new_state.replace(batch_stats=updates['batch_stats'])
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = new_state.replace(params=keep(new_state.params, state.params),
-                                opt_state=keep(new_state.opt_state, state.opt_state),
-                                batch_stats=keep(new_state.batch_stats, state.batch_stats))
+  if batch_stats:
+    new_state = new_state.replace(batch_stats=batch_stats)
+  new_state = keep_if_finite(finite, objective.update(new_state), state)
   step_metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
   return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Array, *,
-              loss_fn: losses.LossFn, axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
-  """Sums over the real examples of `batch` (pure).
+              objective: objectives_lib.Objective, loss_fn: losses.LossFn,
+              axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
+  """Sums over the real examples of `batch` (pure), with the variables the objective evaluates
+  (the student, or an EMA teacher).
 
   `batch['valid']` (float32 [batch]) marks real examples. Returns {'count': number of real
   examples, name: sum of the per-example metric} for the loss terms (and reconstruction metrics
@@ -166,8 +132,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   over `axis_name`) gives exact values over the split.
   """
   rngs = _step_rngs(rng, 0, axis_name)
-  outputs = float32_outputs(state.apply_fn(model_variables(state), batch['image'],
-                                    train=False, rngs=rngs))
+  outputs = float32_outputs(state.apply_fn(objective.eval_variables(state), batch['image'],
+                                           train=False, rngs=rngs))
   # Every test image counts for evaluation, also when training hid some labels.
   batch = {k: v for k, v in batch.items() if k != 'labeled'}
   _, values = loss_fn(outputs, batch)
@@ -192,12 +158,8 @@ def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
   segmentation models the scores of the summed confusion matrix (metrics.segmentation_scores:
   'miou', 'mean_dice', 'pixel_accuracy', 'per_class')."""
   totals: Dict[str, np.ndarray] = {}
-  source = getattr(dataset, split)
-  for batch in data.eval_batches(source, config.eval_batch_size, dataset.preprocess,
-                                 seed=config.seed, process_index=jax.process_index(),
-                                 process_count=jax.process_count(),
-                                 num_local_devices=strategy.device_axis_size,
-                                 num_workers=config.data.get('num_workers', 0)):
+  for batch in data.eval_inputs(config, dataset, split, strategy.device_axis_size,
+                                jax.process_index(), jax.process_count()):
     sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
     for k, v in sums.items():
       totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)

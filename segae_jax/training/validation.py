@@ -5,7 +5,7 @@ import jax
 import ml_collections
 
 from segae_jax import data, losses, models
-from segae_jax.training import optimizers, parallel
+from segae_jax.training import objectives, optimizers, parallel, pretrained
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
 
@@ -57,6 +57,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data.cache_mode(config.data.get('cache', 'auto'))
   data.check_num_workers(config.data.get('num_workers', 0))
   _check_data_fits_model(config)
+  _check_objective(config)
   optimizers.OPTIMIZERS.get(config.optimizer)
   optimizers.make_schedule(config)
   losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
@@ -75,10 +76,25 @@ def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
       raise UserInputError(f'config.data.name=image_folder has no masks, but {what} segments; '
                            f'use segmentation_folder (masks_dir, optionally unlabeled_dir) or a '
                            f'model that reconstructs (ae, sparse_ae, vae, unet_ae)')
-  has_pool = bool(config.data.get('unlabeled_dir', ''))
-  data.check_unlabeled_per_batch(config.data.get('unlabeled_per_batch', 0), config.batch_size,
-                                 has_pool, jax.process_count())
-  if has_pool and config.labeled_fraction < 1.0:
+  pool = data.has_pool(config)
+  share = config.data.get('unlabeled_per_batch', 0)
+  data.check_unlabeled_per_batch(share, config.batch_size, pool, jax.process_count())
+  if config.data.get('unlabeled_dir', '') and config.labeled_fraction < 1.0:
     raise UserInputError(f'config.labeled_fraction={config.labeled_fraction} simulates '
                          f'unlabelled images by hiding masks; with config.data.unlabeled_dir '
                          f'the unlabelled images are real: leave labeled_fraction at 1')
+
+
+def _check_objective(config: ml_collections.ConfigDict) -> None:
+  """The objective's name and parameters (objectives.make, at the image size the config names
+  where it names one; setup checks again at the dataset's), its share of every batch, and the
+  run it starts from (config.init_from)."""
+  size = data.configured_image_size(config.data)
+  objective = objectives.make(config, size or (0, 0), data.has_pool(config))
+  share = config.data.get('unlabeled_per_batch', 0)
+  if share:
+    # Every device takes its share of the pool (and whole CutMix pairs of it).
+    multiple = objective.pool_multiple
+    parallel.check_batch_divisible(share, 'config.data.unlabeled_per_batch', multiple)
+  if config.get('init_from', ''):
+    pretrained.check_source(config)

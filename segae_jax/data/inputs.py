@@ -1,0 +1,93 @@
+"""The inputs of a training run, assembled from its config: the dataset with its labelled share
+and unlabelled pool, the training batches (augmentation, pools, the objective's views) and the
+evaluation batches. The training loop only iterates over what these return.
+
+A training batch is {'image': float32 [n, h, w, c] (the model input), 'segmentation', ...} for the
+labelled examples (every example when there is no pool), plus, with a pool, 'unlabeled': {'image':
+the weak view, and the views the objective asked for} of the pool's share; see data.views and
+segae_jax.training.objectives.
+"""
+from typing import Iterator, Mapping, Optional, Sequence, Tuple
+
+from segae_jax.data import augment
+from segae_jax.data.dataset import Dataset, build, with_labeled_fraction
+from segae_jax.data.pipeline import Batch, TrainIterator, eval_batches
+from segae_jax.data.views import View, with_views
+
+# The parts of a training batch an objective can ask views for.
+PARTS = ('labeled', 'unlabeled')
+
+
+def has_pool(config: Mapping) -> bool:
+  """Whether a run trains with an unlabelled pool: config.data.unlabeled_dir (real unlabelled
+  images), or config.labeled_fraction < 1 with config.data.unlabeled_per_batch > 0 (the training
+  images whose masks are hidden become the pool)."""
+  data_config = config['data']
+  return bool(data_config.get('unlabeled_dir', '')) or (
+      config['labeled_fraction'] < 1.0 and data_config.get('unlabeled_per_batch', 0) > 0)
+
+
+def configured_image_size(data_config: Mapping) -> Optional[Tuple[int, int]]:
+  """The training images' (height, width) where config.data names it (image_size, the scenes'
+  canvas_size, Fashion-MNIST's 28 x 28), else None (known once the dataset is built)."""
+  if data_config.get('image_size'):
+    return tuple(int(s) for s in data_config['image_size'])
+  if data_config.get('canvas_size'):
+    return (int(data_config['canvas_size']),) * 2
+  return (28, 28) if data_config.get('name') == 'fashion_mnist' else None
+
+
+def run_dataset(config: Mapping) -> Dataset:
+  """data.build(config.data) with the labelled fraction applied: with a pool (has_pool), the hidden
+  masks' images become the dataset's unlabelled pool; without one they stay in the training split
+  flagged 'labeled' = 0 (data.dataset.with_labeled_fraction).
+
+  Raises:
+    UserInputError: as `build`, or a labelled fraction of a dataset without masks.
+  """
+  dataset = build(config['data'])
+  if config['labeled_fraction'] < 1.0:
+    dataset = with_labeled_fraction(dataset, config['labeled_fraction'], config['seed'],
+                                    as_pool=has_pool(config))
+  return dataset
+
+
+def train_inputs(config: Mapping, dataset: Dataset, views: Mapping[str, Sequence[View]],
+                 num_local_devices: Optional[int], process_index: int = 0,
+                 process_count: int = 1) -> TrainIterator:
+  """The training batches of a run: config.batch_size examples per step over all processes
+  (config.data.unlabeled_per_batch of them from the pool), each part augmented as
+  config.data.augment says (the weak view) and given its `views` ({'labeled': [...],
+  'unlabeled': [...]}, data.views).
+
+  Raises:
+    UserInputError: a bad batch share, worker count or augmentation, or a batch larger than the
+      labelled split.
+  """
+  unknown = sorted(set(views) - set(PARTS))
+  if unknown:
+    raise ValueError(f'views for unknown batch parts {unknown}; parts: {PARTS}')
+  data_config = config['data']
+  weak = augment.with_augmentation(dataset.preprocess, data_config.get('augment', {}),
+                                   dataset.image_shape[:2], dataset.resize)
+  pool_preprocess = None
+  if dataset.unlabeled is not None:
+    pool_preprocess = with_views(weak, views.get('unlabeled', ()))
+  return TrainIterator(
+      dataset.train, config['batch_size'], config['seed'],
+      with_views(weak, views.get('labeled', ())), process_index=process_index,
+      process_count=process_count, num_local_devices=num_local_devices,
+      num_workers=data_config.get('num_workers', 0), unlabeled=dataset.unlabeled,
+      unlabeled_per_batch=data_config.get('unlabeled_per_batch', 0),
+      unlabeled_preprocess=pool_preprocess)
+
+
+def eval_inputs(config: Mapping, dataset: Dataset, split: str,
+                num_local_devices: Optional[int], process_index: int = 0,
+                process_count: int = 1) -> Iterator[Batch]:
+  """Every example of `split` once, in config.eval_batch_size batches padded with a 'valid' flag
+  (data.pipeline.eval_batches), as evaluation reads them."""
+  return eval_batches(getattr(dataset, split), config['eval_batch_size'], dataset.preprocess,
+                      seed=config['seed'], process_index=process_index,
+                      process_count=process_count, num_local_devices=num_local_devices,
+                      num_workers=config['data'].get('num_workers', 0))
