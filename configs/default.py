@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   # < 1: semi-supervised, only this fraction keeps its masks; with data.unlabeled_per_batch > 0
   # the others become an unlabelled pool (as data.unlabeled_dir's images would be).
   config.labeled_fraction = 1.0
+  config.labeled_only = False   # True: the images whose masks are hidden are not used at all.
   # The training method (segae_jax/training/objectives.py; docs/segmentation.md): 'supervised'
   # (config.loss; with a pool, reconstruction of every image), 'masked_rec', 'denoising',
   # 'fixmatch' / 'mean_teacher'; objective_params: its fields (e.g. threshold, ema_decay).

@@ -1,4 +1,5 @@
 """Shared fixtures. `make test` sets XLA_FLAGS=--xla_force_host_platform_device_count=4."""
+import json
 import os
 import shutil
 import subprocess
@@ -194,3 +195,19 @@ def untrained_run(name, **model):
                        np.zeros((1, 28, 28, 1), np.float32))
   return common.TrainedRun(config=config, model=net, variables=dict(variables), step=0,
                            checkpoint='latest', image_shape=(28, 28, 1), class_names=[])
+
+
+def cpu_env(devices):
+  """`devices` CPU devices for a subprocess, on any host (an accelerator host too: these tests
+  are about device counts and processes, not about the accelerator)."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'}
+
+
+def logged_step(workdir):
+  """The last train step written to metrics.jsonl (0 before the first)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  records = [json.loads(line) for line in open(path) if line.endswith('\n')]  # Whole lines.
+  return max((r['step'] for r in records if 'train/loss' in r), default=0)

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, ROOT, assert_trees_equal, run_train, saved_state, small_config
+from conftest import (ROOT, assert_trees_equal, cpu_env, logged_step, run_train, saved_state,
+                      small_config)
 from segae_jax.training import checkpoints, objectives
 from segae_jax import losses, models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
@@ -49,13 +50,6 @@ def _state(workdir, step=None):
   ckpt.close()
   return {'params': tree['train_state'].params, 'opt_state': tree['train_state'].opt_state,
           'step': tree['train_state'].step, 'rng': tree['rng']}
-
-
-def _env(devices):
-  """`devices` CPU devices for a subprocess, on any host (an accelerator host too: these tests
-  are about device counts and processes, not about the accelerator)."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'}
 
 
 # ----------------------------------------------------------------------------- non-finite steps
@@ -175,21 +169,12 @@ def _train_cmd(workdir, steps, *extra):
           f'--config.num_train_steps={steps}', *extra]
 
 
-def _logged_step(workdir):
-  """The last train step written to metrics.jsonl (0 before the first)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return 0
-  records = [json.loads(line) for line in open(path) if line.endswith('\n')]  # Whole lines.
-  return max((r['step'] for r in records if 'train/loss' in r), default=0)
-
-
 def _start_and_wait(workdir, steps, until_step, tfds_dir, *extra, devices=2):
   proc = subprocess.Popen(_train_cmd(workdir, steps, f'--config.data.tfds_dir={tfds_dir}', *extra),
-                          cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+                          cwd=ROOT, env=cpu_env(devices), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while _logged_step(workdir) < until_step:
+  while logged_step(workdir) < until_step:
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline
     time.sleep(0.05)
@@ -202,7 +187,7 @@ def reference_run(tmp_path_factory, tfds_dir):
   workdir = str(tmp_path_factory.mktemp('ref') / 'run')
   proc = subprocess.run(_train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}',
                                    '--config.checkpoint_every_steps=4'),
-                        cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+                        cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -219,7 +204,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(trial, tmp_path, t
   assert proc.returncode == -signal.SIGKILL
   rerun = subprocess.run(_train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}',
                                     '--config.checkpoint_every_steps=4'),
-                         cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   # Parameters, optimizer state, step and key, bit for bit; and the same final test metrics.
   assert_trees_equal(_state(reference_run), _state(workdir))
@@ -246,7 +231,7 @@ def test_preemption_saves_the_current_step_and_resumes(sig, tmp_path, tfds_dir, 
   ckpt.close()
   rerun = subprocess.run(_train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}',
                                     '--config.checkpoint_every_steps=1000'),
-                         cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert_trees_equal(_state(reference_run), _state(workdir))
 
@@ -273,7 +258,7 @@ def four_device_runs(tmp_path_factory, tfds_dir):
   runs = {}
   for parallel in ('pmap', 'jit'):
     workdir = str(tmp_path_factory.mktemp(f'four_{parallel}') / 'run')
-    proc = subprocess.run(_strategy_cmd(workdir, parallel, tfds_dir), cwd=ROOT, env=_env(4),
+    proc = subprocess.run(_strategy_cmd(workdir, parallel, tfds_dir), cwd=ROOT, env=cpu_env(4),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs[parallel] = workdir
@@ -295,7 +280,7 @@ def test_checkpoint_of_4_devices_continues_on_fewer(devices, parallel, tmp_path,
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns('results.json'))
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))  # Stopped after step 4's checkpoint.
-  rerun = subprocess.run(_strategy_cmd(workdir, parallel, tfds_dir), cwd=ROOT, env=_env(devices),
+  rerun = subprocess.run(_strategy_cmd(workdir, parallel, tfds_dir), cwd=ROOT, env=cpu_env(devices),
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   results = json.load(open(os.path.join(workdir, 'results.json')))
@@ -330,14 +315,14 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
   common = [f'--config.data.tfds_dir={tfds_dir}', f'--config.parallel={parallel}',
             '--config.checkpoint_every_steps=3']
   single = str(tmp_path / 'single')
-  proc = subprocess.run(_train_cmd(single, 6, *common), cwd=ROOT, env=_env(4),
+  proc = subprocess.run(_train_cmd(single, 6, *common), cwd=ROOT, env=cpu_env(4),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   multi = str(tmp_path / 'multi')
   port = _free_port()
   # Two processes compiling the same programs at once: without the session's compilation cache,
   # whose entries are not written atomically.
-  env = {k: v for k, v in _env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   procs = [subprocess.Popen(
       _train_cmd(multi, 6, *common, f'--coordinator_address=127.0.0.1:{port}',
                  f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
@@ -358,7 +343,7 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
   a, b = _state(single), _state(multi)
   assert_trees_equal(a['params'], b['params'], atol=MULTIHOST_ATOL)
   # The 2-process checkpoint restores in one process, which continues it.
-  proc = subprocess.run(_train_cmd(multi, 8, *common), cwd=ROOT, env=_env(1),
+  proc = subprocess.run(_train_cmd(multi, 8, *common), cwd=ROOT, env=cpu_env(1),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.load(open(os.path.join(multi, 'results.json')))['resumed_from_step'] == 6

@@ -16,7 +16,8 @@ from conftest import ROOT, assert_trees_equal, scenes_config, small_config
 from segae_jax import data, training
 from segae_jax.data import augment
 from test_data import png_source_with_a_cut_file
-from test_faults import _env, _start_and_wait, _state, _tiny_overrides, _train_cmd, reference_run
+from conftest import cpu_env
+from test_faults import _start_and_wait, _state, _tiny_overrides, _train_cmd, reference_run
 
 pytestmark = pytest.mark.faults
 __all__ = ['reference_run']  # A fixture, used by name below.
@@ -131,7 +132,7 @@ def test_sigkill_with_workers_then_rerun_is_bit_identical(tmp_path, tfds_dir, re
   assert not survivors, 'input workers outlived the killed training process'
 
   rerun = subprocess.run(_train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}', *extra),
-                         cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert_trees_equal(_state(reference_run), _state(workdir))
   results = json.load(open(os.path.join(workdir, 'results.json')))

@@ -7,6 +7,7 @@ labelled examples (every example when there is no pool), plus, with a pool, 'unl
 the weak view, and the views the objective asked for} of the pool's share; see data.views and
 segae_jax.training.objectives.
 """
+import dataclasses
 from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
 from segae_jax.data import augment
@@ -39,16 +40,21 @@ def configured_image_size(data_config: Mapping) -> Optional[Tuple[int, int]]:
 
 def run_dataset(config: Mapping) -> Dataset:
   """data.build(config.data) with the labelled fraction applied: with a pool (has_pool), the hidden
-  masks' images become the dataset's unlabelled pool; without one they stay in the training split
-  flagged 'labeled' = 0 (data.dataset.with_labeled_fraction).
+  masks' images become the dataset's unlabelled pool; with config.labeled_only they are dropped
+  (the run trains on the labelled images alone, e.g. a fine-tuning or a supervised baseline);
+  otherwise they stay in the training split flagged 'labeled' = 0
+  (data.dataset.with_labeled_fraction).
 
   Raises:
     UserInputError: as `build`, or a labelled fraction of a dataset without masks.
   """
   dataset = build(config['data'])
   if config['labeled_fraction'] < 1.0:
+    labeled_only = bool(config.get('labeled_only', False))
     dataset = with_labeled_fraction(dataset, config['labeled_fraction'], config['seed'],
-                                    as_pool=has_pool(config))
+                                    as_pool=has_pool(config) or labeled_only)
+    if labeled_only:
+      dataset = dataclasses.replace(dataset, unlabeled=None)
   return dataset
 
 

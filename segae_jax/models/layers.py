@@ -245,7 +245,7 @@ class SegmentationModel(nn.Module):
                            f'got {tuple(self.features)}')
     if not 0.0 <= self.dropout < 1.0:
       raise UserInputError(f'config.model.dropout must be in [0, 1), got {self.dropout}')
-    if self.num_classes < 1:
+    if self.segments and self.num_classes < 1:  # A model that only reconstructs has no classes.
       raise UserInputError(f'config.model.num_classes must be >= 1, got {self.num_classes}')
     check_divisible(self.image_shape, num_pools)
     return self.layers if self.layers is not None else layers_of(self)

@@ -337,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   Raises:
     UserInputError: invalid config, missing data, an unwritable workdir, a workdir holding a
-      checkpoint of another model, or checkpoints none of which reads back whole.
+      checkpoint of another model, checkpoints none of which reads back whole, or a fresh run's
+      config.init_from that it cannot start from (training.pretrained).
     TrainingDiverged: a non-finite loss, loss term or gradient with config.nonfinite='stop'
       (the state of that step is never checkpointed).
     Preempted: SIGTERM or SIGINT arrived; the current step was checkpointed and the save
@@ -345,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """
   validation.validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if config.get('init_from', '') and not checkpoints.steps_in(os.path.join(workdir, 'checkpoints')):
+    pretrained.check_source(config)  # A fresh run: its source is read before anything is built.
   _check_workdir_writable(workdir)
   run = setup(config, workdir)
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.

@@ -5,7 +5,7 @@ import jax
 import ml_collections
 
 from segae_jax import data, losses, models
-from segae_jax.training import objectives, optimizers, parallel, pretrained
+from segae_jax.training import objectives, optimizers, parallel
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
 
@@ -79,6 +79,9 @@ def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
   pool = data.has_pool(config)
   share = config.data.get('unlabeled_per_batch', 0)
   data.check_unlabeled_per_batch(share, config.batch_size, pool, jax.process_count())
+  if config.get('labeled_only', False) and share:
+    raise UserInputError(f'config.labeled_only drops the images without masks, but '
+                         f'config.data.unlabeled_per_batch={share} asks for them; set one')
   if config.data.get('unlabeled_dir', '') and config.labeled_fraction < 1.0:
     raise UserInputError(f'config.labeled_fraction={config.labeled_fraction} simulates '
                          f'unlabelled images by hiding masks; with config.data.unlabeled_dir '
@@ -87,8 +90,7 @@ def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
 
 def _check_objective(config: ml_collections.ConfigDict) -> None:
   """The objective's name and parameters (objectives.make, at the image size the config names
-  where it names one; setup checks again at the dataset's), its share of every batch, and the
-  run it starts from (config.init_from)."""
+  where it names one; setup checks again at the dataset's) and its share of every batch."""
   size = data.configured_image_size(config.data)
   objective = objectives.make(config, size or (0, 0), data.has_pool(config))
   share = config.data.get('unlabeled_per_batch', 0)
@@ -96,5 +98,3 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
     # Every device takes its share of the pool (and whole CutMix pairs of it).
     multiple = objective.pool_multiple
     parallel.check_batch_divisible(share, 'config.data.unlabeled_per_batch', multiple)
-  if config.get('init_from', ''):
-    pretrained.check_source(config)

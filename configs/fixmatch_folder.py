@@ -1,0 +1,20 @@
+"""FixMatch-style pseudo-labelling (configs/fixmatch_scenes.py) on your own images: a U-Net on a
+few labelled images (images_dir + masks_dir) and many unlabelled ones (unlabeled_dir, searched
+recursively), 16 of every batch of 32 from the pool.
+
+  python train.py --config=configs/fixmatch_folder.py --workdir=runs/fixmatch_mine \\
+    --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
+    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3
+"""
+from configs import fixmatch_scenes, folder
+
+
+def get_config():
+  config = folder.get_config()
+  config.data.unlabeled_dir = 'data/unlabeled'
+  config.data.unlabeled_per_batch = 16
+  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  config.batch_size = 32
+  config.objective = 'fixmatch'
+  config.objective_params = fixmatch_scenes.fixmatch_params()
+  return config

@@ -1,0 +1,16 @@
+"""Masked reconstruction (configs/masked_rec_scenes.py) on your own images: the SegAE of
+segae_folder_semisup.py, its unlabelled images seen with 60% of their 16x16 patches hidden (at the
+default 128x128; the patch must divide data.image_size).
+
+  python train.py --config=configs/masked_rec_folder.py --workdir=runs/masked_mine \\
+    --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
+    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3
+"""
+from configs import masked_rec_scenes, segae_folder_semisup
+
+
+def get_config():
+  config = segae_folder_semisup.get_config()
+  config.objective = 'masked_rec'
+  config.objective_params = masked_rec_scenes.masked_params(patch_size=16)
+  return config
