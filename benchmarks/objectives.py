@@ -21,7 +21,9 @@ Figures:
                        steps: alone (batch 2), with 6 pool scenes in every batch (batch 8) as
                        this code trains it (each part its own BatchNorm pass), and the same with
                        the code before the objective seam (one pass over the mixed batch; a
-                       checkout of BEFORE_SEAM, made with git archive).
+                       checkout of BEFORE_SEAM, made with git archive); then both again with the
+                       pool's images shifted (half contrast, brighter background: a pool from
+                       another source than the labelled and test images).
 
 One training at a time (several XLA processes on few cores are slower than their sum).
 """
@@ -110,6 +112,23 @@ def old_checkout(workdir: str) -> str:
   return target
 
 
+def shifted_pool(unlabeled: str) -> str:
+  """The pool's images at half their contrast on a brighter background (x / 2 + 100; as if
+  taken by another microscope or exposure), written once beside the pool."""
+  from PIL import Image
+  target = unlabeled.rstrip('/') + '_shifted'
+  if os.path.isfile(os.path.join(target, 'done')):
+    return target
+  for folder, _, names in os.walk(unlabeled):
+    for name in names:
+      image = np.asarray(Image.open(os.path.join(folder, name)), np.float32)
+      out = os.path.join(target, os.path.relpath(folder, unlabeled), name)
+      os.makedirs(os.path.dirname(out), exist_ok=True)
+      Image.fromarray((image / 2 + 100).astype(np.uint8)).save(out)
+  open(os.path.join(target, 'done'), 'w').close()
+  return target
+
+
 def bn_figures(lines, output: str, workdir: str, seeds: List[int], steps: int) -> None:
   paths = write_scenes_folders(os.path.join(workdir, 'scenes_folders'))
   folders = [f'--config.data.images_dir={paths["images"]}',
@@ -126,8 +145,11 @@ def bn_figures(lines, output: str, workdir: str, seeds: List[int], steps: int) -
           '--config.data.unlabeled_per_batch=6', '--config.batch_size=8']
   alone = ['--config.data.unlabeled_dir=', '--config.data.unlabeled_per_batch=0',
            '--config.batch_size=2']
+  shifted = [a.replace(paths['unlabeled'], shifted_pool(paths['unlabeled'])) for a in pool]
   variants = {'alone': (alone, ROOT), 'pool_separate_passes': (pool, ROOT),
-              'pool_one_pass_before_seam': (pool, old_checkout(workdir))}
+              'pool_one_pass_before_seam': (pool, old_checkout(workdir)),
+              'shifted_pool_separate_passes': (shifted, ROOT),
+              'shifted_pool_one_pass_before_seam': (shifted, old_checkout(workdir))}
   scores: Dict[str, List[float]] = {v: [] for v in variants}
   for seed in seeds:
     for variant, (args, root) in variants.items():

@@ -13,6 +13,9 @@ def scenes_data() -> ml_collections.ConfigDict:
       'num_train': 10000, 'num_test': 2000, 'min_objects': 1, 'max_objects': 4,
       'min_scale': 0.75, 'max_scale': 1.5, 'scenes_seed': 0,
       'augment': {'flip': True, 'crop_min_scale': 1.0, 'brightness': 0.0, 'contrast': 0.0},
+      # With labeled_fraction < 1: how many of each batch come from the scenes whose masks are
+      # hidden (a pool; 0 keeps them in the batches, flagged).
+      'unlabeled_per_batch': 0,
       **default.input_pipeline_fields(),
   })
 

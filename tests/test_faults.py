@@ -19,7 +19,7 @@ import pytest
 from conftest import (ROOT, assert_trees_equal, cpu_env, logged_step, run_train, saved_state,
                       small_config)
 from segae_jax.training import checkpoints, objectives
-from segae_jax import losses, models, training
+from segae_jax import models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
 
 # A small VAE on the real Fashion-MNIST: fast enough for several processes per test. No

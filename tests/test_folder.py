@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segae_jax.data import folder, local, pipeline, sources
+from segae_jax.data import folder, local, sources
 from segae_jax.errors import UserInputError
 
 HEIGHT, WIDTH = 20, 24  # Source files, stored at this size; the pipeline makes them 16x16.

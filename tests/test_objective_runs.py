@@ -11,8 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (ROOT, assert_trees_equal, run_train, saved_state, scenes_config,
-                      set_fields)
+from conftest import ROOT, assert_trees_equal, saved_state, scenes_config, set_fields
 from segae_jax import training
 from segae_jax.errors import UserInputError
 from segae_jax.training import checkpoints, pretrained

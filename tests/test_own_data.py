@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import set_fields
 from segae_jax import data, losses, training
-from segae_jax.data import image_folder, pipeline, sizing, sources
+from segae_jax.data import image_folder, sizing, sources
 from segae_jax.errors import UserInputError
 from segae_jax.tools import common, evaluate, tiling
 

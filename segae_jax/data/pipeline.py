@@ -61,7 +61,6 @@ class LoadBatch:
                                                  plan['position']))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class LoadMixedBatch:
   """A MixedPlan -> the labelled batch (`labeled`) with the pool's share under 'unlabeled'
@@ -276,6 +275,7 @@ class TrainIterator(Iterator[Batch]):
 
 @dataclasses.dataclass(frozen=True)
 class LoadEvalBatch:
+  """An EvalPlan -> the preprocessed batch with its 'valid' flags (float32 [batch])."""
   load: LoadBatch
 
   def __call__(self, plan: Mapping[str, Any]) -> Batch:

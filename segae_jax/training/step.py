@@ -14,8 +14,7 @@ import ml_collections
 import numpy as np
 
 from segae_jax.training import metrics as metrics_lib, objectives as objectives_lib
-from segae_jax.training.state import (TrainState, create_train_state, float32_outputs,
-                                      keep_if_finite, model_variables)
+from segae_jax.training.state import TrainState, float32_outputs, keep_if_finite
 from segae_jax import data, losses, models
 
 log = logging.getLogger(__name__)
