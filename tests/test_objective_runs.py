@@ -1,6 +1,7 @@
-"""Real trainings of the objective configs: the teacher's scenes config and its resume, a pool
-that weighs nothing; under `make test-faults` the other scenes configs, pretrain -> fine-tune with
-init_from, the folder configs on images written here and a SIGKILLed teacher run."""
+"""Real trainings of the objective configs (`make test-faults`, which CI runs): the teacher's
+scenes config and its resume, a pool that weighs nothing, the other scenes configs, pretrain ->
+fine-tune with init_from, the folder configs on images written here and a SIGKILLed teacher
+run."""
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ def _resume_copy(workdir, copy, step):
         shutil.rmtree(os.path.join(copy, directory, str(saved)))
 
 
+@pytest.mark.faults  # About 11 s; the default suite checks the teacher's step and state.
 def test_fixmatch_scenes_trains_and_its_teacher_resumes_bit_for_bit(tmp_path, tfds_dir):
   config = _pool_config(tfds_dir, 'fixmatch_scenes')
   workdir = str(tmp_path / 'run')
@@ -70,6 +72,7 @@ def test_reconstruction_objective_configs_train_on_scenes(tmp_path, tfds_dir, co
   assert any(term in line for line in lines)
 
 
+@pytest.mark.faults  # Two trainings, about 13 s.
 def test_a_pool_whose_terms_weigh_nothing_changes_nothing(tmp_path, tfds_dir):
   """The SegAE with alpha = 0 on the 16 labelled scenes, once alone (batch 8) and once with 8
   pool scenes in every batch: the same parameters, BatchNorm statistics and test metrics, bit
@@ -224,5 +227,6 @@ def test_fixmatch_killed_at_a_step_resumes_its_teacher_bit_for_bit(tmp_path, tfd
   assert 'teacher' in final['train_state']['objective_state']
   assert_trees_equal(final, saved_state(reference, 8))
   results = json.load(open(os.path.join(killed, 'results.json')))
-  assert results['resumed_from_step'] in (4, 6)
+  # A save in flight when the process died is not whole: the run resumes from the one before.
+  assert results['resumed_from_step'] in (2, 4, 6)
   assert results['test'] == json.load(open(os.path.join(reference, 'results.json')))['test']
