@@ -31,13 +31,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.own_data import emit, write_scenes_folders
+from benchmarks.own_data import emit, train, write_scenes_folders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE_SEAM = '6efdd2e'   # The last commit whose step was one pass over the whole batch.
@@ -54,21 +53,6 @@ RUNS = {
     'pretrain': ('pretrain_scenes', []),
     'finetune': ('finetune_scenes', ALONE),
 }
-
-
-def train(config: str, workdir: str, *overrides: str, root: str = ROOT) -> Dict:
-  """python <root>/train.py --config=configs/<config>.py --workdir=workdir overrides...; the
-  run's results.json (read back when it exists: the run is not repeated)."""
-  if not os.path.isfile(os.path.join(workdir, 'results.json')):
-    cmd = [sys.executable, os.path.join(root, 'train.py'), f'--config=configs/{config}.py',
-           f'--workdir={workdir}', *overrides]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-      raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
-    print(f'# {config} -> {workdir}: {time.perf_counter() - start:.0f} s', flush=True)
-  with open(os.path.join(workdir, 'results.json')) as f:
-    return json.load(f)
 
 
 def logged(workdir: str, key: str) -> List[List[float]]:

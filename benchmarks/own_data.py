@@ -48,13 +48,15 @@ def emit(lines: List[Dict], output: str, figure: Dict) -> None:
     f.write(json.dumps(figure) + '\n')
 
 
-def train(config: str, workdir: str, *overrides: str) -> Dict:
-  """python train.py --config=configs/<config>.py --workdir=workdir overrides...; results.json."""
+def train(config: str, workdir: str, *overrides: str, root: str = ROOT) -> Dict:
+  """python <root>/train.py --config=configs/<config>.py --workdir=workdir overrides...; the run's
+  results.json (read back when it exists: a finished run is not repeated, an interrupted one
+  resumes from its checkpoint). `root`: the checkout to run (default this one)."""
   if not os.path.isfile(os.path.join(workdir, 'results.json')):
-    cmd = [sys.executable, 'train.py', f'--config=configs/{config}.py', f'--workdir={workdir}',
-           *overrides]
+    cmd = [sys.executable, os.path.join(root, 'train.py'), f'--config=configs/{config}.py',
+           f'--workdir={workdir}', *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode:
       raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
     print(f'# {config} -> {workdir}: {time.perf_counter() - start:.0f} s', flush=True)
