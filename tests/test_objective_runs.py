@@ -54,6 +54,11 @@ def test_fixmatch_scenes_trains_and_its_teacher_resumes_bit_for_bit(tmp_path, tf
   assert set(teacher) == {'params', 'batch_stats'}
   assert not np.array_equal(jax.tree.leaves(teacher['params'])[0],
                             jax.tree.leaves(saved['train_state']['params'])[0])
+  # The tools (evaluate, predict, ...) restore the variables the run evaluated with: the teacher.
+  from segae_jax.tools import common
+  restored = common.load_run(workdir, 'latest')
+  assert_trees_equal(restored.variables['params'], teacher['params'])
+  assert_trees_equal(restored.variables['batch_stats'], teacher['batch_stats'])
   copy = str(tmp_path / 'resumed')
   _resume_copy(workdir, copy, 2)
   resumed = training.train_and_evaluate(_pool_config(tfds_dir, 'fixmatch_scenes'), copy)
