@@ -178,10 +178,10 @@ class RunSetup:
   meta: Dict[str, Any]
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
+def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
   """Builds the dataset, model, objective, strategy, initial state and training inputs of
-  `config`; a fresh run (no checkpoint in `workdir` yet) starts from config.init_from's
-  parameters when it is set (training.pretrained)."""
+  `config`; the initial state starts from the parameters of `source` (pretrained.check_source
+  of config.init_from: a fresh run that has one) when given."""
   dataset = data.run_dataset(config)
   # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
   model = build_model(config, dataset.image_shape, dataset.num_classes,
@@ -191,8 +191,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> RunSetup:
   _, schedule = optimizers.make_optimizer(config)
   init_rng, run_rng = run_keys(config.seed)
   state = create_train_state(config, model, dataset.image_shape, init_rng)
-  if not checkpoints.steps_in(os.path.join(workdir, 'checkpoints')):
-    state = pretrained.init_from(config, state)
+  if source is not None:
+    state = pretrained.init_from(config, state, source)
   state = objective.init_state(state)
   train_iter = data.train_inputs(config, dataset, objective.views(), strategy.device_axis_size,
                                  jax.process_index(), jax.process_count())
@@ -346,10 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """
   validation.validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  source = None
   if config.get('init_from', '') and not checkpoints.steps_in(os.path.join(workdir, 'checkpoints')):
-    pretrained.check_source(config)  # A fresh run: its source is read before anything is built.
+    source = pretrained.check_source(config)  # A fresh run: checked before anything is built.
   _check_workdir_writable(workdir)
-  run = setup(config, workdir)
+  run = setup(config, source)
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
     stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)

@@ -193,6 +193,12 @@ class Supervised(Objective):
     return metrics['loss'], metrics, stats
 
 
+def needs_pool(what: str) -> UserInputError:
+  """The one-line error of an objective that has no unlabelled images to train on."""
+  return UserInputError(f'{what} needs unlabelled images: set config.data.unlabeled_dir, or '
+                        'config.labeled_fraction < 1 with config.data.unlabeled_per_batch > 0')
+
+
 def _check_reconstructs(objective: Objective) -> None:
   """Raises UserInputError unless the model reconstructs and the run has unlabelled images to
   give it: a pool, or a model that does not segment (every image is then unlabelled to it)."""
@@ -202,9 +208,7 @@ def _check_reconstructs(objective: Objective) -> None:
                          f'rec_logits; model {facts.model!r} has none (use segae, unet_ae, '
                          'vae_unet, ae or vae)')
   if facts.segments and not facts.has_pool:
-    raise UserInputError(f'config.objective={name!r} with the segmenting model '
-                         f'{facts.model!r} needs unlabelled images: set config.data.unlabeled_dir, '
-                         'or config.labeled_fraction < 1 with config.data.unlabeled_per_batch > 0')
+    raise needs_pool(f'config.objective={name!r} with the segmenting model {facts.model!r}')
 
 
 @OBJECTIVES.register('masked_rec')
@@ -320,8 +324,9 @@ def confidence_mask(teacher_logits: jnp.ndarray, threshold: float):
 def cutmix(strong: jnp.ndarray, labels: jnp.ndarray, confidence: jnp.ndarray,
            box: jnp.ndarray):
   """CutMix inside pairs (swap_pairs): where box [n, h, w] is 1, example i takes its partner's
-  strong view [n, h, w, c], pseudo-labels and confidences [n, h, w], the same box for all three
-  (French et al., BMVC 2020). Returns the mixed (strong, labels, confidence)."""
+  strong view [n, h, w, c], pseudo-labels and confidences (or the confident mask) [n, h, w], the
+  same box for all three (French et al., BMVC 2020). Returns the mixed (strong, labels,
+  confidence)."""
   inside = box > 0
   return (jnp.where(inside[..., None], swap_pairs(strong), strong),
           jnp.where(inside, swap_pairs(labels), labels),
@@ -351,9 +356,7 @@ class PseudoLabel(Objective):
       raise UserInputError(f'config.objective={self.name!r} learns pseudo-labels: model '
                            f'{facts.model!r} does not segment')
     if not facts.has_pool:
-      raise UserInputError(f'config.objective={self.name!r} needs unlabelled images: set '
-                           'config.data.unlabeled_dir, or config.labeled_fraction < 1 with '
-                           'config.data.unlabeled_per_batch > 0')
+      raise needs_pool(f'config.objective={self.name!r}')
     views_lib.check_range(f'{where}.threshold', self.params['threshold'], 0.0, 1.0,
                           low_open=True)
     views_lib.check_range(f'{where}.ema_decay', self.params['ema_decay'], 0.0, 1.0,
@@ -412,11 +415,11 @@ class PseudoLabel(Objective):
     pool = batch['unlabeled']
     teacher_logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
                                     rngs=rngs)['seg_logits']
-    labels, confidence, _ = confidence_mask(
+    labels, _, confident = confidence_mask(
         jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)), self.params['threshold'])
-    strong, labels, confidence = cutmix(pool['strong'], labels, confidence, pool['cutmix'])
+    # Thresholding commutes with the mix: the box moves the confident mask with its labels.
+    strong, labels, confident = cutmix(pool['strong'], labels, confident, pool['cutmix'])
     student, _ = forward(state, params, strong, pool_rngs(rngs))
-    confident = (confidence >= self.params['threshold']).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(student['seg_logits'], labels)
     metrics['unlabeled_ce'] = jnp.mean(ce * confident)  # Divided by all pixels.
     metrics['confident_fraction'] = jnp.mean(confident)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.traverse_util
 import jax
@@ -27,8 +27,6 @@ from segae_jax.training import checkpoints
 from segae_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = ('latest', 'best')
 
 
 def source_checkpoint(workdir: str, which) -> Tuple[str, int]:
@@ -113,16 +111,18 @@ def check_source(config: ml_collections.ConfigDict) -> Tuple[str, int, ml_collec
   return directory, step, source
 
 
-def init_from(config: ml_collections.ConfigDict, state: TrainState) -> TrainState:
+def init_from(config: ml_collections.ConfigDict, state: TrainState,
+              checked: Optional[Tuple[str, int, ml_collections.ConfigDict]] = None) -> TrainState:
   """`state` with the parameters and BatchNorm statistics of config.init_from's checkpoint
   loaded (module doc) and a fresh optimizer state; `state` itself when init_from is ''.
+  `checked`: what check_source returned, if the caller has already called it.
 
   Raises:
     UserInputError: as check_source, shapes that do not match, or nothing to load.
   """
   if not config.get('init_from', ''):
     return state
-  directory, step, source = check_source(config)
+  directory, step, source = checked or check_source(config)
   workdir = os.path.dirname(directory)
   dont_load = list(config.get('init_dont_load', ()) or ())
   saved = checkpoints.Checkpointer(directory)
