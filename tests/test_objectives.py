@@ -362,6 +362,40 @@ def test_denoising_noises_the_input_and_targets_the_noise():
 # -------------------------------------------------------------------------------------------
 # Bad settings: one line each, before anything is built.
 
+def test_strong_supervised_mixes_labeled_pairs_with_their_masks_only_when_both_have_them():
+  n, h, w = 6, 5, 4
+  weak = np.zeros((n, h, w, 1), np.float32)
+  strong = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((n, h, w, 1))
+  seg = (np.arange(n, dtype=np.int32)[:, None, None] + 10) * np.ones((n, h, w), np.int32)
+  box = np.zeros((n, h, w), np.float32)
+  box[0, 1:3, 1:3] = 1   # Pair (0, 1): both labelled, 0 takes 1's pixels in the box.
+  box[3, :2, :] = 1      # Pair (2, 3): 3 takes 2's.
+  box[4, 2:, 2:] = 1     # Pair (4, 5): 5 has no mask, so nothing mixes.
+  labeled = np.array([1, 1, 1, 1, 1, 0], np.float32)
+  batch = {'image': weak, 'segmentation': seg, 'strong': strong, 'cutmix': box,
+           'labeled': labeled}
+  mixed = objectives.mixed_labeled(batch)
+  partner = np.array([1, 0, 3, 2, 5, 4])
+  for i in range(n):
+    source = np.where((box[i] > 0) & (i < 4), partner[i], i)
+    np.testing.assert_array_equal(mixed['image'][i, ..., 0], source)   # The strong view, mixed.
+    np.testing.assert_array_equal(mixed['segmentation'][i], source + 10)
+  without_flags = objectives.mixed_labeled({k: v for k, v in batch.items() if k != 'labeled'})
+  np.testing.assert_array_equal(without_flags['segmentation'][4],
+                                np.where(box[4] > 0, 15, 14))
+
+
+def test_strong_supervised_asks_the_labeled_part_for_the_strong_view_and_box(tfds_dir):
+  config = scenes_config(tfds_dir, 'unet_scenes', objective='supervised_strong')
+  from configs import fixmatch_scenes
+  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  made = objectives.make(config, SHAPE[:2], has_pool=False)
+  views_by_part = made.views()
+  assert list(views_by_part) == ['labeled']
+  assert [type(v) for v in views_by_part['labeled']] == [views.StrongView, views.CutMixBox]
+  assert made.labeled_multiple == 2 and made.pool_multiple == 1
+
+
 @pytest.mark.parametrize('objective,params,overrides,text', [
     ('nope', {}, {}, "unknown objective 'nope'"),
     ('fixmatch', {}, {'data.unlabeled_per_batch': 0, 'labeled_fraction': 1.0},
@@ -378,6 +412,12 @@ def test_denoising_noises_the_input_and_targets_the_noise():
     ('masked_rec', {}, {'model': {'name': 'unet', 'features': (8, 16)},
                         'loss': {'seg_ce': 1.0}}, 'has none'),
     ('fixmatch', {}, {'data.unlabeled_per_batch': 4}, 'into multiples of 2'),
+    ('supervised_strong', {}, {'data.unlabeled_per_batch': 0, 'labeled_fraction': 1.0,
+                               'batch_size': 4},
+     r'config.batch_size - config.data.unlabeled_per_batch=4 .* into multiples of 2'),
+    ('supervised_strong', {'cutmix_prob': 2.0}, {}, r'cutmix_prob=2.0'),
+    ('supervised_strong', {}, {'model': {'name': 'ae', 'features': (8, 16), 'latent_dim': 4},
+                               'loss': {'rec_mse': 1.0}}, 'does not segment'),
 ])
 def test_bad_objective_settings_are_one_line_errors(tfds_dir, objective, params, overrides, text):
   settings = {'objective': objective, 'labeled_fraction': 0.5, 'batch_size': 16,

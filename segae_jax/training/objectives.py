@@ -22,6 +22,8 @@ the views the objective asked for, data.views}). The objectives here:
                  error on the pool's images noised as x~ = (x + sigma * eps) / sqrt(1 + sigma^2)
                  (Brempong et al., CVPR-W 2022); for a model that does not segment, that error on
                  every image is the whole loss.
+  'supervised_strong'  as 'supervised', the labelled images seen through the strong view and
+                 CutMix'ed with their masks: the teacher methods' augmentation without a teacher.
   'fixmatch', 'mean_teacher'  weak-to-strong pseudo-labels: a teacher (the EMA of the student,
                  Tarvainen & Valpola, NeurIPS 2017; ema_decay 0: the student itself, as FixMatch,
                  Sohn et al., NeurIPS 2020) labels the weak view of each pool image where its
@@ -126,6 +128,11 @@ class Objective:
     """What each device's share of the pool must be a multiple of (CutMix pairs: 2)."""
     return 1
 
+  @property
+  def labeled_multiple(self) -> int:
+    """What each device's share of the labelled images must be a multiple of."""
+    return 1
+
   def init_state(self, state: TrainState) -> TrainState:
     """The initial state of a run (the objective's own state added, if any)."""
     return state
@@ -191,6 +198,59 @@ class Supervised(Objective):
     metrics.update(other_metrics)
     metrics['loss'] = seg_loss + other_loss
     return metrics['loss'], metrics, stats
+
+
+def cutmix_view(params: Mapping[str, Any]) -> views_lib.CutMixBox:
+  """The CutMix box of config.objective_params' cutmix_* fields."""
+  return views_lib.CutMixBox(params['cutmix_prob'], params['cutmix_min_area'],
+                             params['cutmix_max_area'], params['cutmix_min_aspect'])
+
+
+CUTMIX_DEFAULTS = {'cutmix_prob': 0.5, 'cutmix_min_area': 0.02, 'cutmix_max_area': 0.4,
+                   'cutmix_min_aspect': 0.3}
+
+
+def mixed_labeled(batch: Batch) -> Dict[str, Any]:
+  """The labelled batch seen through its strong view, CutMix'ed inside pairs (swap_pairs) with
+  its masks: 'image' [n, h, w, c] and 'segmentation' [n, h, w] take the partner's pixels inside
+  batch['cutmix']. A pair mixes only when both of its examples have masks (batch['labeled'],
+  when the batch flags them), so no pixel of a hidden mask is learnt."""
+  box = batch['cutmix'] > 0
+  if 'labeled' in batch:
+    both = (batch['labeled'] > 0) & (swap_pairs(batch['labeled']) > 0)
+    box = box & both.reshape((-1,) + (1,) * (box.ndim - 1))
+  strong, seg = batch['strong'], batch['segmentation']
+  return dict(batch, image=jnp.where(box[..., None], swap_pairs(strong), strong),
+              segmentation=jnp.where(box, swap_pairs(seg), seg))
+
+
+@OBJECTIVES.register('supervised_strong')
+class StrongSupervised(Supervised):
+  """'supervised' with the labelled images seen as the teacher methods see the pool: the strong
+  view (data.views.StrongView, config.data.strong_augment) CutMix'ed between pairs together with
+  their masks (French et al., BMVC 2020). The baseline that tells what pseudo-labels buy from
+  what their augmentation buys (Oliver et al., "Realistic Evaluation of Deep Semi-Supervised
+  Learning Algorithms", NeurIPS 2018, Sec. 3: the same augmentation for the baseline).
+  """
+  name = 'supervised_strong'
+  defaults = CUTMIX_DEFAULTS
+
+  def check(self) -> None:
+    if not self.facts.segments:
+      raise UserInputError(f'config.objective={self.name!r} augments masks: model '
+                           f'{self.facts.model!r} does not segment')
+    self.views()  # Checks the strong view's and the CutMix box's fields.
+
+  def views(self):
+    return {'labeled': [views_lib.StrongView.from_config(self.facts.strong_augment),
+                        cutmix_view(self.params)]}
+
+  @property
+  def labeled_multiple(self) -> int:
+    return 2 if self.params['cutmix_prob'] > 0 else 1
+
+  def loss(self, params, state, batch, rngs, axis_name):
+    return super().loss(params, state, mixed_labeled(batch), rngs, axis_name)
 
 
 def needs_pool(what: str) -> UserInputError:
@@ -346,8 +406,7 @@ class PseudoLabel(Objective):
   """
   name = 'fixmatch'
   defaults = {'ema_decay': 0.99, 'threshold': 0.95, 'unlabeled_weight': 1.0,
-              'rampup_fraction': 0.2, 'evaluate': 'teacher', 'cutmix_prob': 0.5,
-              'cutmix_min_area': 0.02, 'cutmix_max_area': 0.4, 'cutmix_min_aspect': 0.3}
+              'rampup_fraction': 0.2, 'evaluate': 'teacher', **CUTMIX_DEFAULTS}
   EVALUATE = ('teacher', 'student')
 
   def check(self) -> None:
@@ -369,11 +428,8 @@ class PseudoLabel(Objective):
     self.views()  # Checks the strong view's and the CutMix box's fields.
 
   def views(self):
-    p = self.params
-    return {'unlabeled': [
-        views_lib.StrongView.from_config(self.facts.strong_augment),
-        views_lib.CutMixBox(p['cutmix_prob'], p['cutmix_min_area'], p['cutmix_max_area'],
-                            p['cutmix_min_aspect'])]}
+    return {'unlabeled': [views_lib.StrongView.from_config(self.facts.strong_augment),
+                          cutmix_view(self.params)]}
 
   @property
   def pool_multiple(self) -> int:

@@ -98,3 +98,7 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
     # Every device takes its share of the pool (and whole CutMix pairs of it).
     multiple = objective.pool_multiple
     parallel.check_batch_divisible(share, 'config.data.unlabeled_per_batch', multiple)
+  if objective.labeled_multiple > 1:  # Whole CutMix pairs of labelled images on every device.
+    parallel.check_batch_divisible(config.batch_size - share,
+                                   'config.batch_size - config.data.unlabeled_per_batch',
+                                   objective.labeled_multiple)

@@ -1,0 +1,440 @@
+"""How much a mask is worth: a paired, multi-seed label-efficiency benchmark of the training
+methods (`python -m benchmarks.label_efficiency --workdir=DIR`; JSON lines, a Markdown table and a
+learning-curve PNG).
+
+Protocol (Oliver et al., "Realistic Evaluation of Deep Semi-Supervised Learning Algorithms",
+NeurIPS 2018, Sec. 3: one implementation, one tuning budget, equal steps, the final step):
+  data    fashion_mnist_scenes written as folders (images/, masks/): the 10,000 training scenes,
+          of which config.labeled_fraction (1% = 100, 5% = 500) keep their masks, drawn from
+          config.seed (data.dataset.labeled_subset), so every arm of one seed learns from the
+          same subset; the other scenes are the unlabelled pool where an arm uses one; the 2,000
+          test scenes.
+  arms    unet        configs/folder.py, supervised, today's augmentation (flips);
+          unet_strong configs/strong_folder.py: the same with the strong view and CutMix on the
+                      labelled images (objective 'supervised_strong');
+          segae_joint configs/segae_folder_semisup.py: joint reconstruction of every image;
+          rec         the better on the tuning split of masked_rec_folder.py / denoising_folder.py
+                      (both joint);
+          fixmatch    configs/fixmatch_folder.py: EMA teacher, threshold, CutMix.
+          Every arm: --steps optimizer steps, 16 labelled scenes per step (+ 16 pool scenes for
+          the arms with a pool), the configs' learning rate and schedule, seed k's
+          initialisation and subset, the scenes configs' augmentation (flips) as the weak view.
+  tuning  before the grid, one seed (TUNE_SEED) of a separate subset on a separate split: the
+          first 9,000 training scenes are its training images, the last 1,000 its validation
+          images (never the test split); TUNING lists the candidates; the best validation mIoU
+          of each group sets the grid's settings. Its runs and their cost are reported.
+  figures tune/<group>/<candidate>  validation mIoU, steps, train time.
+          run/<fraction>/<arm>/seed<k>  test mIoU at the final step, pixel accuracy, mean Dice,
+          train time, and the learning curve [[step, test mIoU], ...].
+          arm/<fraction>/<arm>  mean, sd over seeds; the paired difference to unet: mean and
+          its 95% interval (t over the seeds both arms finished); mean train time.
+
+Resumable: every run is a plain `python train.py` into its own workdir under DIR; a finished run
+(results.json) is read back, an unfinished one resumes from its last checkpoint, so the grid
+survives being stopped and started again. The JSON lines, the table and the PNG are rewritten
+from every finished run each time. One training at a time (several XLA processes on few cores are
+slower than their sum); nothing else should run while it does, as it reports wall times.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FRACTIONS = {'5pct': 0.05, '1pct': 0.01}
+LABELED_PER_STEP = 16
+TUNE_SEED = 100
+REFERENCE = 'unet'
+
+# name: (config, uses a pool, overrides); 'rec' is chosen by tuning (ARM_CHOICES).
+ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
+    'unet': ('folder', False, ()),
+    'unet_strong': ('strong_folder', False, ()),
+    'segae_joint': ('segae_folder_semisup', True, ()),
+    'rec': ('', True, ()),
+    'fixmatch': ('fixmatch_folder', True, ()),
+}
+ARM_CHOICES = {'rec': {'masked_rec': 'masked_rec_folder', 'denoising': 'denoising_folder'}}
+
+# Tuning: group -> {candidate: (arm config, overrides)}; the first candidate of a group is the
+# config's default. Each group's best candidate sets the overrides of its arm in the grid.
+TUNING: Dict[str, Dict[str, Tuple[str, Tuple[str, ...]]]] = {
+    'unet': {'default': ('folder', ())},
+    'segae_joint': {'alpha0.5': ('segae_folder_semisup', ()),
+                    'alpha0.2': ('segae_folder_semisup', ('--config.alpha=0.2',))},
+    'rec': {'masked_rec': ('masked_rec_folder', ()),
+            'masked_rec_ratio0.4': ('masked_rec_folder',
+                                    ('--config.objective_params.mask_ratio=0.4',)),
+            'denoising': ('denoising_folder', ())},
+    'fixmatch': {'default': ('fixmatch_folder', ()),
+                 'threshold0.8': ('fixmatch_folder', ('--config.objective_params.threshold=0.8',)),
+                 'ema0.999': ('fixmatch_folder', ('--config.objective_params.ema_decay=0.999',)),
+                 'rampup0.5': ('fixmatch_folder',
+                               ('--config.objective_params.rampup_fraction=0.5',))},
+}
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def write_layout(root: str, scenes: Mapping, train: Sequence[int],
+                 test: Tuple[str, Sequence[int]]) -> Dict[str, str]:
+  """Scenes as folders: root/images/{train,test}/*.png and root/masks/... (same stems), written
+  once (root/done marks a finished layout). `train`: indices into the training scenes; `test`:
+  (split, indices) of the test folder's scenes."""
+  paths = {'images': os.path.join(root, 'images'), 'masks': os.path.join(root, 'masks'),
+           'class_names_file': os.path.join(root, 'classes.txt')}
+  if os.path.isfile(os.path.join(root, 'done')):
+    return paths
+  for folder, (split, indices) in (('train', ('train', train)), ('test', test)):
+    source = scenes[split]
+    examples = source.__getitems__(np.asarray(indices))
+    for name, array in zip(indices, examples['image'][..., 0]):
+      save_png(os.path.join(paths['images'], folder, f'{split}{name:05d}.png'), array)
+    for name, array in zip(indices, examples['segmentation']):
+      save_png(os.path.join(paths['masks'], folder, f'{split}{name:05d}.png'), array)
+  with open(paths['class_names_file'], 'w') as f:
+    f.write('\n'.join(scenes['class_names']) + '\n')
+  open(os.path.join(root, 'done'), 'w').close()
+  return paths
+
+
+def write_layouts(workdir: str, num_train: int, num_test: int,
+                  num_validation: int) -> Dict[str, Dict[str, str]]:
+  """{'grid': every training scene + the test scenes, 'tune': the first num_train -
+  num_validation training scenes + the last num_validation as its test folder}."""
+  from segae_jax import data  # pylint: disable=import-outside-toplevel
+  built = data.build({'name': 'fashion_mnist_scenes', 'num_train': num_train,
+                      'num_test': num_test, 'tfds_dir': os.path.join(workdir, 'tfds_scenes'),
+                      'cache': 'memory'})
+  scenes = {'train': built.train, 'test': built.test, 'class_names': built.class_names}
+  fit = num_train - num_validation
+  return {'grid': write_layout(os.path.join(workdir, 'grid_data'), scenes, range(num_train),
+                               ('test', range(num_test))),
+          'tune': write_layout(os.path.join(workdir, 'tune_data'), scenes, range(fit),
+                               ('train', range(fit, num_train)))}
+
+
+def run_args(paths: Mapping[str, str], tfds_dir: str, fraction: float, seed: int, steps: int,
+             pool: bool, eval_every: int, labeled_per_step: int = LABELED_PER_STEP) -> List[str]:
+  """The overrides every run shares (data, subset, seed, schedule), then its batch."""
+  args = [f'--config.data.images_dir={paths["images"]}', f'--config.data.masks_dir={paths["masks"]}',
+          f'--config.data.class_names_file={paths["class_names_file"]}',
+          '--config.data.num_classes=11', '--config.data.channels=1',
+          '--config.data.image_size=(64, 64)', '--config.data.split=folders',
+          '--config.data.unlabeled_dir=',
+          # The scenes configs' augmentation as every arm's weak view: flips only.
+          '--config.data.augment.crop_min_scale=1.0', '--config.data.augment.brightness=0.0',
+          '--config.data.augment.contrast=0.0', '--config.eval_batch_size=200',
+          f'--config.labeled_fraction={fraction}', f'--config.seed={seed}',
+          f'--config.num_train_steps={steps}', f'--config.eval_every_steps={eval_every}',
+          f'--config.checkpoint_every_steps={eval_every}',
+          f'--config.data.tfds_dir={tfds_dir}']
+  if pool:
+    return args + [f'--config.data.unlabeled_per_batch={labeled_per_step}',
+                   f'--config.batch_size={2 * labeled_per_step}']
+  return args + ['--config.labeled_only=True', f'--config.batch_size={labeled_per_step}']
+
+
+def train(config: str, workdir: str, overrides: Sequence[str],
+          env: Optional[Mapping[str, str]] = None) -> Dict:
+  """python train.py --config=configs/<config>.py --workdir=workdir overrides...: the run's
+  results.json, read back when it exists (a finished run is not repeated; an unfinished one
+  resumes from its last checkpoint). The wall seconds of every invocation, compilation and
+  evaluations included, add up in workdir/wall_time.json (train_time_s of results.json counts
+  the last process's steps only)."""
+  results = finished(workdir)
+  if results is not None:
+    return results
+  cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config=configs/{config}.py',
+         f'--workdir={workdir}', *overrides]
+  start = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+  os.makedirs(workdir, exist_ok=True)
+  wall = wall_time(workdir) + time.perf_counter() - start
+  with open(os.path.join(workdir, 'wall_time.json'), 'w') as f:
+    json.dump({'wall_s': wall}, f)
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
+  print(f'# {config} -> {workdir}: {wall:.0f} s', flush=True)
+  return finished(workdir)
+
+
+def wall_time(workdir: str) -> float:
+  """The wall seconds spent on a run so far (0 before its first invocation)."""
+  path = os.path.join(workdir, 'wall_time.json')
+  if not os.path.isfile(path):
+    return 0.0
+  with open(path) as f:
+    return float(json.load(f)['wall_s'])
+
+
+def curve(workdir: str, key: str = 'test/miou') -> List[List[float]]:
+  """[[step, value], ...] of an evaluation metric in a run's metrics.jsonl."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [[r['step'], r[key]] for r in map(json.loads, f) if key in r]
+
+
+def finished(workdir: str) -> Optional[Dict]:
+  """The run's results.json, or None when it has not finished."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_row(figure: str, workdir: str, results: Mapping) -> Dict:
+  test = results['test']
+  return {'figure': figure, 'miou': test['miou'], 'pixel_accuracy': test['pixel_accuracy'],
+          'mean_dice': test['mean_dice'], 'steps': results['step'],
+          'train_time_s': results['train_time_s'], 'wall_s': wall_time(workdir),
+          'curve': curve(workdir)}
+
+
+def paired_interval(arm: Sequence[float], reference: Sequence[float],
+                    confidence: float = 0.95) -> Dict[str, float]:
+  """The mean paired difference arm - reference over seeds and its two-sided t interval:
+  mean(d) +- t_{(1 + confidence) / 2, n - 1} * sd(d) / sqrt(n), d the per-seed differences
+  (Student's t; needs n >= 2 pairs, else the bounds are NaN)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  d = np.asarray(arm, np.float64) - np.asarray(reference, np.float64)
+  n = len(d)
+  if n < 2:
+    return {'mean': float(d.mean()) if n else float('nan'), 'low': float('nan'),
+            'high': float('nan'), 'pairs': n}
+  half = stats.t.ppf((1 + confidence) / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
+  return {'mean': float(d.mean()), 'low': float(d.mean() - half),
+          'high': float(d.mean() + half), 'pairs': n}
+
+
+def summarise(rows: Iterable[Mapping]) -> List[Dict]:
+  """arm/<fraction>/<arm> rows from the run/<fraction>/<arm>/seed<k> rows."""
+  by_arm: Dict[Tuple[str, str], Dict[int, Mapping]] = {}
+  for row in rows:
+    _, fraction, arm, seed = row['figure'].split('/')
+    by_arm.setdefault((fraction, arm), {})[int(seed[len('seed'):])] = row
+  out = []
+  for (fraction, arm), seeds in sorted(by_arm.items()):
+    mious = [seeds[s]['miou'] for s in sorted(seeds)]
+    reference = by_arm.get((fraction, REFERENCE), {})
+    paired = sorted(set(seeds) & set(reference))
+    out.append({
+        'figure': f'arm/{fraction}/{arm}', 'seeds': sorted(seeds),
+        'miou_mean': float(np.mean(mious)),
+        'miou_sd': float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
+        'difference_to_unet': paired_interval([seeds[s]['miou'] for s in paired],
+                                              [reference[s]['miou'] for s in paired]),
+        'wall_s_mean': float(np.mean([seeds[s]['wall_s'] for s in seeds]))})
+  return out
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
+  """All rows, replacing the file at once (a stopped harness leaves the previous one)."""
+  date = time.strftime('%Y-%m-%d')
+  with open(path + '.tmp', 'w') as f:
+    for row in rows:
+      f.write(json.dumps({'date': date, **row}) + '\n')
+  os.replace(path + '.tmp', path)
+
+
+def best_candidates(tune_rows: Iterable[Mapping]) -> Dict[str, str]:
+  """{group: its candidate with the highest validation mIoU}."""
+  best: Dict[str, Tuple[float, str]] = {}
+  for row in tune_rows:
+    _, group, candidate = row['figure'].split('/')
+    if group not in best or row['miou'] > best[group][0]:
+      best[group] = (row['miou'], candidate)
+  return {group: candidate for group, (_, candidate) in best.items()}
+
+
+def arm_settings(best: Mapping[str, str]) -> Dict[str, Tuple[str, bool, Tuple[str, ...]]]:
+  """{arm: (config, uses a pool, overrides)}: ARMS with the tuned arms' winners.
+
+  Raises:
+    RuntimeError: an arm to tune has no tuning result yet (run --only=tune first).
+  """
+  out = {}
+  for arm, (config, pool, overrides) in ARMS.items():
+    if arm not in TUNING and not config:
+      continue
+    if arm in TUNING and arm != REFERENCE:
+      if arm not in best:
+        continue  # Not tuned in this workdir (not among --arms).
+      config, overrides = TUNING[arm][best[arm]]
+    out[arm] = (config, pool, tuple(overrides))
+  return out
+
+
+class Harness:
+  """The tuning runs and the grid over one workdir (see the module doc)."""
+
+  def __init__(self, args: argparse.Namespace, env: Optional[Mapping[str, str]] = None):
+    self.args, self.env = args, env
+    os.makedirs(args.workdir, exist_ok=True)
+    self.layouts = write_layouts(args.workdir, args.num_train, args.num_test,
+                                 args.num_validation)
+
+  def run(self, layout: str, config: str, run_dir: str, fraction: float, seed: int,
+          steps: int, pool: bool, eval_every: int, overrides: Sequence[str]) -> Dict:
+    args = run_args(self.layouts[layout], os.path.join(self.args.workdir, f'tfds_{layout}'),
+                    fraction, seed, steps, pool, eval_every, self.args.labeled_per_step)
+    return train(config, run_dir, [*args, *overrides, *self.args.override], self.env)
+
+  def tune(self) -> List[Dict]:
+    rows, a = [], self.args
+    for group, candidates in TUNING.items():
+      if group not in a.arms:
+        continue
+      for candidate, (config, overrides) in candidates.items():
+        run_dir = os.path.join(a.workdir, 'tune', group, candidate)
+        results = self.run('tune', config, run_dir, FRACTIONS['5pct'], TUNE_SEED,
+                           a.tune_steps, group != REFERENCE, a.tune_steps, overrides)
+        rows.append(run_row(f'tune/{group}/{candidate}', run_dir, results))
+    return rows
+
+  def grid_runs(self) -> List[Tuple[str, str, int]]:
+    """(fraction, arm, seed) in the order they run: seed by seed, so that a stopped grid still
+    pairs every arm; then the extra seeds of the extra arms."""
+    a = self.args
+    order = [(f, arm, s) for s in a.seeds for f in a.fractions for arm in a.arms]
+    order += [(a.extra_fraction, arm, s) for s in a.extra_seeds for arm in a.extra_arms
+              if arm in a.arms]
+    return order
+
+  def grid(self, tune_rows: Sequence[Mapping]) -> List[Dict]:
+    a, rows = self.args, []
+    settings = arm_settings(best_candidates(tune_rows))
+    for fraction, arm, seed in self.grid_runs():
+      config, pool, overrides = settings[arm]
+      run_dir = os.path.join(a.workdir, 'runs', fraction, arm, f'seed{seed}')
+      results = self.run('grid', config, run_dir, FRACTIONS[fraction], seed, a.steps, pool,
+                         a.eval_every, overrides)
+      rows.append(run_row(f'run/{fraction}/{arm}/seed{seed}', run_dir, results))
+      self.write(tune_rows, rows)
+    return rows
+
+  def write(self, tune_rows: Sequence[Mapping], rows: Sequence[Mapping]) -> None:
+    """The JSON lines, the table and the learning curves of every finished run so far."""
+    summary = summarise(rows)
+    write_jsonl(self.args.output, [*tune_rows, *rows, *summary])
+    with open(self.args.table, 'w') as f:
+      f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows)))
+    if rows:
+      plot_curves(rows, self.args.plot)
+
+
+def fmt_interval(d: Mapping[str, float]) -> str:
+  if not d['pairs']:
+    return '–'
+  if d['pairs'] < 2:
+    return f'{100 * d["mean"]:+.1f} (1 seed)'
+  return f'{100 * d["mean"]:+.1f} [{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]'
+
+
+def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
+                   best: Mapping[str, str]) -> str:
+  """The grid's table (mIoU in points: mean ± sd over seeds; the paired difference to unet
+  with its 95% t interval) and the tuning runs'."""
+  lines = ['| labels | arm | test mIoU (final step) | seeds | Δ to unet, 95% interval | '
+           'wall s / run |', '|---|---|---|---|---|---|']
+  for row in summary:
+    _, fraction, arm = row['figure'].split('/')
+    sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
+    lines.append(f'| {fraction} | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
+                 f'{len(row["seeds"])} | {fmt_interval(row["difference_to_unet"])} | '
+                 f'{row["wall_s_mean"]:.0f} |')
+  lines += ['', '| tuning group | candidate | validation mIoU | wall s | chosen |',
+            '|---|---|---|---|---|']
+  for row in tune_rows:
+    _, group, candidate = row['figure'].split('/')
+    chosen = 'yes' if best.get(group) == candidate else ''
+    lines.append(f'| {group} | {candidate} | {100 * row["miou"]:.1f} | {row["wall_s"]:.0f} | '
+                 f'{chosen} |')
+  total = sum(r['wall_s'] for r in tune_rows)
+  lines.append(f'\nTuning: {len(tune_rows)} runs, {total / 60:.0f} min of these cores.\n')
+  return '\n'.join(lines)
+
+
+def plot_curves(rows: Sequence[Mapping], path: str) -> None:
+  """test mIoU against steps, the mean over seeds of each arm, one panel per label fraction."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  curves: Dict[str, Dict[str, List[List[List[float]]]]] = {}
+  for row in rows:
+    _, fraction, arm, _ = row['figure'].split('/')
+    curves.setdefault(fraction, {}).setdefault(arm, []).append(row['curve'])
+  fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+  for ax, (fraction, arms) in zip(axes[0], sorted(curves.items(), reverse=True)):
+    for arm, runs in arms.items():
+      steps = sorted(set.intersection(*[{s for s, _ in run} for run in runs]))
+      mean = [np.mean([dict(map(tuple, run))[s] for run in runs]) for s in steps]
+      ax.plot(steps, mean, marker='o', label=f'{arm} ({len(runs)} seeds)')
+    ax.set(title=f'{fraction} of the masks', xlabel='optimizer step', ylabel='test mIoU')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ints = lambda text: [int(s) for s in text.split(',') if s]
+  names = lambda text: [s for s in text.split(',') if s]
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='Datasets and runs go here.')
+  parser.add_argument('--only', choices=['tune', 'grid'], default='grid',
+                      help='tune: the tuning runs alone; grid: tuning, then the grid.')
+  parser.add_argument('--arms', type=names, default=list(ARMS))
+  parser.add_argument('--steps', type=int, default=1000, help='Optimizer steps of a grid run.')
+  parser.add_argument('--eval_every', type=int, default=200, help='Learning-curve points.')
+  parser.add_argument('--tune_steps', type=int, default=500)
+  parser.add_argument('--labeled_per_step', type=int, default=LABELED_PER_STEP)
+  parser.add_argument('--seeds', type=ints, default=[0, 1, 2])
+  parser.add_argument('--fractions', type=names, default=list(FRACTIONS))
+  parser.add_argument('--extra_seeds', type=ints, default=[3, 4])
+  parser.add_argument('--extra_arms', type=names, default=['unet', 'fixmatch'])
+  parser.add_argument('--extra_fraction', default='5pct')
+  parser.add_argument('--override', action='append', default=[],
+                      help='A config override for every run (e.g. a smaller model); repeatable.')
+  parser.add_argument('--num_train', type=int, default=10_000)
+  parser.add_argument('--num_test', type=int, default=2_000)
+  parser.add_argument('--num_validation', type=int, default=1_000)
+  bench = os.path.join(ROOT, 'benchmarks')
+  parser.add_argument('--output', default=os.path.join(bench, 'label_efficiency.jsonl'))
+  parser.add_argument('--table', default=os.path.join(bench, 'label_efficiency.md'))
+  parser.add_argument('--plot', default=os.path.join(ROOT, 'docs', 'img',
+                                                     'label_efficiency.png'))
+  args = parser.parse_args(argv)
+  unknown = sorted(set(args.fractions + [args.extra_fraction]) - set(FRACTIONS))
+  if unknown:
+    parser.error(f'--fractions: unknown {", ".join(unknown)}; known: {", ".join(FRACTIONS)}')
+  unknown = sorted(set(args.arms + args.extra_arms) - set(ARMS))
+  if unknown or REFERENCE not in args.arms:
+    parser.error(f'--arms: unknown {", ".join(unknown) or "none"}; known: {", ".join(ARMS)} '
+                 f'(with {REFERENCE}, the reference)')
+  return args
+
+
+def main(argv=None, env: Optional[Mapping[str, str]] = None) -> None:
+  args = parse_args(argv)
+  harness = Harness(args, env)
+  tune_rows = harness.tune()  # Read back once done: the grid's settings come from it.
+  harness.write(tune_rows, [])
+  if args.only == 'grid':
+    harness.grid(tune_rows)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,20 @@
+"""The U-Net of folder.py on your own labelled images, seen through the teacher methods'
+augmentation: the strong view of configs/fixmatch_scenes.py (brightness / contrast / gamma,
+blur, noise) CutMix'ed between pairs of images together with their masks (objective
+'supervised_strong'). No unlabelled images: the baseline that shows what fixmatch_folder.py's
+pseudo-labels add beyond their augmentation (benchmarks/label_efficiency.py).
+
+  python train.py --config=configs/strong_folder.py --workdir=runs/strong_mine \\
+    --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
+    --config.data.num_classes=3
+"""
+from configs import fixmatch_scenes, folder
+
+
+def get_config():
+  config = folder.get_config()
+  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  config.objective = 'supervised_strong'
+  config.objective_params = {
+      k: v for k, v in fixmatch_scenes.fixmatch_params().items() if k.startswith('cutmix_')}
+  return config

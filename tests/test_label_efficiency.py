@@ -1,0 +1,129 @@
+"""benchmarks/label_efficiency.py: its statistics by hand, and the harness on a tiny grid of real
+runs (paired subsets, finished runs read back, an interrupted run resumed)."""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks import label_efficiency as le
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_interval_by_hand():
+  # d = (0.05, 0.08, 0.08): mean 0.07, sd sqrt(0.0006 / 2) = 0.0173205, t(0.975, 2) = 4.3026527
+  # (scipy-free value from tables), half width 4.3026527 * 0.0173205 / sqrt(3) = 0.0430265.
+  d = le.paired_interval([0.50, 0.55, 0.60], [0.45, 0.47, 0.52])
+  assert d['pairs'] == 3
+  np.testing.assert_allclose([d['mean'], d['low'], d['high']],
+                             [0.07, 0.07 - 0.0430265, 0.07 + 0.0430265], atol=1e-6)
+  one = le.paired_interval([0.5], [0.4])
+  assert one['pairs'] == 1 and np.isclose(one['mean'], 0.1) and np.isnan(one['low'])
+
+
+def _row(fraction, arm, seed, miou):
+  return {'figure': f'run/{fraction}/{arm}/seed{seed}', 'miou': miou, 'wall_s': 10.0 * seed,
+          'curve': [[1, miou / 2], [2, miou]]}
+
+
+def test_summary_pairs_only_the_seeds_both_arms_finished():
+  rows = [_row('5pct', 'unet', s, m) for s, m in ((0, 0.40), (1, 0.42), (2, 0.44))]
+  rows += [_row('5pct', 'fixmatch', s, m) for s, m in ((0, 0.45), (1, 0.50), (3, 0.9))]
+  summary = {r['figure']: r for r in le.summarise(rows)}
+  fixmatch = summary['arm/5pct/fixmatch']
+  assert fixmatch['seeds'] == [0, 1, 3]
+  np.testing.assert_allclose(fixmatch['miou_mean'], (0.45 + 0.50 + 0.9) / 3)
+  # Paired over seeds 0 and 1 only: d = (0.05, 0.08), mean 0.065, sd 0.0212132, t(0.975, 1)
+  # = 12.7062047, half width 12.7062047 * 0.0212132 / sqrt(2) = 0.190593.
+  d = fixmatch['difference_to_unet']
+  assert d['pairs'] == 2
+  np.testing.assert_allclose([d['mean'], d['low'], d['high']],
+                             [0.065, 0.065 - 0.190593, 0.065 + 0.190593], atol=1e-5)
+  table = le.markdown_table(le.summarise(rows), [], {})
+  assert '| 5pct | fixmatch | 61.7 ± 24.7 | 3 | +6.5 [-12.6, +25.6] | 13 |' in table
+
+
+def test_tuning_winners_set_the_arms_of_the_grid():
+  tune = [{'figure': 'tune/rec/masked_rec', 'miou': 0.40},
+          {'figure': 'tune/rec/denoising', 'miou': 0.43},
+          {'figure': 'tune/fixmatch/default', 'miou': 0.45},
+          {'figure': 'tune/fixmatch/threshold0.8', 'miou': 0.44}]
+  best = le.best_candidates(tune)
+  assert best == {'rec': 'denoising', 'fixmatch': 'default'}
+  settings = le.arm_settings(best)
+  assert settings['rec'] == ('denoising_folder', True, ())
+  assert settings['fixmatch'] == ('fixmatch_folder', True, ())
+  assert settings['unet'] == ('folder', False, ()) and 'segae_joint' not in settings
+
+
+TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',
+        '--steps=30', '--eval_every=10', '--tune_steps=2', '--num_train=100', '--num_test=20',
+        '--num_validation=20', '--labeled_per_step=2', '--override=--config.model.features=(8,16)',
+        '--override=--config.log_every_steps=1', '--override=--config.eval_batch_size=20']
+
+
+def _harness(workdir):
+  return [sys.executable, '-m', 'benchmarks.label_efficiency', f'--workdir={workdir}', *TINY,
+          f'--output={workdir}/out.jsonl', f'--table={workdir}/table.md',
+          f'--plot={workdir}/curves.png']
+
+
+@pytest.mark.faults
+def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interrupted_one(
+    tmp_path):
+  """2 arms x 2 seeds of 30 steps on 100 tiny scenes: the harness killed inside its first grid
+  run, then run to the end and once more."""
+  from conftest import cpu_env, logged_step
+  from segae_jax import data
+  workdir = str(tmp_path / 'le')
+  first = os.path.join(workdir, 'runs', '5pct', 'unet', 'seed0')
+  proc = subprocess.Popen(_harness(workdir), cwd=ROOT, env=cpu_env(1), start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while logged_step(first) < 15:  # A checkpoint at step 10, none at 20 yet.
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)  # The harness and its train.py.
+  proc.communicate()
+  assert not os.path.exists(os.path.join(first, 'results.json'))
+
+  done = subprocess.run(_harness(workdir), cwd=ROOT, env=cpu_env(1), capture_output=True,
+                        text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.load(open(os.path.join(first, 'results.json')))['resumed_from_step'] == 10
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'out.jsonl'))]
+  runs = {r['figure']: r for r in rows if r['figure'].startswith('run/')}
+  assert sorted(runs) == [f'run/5pct/{a}/seed{s}' for a in ('unet', 'unet_strong')
+                          for s in (0, 1)]
+  assert all([step for step, _ in r['curve']] == [10, 20, 30] for r in runs.values())
+  # Paired: every arm of a seed trains on the same images with the same subset and seed.
+  configs = {f: json.load(open(os.path.join(workdir, f.replace('run/', 'runs/'),
+                                            'config.json'))) for f in runs}
+  for seed in (0, 1):
+    same = [configs[f'run/5pct/{arm}/seed{seed}'] for arm in ('unet', 'unet_strong')]
+    for key in ('seed', 'labeled_fraction'):
+      assert same[0][key] == same[1][key]
+    assert same[0]['data']['images_dir'] == same[1]['data']['images_dir']
+    assert same[1]['objective'] == 'supervised_strong'
+  subsets = [set(data.labeled_subset(100, 0.05, s).tolist()) for s in (0, 1)]
+  assert len(subsets[0]) == 5 and subsets[0] != subsets[1]  # Per seed, not one for all.
+  summary = [r for r in rows if r['figure'] == 'arm/5pct/unet_strong'][0]
+  assert summary['difference_to_unet']['pairs'] == 2
+  assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 0
+
+  stamps = {f: os.path.getmtime(os.path.join(workdir, f.replace('run/', 'runs/'),
+                                             'results.json')) for f in runs}
+  again = subprocess.run(_harness(workdir), cwd=ROOT, env=cpu_env(1), capture_output=True,
+                         text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert '# ' not in again.stdout   # No run was started again.
+  assert stamps == {f: os.path.getmtime(os.path.join(workdir, f.replace('run/', 'runs/'),
+                                                     'results.json')) for f in runs}
+  assert [json.loads(line) for line in open(os.path.join(workdir, 'out.jsonl'))] == rows
