@@ -52,7 +52,8 @@ LABELED_PER_STEP = 16
 TUNE_SEED = 100
 REFERENCE = 'unet'
 
-# name: (config, uses a pool, overrides); 'rec' is chosen by tuning (ARM_CHOICES).
+# name: (config, uses a pool, overrides); an arm with a TUNING group takes its winner's config
+# and overrides ('rec': masked_rec_folder or denoising_folder).
 ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
     'unet': ('folder', False, ()),
     'unet_strong': ('strong_folder', False, ()),
@@ -60,7 +61,6 @@ ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
     'rec': ('', True, ()),
     'fixmatch': ('fixmatch_folder', True, ()),
 }
-ARM_CHOICES = {'rec': {'masked_rec': 'masked_rec_folder', 'denoising': 'denoising_folder'}}
 
 # Tuning: group -> {candidate: (arm config, overrides)}; the first candidate of a group is the
 # config's default. Each group's best candidate sets the overrides of its arm in the grid.
@@ -265,8 +265,6 @@ def arm_settings(best: Mapping[str, str]) -> Dict[str, Tuple[str, bool, Tuple[st
   """
   out = {}
   for arm, (config, pool, overrides) in ARMS.items():
-    if arm not in TUNING and not config:
-      continue
     if arm in TUNING and arm != REFERENCE:
       if arm not in best:
         continue  # Not tuned in this workdir (not among --arms).

@@ -200,10 +200,17 @@ class Supervised(Objective):
     return metrics['loss'], metrics, stats
 
 
-def cutmix_view(params: Mapping[str, Any]) -> views_lib.CutMixBox:
-  """The CutMix box of config.objective_params' cutmix_* fields."""
-  return views_lib.CutMixBox(params['cutmix_prob'], params['cutmix_min_area'],
-                             params['cutmix_max_area'], params['cutmix_min_aspect'])
+def strong_views(facts: RunFacts, params: Mapping[str, Any]) -> list:
+  """[the strong view of config.data.strong_augment, the CutMix box of the objective's cutmix_*
+  fields]: what the teacher's pool and the strong baseline's labelled images are seen as."""
+  return [views_lib.StrongView.from_config(facts.strong_augment),
+          views_lib.CutMixBox(params['cutmix_prob'], params['cutmix_min_area'],
+                              params['cutmix_max_area'], params['cutmix_min_aspect'])]
+
+
+def pair_multiple(params: Mapping[str, Any]) -> int:
+  """2 when CutMix mixes pairs (each device's share must hold whole pairs), else 1."""
+  return 2 if params['cutmix_prob'] > 0 else 1
 
 
 CUTMIX_DEFAULTS = {'cutmix_prob': 0.5, 'cutmix_min_area': 0.02, 'cutmix_max_area': 0.4,
@@ -242,12 +249,11 @@ class StrongSupervised(Supervised):
     self.views()  # Checks the strong view's and the CutMix box's fields.
 
   def views(self):
-    return {'labeled': [views_lib.StrongView.from_config(self.facts.strong_augment),
-                        cutmix_view(self.params)]}
+    return {'labeled': strong_views(self.facts, self.params)}
 
   @property
   def labeled_multiple(self) -> int:
-    return 2 if self.params['cutmix_prob'] > 0 else 1
+    return pair_multiple(self.params)
 
   def loss(self, params, state, batch, rngs, axis_name):
     return super().loss(params, state, mixed_labeled(batch), rngs, axis_name)
@@ -428,12 +434,11 @@ class PseudoLabel(Objective):
     self.views()  # Checks the strong view's and the CutMix box's fields.
 
   def views(self):
-    return {'unlabeled': [views_lib.StrongView.from_config(self.facts.strong_augment),
-                          cutmix_view(self.params)]}
+    return {'unlabeled': strong_views(self.facts, self.params)}
 
   @property
   def pool_multiple(self) -> int:
-    return 2 if self.params['cutmix_prob'] > 0 else 1
+    return pair_multiple(self.params)
 
   @property
   def rampup_steps(self) -> int:
