@@ -28,7 +28,9 @@ NeurIPS 2018, Sec. 3: one implementation, one tuning budget, equal steps, the fi
           run/<fraction>/<arm>/seed<k>  test mIoU at the final step, pixel accuracy, mean Dice,
           train time, and the learning curve [[step, test mIoU], ...].
           arm/<fraction>/<arm>  mean, sd over seeds; the paired difference to unet: mean and
-          its 95% interval (t over the seeds both arms finished); mean train time.
+          its 95% interval (t over the seeds both arms finished); mean wall time per run.
+          long/<fraction>/<arm>/seed<k>  after the grid, a few arms at --long_steps: where the
+          reference's learning curve flattens, and whether a gap holds at a longer budget.
 
 Resumable: every run is a plain `python train.py` into its own workdir under DIR; a finished run
 (results.json) is read back, an unfinished one resumes from its last checkpoint, so the grid
@@ -225,10 +227,14 @@ def summarise(rows: Iterable[Mapping]) -> List[Dict]:
   """arm/<fraction>/<arm> rows from the run/<fraction>/<arm>/seed<k> rows."""
   by_arm: Dict[Tuple[str, str], Dict[int, Mapping]] = {}
   for row in rows:
-    _, fraction, arm, seed = row['figure'].split('/')
+    kind, fraction, arm, seed = row['figure'].split('/')
+    if kind != 'run':
+      continue
     by_arm.setdefault((fraction, arm), {})[int(seed[len('seed'):])] = row
   out = []
-  for (fraction, arm), seeds in sorted(by_arm.items()):
+  order = lambda item: (list(FRACTIONS).index(item[0][0]),
+                        list(ARMS).index(item[0][1]) if item[0][1] in ARMS else len(ARMS))
+  for (fraction, arm), seeds in sorted(by_arm.items(), key=order):
     mious = [seeds[s]['miou'] for s in sorted(seeds)]
     reference = by_arm.get((fraction, REFERENCE), {})
     paired = sorted(set(seeds) & set(reference))
@@ -326,12 +332,26 @@ class Harness:
       self.write(tune_rows, rows)
     return rows
 
+  def long_runs(self, tune_rows: Sequence[Mapping], rows: List[Dict]) -> List[Dict]:
+    """After the grid, --long_arms at --long_steps (seed --long_seed, --long_fraction): where
+    the reference flattens, and whether a gap holds at a longer budget."""
+    a = self.args
+    settings = arm_settings(best_candidates(tune_rows))
+    for arm in a.long_arms:
+      config, pool, overrides = settings[arm]
+      run_dir = os.path.join(a.workdir, 'long', a.long_fraction, arm, f'seed{a.long_seed}')
+      results = self.run('grid', config, run_dir, FRACTIONS[a.long_fraction], a.long_seed,
+                         a.long_steps, pool, a.eval_every, overrides)
+      rows.append(run_row(f'long/{a.long_fraction}/{arm}/seed{a.long_seed}', run_dir, results))
+      self.write(tune_rows, rows)
+    return rows
+
   def write(self, tune_rows: Sequence[Mapping], rows: Sequence[Mapping]) -> None:
     """The JSON lines, the table and the learning curves of every finished run so far."""
     summary = summarise(rows)
     write_jsonl(self.args.output, [*tune_rows, *rows, *summary])
     with open(self.args.table, 'w') as f:
-      f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows)))
+      f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
       plot_curves(rows, self.args.plot)
 
@@ -345,9 +365,9 @@ def fmt_interval(d: Mapping[str, float]) -> str:
 
 
 def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
-                   best: Mapping[str, str]) -> str:
+                   best: Mapping[str, str], rows: Sequence[Mapping] = ()) -> str:
   """The grid's table (mIoU in points: mean ± sd over seeds; the paired difference to unet
-  with its 95% t interval) and the tuning runs'."""
+  with its 95% t interval), the tuning runs' and the longer runs' (in `rows`)."""
   lines = ['| labels | arm | test mIoU (final step) | seeds | Δ to unet, 95% interval | '
            'wall s / run |', '|---|---|---|---|---|---|']
   for row in summary:
@@ -365,25 +385,39 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
                  f'{chosen} |')
   total = sum(r['wall_s'] for r in tune_rows)
   lines.append(f'\nTuning: {len(tune_rows)} runs, {total / 60:.0f} min of these cores.\n')
-  return '\n'.join(lines)
+  long = [r for r in rows if r['figure'].startswith('long/')]
+  if long:
+    lines += ['| longer runs: labels | arm | seed | steps | test mIoU | wall s |',
+              '|---|---|---|---|---|---|']
+    for row in long:
+      _, fraction, arm, seed = row['figure'].split('/')
+      lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {seed[len("seed"):]} | '
+                   f'{row["steps"]} | {100 * row["miou"]:.1f} | {row["wall_s"]:.0f} |')
+  return '\n'.join(lines) + '\n'
 
 
 def plot_curves(rows: Sequence[Mapping], path: str) -> None:
-  """test mIoU against steps, the mean over seeds of each arm, one panel per label fraction."""
+  """test mIoU against steps, the mean over seeds of each arm: one panel per label fraction
+  of the grid, one for the longer runs."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  curves: Dict[str, Dict[str, List[List[List[float]]]]] = {}
+  curves: Dict[Tuple[str, str], Dict[str, List[List[List[float]]]]] = {}
   for row in rows:
-    _, fraction, arm, _ = row['figure'].split('/')
-    curves.setdefault(fraction, {}).setdefault(arm, []).append(row['curve'])
+    kind, fraction, arm, _ = row['figure'].split('/')
+    title = f'{100 * FRACTIONS[fraction]:g}% of the masks'
+    if kind == 'long':
+      title += f', {row["steps"]} steps'
+    curves.setdefault((kind != 'run', title), {}).setdefault(arm, []).append(row['curve'])
   fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
-  for ax, (fraction, arms) in zip(axes[0], sorted(curves.items(), reverse=True)):
+  order = sorted(curves, key=lambda k: (k[0], -float(k[1].split('%')[0])))
+  for ax, key in zip(axes[0], order):
+    title, arms = key[1], curves[key]
     for arm, runs in arms.items():
       steps = sorted(set.intersection(*[{s for s, _ in run} for run in runs]))
       mean = [np.mean([dict(map(tuple, run))[s] for run in runs]) for s in steps]
       ax.plot(steps, mean, marker='o', label=f'{arm} ({len(runs)} seeds)')
-    ax.set(title=f'{fraction} of the masks', xlabel='optimizer step', ylabel='test mIoU')
+    ax.set(title=title, xlabel='optimizer step', ylabel='test mIoU')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
@@ -411,6 +445,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--extra_fraction', default='5pct')
   parser.add_argument('--override', action='append', default=[],
                       help='A config override for every run (e.g. a smaller model); repeatable.')
+  parser.add_argument('--long_steps', type=int, default=3000,
+                      help='After the grid: --long_arms this long (0: none).')
+  parser.add_argument('--long_arms', type=names, default=['unet', 'fixmatch'])
+  parser.add_argument('--long_fraction', default='5pct')
+  parser.add_argument('--long_seed', type=int, default=0)
   parser.add_argument('--num_train', type=int, default=10_000)
   parser.add_argument('--num_test', type=int, default=2_000)
   parser.add_argument('--num_validation', type=int, default=1_000)
@@ -420,13 +459,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--plot', default=os.path.join(ROOT, 'docs', 'img',
                                                      'label_efficiency.png'))
   args = parser.parse_args(argv)
-  unknown = sorted(set(args.fractions + [args.extra_fraction]) - set(FRACTIONS))
+  unknown = sorted(set(args.fractions + [args.extra_fraction, args.long_fraction]) -
+                   set(FRACTIONS))
   if unknown:
     parser.error(f'--fractions: unknown {", ".join(unknown)}; known: {", ".join(FRACTIONS)}')
-  unknown = sorted(set(args.arms + args.extra_arms) - set(ARMS))
+  unknown = sorted(set(args.arms) - set(ARMS))
   if unknown or REFERENCE not in args.arms:
     parser.error(f'--arms: unknown {", ".join(unknown) or "none"}; known: {", ".join(ARMS)} '
                  f'(with {REFERENCE}, the reference)')
+  later = (args.extra_arms if args.extra_seeds else []) + (args.long_arms if args.long_steps
+                                                           else [])
+  if set(later) - set(args.arms):
+    parser.error(f'--extra_arms / --long_arms: {", ".join(sorted(set(later) - set(args.arms)))} '
+                 f'not among --arms')
   return args
 
 
@@ -436,7 +481,9 @@ def main(argv=None, env: Optional[Mapping[str, str]] = None) -> None:
   tune_rows = harness.tune()  # Read back once done: the grid's settings come from it.
   harness.write(tune_rows, [])
   if args.only == 'grid':
-    harness.grid(tune_rows)
+    rows = harness.grid(tune_rows)
+    if args.long_steps:
+      harness.long_runs(tune_rows, rows)
 
 
 if __name__ == '__main__':

@@ -65,7 +65,8 @@ def test_tuning_winners_set_the_arms_of_the_grid():
 TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',
         '--steps=30', '--eval_every=10', '--tune_steps=2', '--num_train=100', '--num_test=20',
         '--num_validation=20', '--labeled_per_step=2', '--override=--config.model.features=(8,16)',
-        '--override=--config.log_every_steps=1', '--override=--config.eval_batch_size=20']
+        '--override=--config.log_every_steps=1', '--override=--config.eval_batch_size=20',
+        '--long_steps=40', '--long_arms=unet_strong']
 
 
 def _harness(workdir):
@@ -77,8 +78,8 @@ def _harness(workdir):
 @pytest.mark.faults
 def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interrupted_one(
     tmp_path):
-  """2 arms x 2 seeds of 30 steps on 100 tiny scenes: the harness killed inside its first grid
-  run, then run to the end and once more."""
+  """2 arms x 2 seeds of 30 steps (and one longer run of 40) on 100 tiny scenes: the harness
+  killed inside its first grid run, then run to the end and once more."""
   from conftest import cpu_env, logged_step
   from segae_jax import data
   workdir = str(tmp_path / 'le')
@@ -102,6 +103,9 @@ def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interru
   runs = {r['figure']: r for r in rows if r['figure'].startswith('run/')}
   assert sorted(runs) == [f'run/5pct/{a}/seed{s}' for a in ('unet', 'unet_strong')
                           for s in (0, 1)]
+  long = [r for r in rows if r['figure'] == 'long/5pct/unet_strong/seed0']
+  assert len(long) == 1 and long[0]['steps'] == 40
+  assert '| longer runs: labels |' in open(os.path.join(workdir, 'table.md')).read()
   assert all([step for step, _ in r['curve']] == [10, 20, 30] for r in runs.values())
   # Paired: every arm of a seed trains on the same images with the same subset and seed.
   configs = {f: json.load(open(os.path.join(workdir, f.replace('run/', 'runs/'),
