@@ -205,6 +205,7 @@ def run_row(figure: str, workdir: str, results: Mapping) -> Dict:
   return {'figure': figure, 'miou': test['miou'], 'pixel_accuracy': test['pixel_accuracy'],
           'mean_dice': test['mean_dice'], 'steps': results['step'],
           'train_time_s': results['train_time_s'], 'wall_s': wall_time(workdir),
+          'resumed_from_step': results.get('resumed_from_step'),
           'curve': curve(workdir)}
 
 
@@ -222,6 +223,14 @@ def paired_interval(arm: Sequence[float], reference: Sequence[float],
   half = stats.t.ppf((1 + confidence) / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
   return {'mean': float(d.mean()), 'low': float(d.mean() - half),
           'high': float(d.mean() + half), 'pairs': n}
+
+
+def fastest(rows: Iterable[Mapping]) -> float:
+  """The smallest wall time of runs that were not resumed (a killed invocation's seconds are
+  not counted; NaN when every run was): the best estimate of a run's cost on idle cores
+  (timeit's rule), should some run have shared them."""
+  whole = [r['wall_s'] for r in rows if not r.get('resumed_from_step')]
+  return float(min(whole)) if whole else float('nan')
 
 
 def summarise(rows: Iterable[Mapping]) -> List[Dict]:
@@ -245,9 +254,7 @@ def summarise(rows: Iterable[Mapping]) -> List[Dict]:
         'miou_sd': float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
         'difference_to_unet': paired_interval([seeds[s]['miou'] for s in paired],
                                               [reference[s]['miou'] for s in paired]),
-        # The fastest seed's: the best estimate of the cost on idle cores (timeit's rule), if
-        # some run shared them.
-        'wall_s_min': float(min(seeds[s]['wall_s'] for s in seeds))})
+        'wall_s_min': fastest(seeds.values())})
   return out
 
 
