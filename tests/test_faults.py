@@ -347,3 +347,51 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.load(open(os.path.join(multi, 'results.json')))['resumed_from_step'] == 6
+
+
+def _two_processes(workdir, steps, *extra, port=None, env=None):
+  """Popen of the TINY run as 2 processes on 127.0.0.1 (2 CPU devices each)."""
+  port = port or _free_port()
+  # Two processes compiling the same programs at once: without the session's compilation cache,
+  # whose entries are not written atomically.
+  env = env or {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  return [subprocess.Popen(
+      _train_cmd(workdir, steps, *extra, f'--coordinator_address=127.0.0.1:{port}',
+                 f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
+                 f'--process_id={i}'),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_one_process_of_two_stops_both_at_one_step_with_a_checkpoint(
+    sig, tmp_path, tfds_dir):
+  """Through the coordination service's preemption sync point, not a per-step collective: the
+  signalled process and the other one stop after the same step, with one checkpoint there, and
+  the run resumes from it."""
+  workdir = str(tmp_path / 'run')
+  common = [f'--config.data.tfds_dir={tfds_dir}', '--config.checkpoint_every_steps=1000']
+  procs = _two_processes(workdir, 400, *common)
+  deadline = time.time() + 300
+  while logged_step(workdir) < 5:
+    assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  procs[1].send_signal(sig)
+  outputs = [p.communicate(timeout=300)[1] for p in procs]
+  stopped = []
+  for p, err in zip(procs, outputs):
+    assert p.returncode == 75, err[-3000:]
+    line = [l for l in err.splitlines() if l.startswith('stopped: ')]
+    assert len(line) == 1, err[-3000:]
+    stopped.append(int(line[0].split(' at step ')[1].split()[0]))
+  assert stopped[0] == stopped[1] and 5 <= stopped[0] < 400
+  assert f'{signal.Signals(sig).name} at step' in outputs[1]
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  assert ckpt.all_steps() == [stopped[0]]
+  ckpt.close()
+  done = subprocess.run(_train_cmd(workdir, stopped[0] + 2, *common), cwd=ROOT, env=cpu_env(4),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.load(open(os.path.join(workdir, 'results.json')))['resumed_from_step'] == stopped[0]

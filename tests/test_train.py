@@ -256,7 +256,7 @@ def test_second_signal_of_the_same_kind_stops_at_once():
   try:
     with training.StopSignals() as signals:
       signal.raise_signal(signal.SIGTERM)
-      assert signals.requested() == 'SIGTERM' and received == []
+      assert signals.requested(1) == 'SIGTERM' and received == []
       signal.raise_signal(signal.SIGTERM)
       assert received == [signal.SIGTERM]
   finally:

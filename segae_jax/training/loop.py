@@ -275,7 +275,7 @@ def _train(config, run: RunSetup, state, run_rng, start_step: int, ckpts: RunChe
       if save_now(step):
         window.drain()
         ckpts.save(step, state, run_rng, data_state())
-      reason = signals.requested()
+      reason = signals.requested(step)
       if reason and step != last:
         window.drain()
         if ckpts.saved_step != step:
