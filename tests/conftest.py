@@ -8,6 +8,11 @@ import tempfile
 
 import pytest
 
+# The tests start their own multi-process runs: a cluster the suite itself runs in (a Slurm job,
+# a Kubernetes pod) must not be joined by the commands it starts. (What JAX's detection reads.)
+for _name in [n for n in os.environ if n.startswith(('SLURM_', 'OMPI_', 'KUBERNETES_'))]:
+  del os.environ[_name]
+
 # 4 CPU devices for the pmap / sharded-jit tests; set before JAX is first imported.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 # The suite's programs are tiny and compiled once or twice each: compilation, not execution, is

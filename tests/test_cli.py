@@ -114,6 +114,8 @@ def _assert_refused_untouched(tmp_path, proc, message):
      "unknown config key 'config.model.latnt_dim' (from --config.model.latnt_dim=8): the config has no such field; did you mean 'latent_dim'?"),
     (['--config.batch_size=abc'], "flag --config.batch_size=abc: invalid literal for int()"),
     (['--config.batch_size=0'], 'config.batch_size must be a positive integer, got 0'),
+    # No cluster in this environment (conftest clears the variables JAX's detection reads).
+    (['--distributed'], '--distributed: no cluster detected (looked for Slurm: SLURM_JOB_ID'),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
   proc = run_train('--config=configs/default.py', f'--workdir={tmp_path / "w"}', *args,

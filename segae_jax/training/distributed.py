@@ -16,6 +16,11 @@ from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
+# What JAX's cluster detection (jax.distributed.initialize without a coordinator) reads.
+DETECTED = ('Slurm: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID; '
+            'Open MPI: OMPI_MCA_orte_hnp_uri; a Cloud TPU VM: its metadata server; Kubernetes '
+            '(pip install .[k8s]): KUBERNETES_SERVICE_HOST and the pod\'s JobSet labels')
+
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, bind_address: Optional[str] = None,
                enabled: bool = False) -> None:
@@ -29,8 +34,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
       single-machine run on loopback (default: every interface).
     enabled: join a run whose parameters JAX detects from the cluster's environment.
   Raises:
-    UserInputError: an explicit coordinator without num_processes/process_id, or a process_id
-      outside [0, num_processes).
+    UserInputError: an explicit coordinator without num_processes/process_id, a process_id
+      outside [0, num_processes), or enabled=True where JAX detects no cluster.
   """
   if not (coordinator_address or enabled):
     return
@@ -40,8 +45,15 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     if not 0 <= process_id < num_processes:
       raise UserInputError(f'--process_id={process_id} must be in [0, --num_processes='
                            f'{num_processes})')
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             coordinator_bind_address=bind_address)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               coordinator_bind_address=bind_address)
+  except ValueError as error:
+    if coordinator_address or 'coordinator_address' not in str(error):
+      raise
+    # JAX found no cluster to take the coordinator, process count and id from.
+    raise UserInputError(f'--distributed: no cluster detected (looked for {DETECTED}); give '
+                         '--coordinator_address, --num_processes and --process_id instead') from None
   log.info('Process %d of %d (%d local devices of %d in all).', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
