@@ -395,3 +395,44 @@ def test_a_signal_to_one_process_of_two_stops_both_at_one_step_with_a_checkpoint
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.load(open(os.path.join(workdir, 'results.json')))['resumed_from_step'] == stopped[0]
+
+
+def _slurm_port_and_job_id():
+  """A free port in JAX's Slurm range and a SLURM_JOB_ID that maps to it (port = 61440 +
+  job id % 4096, jax._src.clusters.slurm_cluster)."""
+  for port in np.random.default_rng().permutation(np.arange(61440, 65536))[:200]:
+    with socket.socket() as s:
+      try:
+        s.bind(('127.0.0.1', int(port)))
+      except OSError:
+        continue
+    return int(port), 4096 * 7 + int(port) - 61440
+  pytest.skip('no free port in 61440-65535')
+
+
+@pytest.mark.faults
+def test_slurm_launch_through_distributed_alone_matches_one_process(tmp_path, tfds_dir):
+  """Two processes started as `srun --ntasks=2` on one node would start them (one task per
+  device: SLURM_PROCID / SLURM_LOCALID 0 and 1), given --distributed and nothing else: JAX's
+  Slurm detection joins them, and they train as one process on 4 devices does."""
+  common = [f'--config.data.tfds_dir={tfds_dir}', '--config.checkpoint_every_steps=3']
+  single = str(tmp_path / 'single')
+  proc = subprocess.run(_train_cmd(single, 6, *common), cwd=ROOT, env=cpu_env(4),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  port, job_id = _slurm_port_and_job_id()
+  multi = str(tmp_path / 'multi')
+  base = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  slurm = {'SLURM_JOB_ID': str(job_id), 'SLURM_STEP_NODELIST': '127.0.0.1', 'SLURM_NTASKS': '2',
+           'SLURM_STEP_NUM_NODES': '1', 'SLURM_NNODES': '1'}
+  procs = [subprocess.Popen(
+      _train_cmd(multi, 6, *common, '--distributed'), cwd=ROOT,
+      env={**base, **slurm, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'Process 1 of 2 (2 local devices of 4 in all)' in outputs[1][1]
+  results = json.load(open(os.path.join(multi, 'results.json')))
+  assert (results['num_processes'], results['num_devices'], results['step']) == (2, 4, 6)
+  assert_trees_equal(_state(single)['params'], _state(multi)['params'], atol=MULTIHOST_ATOL)
