@@ -368,3 +368,11 @@ def test_prefetcher_keeps_the_position_of_the_next_batch_it_returns():
       'global_batch_size': 2}
   with pytest.raises(ValueError, match='depth must be >= 1'):
     DevicePrefetcher(_iterator(), put, depth=0)
+
+
+def test_the_jit_mesh_holds_every_device_once_in_mesh_utils_order():
+  from jax.experimental import mesh_utils
+  mesh = training.parallel.data_mesh()
+  assert mesh.axis_names == ('data',)
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
+  np.testing.assert_array_equal(mesh.devices, mesh_utils.create_device_mesh((jax.device_count(),)))

@@ -10,6 +10,7 @@ same global batch:
     one that scales to multi-host meshes.
 """
 import functools
+import logging
 from typing import Callable, Dict, Optional
 
 import flax.jax_utils
@@ -18,6 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ('pmap', 'jit')
 AXIS_NAME = 'batch'
@@ -80,13 +83,26 @@ class PmapStrategy(_Strategy):
     return None  # Restored as host numpy, then replicated.
 
 
+def data_mesh() -> Mesh:
+  """The ('data',) mesh of every device of every process, ordered for the interconnect by
+  jax.experimental.mesh_utils.create_device_mesh (TPU slices and GPU hosts: neighbours in the
+  ring its collectives use); jax.devices() in order where it refuses a device set."""
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  try:
+    devices = mesh_utils.create_device_mesh((jax.device_count(),))
+  except (ValueError, NotImplementedError, AssertionError) as error:
+    log.info('mesh_utils refused the devices (%s): the flat device list is the mesh.', error)
+    devices = np.asarray(jax.devices())
+  return Mesh(devices, ('data',))
+
+
 class JitStrategy(_Strategy):
   """jax.jit with the batch sharded over a ('data',) mesh of all devices; see the module docstring."""
 
   name = 'jit'
 
   def __init__(self, train_step: Callable, eval_step: Callable):
-    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.mesh = data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.train_step = jax.jit(train_step, in_shardings=(self.replicated, self.data_sharding,
