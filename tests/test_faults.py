@@ -436,3 +436,64 @@ def test_slurm_launch_through_distributed_alone_matches_one_process(tmp_path, tf
   results = json.load(open(os.path.join(multi, 'results.json')))
   assert (results['num_processes'], results['num_devices'], results['step']) == (2, 4, 6)
   assert_trees_equal(_state(single)['params'], _state(multi)['params'], atol=MULTIHOST_ATOL)
+
+
+def _write_segmentation_folder(root, n=32, size=16, classes=3):
+  """n random grayscale size x size PNG images and their label masks, same stems."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for kind in ('images', 'masks'):
+    os.makedirs(os.path.join(root, kind), exist_ok=True)
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
+        os.path.join(root, 'images', f'x{i:02d}.png'))
+    Image.fromarray(rng.integers(0, classes, (size, size)).astype(np.uint8)).save(
+        os.path.join(root, 'masks', f'x{i:02d}.png'))
+  return os.path.join(root, 'images'), os.path.join(root, 'masks')
+
+
+def _folder_cmd(workdir, tfds_dir, images, masks, *extra):
+  return [sys.executable, os.path.join(ROOT, 'train.py'), '--config=configs/folder.py',
+          f'--workdir={workdir}', f'--config.data.images_dir={images}',
+          f'--config.data.masks_dir={masks}', '--config.data.num_classes=3',
+          '--config.data.channels=1', '--config.data.image_size=(16, 16)',
+          '--config.model.features=(4, 8)', '--config.batch_size=8', '--config.eval_batch_size=8',
+          '--config.num_train_steps=4', '--config.eval_every_steps=4',
+          '--config.checkpoint_every_steps=4', '--config.log_every_steps=1',
+          '--config.num_pictures=2', '--config.warmup_steps=1', '--config.data.augment.flip=False',
+          '--config.data.augment.crop_min_scale=1.0', f'--config.data.tfds_dir={tfds_dir}',
+          *extra]
+
+
+@pytest.mark.faults
+def test_two_processes_on_an_empty_shared_tfds_dir_prepare_the_dataset_once(tmp_path):
+  """Process 0 prepares the folder dataset while process 1 waits, then both read it: one
+  preparation, the dataset folder whole and no incomplete.* folder, and the training of one
+  process on 4 devices (its own tfds_dir)."""
+  images, masks = _write_segmentation_folder(str(tmp_path / 'data'))
+  single = str(tmp_path / 'single')
+  proc = subprocess.run(_folder_cmd(single, tmp_path / 'tfds_single', images, masks), cwd=ROOT,
+                        env=cpu_env(4), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  shared, multi, port = tmp_path / 'shared_tfds', str(tmp_path / 'multi'), _free_port()
+  env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  procs = [subprocess.Popen(
+      _folder_cmd(multi, shared, images, masks, f'--coordinator_address=127.0.0.1:{port}',
+                  f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
+                  f'--process_id={i}'),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  prepared = [out + err for out, err in outputs]
+  assert [text.count('prepared to') for text in prepared] == [1, 0], prepared[1][-2000:]
+  found = [os.path.relpath(os.path.join(r, d), shared) for r, dirs, _ in os.walk(shared)
+           for d in dirs]
+  assert not [d for d in found if 'incomplete.' in os.path.basename(d)], found
+  assert [d for d in found if d.count(os.sep) == 2]  # segmentation_folder/<config>/<version>
+  def losses(workdir):
+    return [r['train/loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+            if 'train/loss' in r]
+  assert len(losses(single)) >= 3
+  np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)

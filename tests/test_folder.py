@@ -408,7 +408,8 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, case):
   config = _config(**{'images_dir': tmp_path / 'images', 'masks_dir': tmp_path / 'masks',
                       **overrides})
   tfds_dir = tmp_path / 'tfds'
-  # A folder a killed earlier attempt left behind goes too.
+  # A folder another attempt left (killed, or still building into a shared tfds_dir) is not
+  # this attempt's to remove: it stays, and nothing else does.
   stale = tfds_dir / 'segmentation_folder' / config.name / 'incomplete.KILLED_1.0.0'
   stale.mkdir(parents=True)
   (stale / 'segmentation_folder-train.array_record-00000-of-00001').write_bytes(b'partial')
@@ -417,7 +418,8 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, case):
   message = str(error.value)
   assert str(offending) in message and text in message, message
   assert '\n' not in message
-  assert not _leftovers(tfds_dir) and not (tfds_dir / 'segmentation_folder').exists()
+  assert [p for p in _leftovers(tfds_dir) if 'incomplete.' in p] == [str(stale)]
+  assert sorted(os.listdir(stale)) == ['segmentation_folder-train.array_record-00000-of-00001']
 
 
 def test_bad_settings_name_the_key(tmp_path):

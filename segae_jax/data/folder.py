@@ -292,7 +292,8 @@ def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> Segmentatio
   """Checks every file, then builds the array_record dataset once, and returns the builder.
 
   An already prepared config is reused without looking at the folders again. On any failure,
-  including an interrupt while writing, no dataset folder and no incomplete.* folder is left.
+  including an interrupt while writing, no dataset folder and no incomplete.* folder of this
+  attempt is left.
 
   Raises:
     UserInputError: naming the offending file or config key (nothing written).

@@ -222,12 +222,19 @@ def checked_sources(builder: tfds.core.DatasetBuilder, config, where: str):
   return builder.as_data_source(), sizes
 
 
-def _remove_leftovers(config_dir: str) -> None:
-  """Removes incomplete.* build folders in `config_dir`, then the folders left empty."""
-  if os.path.isdir(config_dir):
-    for entry in os.listdir(config_dir):
-      if entry.startswith('incomplete.'):
-        shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
+def _incomplete(config_dir: str) -> set:
+  """The incomplete.* build folders in `config_dir` now."""
+  if not os.path.isdir(config_dir):
+    return set()
+  return {entry for entry in os.listdir(config_dir) if entry.startswith('incomplete.')}
+
+
+def _remove_leftovers(config_dir: str, before: set) -> None:
+  """Removes the incomplete.* build folders in `config_dir` that were not there `before` (this
+  attempt's: another process building into a shared tfds_dir keeps its own), then the folders
+  left empty."""
+  for entry in _incomplete(config_dir) - before:
+    shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
   for directory in (config_dir, os.path.dirname(config_dir)):
     try:
       os.rmdir(directory)  # Only succeeds when empty: a prepared dataset is never touched.
@@ -238,17 +245,19 @@ def _remove_leftovers(config_dir: str) -> None:
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Builds the dataset once (a prepared config is reused without looking at the files again) and
   returns `builder`. On any failure, an interrupt while writing included, no dataset folder and no
-  incomplete.* folder is left.
+  incomplete.* folder of this attempt is left.
 
   Raises:
     UserInputError: from the builder's checks, naming the offending file or key.
   """
   config_dir = os.fspath(builder.data_path.parent)  # <tfds_dir>/<builder name>/<config name>
+  before = _incomplete(config_dir)
   try:
     builder.download_and_prepare()
   except BaseException:
-    # tfds removes its own incomplete folder on an exception; this also clears what a killed
-    # earlier attempt left and the empty parents tfds created.
-    _remove_leftovers(config_dir)
+    # tfds removes its own incomplete folder on most exceptions; this also clears it on the
+    # others (an interrupt while writing) and the empty parents tfds created. A folder a killed
+    # earlier attempt left is not this one's to remove (tfds never reads it).
+    _remove_leftovers(config_dir, before)
     raise
   return builder

@@ -8,9 +8,10 @@ sharded-jit mesh cover every device, each process reads its own slice of every g
 every process takes part in each orbax checkpoint.
 """
 import logging
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import jax
+import numpy as np
 
 from segae_jax.errors import UserInputError
 
@@ -57,3 +58,35 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                          '--coordinator_address, --num_processes and --process_id instead') from None
   log.info('Process %d of %d (%d local devices of %d in all).', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+T = TypeVar('T')
+
+
+def process_0_first(build: Callable[[], T], what: str = 'the dataset') -> T:
+  """build() in process 0 while the other processes wait, then in the others: a dataset is
+  prepared once (into a shared tfds_dir: N processes building one folder at once collide), and
+  the others read what process 0 wrote. The wait is a barrier every process reaches, process 0
+  with its outcome, so a failed preparation stops every process with one line instead of leaving
+  them waiting. One process: build().
+
+  Raises:
+    UserInputError: in processes 1.., when process 0 failed to build (its own error is raised
+      in process 0 and printed there); whatever build() raises.
+  """
+  if jax.process_count() == 1:
+    return build()
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = build()
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised after the barrier)
+      error = e
+  ok = int(np.min(multihost_utils.process_allgather(np.int32(error is None))))
+  if error is not None:
+    raise error
+  if not ok:
+    raise UserInputError(f'process 0 could not prepare {what} (its error is in its output); '
+                         'nothing was trained')
+  return result if jax.process_index() == 0 else build()

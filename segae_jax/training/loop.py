@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from segae_jax import data
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
-from segae_jax.training import (checkpoints, objectives, optimizers, parallel, pretrained,
-                                validation, visualise, writers)
+from segae_jax.training import (checkpoints, distributed, objectives, optimizers, parallel,
+                                pretrained, validation, visualise, writers)
 from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.state import create_train_state
@@ -182,7 +182,8 @@ def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
   """Builds the dataset, model, objective, strategy, initial state and training inputs of
   `config`; the initial state starts from the parameters of `source` (pretrained.check_source
   of config.init_from: a fresh run that has one) when given."""
-  dataset = data.run_dataset(config)
+  # Prepared once, by process 0, into what may be a shared tfds_dir; the others then read it.
+  dataset = distributed.process_0_first(lambda: data.run_dataset(config))
   # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
   model = build_model(config, dataset.image_shape, dataset.num_classes,
                       parallel.norm_axis_name(config.parallel))
