@@ -13,8 +13,8 @@ Figures (name: what is measured):
                            backward + Adam; for a oneDNN step, of the same step on XLA's
                            convolutions), gflop_per_s and fraction_of_matmul_peak.
                            Models: vae_fmnist and unet64 exactly as ../shared/bench/README.md
-                           specifies them, then the main configs (default VAE, U-Net scenes,
-                           SegAE scenes).
+                           specifies them (in --compute_dtype), then the main configs (default
+                           VAE, U-Net scenes, SegAE scenes).
   parallel/<strategy>/<n>  pmap vs sharded jit on n = 2 and 4 forced CPU devices, same global
                            batch (U-Net scenes model, deterministic): images_per_s, and the max
                            absolute parameter difference between the two strategies after 5 steps
@@ -181,7 +181,9 @@ def train_step_figure(name: str, config, peak: float) -> Dict:
           'compile_s': compile_s, 'images_per_s': config.batch_size / median,
           'step_s_median': median, 'step_s_min': float(np.min(times)),
           'timed_steps': TIMED_STEPS, 'step_gflop': flops / 1e9, 'gflop_per_s': gflops,
-          'fraction_of_matmul_peak': gflops / peak if peak else None}
+          'fraction_of_matmul_peak': gflops / peak if peak else None,
+          'compute_dtype': config.get('compute_dtype', 'float32'),
+          'platform': jax.devices()[0].platform}
 
 
 def input_pipeline_figure(name: str, config, steps_per_s_reference: float) -> Dict:
@@ -293,7 +295,7 @@ ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'side
 
 
 def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
-        torch_python: str = '') -> List[Dict]:
+        torch_python: str = '', compute_dtype: str = 'float32') -> List[Dict]:
   """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
   ('auto' | 'xla' | 'matmul_grad' | 'onednn', segae_jax.models.conv_ops), to compare
   implementations; with `baseline` (a checkout of other code) also the main job's images/s there
@@ -309,6 +311,7 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
     for name in ('vae_fmnist', 'unet64'):
       config = reference_config(name)
       config.conv_impl = conv_impl
+      config.compute_dtype = compute_dtype
       figure = train_step_figure(name, config, peak)
       steps[name] = figure['images_per_s']
       emit(results, figure)
@@ -374,6 +377,9 @@ def main(argv=None) -> None:
   parser.add_argument('--torch_python', default='',
                       help='a Python with PyTorch: the side-by-side figures against '
                            '../shared/bench/torch_ref.py (skipped without it)')
+  parser.add_argument('--compute_dtype', default='float32',
+                      choices=('float32', 'bfloat16', 'float16'),
+                      help='config.compute_dtype of the reference train-step figures')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -388,7 +394,7 @@ def main(argv=None) -> None:
   unknown = [x for x in only if x not in ALL]
   if unknown:
     parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
-  run(only, args.output, args.conv_impl, args.baseline, args.torch_python)
+  run(only, args.output, args.conv_impl, args.baseline, args.torch_python, args.compute_dtype)
 
 
 if __name__ == '__main__':
