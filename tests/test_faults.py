@@ -309,6 +309,29 @@ def _free_port():
 MULTIHOST_ATOL = 1e-5
 
 
+def _two_processes(command):
+  """Popens of command(*flags) as processes 0 and 1 of a run on 127.0.0.1 (2 CPU devices each);
+  `command` gives the train.py command line with the multi-process flags appended."""
+  port = _free_port()
+  # Two processes compiling the same programs at once: without the session's compilation cache,
+  # whose entries are not written atomically.
+  env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  return [subprocess.Popen(
+      command(f'--coordinator_address=127.0.0.1:{port}',
+              f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
+              f'--process_id={i}'),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def _finished(procs):
+  """[(stdout, stderr)] of processes that must all end with status 0."""
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return outputs
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize('parallel', ['pmap', 'jit'])
 def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, tfds_dir):
@@ -319,19 +342,7 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   multi = str(tmp_path / 'multi')
-  port = _free_port()
-  # Two processes compiling the same programs at once: without the session's compilation cache,
-  # whose entries are not written atomically.
-  env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  procs = [subprocess.Popen(
-      _train_cmd(multi, 6, *common, f'--coordinator_address=127.0.0.1:{port}',
-                 f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
-                 f'--process_id={i}'),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  outputs = _finished(_two_processes(lambda *flags: _train_cmd(multi, 6, *common, *flags)))
   assert 'Process 1 of 2 (2 local devices of 4 in all)' in outputs[1][1]
   results = json.load(open(os.path.join(multi, 'results.json')))
   assert (results['num_processes'], results['num_devices'], results['step']) == (2, 4, 6)
@@ -349,20 +360,6 @@ def test_two_processes_match_one_process_with_four_devices(parallel, tmp_path, t
   assert json.load(open(os.path.join(multi, 'results.json')))['resumed_from_step'] == 6
 
 
-def _two_processes(workdir, steps, *extra, port=None, env=None):
-  """Popen of the TINY run as 2 processes on 127.0.0.1 (2 CPU devices each)."""
-  port = port or _free_port()
-  # Two processes compiling the same programs at once: without the session's compilation cache,
-  # whose entries are not written atomically.
-  env = env or {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  return [subprocess.Popen(
-      _train_cmd(workdir, steps, *extra, f'--coordinator_address=127.0.0.1:{port}',
-                 f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
-                 f'--process_id={i}'),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-
-
 @pytest.mark.faults
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_one_process_of_two_stops_both_at_one_step_with_a_checkpoint(
@@ -372,7 +369,7 @@ def test_a_signal_to_one_process_of_two_stops_both_at_one_step_with_a_checkpoint
   the run resumes from it."""
   workdir = str(tmp_path / 'run')
   common = [f'--config.data.tfds_dir={tfds_dir}', '--config.checkpoint_every_steps=1000']
-  procs = _two_processes(workdir, 400, *common)
+  procs = _two_processes(lambda *flags: _train_cmd(workdir, 400, *common, *flags))
   deadline = time.time() + 300
   while logged_step(workdir) < 5:
     assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
@@ -475,17 +472,9 @@ def test_two_processes_on_an_empty_shared_tfds_dir_prepare_the_dataset_once(tmp_
   proc = subprocess.run(_folder_cmd(single, tmp_path / 'tfds_single', images, masks), cwd=ROOT,
                         env=cpu_env(4), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  shared, multi, port = tmp_path / 'shared_tfds', str(tmp_path / 'multi'), _free_port()
-  env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  procs = [subprocess.Popen(
-      _folder_cmd(multi, shared, images, masks, f'--coordinator_address=127.0.0.1:{port}',
-                  f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
-                  f'--process_id={i}'),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  shared, multi = tmp_path / 'shared_tfds', str(tmp_path / 'multi')
+  outputs = _finished(_two_processes(
+      lambda *flags: _folder_cmd(multi, shared, images, masks, *flags)))
   prepared = [out + err for out, err in outputs]
   assert [text.count('prepared to') for text in prepared] == [1, 0], prepared[1][-2000:]
   found = [os.path.relpath(os.path.join(r, d), shared) for r, dirs, _ in os.walk(shared)
