@@ -250,7 +250,7 @@ def test_cutmix_mixes_images_pseudo_labels_and_confidences_with_one_box():
   box = np.zeros((n, h, w), np.float32)
   box[0, 1:3, 2:5] = 1   # Example 0 takes example 1's pixels there; 3 its partner 2's.
   box[3, 4:, :2] = 1
-  mixed_strong, mixed_labels, mixed_conf = objectives.cutmix(strong, labels, confidence, box)
+  mixed_strong, mixed_labels, mixed_conf = objectives.cutmix(box, strong, labels, confidence)
   partner = np.array([1, 0, 3, 2])
   for i in range(n):
     source = np.where(box[i] > 0, partner[i], i)   # Which example each pixel comes from.

@@ -226,9 +226,8 @@ def mixed_labeled(batch: Batch) -> Dict[str, Any]:
   if 'labeled' in batch:
     both = (batch['labeled'] > 0) & (swap_pairs(batch['labeled']) > 0)
     box = box & both.reshape((-1,) + (1,) * (box.ndim - 1))
-  strong, seg = batch['strong'], batch['segmentation']
-  return dict(batch, image=jnp.where(box[..., None], swap_pairs(strong), strong),
-              segmentation=jnp.where(box, swap_pairs(seg), seg))
+  image, seg = cutmix(box, batch['strong'], batch['segmentation'])
+  return dict(batch, image=image, segmentation=seg)
 
 
 @OBJECTIVES.register('supervised_strong')
@@ -387,16 +386,14 @@ def confidence_mask(teacher_logits: jnp.ndarray, threshold: float):
           (confidence >= threshold).astype(jnp.float32))
 
 
-def cutmix(strong: jnp.ndarray, labels: jnp.ndarray, confidence: jnp.ndarray,
-           box: jnp.ndarray):
-  """CutMix inside pairs (swap_pairs): where box [n, h, w] is 1, example i takes its partner's
-  strong view [n, h, w, c], pseudo-labels and confidences (or the confident mask) [n, h, w], the
-  same box for all three (French et al., BMVC 2020). Returns the mixed (strong, labels,
-  confidence)."""
+def cutmix(box: jnp.ndarray, *arrays: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+  """CutMix inside pairs (swap_pairs): where box [n, h, w] is nonzero, example i takes its
+  partner's values of every array ([n, h, w] or [n, h, w, c]: the strong view, the labels,
+  the confidences or confident mask), the same box for all (French et al., BMVC 2020).
+  Returns the mixed arrays in the order given."""
   inside = box > 0
-  return (jnp.where(inside[..., None], swap_pairs(strong), strong),
-          jnp.where(inside, swap_pairs(labels), labels),
-          jnp.where(inside, swap_pairs(confidence), confidence))
+  return tuple(jnp.where(inside.reshape(inside.shape + (1,) * (a.ndim - inside.ndim)),
+                         swap_pairs(a), a) for a in arrays)
 
 
 @OBJECTIVES.register('fixmatch')
@@ -479,7 +476,7 @@ class PseudoLabel(Objective):
     labels, _, confident = confidence_mask(
         jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)), self.params['threshold'])
     # Thresholding commutes with the mix: the box moves the confident mask with its labels.
-    strong, labels, confident = cutmix(pool['strong'], labels, confident, pool['cutmix'])
+    strong, labels, confident = cutmix(pool['cutmix'], pool['strong'], labels, confident)
     student, _ = forward(state, params, strong, pool_rngs(rngs))
     ce = optax.softmax_cross_entropy_with_integer_labels(student['seg_logits'], labels)
     metrics['unlabeled_ce'] = jnp.mean(ce * confident)  # Divided by all pixels.
