@@ -5,8 +5,8 @@
 #   TPU=my-v5e-16 ZONE=us-west4-a scripts/tpu_pod.sh configs/unet_scenes.py gs://bucket/runs/unet \
 #     [--config.key=value ...]
 #
-# The workdir is a gs:// URL (every worker writes its part of each checkpoint there; orbax and
-# tensorstore write gs:// natively); give --config.data.tfds_dir a gs:// path too, or a dataset
+# The workdir is a gs:// URL (every worker writes its part of each checkpoint there through orbax
+# and tensorstore; process 0 writes the logs, results and pictures through gcsfs); give --config.data.tfds_dir a gs:// path too, or a dataset
 # the workers can each read. config.batch_size must divide by the slice's chip count.
 set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"
@@ -23,9 +23,9 @@ archive=$(mktemp --suffix=.tar.gz)
 git archive --format=tar.gz -o "$archive" HEAD
 gcloud compute tpus tpu-vm scp "$archive" "$TPU":segae_jax.tar.gz --zone="$ZONE" --worker=all
 rm -f "$archive"
-# 2. The environment: the pinned package with the TPU extra, in a venv on every worker.
+# 2. The environment: the pinned package with the TPU and gs:// extras, in a venv on every worker.
 ssh_all "rm -rf $remote && mkdir -p $remote && tar -xzf segae_jax.tar.gz -C $remote && \
-  cd $remote && python3 -m venv .venv && .venv/bin/pip install --quiet -e '.[tpu]'"
+  cd $remote && python3 -m venv .venv && .venv/bin/pip install --quiet -e '.[tpu,gcs]'"
 # 3. The run: every worker at once; a preempted run (exit 75) resumes with the same command.
 args=$(printf ' %q' "$@")
 ssh_all "cd $remote && .venv/bin/python train.py --distributed --config=$config \

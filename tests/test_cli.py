@@ -116,10 +116,11 @@ def _assert_refused_untouched(tmp_path, proc, message):
     (['--config.batch_size=0'], 'config.batch_size must be a positive integer, got 0'),
     # No cluster in this environment (conftest clears the variables JAX's detection reads).
     (['--distributed'], '--distributed: no cluster detected (looked for Slurm: SLURM_JOB_ID'),
+    (['--workdir=foo://bucket/run'], 'workdir foo://bucket/run: no installed filesystem serves'),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
   proc = run_train('--config=configs/default.py', f'--workdir={tmp_path / "w"}', *args,
-                   f'--config.data.tfds_dir={tmp_path / "tfds"}')
+                   f'--config.data.tfds_dir={tmp_path / "tfds"}')  # A later --workdir wins.
   _assert_refused_untouched(tmp_path, proc, message)
 
 

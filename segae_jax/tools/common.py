@@ -226,22 +226,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   Raises:
     UserInputError: `workdir` holds no config.json.
   """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  from segae_jax.training import paths  # A local folder or a URL.
+  path = paths.join(workdir, 'config.json')
+  if not paths.exists(path):
     raise UserInputError(f'{path} not found: {workdir} is not a training workdir (train first with '
                          'python train.py --workdir=...)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _open_checkpoint(workdir: str, checkpoint: str):
   """(kind restored, Checkpointer, step): the best checkpoint when asked for and kept, else the
   latest."""
-  from segae_jax.training import checkpoints
+  from segae_jax.training import checkpoints, paths
   candidates = (['best'] if checkpoint == 'best' else []) + ['latest']
   for candidate in candidates:
-    directory = os.path.join(workdir, 'checkpoints_best' if candidate == 'best' else 'checkpoints')
-    if not os.path.isdir(directory):
+    directory = paths.join(workdir, 'checkpoints_best' if candidate == 'best' else 'checkpoints')
+    if not checkpoints.steps_in(directory):
       continue
     manager = checkpoints.Checkpointer(directory)
     if manager.latest_step() is not None:
@@ -259,10 +259,10 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   """
   import jax
   from segae_jax import training  # Heavy; keeps `--help` fast.
-  from segae_jax.training import objectives
+  from segae_jax.training import objectives, paths
   if checkpoint not in CHECKPOINT_KINDS:
     raise UserInputError(f'unknown checkpoint {checkpoint!r}; known: {", ".join(CHECKPOINT_KINDS)}')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir)
   config = load_config(workdir)
   kind, ckpt, step = _open_checkpoint(workdir, checkpoint)
   meta = ckpt.read_meta(step)
@@ -354,7 +354,8 @@ def result_header(workdir: str, run: TrainedRun, checkpoint: bool = True,
                   model: bool = True) -> Dict[str, Any]:
   """The fields a tool's JSON result starts with: 'workdir' (absolute path), 'step', and unless
   turned off 'checkpoint' ('best' or 'latest') and 'model' (config.model.name)."""
-  header = {'workdir': os.path.abspath(workdir), 'step': run.step}
+  from segae_jax.training import paths
+  header = {'workdir': paths.resolve(workdir), 'step': run.step}
   if checkpoint:
     header['checkpoint'] = run.checkpoint
   if model:

@@ -7,15 +7,16 @@ A checkpoint at step N holds three items:
            so a workdir of another model is refused instead of overwritten.
 """
 import logging
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from segae_jax.errors import UserInputError
+from segae_jax.training import paths
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = None):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory, 'checkpoint directory')
     self.best_metric = best_metric
     self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     if best_metric:
@@ -105,21 +106,21 @@ class Checkpointer:
     """Moves the (damaged) checkpoint `step` to `<directory>.damaged/<step>[.n]` and reloads the
     manager, so the step can be written again; returns the new path. Only process 0 moves files;
     every process waits for it."""
-    damaged = self.directory + '.damaged'
-    target = os.path.join(damaged, str(step))
+    damaged = epath.Path(self.directory + '.damaged')
+    target = damaged / str(step)
     suffix = 0
-    while os.path.exists(target):
+    while target.exists():
       suffix += 1
-      target = os.path.join(damaged, f'{step}.{suffix}')
+      target = damaged / f'{step}.{suffix}'
     self._manager.close()
     if jax.process_index() == 0:
-      os.makedirs(damaged, exist_ok=True)
-      os.rename(os.path.join(self.directory, str(step)), target)
+      damaged.mkdir(parents=True, exist_ok=True)
+      epath.Path(self.directory, str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'quarantine checkpoint {step}')
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
-    return target
+    return str(target)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -132,9 +133,10 @@ class Checkpointer:
 def steps_in(directory: str) -> list:
   """The steps of the whole checkpoints in `directory` (its subfolders named by a step number;
   orbax writes a step under a temporary name and renames it when complete), [] if none."""
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def _jsonable(x):

@@ -4,19 +4,19 @@ import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from segae_jax import data
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 from segae_jax.training import (checkpoints, distributed, objectives, optimizers, parallel,
-                                pretrained, validation, visualise, writers)
+                                paths, pretrained, validation, visualise, writers)
 from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.state import create_train_state
@@ -26,13 +26,15 @@ from segae_jax.training.step import (build_model, evaluate, evaluation_key, flat
 log = logging.getLogger(__name__)
 
 
-def _check_workdir_writable(workdir: str) -> None:
+def check_workdir_writable(workdir: str) -> None:
+  """Creates `workdir` (a local folder or a URL) and writes and removes a file in it."""
+  probe = epath.Path(workdir) / f'.write_check.{os.getpid()}'
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
-    raise UserInputError(f'workdir {workdir} is not writable: {e.strerror}') from None
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:  # Local and fsspec file systems raise OSError subclasses.
+    raise UserInputError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
 
 
 def every(n: int, last: int) -> Callable[[int], bool]:
@@ -125,12 +127,12 @@ class RunCheckpoints:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, meta: Mapping[str, Any],
                strategy, stack: contextlib.ExitStack):
     self._meta, self._strategy = meta, strategy
-    self.latest = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'),
+    self.latest = checkpoints.Checkpointer(paths.join(workdir, 'checkpoints'),
                                            config.max_to_keep)
     stack.callback(self.latest.close)
     self.best = None
     if config.best_metric:
-      self.best = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints_best'), 1,
+      self.best = checkpoints.Checkpointer(paths.join(workdir, 'checkpoints_best'), 1,
                                            best_metric=config.best_metric)
       stack.callback(self.best.close)
     self.saved_step: Optional[int] = None
@@ -320,7 +322,7 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
     visualise.write_pictures(run.model, run.objective.eval_variables(host_state), pictures_batch,
                              evaluation_key(config.seed), workdir, writer, step,
                              num_samples=2 * config.num_pictures)
-    writers.write_json(os.path.join(workdir, 'results.json'), results)
+    writers.write_json(paths.join(workdir, 'results.json'), results)
   return results
 
 
@@ -346,19 +348,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       finished, so re-running resumes there.
   """
   validation.validate_config(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir)
   source = None
-  if config.get('init_from', '') and not checkpoints.steps_in(os.path.join(workdir, 'checkpoints')):
+  if config.get('init_from', '') and not checkpoints.steps_in(paths.join(workdir, 'checkpoints')):
     source = pretrained.check_source(config)  # A fresh run: checked before anything is built.
-  _check_workdir_writable(workdir)
+  check_workdir_writable(workdir)
   run = setup(config, source)
   with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
     stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)
     state, run_rng, start_step, skipped = _restore(config, run, ckpts)
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+      epath.Path(workdir, 'config.json').write_text(
+          config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
     stack.callback(writer.close)
     window = MetricsWindow(run.strategy, config.nonfinite, skipped, ckpts.last_good)

@@ -11,7 +11,6 @@ from any other; other models start only from a model of their own kind.
 """
 import json
 import logging
-import os
 import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -20,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from segae_jax import models
 from segae_jax.errors import UserInputError
-from segae_jax.training import checkpoints
+from segae_jax.training import checkpoints, paths
 from segae_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,13 @@ def source_checkpoint(workdir: str, which) -> Tuple[str, int]:
     UserInputError: a missing workdir or checkpoint, or a bad `which`.
   """
   key = 'config.init_from'
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+  if not paths.exists(paths.join(workdir, 'config.json')):
     raise UserInputError(f'{key}={workdir}: not a training workdir (no config.json)')
   best = str(which) == 'best'
   if not (best or str(which) == 'latest' or str(which).isdigit()):
     raise UserInputError(f'config.init_checkpoint={which!r}: expected latest, best or a step '
                          'number')
-  directory = os.path.join(workdir, 'checkpoints_best' if best else 'checkpoints')
+  directory = paths.join(workdir, 'checkpoints_best' if best else 'checkpoints')
   steps = checkpoints.steps_in(directory)
   if not steps:
     raise UserInputError(f'{key}={workdir} has no checkpoint in {directory}')
@@ -97,10 +97,9 @@ def check_source(config: ml_collections.ConfigDict) -> Tuple[str, int, ml_collec
     UserInputError: a missing workdir or checkpoint, a bad init_checkpoint, a model of another
       kind, or a bad regular expression in init_dont_load.
   """
-  workdir = os.path.abspath(os.path.expanduser(config.init_from))
+  workdir = paths.resolve(config.init_from, 'config.init_from')
   directory, step = source_checkpoint(workdir, config.get('init_checkpoint', 'latest'))
-  with open(os.path.join(workdir, 'config.json')) as f:
-    source = ml_collections.ConfigDict(json.load(f))
+  source = ml_collections.ConfigDict(json.loads(paths.read_text(paths.join(workdir, 'config.json'))))
   check_kind(source.model.name, config.model.name, workdir)
   for pattern in config.get('init_dont_load', ()) or ():
     try:
@@ -123,7 +122,7 @@ def init_from(config: ml_collections.ConfigDict, state: TrainState,
   if not config.get('init_from', ''):
     return state
   directory, step, source = checked or check_source(config)
-  workdir = os.path.dirname(directory)
+  workdir = str(epath.Path(directory).parent)
   dont_load = list(config.get('init_dont_load', ()) or ())
   saved = checkpoints.Checkpointer(directory)
   try:

@@ -1,11 +1,10 @@
 """Pictures of what a model learned: reconstruction grids, prior samples, segmentation panels."""
 import functools
-import os
 
 import jax
 import numpy as np
 
-from segae_jax.training import writers
+from segae_jax.training import paths, writers
 
 # Class 0 (background) black, then the 10 matplotlib "tab10" colours, then greys; cycles beyond.
 _PALETTE = np.array([
@@ -74,5 +73,5 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
         variables, rng, num_samples, method=type(model).sample)
     pictures['samples'] = writers.image_grid(np.asarray(samples), min(num_samples, 8))
   for name, grid in pictures.items():
-    writers.save_png(os.path.join(workdir, f'{name}.png'), grid)
+    writers.save_png(paths.join(workdir, f'{name}.png'), grid)
     writer.write_image(step, name, grid)
