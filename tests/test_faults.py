@@ -314,8 +314,10 @@ def _two_processes(command):
   `command` gives the train.py command line with the multi-process flags appended."""
   port = _free_port()
   # Two processes compiling the same programs at once: without the session's compilation cache,
-  # whose entries are not written atomically.
+  # whose entries are not written atomically. PYTHONFAULTHANDLER: a process that hangs prints
+  # every thread's stack on the SIGABRT _finished sends it.
   env = {k: v for k, v in cpu_env(2).items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env['PYTHONFAULTHANDLER'] = '1'
   return [subprocess.Popen(
       command(f'--coordinator_address=127.0.0.1:{port}',
               f'--coordinator_bind_address=127.0.0.1:{port}', '--num_processes=2',
@@ -324,9 +326,22 @@ def _two_processes(command):
       for i in range(2)]
 
 
-def _finished(procs):
-  """[(stdout, stderr)] of processes that must all end with status 0."""
-  outputs = [p.communicate(timeout=600) for p in procs]
+def _finished(procs, timeout=600):
+  """[(stdout, stderr)] of processes that must all end with status 0 within `timeout` seconds.
+  A run that hangs fails with the end of every process's stderr and, for each process still
+  running, its Python stacks (SIGABRT under PYTHONFAULTHANDLER)."""
+  deadline = time.monotonic() + timeout
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
+  except subprocess.TimeoutExpired:
+    hung = [i for i, p in enumerate(procs) if p.poll() is None]
+    for i in hung:
+      procs[i].send_signal(signal.SIGABRT)
+    outputs += [p.communicate(timeout=120) for p in procs[len(outputs):]]
+    pytest.fail(f'processes {hung} still running after {timeout} s:\n' + '\n'.join(
+        f'--- process {i} stderr (end) ---\n{err[-6000:]}' for i, (_, err) in enumerate(outputs)))
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   return outputs
