@@ -481,15 +481,21 @@ def _folder_cmd(workdir, tfds_dir, images, masks, *extra):
 def test_two_processes_on_an_empty_shared_tfds_dir_prepare_the_dataset_once(tmp_path):
   """Process 0 prepares the folder dataset while process 1 waits, then both read it: one
   preparation, the dataset folder whole and no incomplete.* folder, and the training of one
-  process on 4 devices (its own tfds_dir)."""
+  process on 4 devices (its own tfds_dir).
+
+  Every step also saves both checkpoint folders at once (checkpoints/ and, for config.best_metric,
+  checkpoints_best/): orbax's multi-process barriers are named by step, and before each manager
+  had its own barrier prefix about 2 runs in 5 of this hung ("barrier ... already ongoing")."""
   images, masks = _write_segmentation_folder(str(tmp_path / 'data'))
+  every_step = ('--config.eval_every_steps=1', '--config.checkpoint_every_steps=1',
+                '--config.best_metric=miou')
   single = str(tmp_path / 'single')
-  proc = subprocess.run(_folder_cmd(single, tmp_path / 'tfds_single', images, masks), cwd=ROOT,
-                        env=cpu_env(4), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(_folder_cmd(single, tmp_path / 'tfds_single', images, masks, *every_step),
+                        cwd=ROOT, env=cpu_env(4), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   shared, multi = tmp_path / 'shared_tfds', str(tmp_path / 'multi')
   outputs = _finished(_two_processes(
-      lambda *flags: _folder_cmd(multi, shared, images, masks, *flags)))
+      lambda *flags: _folder_cmd(multi, shared, images, masks, *every_step, *flags)))
   prepared = [out + err for out, err in outputs]
   assert [text.count('prepared to') for text in prepared] == [1, 0], prepared[1][-2000:]
   found = [os.path.relpath(os.path.join(r, d), shared) for r, dirs, _ in os.walk(shared)

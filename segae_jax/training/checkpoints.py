@@ -45,11 +45,17 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3, best_metric: Optional[str] = None):
     self.directory = paths.resolve(directory, 'checkpoint directory')
     self.best_metric = best_metric
-    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    # A run's two managers (checkpoints/, checkpoints_best/) can save one step at once, and
+    # orbax names its multi-process barriers by step: without a prefix of their own, one
+    # process's second barrier of a name fails ("already ongoing") and the processes hang.
+    barriers = ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=epath.Path(self.directory).name)
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 multiprocessing_options=barriers)
     if best_metric:
       self._options = ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, create=True, best_mode='max',
-          best_fn=lambda metrics: metrics[best_metric])
+          best_fn=lambda metrics: metrics[best_metric], multiprocessing_options=barriers)
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> Optional[int]:
