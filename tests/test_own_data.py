@@ -263,6 +263,25 @@ def test_tile_starts_cover_the_axis_and_end_at_the_border():
   # sigma = 0.125 x 5 on the first axis: one pixel off centre, exp(-0.5 (1 / 0.625)^2).
   np.testing.assert_allclose(weights[1, 3], np.exp(-0.5 * (1 / 0.625) ** 2), rtol=1e-6)
   assert (tiling.importance_map((5, 7), 'constant') == 1).all()
+  # By hand on a 4 x 4 tile (sigma 0.5; x = +-0.5, +-1.5 pixels from the centre), scaled to
+  # a peak of 1 and not floored at MONAI's 1e-3 (see tiling.importance_map).
+  near, far = np.exp(-0.5 * (0.5 / 0.5) ** 2), np.exp(-0.5 * (1.5 / 0.5) ** 2)
+  weights = tiling.importance_map((4, 4), 'gaussian')
+  np.testing.assert_allclose(weights[1, 1], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(weights[0, 1], far / near, rtol=1e-6)
+  np.testing.assert_allclose(weights[0, 0], (far / near) ** 2, rtol=1e-6)  # 3.4e-4 < 1e-3.
+
+
+def test_blending_at_a_tile_corner_by_hand():
+  """Two 4 x 4 tiles across a 4 x 6 image (overlap 0.5: starts 0 and 2), each answering its
+  first column's value (0 and 2): at the top-left corner of the second tile the blend is
+  (0 w(0, 2) + 2 w(0, 0)) / (w(0, 2) + w(0, 0)). (MONAI's 1e-3 floor would give 0.258.)"""
+  image = np.tile(np.arange(6, dtype=np.float32), (4, 1))[..., None]
+  first_column = lambda tiles: np.broadcast_to(tiles[:, :1, :1], tiles.shape)
+  blended = tiling.Tiling((4, 4), 0.5, 'gaussian').apply(first_column, image)
+  near, far = np.exp(-0.5 * (0.5 / 0.5) ** 2), np.exp(-0.5 * (1.5 / 0.5) ** 2)
+  w_first, w_second = far / near, (far / near) ** 2  # Tile 1 at its (0, 2); tile 2 at (0, 0).
+  np.testing.assert_allclose(blended[0, 2, 0], 2 * w_second / (w_first + w_second), rtol=1e-5)
 
 
 def _box_filter(images):
@@ -290,11 +309,12 @@ def test_tiles_reassemble_pointwise_functions_exactly_and_blending_hides_the_sea
   blended = error(tiling.Tiling((16, 24), 0.25, 'gaussian'))   # The default.
   assert seams > 0.15 and averaged > 0.15, (seams, averaged)  # Measured 0.43, 0.25.
   assert blended < 0.25 * averaged, (averaged, blended)       # Measured 0.03.
-  # An image smaller than the tile is padded with zeros and cropped back.
+  # An image smaller than the tile is padded with zeros on both sides, as MONAI pads it (11
+  # rows: 5 before, 6 after; 15 columns: 7 before, 8 after), and cropped back.
   small = rng.random((5, 9, 2), np.float32)
+  padded = np.pad(small, ((5, 6), (7, 8), (0, 0)))
   np.testing.assert_allclose(tiling.Tiling((16, 24)).apply(_box_filter, small),
-                             _box_filter(np.pad(small, ((0, 11), (0, 15), (0, 0)))[None])[0, :5, :9],
-                             rtol=1e-6)
+                             _box_filter(padded[None])[0, 5:10, 7:16], rtol=1e-6)
 
 
 def test_tiled_prediction_of_a_tile_sized_image_is_the_plain_forward_pass(unet_scenes_run):

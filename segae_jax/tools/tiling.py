@@ -7,8 +7,9 @@ sigma = 0.125 x the tile size, MONAI's default sigma_scale, or constant) and div
 the weights. Gaussian blending gives the tile centres, where the model saw the most context, the
 most say, so the seams between tiles vanish.
 
-An image smaller than a tile on an axis is padded with zeros (MONAI's constant padding) and the
-output cropped back. Pure numpy around a jitted model function.
+An image smaller than a tile on an axis is padded with zeros on both sides (MONAI's constant
+padding: half before, the rest after) and the output cropped back. The Gaussian's floor differs
+from MONAI's on purpose (see `importance_map`). Pure numpy around a jitted model function.
 """
 import dataclasses
 from typing import Callable, List, Sequence, Tuple
@@ -63,9 +64,15 @@ def starts(length: int, tile: int, overlap: float) -> List[int]:
 
 
 def importance_map(tile: Tuple[int, int], blend: str) -> np.ndarray:
-  """float32 [tile_h, tile_w] weights: a separable Gaussian (sigma = SIGMA_SCALE x the tile size
-  per axis, peak 1) or ones. Gaussian weights are floored at the smallest positive float32
-  (as MONAI does) so that no pixel is left with a zero weight sum."""
+  """float32 [tile_h, tile_w] weights: a separable Gaussian centred on the tile (sigma =
+  SIGMA_SCALE x the tile size per axis, scaled to a peak of 1), floored at the smallest positive
+  float32 so that no pixel's weight sum is zero; or ones.
+
+  MONAI's `compute_importance_map` floors the Gaussian at 1e-3 instead. Where four tiles meet,
+  every one of them is at its corner, so that floor weighs them equally and the seam comes back
+  (benchmarks/tiling_seams.py measures both; docs/tools.md). With constant weights, or where
+  no weight falls below 1e-3, the blend equals MONAI's.
+  """
   if blend == 'constant':
     return np.ones(tile, np.float32)
   axes = []
@@ -120,7 +127,10 @@ class Tiling:
     """
     height, width = image.shape[:2]
     th, tw = self.tile
-    padded = np.pad(image, ((0, max(0, th - height)), (0, max(0, tw - width)), (0, 0)))
+    # Smaller than a tile: padded with zeros on both sides, the odd pixel after (MONAI's).
+    before = (max(0, th - height) // 2, max(0, tw - width) // 2)
+    padded = np.pad(image, ((before[0], max(0, th - height) - before[0]),
+                            (before[1], max(0, tw - width) - before[1]), (0, 0)))
     windows = self.windows(height, width)
     tiles = np.stack([padded[t:t + th, l:l + tw] for t, l in windows])
     outputs = self._batched(fn, tiles)
@@ -130,4 +140,4 @@ class Tiling:
     for (t, l), out in zip(windows, outputs):
       total[t:t + th, l:l + tw] += weights[..., None] * out
       norm[t:t + th, l:l + tw] += weights[..., None]
-    return (total / norm)[:height, :width]
+    return (total / norm)[before[0]:before[0] + height, before[1]:before[1] + width]
