@@ -384,7 +384,8 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
     _, fraction, arm = row['figure'].split('/')
     sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
     lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
-                 f'{len(row["seeds"])} | {fmt_interval(row["difference_to_unet"])} | '
+                 f'{len(row["seeds"])} | '
+                 f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} | '
                  f'{row["wall_s_min"]:.0f} |')
   lines += ['', '| tuning group | candidate | validation mIoU | wall s | chosen |',
             '|---|---|---|---|---|']

@@ -80,6 +80,8 @@ def _pool_batch(rng, objective, n_labeled=8, n_pool=8):
   batch = {'image': rng.random((n_labeled,) + SHAPE, np.float32),
            'segmentation': _labels(rng, n_labeled)}
   pool = {'image': rng.random((n_pool,) + SHAPE, np.float32)}
+  for view in objective.views().get('labeled', ()):
+    batch = view(batch, data.ExampleRngs(0, 1, 0, np.arange(n_labeled)))
   generators = data.ExampleRngs(0, 1, 0, np.arange(n_pool))
   for view in objective.views().get('unlabeled', ()):
     pool = view(pool, generators)
@@ -126,6 +128,8 @@ def _assert_same(reference, other, atol=1e-6):
 @pytest.mark.parametrize('objective,params', [
     pytest.param('supervised', {}, marks=pytest.mark.faults),  # The teacher's case covers it.
     ('fixmatch', {'threshold': 0.4}),
+    # The labelled pairs CutMix'ed under the strong view: pairs within each device's share.
+    pytest.param('supervised_strong', {}, marks=pytest.mark.faults),
 ])
 def test_pool_batches_give_one_step_under_pmap_jit_and_one_device(objective, params):
   """Half the batch from the pool, a fifth of the pixels ignored, class weights and every
