@@ -386,4 +386,6 @@ def test_semisupervised_folder_config_trains_and_scores_at_native_resolution(tmp
   assert tiled['mode'] == 'tile' and 0.0 <= tiled['metrics']['miou'] <= 1.0
   pixels = sum(row['pixels'] for row in tiled['metrics']['per_class'].values())
   assert pixels == 2 * 24 * 32  # The 2 test images at their own size.
+  assert np.sum(tiled['confusion_matrix']['counts']) == pixels
+  assert os.path.exists(os.path.join(workdir, 'confusion_matrix_test.png'))
   # (--mode=resize is training's own evaluation: test_segmentation.py checks it equals the run's.)

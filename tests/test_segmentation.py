@@ -14,7 +14,7 @@ from conftest import (ROOT, assert_trees_equal, saved_state, scenes_config, smal
                       unet_run_config)
 from segae_jax.training import checkpoints
 from segae_jax import data, training
-from segae_jax.tools import common, evaluate, predict
+from segae_jax.tools import common, confusion, evaluate, predict
 from segae_jax.errors import UserInputError
 from segae_jax.data import augment, sizing
 from segae_jax.data import fashion_mnist as fm
@@ -89,6 +89,29 @@ def test_evaluate_cli_reproduces_training_metrics(unet_scenes_run):
   # The evaluation training ran (same strategy and batches): the same numbers exactly.
   assert evaluated['metrics']['miou'] == best['test/miou']
   assert evaluated['metrics']['pixel_accuracy'] == best['test/pixel_accuracy']
+  # The confusion matrix: its rows are each class's pixels, its trace the correct ones.
+  matrix = evaluated['confusion_matrix']
+  counts = np.array(matrix['counts'])
+  per_class = evaluated['metrics']['per_class']  # Keys sorted by name in the JSON.
+  assert sorted(matrix['classes']) == sorted(per_class)
+  assert counts.sum(1).tolist() == [per_class[name]['pixels'] for name in matrix['classes']]
+  assert np.trace(counts) / counts.sum() == pytest.approx(evaluated['metrics']['pixel_accuracy'])
+  picture = np.asarray(Image.open(os.path.join(workdir, 'confusion_matrix_test.png')))
+  np.testing.assert_array_equal(picture, confusion.picture(counts, matrix['classes']))
+
+
+def test_confusion_picture_colours_rows_by_their_fractions():
+  counts = np.array([[3, 1, 0], [0, 4, 0], [2, 0, 2]])
+  names = ['background', 'bag', 'shirt']
+  np.testing.assert_allclose(confusion.row_normalised(counts),
+                             [[0.75, 0.25, 0], [0, 1, 0], [0.5, 0, 0.5]])
+  picture = confusion.picture(counts, names)
+  colour = lambda fraction: np.round(255 + fraction * (confusion.COLOUR - 255))
+  for (true, predicted), fraction in {(0, 0): 0.75, (0, 1): 0.25, (1, 1): 1.0,
+                                      (2, 1): 0.0, (2, 2): 0.5}.items():
+    np.testing.assert_array_equal(picture[confusion.cell_corner(names, true, predicted)],
+                                  colour(fraction))
+  assert confusion.as_json(np.zeros((2, 2)), ['a', 'b'])['row_normalised'] == [[0, 0], [0, 0]]
 
 
 def test_predict_cli_writes_masks_of_input_sizes(unet_scenes_run, tmp_path):

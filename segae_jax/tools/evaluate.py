@@ -3,7 +3,9 @@
 
 Restores the best checkpoint (highest test mIoU for segmentation runs; the latest otherwise, or
 with --checkpoint=latest) and writes <workdir>/eval_<split>.json with every metric, including the
-per-class IoU/Dice table, which is also printed.
+per-class IoU/Dice table, which is also printed. For a segmentation model it also holds the
+confusion matrix (pixel counts, C[true, predicted]), drawn row-normalised with the class names in
+<workdir>/confusion_matrix_<split>.png.
 
 --mode=resize is the evaluation training runs (at the training size). --mode=tile scores a
 segmentation model at each image's own resolution, by sliding-window inference against the
@@ -17,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from segae_jax import cli
-from segae_jax.tools import common
+from segae_jax.tools import common, confusion
 
 FLAGS = flags.FLAGS
 
@@ -56,8 +58,13 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
     metrics = tiled_scores(run, dataset, split, inference, batch_size, workdir)
   else:
     metrics = _training_evaluation(run, dataset, split)
+  counts = metrics.pop('confusion', None)
   results = {**common.result_header(workdir, run, model=False), 'split': split,
              'mode': 'tile' if tiled else 'resize', 'metrics': metrics}
+  if counts is not None:
+    results['confusion_matrix'] = confusion.as_json(counts, dataset.class_names)
+    writers.save_png(os.path.join(workdir, f'confusion_matrix_{split}.png'),
+                     confusion.picture(counts, dataset.class_names))
   writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
   return results
 
@@ -72,14 +79,15 @@ def _training_evaluation(run, dataset, split: str):
                               params=run.variables['params'], tx=None, opt_state=None,
                               batch_stats=run.variables.get('batch_stats', {}))
   return training.evaluate(strategy, strategy.replicate(state), dataset, config,
-                           training.evaluation_key(config.seed), split)
+                           training.evaluation_key(config.seed), split, keep_confusion=True)
 
 
 def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_size: int,
                  workdir: str = '', chunk: int = 64):
   """Segmentation scores of `split` at each image's own resolution: every image segmented by
   common.Segmenter (tiled where run.uses_tiles says) and its label map counted against the
-  stored mask in one confusion matrix (training.metrics.segmentation_scores of it).
+  stored mask in one confusion matrix (training.metrics.segmentation_scores of it, and the
+  matrix as 'confusion': int64 [classes, classes] pixels).
 
   Raises:
     UserInputError: a model that does not segment, or a bad tile size.
@@ -89,14 +97,13 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
   segment = common.Segmenter(run, inference, batch_size)
   source = getattr(dataset, split)
   k = dataset.num_classes
-  confusion = np.zeros((k, k), np.int64)
+  counts = np.zeros((k, k), np.int64)
   for start in range(0, len(source), chunk):
     examples = source.__getitems__(np.arange(start, min(start + chunk, len(source))))
     labels = segment([np.asarray(image) for image in examples['image']])
     for truth, predicted in zip(examples['segmentation'], labels):
-      confusion += common.confusion_counts(np.asarray(truth).reshape(predicted.shape),
-                                           predicted, k)
-  return metrics_lib.segmentation_scores(confusion, dataset.class_names)
+      counts += common.confusion_counts(np.asarray(truth).reshape(predicted.shape), predicted, k)
+  return {**metrics_lib.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
 
 
 PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))

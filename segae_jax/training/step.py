@@ -152,10 +152,11 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
 
 
 def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
-             split: str = 'test') -> Dict[str, Any]:
+             split: str = 'test', keep_confusion: bool = False) -> Dict[str, Any]:
   """Exact metrics over the whole split: means of eval_step's per-example sums, and for
   segmentation models the scores of the summed confusion matrix (metrics.segmentation_scores:
-  'miou', 'mean_dice', 'pixel_accuracy', 'per_class')."""
+  'miou', 'mean_dice', 'pixel_accuracy', 'per_class'), with keep_confusion the matrix itself
+  too ('confusion': float64 [classes, classes] pixels, C[true, predicted])."""
   totals: Dict[str, np.ndarray] = {}
   for batch in data.eval_inputs(config, dataset, split, strategy.device_axis_size,
                                 jax.process_index(), jax.process_count()):
@@ -167,6 +168,8 @@ def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
   results: Dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
   if confusion is not None:
     results.update(metrics_lib.segmentation_scores(confusion, dataset.class_names))
+    if keep_confusion:
+      results['confusion'] = confusion
   return results
 
 
