@@ -8,7 +8,6 @@ Light to import (no JAX, no orbax until a run is restored), so a tool's `--help`
 import dataclasses
 import inspect
 import json
-import os
 import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
