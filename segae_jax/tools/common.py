@@ -18,7 +18,7 @@ from absl import flags
 
 from segae_jax.data import batching, sizing
 from segae_jax.errors import UserInputError
-from segae_jax.tools import tiling
+from segae_jax.tools import postprocess, tiling
 
 CHECKPOINT_KINDS = ('best', 'latest')
 # What an output head receives: the model's outputs ({'seg_logits': ..., 'recon_logits': ...}).
@@ -73,26 +73,50 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     module_name=module)
   flags.DEFINE_string('tile_size', '', 'Tile HxW in pixels (default: the training image size).',
                       flag_values=flag_values, module_name=module)
+  flags.DEFINE_enum('tta', 'none', list(postprocess.TTA),
+                    'Test-time augmentation: flips averages the logits of the image and its '
+                    'three mirror images.', flag_values=flag_values, module_name=module)
+  flags.DEFINE_integer('min_component_size', 0, 'Connected components of a foreground class '
+                       'smaller than this many pixels become background (0: keep all).',
+                       flag_values=flag_values, module_name=module)
+  flags.DEFINE_bool('fill_holes', False, 'Fill the holes each foreground class encloses.',
+                    flag_values=flag_values, module_name=module)
 
 
 @dataclasses.dataclass(frozen=True)
 class Inference:
-  """How images of any size meet the model (the flags of define_inference_flags).
+  """How images of any size meet the model, and what is done to its outputs (the flags of
+  define_inference_flags; tools.postprocess).
 
   Raises:
-    UserInputError: an unknown mode or blend, or an overlap outside [0, 1).
+    UserInputError: an unknown mode, blend or tta, an overlap outside [0, 1), or a negative
+      min_component_size.
   """
   mode: str = 'auto'
   overlap: float = 0.25
   blend: str = 'gaussian'
   tile_size: str = ''
+  tta: str = 'none'
+  min_component_size: int = 0
+  fill_holes: bool = False
 
   def __post_init__(self):
     tiling.check_options(self.mode, self.overlap, self.blend)
+    postprocess.check_options(self.tta, self.min_component_size)
 
   @classmethod
   def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> 'Inference':
-    return cls(flag_values.mode, flag_values.overlap, flag_values.blend, flag_values.tile_size)
+    return cls(flag_values.mode, flag_values.overlap, flag_values.blend, flag_values.tile_size,
+               flag_values.tta, flag_values.min_component_size, flag_values.fill_holes)
+
+  @property
+  def refined(self) -> bool:
+    """Whether test-time augmentation or post-processing changes the plain label maps."""
+    return self.tta != 'none' or self.min_component_size > 1 or self.fill_holes
+
+  def plain(self) -> 'Inference':
+    """The same inference without test-time augmentation and post-processing."""
+    return dataclasses.replace(self, tta='none', min_component_size=0, fill_holes=False)
 
 
 def seg_logits(outputs: Dict[str, Any]):
@@ -289,6 +313,9 @@ class Segmenter:
 
   Each image is tiled (tools.tiling: blended logits, then arg-max) or resized (to the model input,
   bilinear; the label map back to the image's size, nearest neighbour), as run.uses_tiles says.
+  With inference.tta='flips' the logits (of each tile, or of the resized image) are the mean
+  over the image's mirror images; the label maps are then post-processed at the image's size
+  (tools.postprocess).
 
   Args:
     run: a segmentation run.
@@ -304,6 +331,10 @@ class Segmenter:
     tile_run, self.tiles = run.tiled(inference, batch_size)
     self._labels = run.jit(seg_labels)
     self._tile_logits = tile_run.jit(seg_logits)
+    if inference.tta == 'flips':  # Logits to average: the arg-max after the mean.
+      logits = postprocess.with_flips(run.jit(seg_logits))
+      self._labels = lambda images: logits(images).argmax(-1)
+      self._tile_logits = postprocess.with_flips(self._tile_logits)
 
   def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
     """uint8 [height, width, channels] images (the model's channels) -> uint8 [height, width]
@@ -321,7 +352,8 @@ class Segmenter:
     for i in (i for i, t in enumerate(tiled) if t):
       pixels = np.divide(images[i], np.float32(255), dtype=np.float32)
       labels[i] = self.tiles.apply(self._tile_logits, pixels).argmax(-1).astype(np.uint8)
-    return labels
+    return [postprocess.postprocess(label, self.inference.min_component_size,
+                                    self.inference.fill_holes) for label in labels]
 
 
 def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,

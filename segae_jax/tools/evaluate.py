@@ -12,8 +12,13 @@ segmentation model at each image's own resolution, by sliding-window inference a
 stored mask (segmentation scores only: mIoU, Dice, pixel accuracy, per class); --mode=auto
 (default) tiles when the split holds images larger than the model's input (a folder dataset
 stored at native size), else resizes.
+
+With --tta=flips, --min_component_size=N or --fill_holes (tools.postprocess) every image goes
+through predict's path (common.Segmenter) and the JSON holds the scores with them ('metrics') and
+without ('metrics_plain'), and the seconds each evaluation took.
 """
 import os
+import time
 
 import numpy as np
 from absl import flags
@@ -54,13 +59,22 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
   dataset = data.build(run.config.data)
   largest = (dataset.sizes or {}).get(split, {})
   tiled = run.uses_tiles(inference, largest.get('max_height', 0), largest.get('max_width', 0))
-  if tiled:
+  start = time.perf_counter()
+  if tiled or inference.refined:
     metrics = tiled_scores(run, dataset, split, inference, batch_size, workdir)
   else:
     metrics = _training_evaluation(run, dataset, split)
-  counts = metrics.pop('confusion', None)
   results = {**common.result_header(workdir, run, model=False), 'split': split,
-             'mode': 'tile' if tiled else 'resize', 'metrics': metrics}
+             'mode': 'tile' if tiled else 'resize', 'seconds': time.perf_counter() - start}
+  if inference.refined:  # The same scores without TTA and post-processing, to compare.
+    results.update(tta=inference.tta, min_component_size=inference.min_component_size,
+                   fill_holes=inference.fill_holes)
+    start = time.perf_counter()
+    plain = tiled_scores(run, dataset, split, inference.plain(), batch_size, workdir)
+    plain.pop('confusion')
+    results.update(metrics_plain=plain, seconds_plain=time.perf_counter() - start)
+  counts = metrics.pop('confusion', None)
+  results['metrics'] = metrics
   if counts is not None:
     results['confusion_matrix'] = confusion.as_json(counts, dataset.class_names)
     writers.save_png(os.path.join(workdir, f'confusion_matrix_{split}.png'),
@@ -126,6 +140,9 @@ def main() -> None:
   print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split} '
         f'({results["mode"]}):')
   print(format_table(results['metrics']))
+  if 'metrics_plain' in results:
+    print('without --tta, --min_component_size and --fill_holes:')
+    print(format_table(results['metrics_plain']))
   print(f'wrote {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
 
 
