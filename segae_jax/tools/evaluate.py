@@ -13,18 +13,22 @@ stored mask (segmentation scores only: mIoU, Dice, pixel accuracy, per class); -
 (default) tiles when the split holds images larger than the model's input (a folder dataset
 stored at native size), else resizes.
 
+With --iw_samples=K a VAE is also scored by the importance-sampled bound on -log p(x) (IWAE,
+tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
+
 With --tta=flips, --min_component_size=N or --fill_holes (tools.postprocess) every image goes
 through predict's path (common.Segmenter) and the JSON holds the scores with them ('metrics') and
 without ('metrics_plain'), and the seconds each evaluation took.
 """
 import os
 import time
+from typing import Optional
 
 import numpy as np
 from absl import flags
 
 from segae_jax import cli
-from segae_jax.tools import common, confusion
+from segae_jax.tools import common, confusion, likelihood
 
 FLAGS = flags.FLAGS
 
@@ -35,11 +39,16 @@ def define_flags() -> None:
   common.define_run_flags('Training workdir (holds config.json and checkpoints/).', 'best',
                           split_help='Split to evaluate.')
   flags.DEFINE_integer('batch_size', 32, 'Tiles per forward pass (--mode=tile).')
+  flags.DEFINE_integer('iw_samples', None, 'A VAE\'s importance-sampled bound on -log p(x) '
+                       '(IWAE) with this many samples per image, e.g. 5000 (nats).')
+  flags.DEFINE_integer('iw_images', None, 'Only the first this many images of the split for '
+                       '--iw_samples (default: all).')
   common.define_inference_flags()
 
 
 def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
-                 inference: common.Inference = common.Inference(), batch_size: int = 32):
+                 inference: common.Inference = common.Inference(), batch_size: int = 32,
+                 iw_samples: Optional[int] = None, iw_images: Optional[int] = None):
   """Returns (and writes to eval_<split>.json) the metrics of the restored run on `split`.
 
   In resize mode the evaluation is the one training runs: same key (training.evaluation_key),
@@ -50,12 +59,15 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
 
   Raises:
     UserInputError: not a workdir, no checkpoint, config.eval_batch_size not divisible by the
-      devices present, or (tile mode) a model that does not segment or a bad tile size.
+      devices present, (tile mode) a model that does not segment or a bad tile size, or
+      iw_samples < 1 or given for a model without q(z|x).
   """
   from segae_jax import data
   from segae_jax.training import writers
 
   run = common.load_run(workdir, checkpoint)
+  if iw_samples is not None:
+    likelihood.check(run.model, iw_samples)
   dataset = data.build(run.config.data)
   largest = (dataset.sizes or {}).get(split, {})
   tiled = run.uses_tiles(inference, largest.get('max_height', 0), largest.get('max_width', 0))
@@ -74,6 +86,10 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
     plain.pop('confusion')
     results.update(metrics_plain=plain, seconds_plain=time.perf_counter() - start)
   counts = metrics.pop('confusion', None)
+  if iw_samples is not None:  # Beside the run's -ELBO ('loss' with the VAE's weights of 1).
+    from segae_jax import training
+    metrics.update(likelihood.evaluate_iwae(run, dataset, split, iw_samples, batch_size,
+                                            training.evaluation_key(run.config.seed), iw_images))
   results['metrics'] = metrics
   if counts is not None:
     results['confusion_matrix'] = confusion.as_json(counts, dataset.class_names)
@@ -136,7 +152,8 @@ def format_table(metrics) -> str:
 def main() -> None:
   """The command, once cli.run_command has parsed the flags."""
   results = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                         common.Inference.from_flags(), FLAGS.batch_size)
+                         common.Inference.from_flags(), FLAGS.batch_size, FLAGS.iw_samples,
+                         FLAGS.iw_images)
   print(f'{results["checkpoint"]} checkpoint, step {results["step"]}, split {FLAGS.split} '
         f'({results["mode"]}):')
   print(format_table(results['metrics']))
