@@ -26,6 +26,7 @@ def get_config():
       'split_seed': 0,
       'max_size': 0,               # > 0: store images with the long side capped at this.
       'unlabeled_dir': '',         # Images without masks (configs/segae_folder_semisup.py).
+      'mask_mode': 'classes',      # or 'foreground': instance ids (any non-zero) -> class 1.
       'unlabeled_per_batch': 0,    # How many of each batch come from unlabeled_dir.
       'tfds_dir': '',
       'augment': {'flip': True, 'crop_min_scale': 0.7, 'brightness': 0.1, 'contrast': 0.1},

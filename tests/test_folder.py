@@ -422,6 +422,36 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, case):
   assert sorted(os.listdir(stale)) == ['segmentation_folder-train.array_record-00000-of-00001']
 
 
+def test_instance_masks_train_foreground_in_foreground_mode(tmp_path):
+  """A 16-bit instance label image (ids 1..300, 0 background): refused as classes, read as
+  background / foreground with mask_mode='foreground', and the stored settings keep the names of
+  datasets prepared before the field (mask_mode='classes' adds nothing to the hash)."""
+  rng = np.random.default_rng(0)
+  for stem in ('a', 'b', 'c', 'd'):
+    _write(tmp_path / 'images' / f'{stem}.png', rng.integers(0, 256, (HEIGHT, WIDTH), np.uint8))
+    instances = np.zeros((HEIGHT, WIDTH), np.uint16)
+    instances[2:6, 3:9], instances[10:14, 12:20] = 1, 300 if stem == 'a' else 7
+    _write(tmp_path / 'masks' / f'{stem}.png', instances)  # Mode I;16.
+  with pytest.raises(UserInputError, match=r'a\.png: label value 300 >= config.data.num_classes'):
+    folder.prepare(_config(tmp_path / 'images', tmp_path / 'masks', channels=1, num_classes=2),
+                   str(tmp_path / 'tfds_classes'))
+  config = _config(tmp_path / 'images', tmp_path / 'masks', channels=1, num_classes=2,
+                   mask_mode='foreground', image_size=(HEIGHT, WIDTH))
+  builder = folder.prepare(config, str(tmp_path / 'tfds'))
+  for split in ('train', 'test'):
+    for mask in _read(builder, split)['segmentation']:
+      expected = np.zeros((HEIGHT, WIDTH), np.uint8)
+      expected[2:6, 3:9] = expected[10:14, 12:20] = 1
+      np.testing.assert_array_equal(mask, expected)
+  assert 'mask_mode' not in _config(tmp_path, tmp_path).settings()
+  assert config.name != _config(tmp_path / 'images', tmp_path / 'masks', channels=1,
+                                num_classes=2, image_size=(HEIGHT, WIDTH)).name
+  with pytest.raises(UserInputError, match=r"mask_mode='foreground' makes 2 classes"):
+    _config(tmp_path, tmp_path, mask_mode='foreground', num_classes=3)
+  with pytest.raises(UserInputError, match=r"config.data.mask_mode='instances'; expected one of"):
+    _config(tmp_path, tmp_path, mask_mode='instances')
+
+
 def test_bad_settings_name_the_key(tmp_path):
   good = dict(images_dir=str(tmp_path), masks_dir=str(tmp_path), num_classes=4)
   for override, key in (({'channels': 2}, 'config.data.channels'),

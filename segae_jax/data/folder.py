@@ -2,7 +2,9 @@
 
 Layout: every image in `images_dir` has a mask of the same file stem in `masks_dir`
 (`cat_01.jpg` <-> `cat_01.png`); extensions .png .jpg .jpeg .tif .tiff .bmp in any case. Masks are
-single-channel integer label images (mode L, P or I): pixel value = class id in [0, num_classes).
+single-channel integer label images (mode L, P or I, 8 to 32 bits): pixel value = class id in
+[0, num_classes), or with mask_mode='foreground' an instance label image (0 background, any
+other value foreground).
 With split='folders' the same layout sits in `train/` and `test/` subfolders of both folders; with
 split='fraction' one flat folder is split at random, seeded. `unlabeled_dir` (optional, searched
 recursively) holds images without masks for semi-supervised training: they become the split
@@ -49,6 +51,7 @@ UNLABELED = 'unlabeled'
 MAX_CLASSES = 256  # Masks are stored as uint8.
 # np.asarray gives one integer per pixel for these ('1' -> bool, I;16* -> uint16, I -> int32).
 MASK_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
+MASK_READINGS = ('classes', 'foreground')  # config.data.mask_mode.
 # What an unlabelled example stores as its mask: the feature exists in every split.
 NO_MASK = np.zeros((1, 1), np.uint8)
 
@@ -72,6 +75,9 @@ class FolderConfig(tfds.core.BuilderConfig):
     max_size: > 0 caps the long side of stored images and masks at this many pixels (aspect
       kept); 0 stores them at their own size.
     unlabeled_dir: optional folder (searched recursively) of images without masks.
+    mask_mode: 'classes' (a mask pixel is its class id) or 'foreground' (an instance label
+      image: 0 background, every other value, e.g. instance ids 1..N of 8 or 16 bits, class 1;
+      needs num_classes=2).
 
   `name` is set from a hash of the stored settings (`settings()`, paths made absolute first),
   whatever is passed.
@@ -92,6 +98,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   split_seed: int = 0
   max_size: int = 0
   unlabeled_dir: str = ''
+  mask_mode: str = 'classes'
 
   def __post_init__(self):
     local.check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
@@ -104,6 +111,12 @@ class FolderConfig(tfds.core.BuilderConfig):
       raise UserInputError(f'config.data.num_classes must be an integer in [2, {MAX_CLASSES}] '
                            f'(masks are uint8), got {self.num_classes!r}')
     self.num_classes = int(self.num_classes)
+    if self.mask_mode not in MASK_READINGS:
+      raise UserInputError(f'config.data.mask_mode={self.mask_mode!r}; expected one of '
+                           f'{", ".join(MASK_READINGS)}')
+    if self.mask_mode == 'foreground' and self.num_classes != 2:
+      raise UserInputError(f"config.data.mask_mode='foreground' makes 2 classes (background, "
+                           f'foreground); config.data.num_classes is {self.num_classes}')
     self.name = local.config_name('folder', self.settings())
     if self.description is None:
       self.description = 'Images and masks from ' + json.dumps(self.settings(), sort_keys=True)
@@ -114,7 +127,9 @@ class FolderConfig(tfds.core.BuilderConfig):
             'channels': self.channels, 'num_classes': self.num_classes,
             'class_names_file': self.class_names_file, 'split': self.split,
             'test_fraction': self.test_fraction, 'split_seed': self.split_seed,
-            'max_size': self.max_size, 'unlabeled_dir': self.unlabeled_dir}
+            'max_size': self.max_size, 'unlabeled_dir': self.unlabeled_dir,
+            # Only when not the default: datasets prepared before the field keep their names.
+            **({'mask_mode': self.mask_mode} if self.mask_mode != 'classes' else {})}
 
 
 def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
@@ -187,12 +202,16 @@ def split_files(config: FolderConfig) -> Dict[str, List[Tuple[str, str, str]]]:
   return splits
 
 
-def _mask_array(mask: Image.Image, path: str, num_classes: int) -> np.ndarray:
-  """PIL label image -> uint8 [height, width] of class ids in [0, num_classes)."""
+def _mask_array(mask: Image.Image, path: str, num_classes: int,
+                mask_mode: str = 'classes') -> np.ndarray:
+  """PIL label image (8, 16 or 32 bits) -> uint8 [height, width] of class ids in
+  [0, num_classes); with mask_mode='foreground' every non-zero value is class 1."""
   if mask.mode not in MASK_MODES:
     raise UserInputError(f'{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); '
                          f'expected a single-channel label image (mode L, P or I) of class ids')
   labels = np.asarray(mask).astype(np.int64)
+  if mask_mode == 'foreground':  # Instance ids (or any non-zero label) -> foreground.
+    labels = (labels != 0).astype(np.int64)
   low, high = int(labels.min()), int(labels.max())
   if low < 0:
     raise UserInputError(f'{path}: label value {low} is negative; labels must be in '
@@ -220,7 +239,8 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
   mask = None
   h, w = image.shape[:2]
   if mask_path:
-    mask = _mask_array(open_image(mask_path, 'mask'), mask_path, config.num_classes)
+    mask = _mask_array(open_image(mask_path, 'mask'), mask_path, config.num_classes,
+                       config.mask_mode)
     if mask.shape != (h, w):
       raise UserInputError(f'{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} '
                            f'(height x width) but its image {image_path} is {h}x{w}')
@@ -303,7 +323,8 @@ def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> Segmentatio
 
 
 FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'class_names_file',
-          'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir')
+          'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir',
+          'mask_mode')
 
 
 @dataclasses.dataclass(frozen=True)
