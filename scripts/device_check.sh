@@ -17,11 +17,18 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 stage() {  # stage NAME SECONDS COMMAND...: run it; on failure one JSON line naming the stage.
-  local name=$1 seconds=$2
+  local name=$1 seconds=$2 status
   shift 2
-  if ! timeout "$seconds" "$@" 2> "$tmp/$name.err"; then
-    "$py" -c 'import json, sys; print(json.dumps({"figure": sys.argv[1], "error": sys.argv[2][-500:]}))' \
-      "$name" "$(tail -c 500 "$tmp/$name.err")"
+  timeout "$seconds" "$@" 2> "$tmp/$name.err"
+  status=$?
+  if [ "$status" -ne 0 ]; then
+    # The reason: the time limit, or the last line of the stage's stderr (progress bars dropped).
+    local why
+    if [ "$status" -eq 124 ]; then why="timed out after ${seconds} s"
+    else why="exit $status: $(tr '\r' '\n' < "$tmp/$name.err" | grep -v '^\s*$' | tail -n 1 | tail -c 400)"
+    fi
+    "$py" -c 'import json, sys; print(json.dumps({"figure": sys.argv[1], "error": sys.argv[2]}))' \
+      "$name" "$why"
   fi
 }
 
@@ -57,7 +64,9 @@ print(json.dumps({\"figure\": \"main_job\", \"steps\": r[\"step\"],
                   \"train_images_per_s\": r[\"train_images_per_s\"],
                   \"test_loss_nats\": r[\"test\"][\"loss\"]}))' '$tmp/main_job/results.json'"
 
+# The first one also prepares the scenes dataset of unet64 on a fresh machine (built once).
 for dtype in float32 bfloat16 float16; do
-  stage "train_step_$dtype" 100 "$py" -m benchmarks.run --only=reference \
+  stage "train_step_$dtype" "$([ "$dtype" = float32 ] && echo 160 || echo 100)" \
+    "$py" -m benchmarks.run --only=reference \
     --compute_dtype="$dtype" --output="$tmp/bench_$dtype.json"
 done
