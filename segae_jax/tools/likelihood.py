@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from segae_jax.errors import UserInputError
+from segae_jax.losses import reconstruction
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,8 +46,7 @@ def negative_elbo(model, variables, images: jnp.ndarray, targets: jnp.ndarray,
   z drawn from q(z|images) plus the analytic KL of q from N(0, I) (Kingma & Welling, Eq. 10)."""
   out = model.apply(variables, images, rngs={'reparam': key})
   rec = optax.sigmoid_binary_cross_entropy(out['rec_logits'], targets).sum(axis=(1, 2, 3))
-  kl = 0.5 * jnp.sum(jnp.exp(out['logvar']) + out['mean'] ** 2 - 1.0 - out['logvar'], axis=-1)
-  return rec + kl
+  return rec + reconstruction.gaussian_kl(out['mean'], out['logvar'])
 
 
 _jitted_negative_elbo = jax.jit(negative_elbo, static_argnums=0)
