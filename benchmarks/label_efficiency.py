@@ -233,12 +233,13 @@ def fastest(rows: Iterable[Mapping]) -> float:
   return float(min(whole)) if whole else float('nan')
 
 
-def summarise(rows: Iterable[Mapping]) -> List[Dict]:
-  """arm/<fraction>/<arm> rows from the run/<fraction>/<arm>/seed<k> rows."""
+def summarise(rows: Iterable[Mapping], kind: str = 'run') -> List[Dict]:
+  """arm/<fraction>/<arm> rows from the run/<fraction>/<arm>/seed<k> rows (kind 'run', the
+  grid), or long_arm/... rows from the long/... rows (kind 'long', the longer runs)."""
   by_arm: Dict[Tuple[str, str], Dict[int, Mapping]] = {}
   for row in rows:
-    kind, fraction, arm, seed = row['figure'].split('/')
-    if kind != 'run':
+    row_kind, fraction, arm, seed = row['figure'].split('/')
+    if row_kind != kind:
       continue
     by_arm.setdefault((fraction, arm), {})[int(seed[len('seed'):])] = row
   out = []
@@ -249,7 +250,8 @@ def summarise(rows: Iterable[Mapping]) -> List[Dict]:
     reference = by_arm.get((fraction, REFERENCE), {})
     paired = sorted(set(seeds) & set(reference))
     out.append({
-        'figure': f'arm/{fraction}/{arm}', 'seeds': sorted(seeds),
+        'figure': f'{"arm" if kind == "run" else "long_arm"}/{fraction}/{arm}',
+        'seeds': sorted(seeds),
         'miou_mean': float(np.mean(mious)),
         'miou_sd': float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
         'difference_to_unet': paired_interval([seeds[s]['miou'] for s in paired],
@@ -343,23 +345,25 @@ class Harness:
     return rows
 
   def long_runs(self, tune_rows: Sequence[Mapping], rows: List[Dict]) -> List[Dict]:
-    """After the grid, --long_arms at --long_steps (seed --long_seed, --long_fraction): where
-    the reference flattens, and whether a gap holds at a longer budget."""
+    """After the grid, --long_arms at --long_steps (seeds --long_seeds, --long_fraction): where
+    the reference flattens, and whether a gap holds there. Seed by seed, so that a stopped
+    harness still pairs every arm."""
     a = self.args
     settings = arm_settings(best_candidates(tune_rows))
-    for arm in a.long_arms:
-      config, pool, overrides = settings[arm]
-      run_dir = os.path.join(a.workdir, 'long', a.long_fraction, arm, f'seed{a.long_seed}')
-      results = self.run('grid', config, run_dir, FRACTIONS[a.long_fraction], a.long_seed,
-                         a.long_steps, pool, a.eval_every, overrides)
-      rows.append(run_row(f'long/{a.long_fraction}/{arm}/seed{a.long_seed}', run_dir, results))
-      self.write(tune_rows, rows)
+    for seed in a.long_seeds:
+      for arm in a.long_arms:
+        config, pool, overrides = settings[arm]
+        run_dir = os.path.join(a.workdir, 'long', a.long_fraction, arm, f'seed{seed}')
+        results = self.run('grid', config, run_dir, FRACTIONS[a.long_fraction], seed,
+                           a.long_steps, pool, a.eval_every, overrides)
+        rows.append(run_row(f'long/{a.long_fraction}/{arm}/seed{seed}', run_dir, results))
+        self.write(tune_rows, rows)
     return rows
 
   def write(self, tune_rows: Sequence[Mapping], rows: Sequence[Mapping]) -> None:
     """The JSON lines, the table and the learning curves of every finished run so far."""
     summary = summarise(rows)
-    write_jsonl(self.args.output, [*tune_rows, *rows, *summary])
+    write_jsonl(self.args.output, [*tune_rows, *rows, *summary, *summarise(rows, 'long')])
     with open(self.args.table, 'w') as f:
       f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
@@ -404,6 +408,14 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
       _, fraction, arm, seed = row['figure'].split('/')
       lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {seed[len("seed"):]} | '
                    f'{row["steps"]} | {100 * row["miou"]:.1f} | {row["wall_s"]:.0f} |')
+    lines += ['', '| longer runs: labels | arm | test mIoU (final step) | seeds | '
+              'Δ to unet, 95% interval |', '|---|---|---|---|---|']
+    for row in summarise(long, 'long'):
+      _, fraction, arm = row['figure'].split('/')
+      sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
+      lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
+                   f'{len(row["seeds"])} | '
+                   f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -460,7 +472,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='After the grid: --long_arms this long (0: none).')
   parser.add_argument('--long_arms', type=names, default=['unet', 'fixmatch'])
   parser.add_argument('--long_fraction', default='5pct')
-  parser.add_argument('--long_seed', type=int, default=0)
+  parser.add_argument('--long_seeds', type=ints, default=[0, 1, 2])
   parser.add_argument('--num_train', type=int, default=10_000)
   parser.add_argument('--num_test', type=int, default=2_000)
   parser.add_argument('--num_validation', type=int, default=1_000)

@@ -49,6 +49,20 @@ def test_summary_pairs_only_the_seeds_both_arms_finished():
   assert '| 5% | fixmatch | 61.7 ± 24.7 | 3 | +6.5 [-12.6, +25.6] | 0 |' in table
 
 
+def test_longer_runs_are_paired_apart_from_the_grid():
+  grid = [_row('5pct', 'unet', s, 0.40) for s in (0, 1)]
+  long = [dict(_row('5pct', arm, s, m), figure=f'long/5pct/{arm}/seed{s}', steps=3000)
+          for arm, s, m in (('unet', 0, 0.47), ('unet', 1, 0.45), ('fixmatch', 0, 0.50),
+                            ('fixmatch', 1, 0.46))]
+  assert [r['figure'] for r in le.summarise(grid + long)] == ['arm/5pct/unet']
+  summary = {r['figure']: r for r in le.summarise(grid + long, 'long')}
+  d = summary['long_arm/5pct/fixmatch']['difference_to_unet']
+  # d = (0.03, 0.01): mean 0.02, sd 0.0141421, half width 12.7062047 * 0.0141421 / sqrt(2).
+  np.testing.assert_allclose([d['mean'], d['high']], [0.02, 0.02 + 0.127062], atol=1e-5)
+  table = le.markdown_table(le.summarise(grid), [], {}, grid + long)
+  assert '| 5% | fixmatch | 48.0 ± 2.8 | 2 | +2.0 [-10.7, +14.7] |' in table
+
+
 def test_tuning_winners_set_the_arms_of_the_grid():
   tune = [{'figure': 'tune/rec/masked_rec', 'miou': 0.40},
           {'figure': 'tune/rec/denoising', 'miou': 0.43},
@@ -66,7 +80,7 @@ TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_s
         '--steps=30', '--eval_every=10', '--tune_steps=2', '--num_train=100', '--num_test=20',
         '--num_validation=20', '--labeled_per_step=2', '--override=--config.model.features=(8,16)',
         '--override=--config.log_every_steps=1', '--override=--config.eval_batch_size=20',
-        '--long_steps=40', '--long_arms=unet_strong']
+        '--long_steps=40', '--long_arms=unet_strong', '--long_seeds=0']
 
 
 def _harness(workdir):
