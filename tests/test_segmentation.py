@@ -265,7 +265,44 @@ def test_folder_config_trains_on_images_written_here(tmp_path):
       'eval_every_steps': 2})
   results = training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert list(results['test']['per_class']) == ['class_0', 'class_1']
-  assert sum(r['pixels'] for r in results['test']['per_class'].values()) == 3 * 16 * 16
+  # The 24x24 test images are larger than the 16x16 input: scored whole, at native size.
+  assert results['test_resolution'] == 'native'
+  assert sum(r['pixels'] for r in results['test']['per_class'].values()) == 3 * 24 * 24
+
+
+def test_run_scores_test_images_larger_than_its_input_at_native_resolution(tmp_path):
+  """A 48x48 test image whose centre 16x16 window holds only background, and a 16x16 model: the
+  run's test scores count every pixel of the image (what evaluate --mode=auto reports), not the
+  centre window's, which would show no foreground at all."""
+  rng = np.random.default_rng(0)
+  def write(split, stem, mask):
+    image = np.where(mask[..., None] == 1, 200, 30).astype(np.uint8).repeat(3, -1)
+    image = np.clip(image + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
+    for sub, array in (('images', image), ('masks', mask)):
+      os.makedirs(tmp_path / sub / split, exist_ok=True)
+      Image.fromarray(array).save(tmp_path / sub / split / f'{stem}.png')
+  for i in range(8):
+    mask = np.zeros((16, 16), np.uint8)
+    top, left = rng.integers(0, 8, 2)
+    mask[top:top + 8, left:left + 8] = 1
+    write('train', f'im{i}', mask)
+  test_mask = np.zeros((48, 48), np.uint8)
+  test_mask[2:12, 3:13] = test_mask[36:46, 30:44] = 1  # Corners; rows/cols 16..31 background.
+  write('test', 'big', test_mask)
+  config = small_config(str(tmp_path / 'tfds'), 'folder', **{
+      'data.images_dir': str(tmp_path / 'images'), 'data.masks_dir': str(tmp_path / 'masks'),
+      'data.split': 'folders', 'data.image_size': (16, 16), 'data.resize': 'center_crop',
+      'model.features': (8, 16), 'batch_size': 8, 'eval_batch_size': 4, 'num_pictures': 1,
+      'num_train_steps': 2, 'eval_every_steps': 2})
+  workdir = str(tmp_path / 'run')
+  results = training.train_and_evaluate(config, workdir)
+  assert results['test_resolution'] == 'native'
+  pixels = {name: row['pixels'] for name, row in results['test']['per_class'].items()}
+  assert pixels == {'class_0': 48 * 48 - 100 - 140, 'class_1': 100 + 140}
+  tool = evaluate.evaluate_run(workdir, checkpoint='latest')
+  assert tool['mode'] == 'tile'
+  for key in ('miou', 'mean_dice', 'pixel_accuracy'):
+    assert results['test'][key] == pytest.approx(tool['metrics'][key], abs=1e-12)
 
 
 OLD_RUN = os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1')

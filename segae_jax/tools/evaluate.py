@@ -11,7 +11,9 @@ confusion matrix (pixel counts, C[true, predicted]), drawn row-normalised with t
 segmentation model at each image's own resolution, by sliding-window inference against the
 stored mask (segmentation scores only: mIoU, Dice, pixel accuracy, per class); --mode=auto
 (default) tiles when the split holds images larger than the model's input (a folder dataset
-stored at native size), else resizes.
+stored at native size), else resizes. Training scores its test split the same way (results.json
+'test_resolution': 'native' or 'input'; training.loop.test_metrics), so --mode=auto reproduces a
+run's results.json.
 
 With --iw_samples=K a VAE is also scored by the importance-sampled bound on -log p(x) (IWAE,
 tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
@@ -134,6 +136,39 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
     for truth, predicted in zip(examples['segmentation'], labels):
       counts += common.confusion_counts(np.asarray(truth).reshape(predicted.shape), predicted, k)
   return {**metrics_lib.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
+
+
+def has_larger_images(dataset, split: str) -> bool:
+  """Whether `split` holds images larger than the model input on an axis (a folder dataset
+  stored at its images' own sizes): then only tiles at native resolution score what it holds."""
+  largest = (dataset.sizes or {}).get(split, {})
+  height, width = dataset.image_shape[:2]
+  return largest.get('max_height', 0) > height or largest.get('max_width', 0) > width
+
+
+def native_scores(config, dataset, variables, step: int, split: str = 'test',
+                  batch_size: Optional[int] = None):
+  """What training reports for a split of images larger than the input: its segmentation scores
+  at each image's own resolution (tiled_scores with evaluate --mode=auto's defaults), so that a
+  run's results.json equals `evaluate`'s and no centre window stands in for a whole image.
+
+  Args:
+    config: the run's config; dataset: its data.Dataset; variables: {'params', maybe
+      'batch_stats'} on the host (the evaluated ones, e.g. an EMA teacher's); step: for the
+      record; batch_size: tiles per forward pass (default config.eval_batch_size).
+
+  Returns:
+    'miou', 'mean_dice', 'pixel_accuracy' and 'per_class' (pixels at native resolution).
+  """
+  from segae_jax import training
+  model = training.build_model(config, dataset.image_shape, dataset.num_classes)
+  run = common.TrainedRun(config=config, model=model, variables=variables, step=step,
+                          checkpoint='latest', image_shape=tuple(dataset.image_shape),
+                          class_names=list(dataset.class_names))
+  scores = tiled_scores(run, dataset, split, common.Inference(),
+                        batch_size or config.eval_batch_size)
+  scores.pop('confusion')
+  return scores
 
 
 PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))

@@ -224,8 +224,28 @@ def _restore(config, run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Arr
   return tree['train_state'], tree['rng'], start_step, skipped
 
 
-def _evaluate(config, run: RunSetup, state, writer: writers.MetricWriter, step: int):
+def test_metrics(config, run: RunSetup, state, step: int) -> Dict[str, Any]:
+  """The test split's metrics: eval_step's over the split at the input size; for a segmentation
+  model whose test images are larger than its input (a folder stored at native size, which the
+  input size would show only as a centre window or shrunk) the segmentation scores are replaced
+  by those at native resolution, tiled as `evaluate --mode=auto` does (tools.evaluate
+  .native_scores); the loss terms stay those at the input size."""
   metrics = evaluate(run.strategy, state, run.dataset, config, evaluation_key(config.seed))
+  if 'miou' in metrics and native_test(run.dataset):
+    from segae_jax.tools import evaluate as evaluator  # The evaluators build on training.
+    variables = run.objective.eval_variables(run.strategy.fetch(state))
+    metrics.update(evaluator.native_scores(config, run.dataset, variables, step))
+  return metrics
+
+
+def native_test(dataset) -> bool:
+  """Whether the test split is scored at native resolution (see test_metrics)."""
+  from segae_jax.tools import evaluate as evaluator
+  return evaluator.has_larger_images(dataset, 'test')
+
+
+def _evaluate(config, run: RunSetup, state, writer: writers.MetricWriter, step: int):
+  metrics = test_metrics(config, run, state, step)
   writer.write_scalars(step, flat_scalars(metrics, 'test'))
   log.info('step %d test %s', step, ' '.join(
       f'{k}={v:.4g}' for k, v in metrics.items() if k != 'per_class'))
@@ -296,7 +316,7 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
   """results.json (returned) and the picture grids, from the trained state."""
   step = max(start_step, config.num_train_steps)
   if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
-    eval_metrics = evaluate(run.strategy, state, run.dataset, config, evaluation_key(config.seed))
+    eval_metrics = test_metrics(config, run, state, step)
   host_state = run.strategy.fetch(state)
   results = {
       'step': step,
@@ -307,6 +327,10 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
       'num_devices': jax.device_count(),
       'num_processes': jax.process_count(),
       'test': eval_metrics,
+      # Where the segmentation scores were counted: 'native' (tiled at each test image's own
+      # size) or 'input' (at config.data.image_size).
+      'test_resolution': ('native' if 'miou' in eval_metrics and native_test(run.dataset)
+                          else 'input'),
       'train_images_per_s': (window.train_images / window.train_time if window.train_time
                              else None),
       'data_wait_fraction': (window.data_wait / window.train_time if window.train_time
