@@ -171,7 +171,7 @@ def test_folder_objective_configs_train_on_images_written_here(tmp_path):
   folders = {'data.images_dir': str(tmp_path / 'images'), 'data.masks_dir': str(tmp_path / 'masks'),
              'data.unlabeled_dir': str(tmp_path / 'unlabeled'), 'data.unlabeled_per_batch': 8,
              'data.tfds_dir': str(tmp_path / 'tfds')}
-  for name in ('fixmatch_folder', 'masked_rec_folder', 'denoising_folder'):
+  for name in ('folder_semisup', 'fixmatch_folder', 'masked_rec_folder', 'denoising_folder'):
     config = importlib.import_module(f'configs.{name}').get_config()
     overrides = {**SMALL_FOLDER, **folders, 'batch_size': 16}
     if name == 'masked_rec_folder':
