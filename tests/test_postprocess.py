@@ -64,13 +64,13 @@ def test_segmenter_with_flips_is_the_argmax_of_the_averaged_logits(unet_scenes_r
   height, width, channels = run.image_shape
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, (height, width, channels), dtype=np.uint8) for _ in range(3)]
-  labels = common.Segmenter(run, common.Inference(mode='resize', tta='flips'), 4)(images)
+  labels = run.segmenter(common.Inference(mode="resize", tta="flips"), 4)(images)
   x = np.stack(images) / np.float32(255)
   logits = lambda v: np.asarray(run.model.apply(run.variables, v)['seg_logits'], np.float32)
   averaged = (logits(x) + logits(x[:, :, ::-1])[:, :, ::-1] + logits(x[:, ::-1])[:, ::-1]
               + logits(x[:, ::-1, ::-1])[:, ::-1, ::-1]) / 4
   np.testing.assert_array_equal(np.stack(labels), averaged.argmax(-1))
-  plain = common.Segmenter(run, common.Inference(mode='resize'), 4)(images)
+  plain = run.segmenter(common.Inference(mode="resize"), 4)(images)
   np.testing.assert_array_equal(np.stack(plain), logits(x).argmax(-1))
 
 

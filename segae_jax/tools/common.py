@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from segae_jax.data import batching, sizing
+from segae_jax.data import batching
 from segae_jax.errors import UserInputError
+from segae_jax.segmenter import Inference, Segmenter
 from segae_jax.tools import postprocess, tiling
 
 CHECKPOINT_KINDS = ('best', 'latest')
@@ -83,42 +84,6 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=flag_values, module_name=module)
 
 
-@dataclasses.dataclass(frozen=True)
-class Inference:
-  """How images of any size meet the model, and what is done to its outputs (the flags of
-  define_inference_flags; tools.postprocess).
-
-  Raises:
-    UserInputError: an unknown mode, blend or tta, an overlap outside [0, 1), or a negative
-      min_component_size.
-  """
-  mode: str = 'auto'
-  overlap: float = 0.25
-  blend: str = 'gaussian'
-  tile_size: str = ''
-  tta: str = 'none'
-  min_component_size: int = 0
-  fill_holes: bool = False
-
-  def __post_init__(self):
-    tiling.check_options(self.mode, self.overlap, self.blend)
-    postprocess.check_options(self.tta, self.min_component_size)
-
-  @classmethod
-  def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> 'Inference':
-    return cls(flag_values.mode, flag_values.overlap, flag_values.blend, flag_values.tile_size,
-               flag_values.tta, flag_values.min_component_size, flag_values.fill_holes)
-
-  @property
-  def refined(self) -> bool:
-    """Whether test-time augmentation or post-processing changes the plain label maps."""
-    return self.tta != 'none' or self.min_component_size > 1 or self.fill_holes
-
-  def plain(self) -> 'Inference':
-    """The same inference without test-time augmentation and post-processing."""
-    return dataclasses.replace(self, tta='none', min_component_size=0, fill_holes=False)
-
-
 def seg_logits(outputs: Dict[str, Any]):
   """Head: the class logits, float32 [batch, height, width, classes]."""
   return outputs['seg_logits'].astype('float32')
@@ -175,6 +140,27 @@ class TrainedRun:
     compiled = jax.jit(lambda variables, x: head(self.apply(variables, x)))
     return lambda images: np.asarray(compiled(self.variables, np.asarray(images, np.float32)))
 
+  def pixel_logits(self, variables: Dict[str, Any], pixels):
+    """Pure: float32 pixels [batch, height, width, channels] in the stored images' units (0..255)
+    -> float32 class logits [batch, height, width, classes], the input normalisation inside (the
+    function tools.export serialises)."""
+    return seg_logits(self.apply(variables, pixels / 255.0))
+
+  def segmenter(self, inference: Inference, batch_size: int) -> Segmenter:
+    """The Segmenter of this run: its pixel_logits compiled at the input size and at the tile
+    size of `inference` (the training size unless inference.tile_size says otherwise).
+
+    Raises:
+      UserInputError: a bad tile size (see at_size).
+    """
+    import jax
+    def compiled(run: 'TrainedRun'):
+      fn = jax.jit(run.pixel_logits)
+      return lambda pixels: np.asarray(fn(run.variables, np.asarray(pixels, np.float32)))
+    tile_run, tiles = self.tiled(inference, batch_size)
+    return Segmenter(compiled(self), self.image_shape, self.class_names, inference, batch_size,
+                     tile_logits=compiled(tile_run), tile_size=tiles.tile)
+
   def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
     padded so the model compiles once: head's array [n, ...] (data.batching.map_batched)."""
@@ -205,6 +191,16 @@ class TrainedRun:
       raise UserInputError(f'--tile_size={size[0]}x{size[1]}: {e}') from None
     return run
 
+  def with_conv_impl(self, impl: str) -> 'TrainedRun':
+    """This run with its model's convolutions computed by `impl` (config.conv_impl: 'xla' for
+    jax.export, whose serialisation refuses oneDNN's custom calls); the same variables."""
+    from segae_jax import training
+    config = self.config.copy_and_resolve_references()
+    config.conv_impl = impl
+    model = training.build_model(config, self.image_shape,
+                                 getattr(self.model, 'num_classes', None))
+    return dataclasses.replace(self, config=config, model=model)
+
   def tiled(self, inference: Inference, batch_size: int) -> Tuple['TrainedRun', tiling.Tiling]:
     """(this run at the tile size, the Tiling of `inference`): tiles of the training size unless
     inference.tile_size says otherwise.
@@ -227,8 +223,7 @@ class TrainedRun:
   def uses_tiles(self, inference: Inference, height: int, width: int) -> bool:
     """Whether a height x width image is tiled: --mode=tile, or auto and larger than the model
     input on an axis."""
-    h, w = self.image_shape[:2]
-    return inference.mode == 'tile' or (inference.mode == 'auto' and (height > h or width > w))
+    return tiling.is_tiled(inference.mode, self.image_shape[:2], height, width)
 
   def has_unet_encoder(self) -> bool:
     """True for the U-Net family (unet, segae, unet_ae, vae_unet): an `encoder` with levels."""
@@ -306,64 +301,14 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
                     class_names=meta.get('class_names') or [])
 
 
-class Segmenter:
-  """Label maps of images of any size at their own size: the shared inference path of predict
-  and evaluate. Built once per run (the tile size checked, the model's two compiled heads made),
-  then called on any number of image lists.
-
-  Each image is tiled (tools.tiling: blended logits, then arg-max) or resized (to the model input,
-  bilinear; the label map back to the image's size, nearest neighbour), as run.uses_tiles says.
-  With inference.tta='flips' the logits (of each tile, or of the resized image) are the mean
-  over the image's mirror images; the label maps are then post-processed at the image's size
-  (tools.postprocess).
-
-  Args:
-    run: a segmentation run.
-    inference: the mode, overlap, blend and tile size.
-    batch_size: images (resized) or tiles per forward pass.
-
-  Raises:
-    UserInputError: a bad tile size (at construction, before anything is written).
-  """
-
-  def __init__(self, run: TrainedRun, inference: Inference, batch_size: int):
-    self.run, self.inference, self.batch_size = run, inference, batch_size
-    tile_run, self.tiles = run.tiled(inference, batch_size)
-    self._labels = run.jit(seg_labels)
-    self._tile_logits = tile_run.jit(seg_logits)
-    if inference.tta == 'flips':  # Logits to average: the arg-max after the mean.
-      logits = postprocess.with_flips(run.jit(seg_logits))
-      self._labels = lambda images: logits(images).argmax(-1)
-      self._tile_logits = postprocess.with_flips(self._tile_logits)
-
-  def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """uint8 [height, width, channels] images (the model's channels) -> uint8 [height, width]
-    class ids each."""
-    size = self.run.image_shape[:2]
-    tiled = [self.run.uses_tiles(self.inference, *image.shape[:2]) for image in images]
-    labels: List[Optional[np.ndarray]] = [None] * len(images)
-    resized = [i for i, t in enumerate(tiled) if not t]
-    if resized:
-      inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
-      maps = batching.map_batched(self._labels, np.divide(inputs, np.float32(255)),
-                                  self.batch_size).astype(np.uint8)
-      for i, label in zip(resized, maps):
-        labels[i] = sizing.resize_mask(label, images[i].shape[:2])
-    for i in (i for i, t in enumerate(tiled) if t):
-      pixels = np.divide(images[i], np.float32(255), dtype=np.float32)
-      labels[i] = self.tiles.apply(self._tile_logits, pixels).argmax(-1).astype(np.uint8)
-    return [postprocess.postprocess(label, self.inference.min_component_size,
-                                    self.inference.fill_holes) for label in labels]
-
-
 def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,
                    batch_size: int) -> List[np.ndarray]:
-  """Segmenter(run, inference, batch_size)(images), for one list of images.
+  """run.segmenter(inference, batch_size)(images), for one list of images.
 
   Raises:
     UserInputError: a bad tile size.
   """
-  return Segmenter(run, inference, batch_size)(images)
+  return run.segmenter(inference, batch_size)(images)
 
 
 def confusion_counts(labels, predictions, num_classes: int,

@@ -19,7 +19,7 @@ With --iw_samples=K a VAE is also scored by the importance-sampled bound on -log
 tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
 
 With --tta=flips, --min_component_size=N or --fill_holes (tools.postprocess) every image goes
-through predict's path (common.Segmenter) and the JSON holds the scores with them ('metrics') and
+through predict's path (segae_jax.Segmenter) and the JSON holds the scores with them ('metrics') and
 without ('metrics_plain'), and the seconds each evaluation took.
 """
 import os
@@ -117,7 +117,7 @@ def _training_evaluation(run, dataset, split: str):
 def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_size: int,
                  workdir: str = '', chunk: int = 64):
   """Segmentation scores of `split` at each image's own resolution: every image segmented by
-  common.Segmenter (tiled where run.uses_tiles says) and its label map counted against the
+  segae_jax.Segmenter (tiled where it says) and its label map counted against the
   stored mask in one confusion matrix (training.metrics.segmentation_scores of it, and the
   matrix as 'confusion': int64 [classes, classes] pixels).
 
@@ -126,7 +126,7 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
   """
   from segae_jax.training import metrics as metrics_lib
   run.require_segmentation(workdir)
-  segment = common.Segmenter(run, inference, batch_size)
+  segment = run.segmenter(inference, batch_size)
   source = getattr(dataset, split)
   k = dataset.num_classes
   counts = np.zeros((k, k), np.int64)

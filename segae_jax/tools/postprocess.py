@@ -1,5 +1,5 @@
 """Test-time augmentation of the logits and post-processing of label maps, for predict and
-evaluate (common.Segmenter applies them).
+evaluate (segae_jax.Segmenter applies them).
 
 - Flips (nnU-Net's test-time mirroring, Isensee et al., Nature Methods 2021; MONAI's
   `TestTimeAugmentation`): the model runs on the image and on its mirror images (left-right,

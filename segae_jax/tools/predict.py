@@ -50,7 +50,7 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
   channels = run.image_shape[2]
   originals = [read_image(f, channels) for f in files]  # All checked first.
   run.require_segmentation(workdir)
-  segment = common.Segmenter(run, inference, batch_size)  # A bad --tile_size fails here.
+  segment = run.segmenter(inference, batch_size)  # A bad --tile_size fails here.
   labels = segment([np.asarray(img).reshape(img.size[1], img.size[0], channels)
                     for img in originals])
   os.makedirs(output, exist_ok=True)

@@ -33,6 +33,12 @@ def check_options(mode: str, overlap: float, blend: str) -> None:
     raise UserInputError(f'--overlap={overlap}: expected a fraction in [0, 1) of the tile size')
 
 
+def is_tiled(mode: str, input_size: Sequence[int], height: int, width: int) -> bool:
+  """Whether a height x width image is tiled under --mode: 'tile', or 'auto' and larger than the
+  model's input_size (height, width) on an axis; 'resize' never."""
+  return mode == 'tile' or (mode == 'auto' and (height > input_size[0] or width > input_size[1]))
+
+
 def parse_tile_size(text: str, default: Sequence[int]) -> Tuple[int, int]:
   """'HxW' (or 'S' for a square) -> (H, W); '' -> `default` (the model's input size).
 

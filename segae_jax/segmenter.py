@@ -1,0 +1,163 @@
+"""segae_jax.Segmenter: label maps of images of any size, from a training workdir or from a model
+exported with `python -m segae_jax.tools.export` (no workdir, config or checkpoint needed).
+
+  import segae_jax
+  segmenter = segae_jax.Segmenter.from_workdir('runs/unet_mine')   # or .from_export('model/')
+  labels = segmenter.predict(image)  # uint8 [height, width] class ids of one image
+  segmenter.class_names              # ['background', 'cat', ...]
+
+Both run the same code around a logits function (float32 pixels -> float32 logits, the input
+normalisation inside), so a workdir and its export give the same labels. It is also the path of
+`predict` and `evaluate`, whose flags are the fields of Inference.
+"""
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from segae_jax.data import batching, sizing
+from segae_jax.errors import UserInputError
+from segae_jax.tools import postprocess, tiling
+
+# float32 pixels [batch, height, width, channels] in the images' own units (0..255 for 8-bit
+# images) -> float32 logits [batch, height, width, classes].
+Logits = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """How images of any size meet the model, and what is done to its outputs (the flags of
+  tools.common.define_inference_flags; tools.tiling, tools.postprocess).
+
+  Raises:
+    UserInputError: an unknown mode, blend or tta, an overlap outside [0, 1), or a negative
+      min_component_size.
+  """
+  mode: str = 'auto'
+  overlap: float = 0.25
+  blend: str = 'gaussian'
+  tile_size: str = ''
+  tta: str = 'none'
+  min_component_size: int = 0
+  fill_holes: bool = False
+
+  def __post_init__(self):
+    tiling.check_options(self.mode, self.overlap, self.blend)
+    postprocess.check_options(self.tta, self.min_component_size)
+
+  @classmethod
+  def from_flags(cls, flag_values=None) -> 'Inference':
+    """From the parsed flags of define_inference_flags (absl's FLAGS by default)."""
+    if flag_values is None:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      flag_values = flags.FLAGS
+    return cls(flag_values.mode, flag_values.overlap, flag_values.blend, flag_values.tile_size,
+               flag_values.tta, flag_values.min_component_size, flag_values.fill_holes)
+
+  @property
+  def refined(self) -> bool:
+    """Whether test-time augmentation or post-processing changes the plain label maps."""
+    return self.tta != 'none' or self.min_component_size > 1 or self.fill_holes
+
+  def plain(self) -> 'Inference':
+    """The same inference without test-time augmentation and post-processing."""
+    return dataclasses.replace(self, tta='none', min_component_size=0, fill_holes=False)
+
+
+class Segmenter:
+  """Label maps of images of any size at their own size.
+
+  Each image is tiled (tools.tiling: tiles of `tile_size` overlapping by inference.overlap,
+  blended logits, then arg-max) or resized (to the model input, bilinear; the label map back to
+  the image's size, nearest neighbour): tiled when inference.mode is 'tile', or 'auto' and the
+  image is larger than the input on an axis. With inference.tta='flips' the logits (of each tile,
+  or of the resized image) are the mean over the image's mirror images; the label maps are then
+  post-processed at the image's size (tools.postprocess).
+
+  Args:
+    logits: the model at its input size (see Logits); called on batches of at most batch_size.
+    input_shape: (height, width, channels) the model takes, in pixels.
+    class_names: one name per class (may be empty).
+    inference: mode, overlap, blend, test-time augmentation, post-processing.
+    batch_size: images (resized) or tiles per call of a logits function.
+    tile_logits: the model at `tile_size` (default: `logits`, tiles of the input size).
+    tile_size: (height, width) of the tiles, in pixels (default: the input's).
+  """
+
+  def __init__(self, logits: Logits, input_shape: Sequence[int], class_names: Sequence[str] = (),
+               inference: Inference = Inference(), batch_size: int = 32,
+               tile_logits: Optional[Logits] = None,
+               tile_size: Optional[Sequence[int]] = None):
+    self.input_shape: Tuple[int, int, int] = tuple(int(n) for n in input_shape)
+    self.class_names, self.inference, self.batch_size = list(class_names), inference, batch_size
+    self.tiles = tiling.Tiling(tuple(tile_size or self.input_shape[:2]), inference.overlap,
+                               inference.blend, batch_size)
+    self._logits, self._tile_logits = logits, tile_logits or logits
+    if inference.tta == 'flips':  # Logits to average: the arg-max after the mean.
+      self._logits = postprocess.with_flips(self._logits)
+      self._tile_logits = postprocess.with_flips(self._tile_logits)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str = 'best', batch_size: int = 32,
+                   **inference) -> 'Segmenter':
+    """The model of a training workdir (its best checkpoint by default, else 'latest'), with
+    Inference(**inference) (e.g. tta='flips', mode='tile').
+
+    Raises:
+      UserInputError: not a workdir, no checkpoint, a model that does not segment, a bad
+        inference option or tile size.
+    """
+    from segae_jax.tools import common  # pylint: disable=import-outside-toplevel
+    options = Inference(**inference)
+    run = common.load_run(workdir, checkpoint)
+    run.require_segmentation(workdir)
+    return run.segmenter(options, batch_size)
+
+  @classmethod
+  def from_export(cls, path: str, batch_size: int = 32, **inference) -> 'Segmenter':
+    """A model written by `python -m segae_jax.tools.export --output=path` (tools.export.load).
+
+    Raises:
+      UserInputError: `path` holds no export, or a bad inference option.
+    """
+    from segae_jax.tools import export  # pylint: disable=import-outside-toplevel
+    return export.load(path, Inference(**inference), batch_size)
+
+  def uses_tiles(self, height: int, width: int) -> bool:
+    """Whether a height x width image is tiled: mode 'tile', or 'auto' and larger than the
+    model input on an axis."""
+    return tiling.is_tiled(self.inference.mode, self.input_shape[:2], height, width)
+
+  def predict(self, image: np.ndarray) -> np.ndarray:
+    """One image, [height, width] or [height, width, channels] with the model's channels, in the
+    units the model was trained on (uint8 0..255 for 8-bit images) -> uint8 [height, width]
+    class ids.
+
+    Raises:
+      UserInputError: another channel count than the model's, or not an image array.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.ndim != 3 or image.shape[2] != self.input_shape[2]:
+      raise UserInputError(f'image of shape {image.shape}: expected [height, width, '
+                           f'{self.input_shape[2]}] (the model\'s channels)')
+    return self([image])[0]
+
+  def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """[height, width, channels] images (the model's channels; any sizes) -> uint8 [height,
+    width] class ids each."""
+    size = self.input_shape[:2]
+    tiled = [self.uses_tiles(*image.shape[:2]) for image in images]
+    labels: List[Optional[np.ndarray]] = [None] * len(images)
+    resized = [i for i, t in enumerate(tiled) if not t]
+    if resized:
+      inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
+      logits = batching.map_batched(self._logits, inputs.astype(np.float32), self.batch_size)
+      for i, label in zip(resized, logits.argmax(-1).astype(np.uint8)):
+        labels[i] = sizing.resize_mask(label, images[i].shape[:2])
+    for i in (i for i, t in enumerate(tiled) if t):
+      pixels = np.asarray(images[i], np.float32)
+      labels[i] = self.tiles.apply(self._tile_logits, pixels).argmax(-1).astype(np.uint8)
+    return [postprocess.postprocess(label, self.inference.min_component_size,
+                                    self.inference.fill_holes) for label in labels]

@@ -1,0 +1,117 @@
+"""Writes a trained segmentation model that runs without this repository's workdir, config or
+checkpoint:
+  python -m segae_jax.tools.export --workdir=DIR --output=model/ [--checkpoint=best]
+
+model/logits.jaxexport is the `jax.export` serialisation (StableHLO; no TensorFlow) of the
+inference function float32 pixels [batch, height, width, channels] in the training images' units
+(0..255 for 8-bit images) -> float32 logits [batch, height, width, classes]: the batch dimension
+symbolic, the weights and the input normalisation inside, lowered for CPU, CUDA and TPU.
+model/model.json holds what it needs around it: the input shape, the class names, where it came
+from. Read it back with
+
+  segae_jax.Segmenter.from_export('model/').predict(image)   # images of any size, tiled
+  jax.export.deserialize(open('model/logits.jaxexport', 'rb').read()).call(pixels)
+
+Convolutions are exported as XLA's (a oneDNN custom call does not serialise), so CPU logits
+differ from the workdir's oneDNN ones by float rounding only.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+from absl import flags
+
+from segae_jax import cli
+from segae_jax.errors import UserInputError
+from segae_jax.tools import common
+
+FLAGS = flags.FLAGS
+FUNCTION_FILE, SPEC_FILE = 'logits.jaxexport', 'model.json'
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+FORMAT = 1  # Of model.json; raised when its fields change meaning.
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program."""
+  common.define_run_flags('Training workdir of a segmentation model.', 'best')
+  flags.DEFINE_string('output', None, 'Folder to write the exported model to (replaced whole).')
+
+
+def export_run(workdir: str, output: str, checkpoint: str = 'best') -> dict:
+  """Exports the run's model (see the module doc) into `output`, written in a temporary folder
+  beside it and renamed into place, so a failed export leaves no partial model. Returns
+  model.json's contents.
+
+  Raises:
+    UserInputError: not a workdir, no checkpoint, or a model that does not segment (before
+      anything is written).
+  """
+  import jax
+  from jax import export
+  run = common.load_run(workdir, checkpoint)
+  run.require_segmentation(workdir)
+  run = run.with_conv_impl('xla')
+  height, width, channels = run.image_shape
+  batch, = export.symbolic_shape('batch')
+  fn = jax.jit(lambda pixels: run.pixel_logits(run.variables, pixels))
+  exported = export.export(fn, platforms=PLATFORMS)(
+      jax.ShapeDtypeStruct((batch, height, width, channels), 'float32'))
+  spec = {'format': FORMAT, 'input_shape': [height, width, channels], 'input_dtype': 'float32',
+          'input_units': 'pixels, as stored (0..255 for 8-bit images)',
+          'output': 'float32 logits [batch, height, width, classes]',
+          'num_classes': int(exported.out_avals[0].shape[-1]),
+          'class_names': list(run.class_names), 'platforms': list(PLATFORMS),
+          'jax_version': jax.__version__, 'model': run.config.model.name,
+          **common.result_header(workdir, run, model=False)}
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  try:
+    with open(os.path.join(staging, FUNCTION_FILE), 'wb') as f:
+      f.write(exported.serialize())
+    with open(os.path.join(staging, SPEC_FILE), 'w') as f:
+      json.dump(spec, f, indent=2)
+    if os.path.isdir(output):
+      shutil.rmtree(output)
+    os.replace(staging, output)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return spec
+
+
+def load(path: str, inference, batch_size: int = 32):
+  """A segae_jax.Segmenter of the model exported into `path` (tiles of its input size).
+
+  Raises:
+    UserInputError: `path` holds no model.json and logits.jaxexport, or a model.json of another
+      format.
+  """
+  import numpy as np
+  from jax import export
+  from segae_jax.segmenter import Segmenter
+  spec_path, function_path = os.path.join(path, SPEC_FILE), os.path.join(path, FUNCTION_FILE)
+  if not (os.path.isfile(spec_path) and os.path.isfile(function_path)):
+    raise UserInputError(f'{path}: no exported model ({SPEC_FILE} and {FUNCTION_FILE}); write one '
+                         'with python -m segae_jax.tools.export --workdir=... --output=...')
+  with open(spec_path) as f:
+    spec = json.load(f)
+  if spec.get('format') != FORMAT:
+    raise UserInputError(f'{spec_path}: format {spec.get("format")!r}; this version reads '
+                         f'format {FORMAT}')
+  with open(function_path, 'rb') as f:
+    exported = export.deserialize(bytearray(f.read()))
+  logits = lambda pixels: np.asarray(exported.call(np.asarray(pixels, np.float32)))
+  return Segmenter(logits, spec['input_shape'], spec['class_names'], inference, batch_size)
+
+
+def main() -> None:
+  """The command, once cli.run_command has parsed the flags."""
+  spec = export_run(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint)
+  print(f'exported {spec["model"]} ({spec["checkpoint"]} checkpoint, step {spec["step"]}; input '
+        f'{"x".join(map(str, spec["input_shape"]))}, {spec["num_classes"]} classes) to '
+        f'{FLAGS.output}')
+
+
+if __name__ == '__main__':
+  cli.run_command(main, define_flags, ['workdir', 'output'])
