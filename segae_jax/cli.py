@@ -2,7 +2,6 @@
 import contextlib
 import logging as std_logging
 import re
-import runpy
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -49,12 +48,32 @@ def _unknown_override(argv: List[str], error: str) -> str:
   return f'unknown config key {key!r}{hint}'
 
 
+def _shipped_config(argv: List[str]) -> List[str]:
+  """argv with --config=NAME (a shipped config's name, e.g. 'folder') made its file's path, and
+  `import configs` made to work from any directory (shipped_configs); an unknown name fails in
+  one line."""
+  from segae_jax import shipped_configs
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + shipped_configs.resolve(arg.split('=', 1)[1])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = shipped_configs.resolve(out[i + 1])
+  shipped_configs.make_importable()
+  return out
+
+
 def parse_flags(argv: List[str]) -> List[str]:
   """absl flag parsing for config-file CLIs that reports bad input as one line with status 2.
 
   Covers: unknown or mistyped flags, `--config.<key>` naming no field, a value of the wrong type,
   a config file that does not exist, fails to import or has no get_config().
   """
+  if 'config' in flags.FLAGS:
+    try:
+      argv = _shipped_config(argv)
+    except UserInputError as e:
+      fail(str(e))
   config_file = _flag_value(argv, 'config')
   try:
     remaining = flags.FLAGS(argv)
@@ -103,13 +122,3 @@ def run_command(main: Callable[[], None], define_flags: Callable[[], None],
       main()
 
   app.run(_main, flags_parser=parse_flags)
-
-
-def run_moved_command(module: str) -> None:
-  """Runs `python -m <module>` for a command started under its old name (segae_jax.<tool>,
-  before the tools moved to segae_jax.tools), after a one-line notice on stderr."""
-  old = 'segae_jax.' + module.rsplit('.', 1)[-1]
-  print(f'{old} is now {module}; the old name is accepted until the next release',
-        file=sys.stderr)
-  runpy.run_module(module, run_name='__main__', alter_sys=True)
-

@@ -1,4 +1,5 @@
 """train.py end to end on the real data, and its one-line errors for bad input."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -215,14 +216,50 @@ def test_image_size_not_divisible_by_the_downsampling(tmp_path, tfds_dir):
   assert not (tmp_path / 'w').exists() or not os.listdir(tmp_path / 'w')
 
 
-@pytest.mark.parametrize('tool', ['evaluate', 'predict', 'detect', 'unsupervised', 'generate',
-                                  'compress', 'probe', 'sweep'])
-def test_old_tool_module_names_still_run_the_moved_tools(tool):
-  """`python -m segae_jax.<tool>` (before the tools moved to segae_jax.tools) still runs the
-  tool, with a one-line notice: its --help is the moved module's."""
-  import importlib
-  doc = importlib.import_module(f'segae_jax.tools.{tool}').__doc__.strip().splitlines()[0]
-  proc = subprocess.run([sys.executable, '-m', f'segae_jax.{tool}', '--help'], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
-  assert doc in proc.stdout, proc.stderr[-2000:]  # absl's --help exits with status 1.
-  assert proc.stderr.startswith(f'segae_jax.{tool} is now segae_jax.tools.{tool};'), proc.stderr
+@pytest.mark.faults
+def test_installed_commands_run_from_another_directory(tmp_path):
+  """segae-train with a shipped config by name, then segae-evaluate, segae-predict and
+  segae-export on its workdir, all run from a folder outside the repository (pip's entry points
+  beside this interpreter); the old module names are gone."""
+  rng = np.random.default_rng(0)
+  for sub in ('images', 'masks'):
+    (tmp_path / sub).mkdir()
+  for i in range(8):
+    mask = np.zeros((16, 16), np.uint8)
+    top, left = rng.integers(0, 8, 2)
+    mask[top:top + 8, left:left + 8] = 1
+    Image.fromarray(np.where(mask == 1, 200, 30).astype(np.uint8)).save(
+        tmp_path / 'images' / f'im{i}.png')
+    Image.fromarray(mask).save(tmp_path / 'masks' / f'im{i}.png')
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  bin_dir = os.path.dirname(sys.executable)
+  from conftest import cpu_env
+  env = {k: v for k, v in cpu_env(1).items() if k != 'PYTHONPATH'}
+  command = lambda name, *args: subprocess.run(
+      [os.path.join(bin_dir, name), *args], cwd=elsewhere, env=env, capture_output=True,
+      text=True, timeout=600)
+  done = command('segae-train', '--config=folder', '--workdir=run',
+                 f'--config.data.images_dir={tmp_path / "images"}',
+                 f'--config.data.masks_dir={tmp_path / "masks"}', '--config.data.channels=1',
+                 f'--config.data.tfds_dir={tmp_path / "tfds"}', '--config.data.test_fraction=0.25',
+                 '--config.data.image_size=(16, 16)', '--config.model.features=(4, 8)',
+                 '--config.batch_size=4', '--config.eval_batch_size=2', '--config.num_pictures=2',
+                 '--config.num_train_steps=2', '--config.eval_every_steps=2')
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert os.path.isfile(elsewhere / 'run' / 'results.json')
+  done = command('segae-evaluate', '--workdir=run')
+  assert done.returncode == 0 and 'mIoU' not in done.stderr, done.stderr[-3000:]
+  assert os.path.isfile(elsewhere / 'run' / 'eval_test.json')
+  done = command('segae-predict', '--workdir=run', f'--input={tmp_path / "images"}',
+                 '--output=masks')
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert len(os.listdir(elsewhere / 'masks')) == 16  # A label map and an overlay per image.
+  done = command('segae-export', '--workdir=run', '--output=model')
+  assert done.returncode == 0, done.stderr[-3000:]
+  bad = command('segae-train', '--config=nosuch', '--workdir=w')
+  assert bad.returncode == 2 and 'no shipped config of that name' in bad.stderr
+  assert not (elsewhere / 'w').exists()
+  for tool in ('evaluate', 'predict', 'detect', 'unsupervised', 'generate', 'compress', 'probe',
+               'sweep'):
+    assert importlib.util.find_spec(f'segae_jax.{tool}') is None, tool

@@ -195,5 +195,10 @@ def main() -> None:
   print(f'wrote {results["output"]}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-compress (also python -m segae_jax.tools.compress)."""
   cli.run_command(main, define_flags, ['workdir'])
+
+
+if __name__ == '__main__':
+  run()

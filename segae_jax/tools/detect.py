@@ -294,5 +294,10 @@ def main() -> None:
   print(f'wrote {os.path.join(output, "detections.json")}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-detect (also python -m segae_jax.tools.detect)."""
   cli.run_command(main, define_flags, ['workdir'])
+
+
+if __name__ == '__main__':
+  run()

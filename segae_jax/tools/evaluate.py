@@ -198,5 +198,10 @@ def main() -> None:
   print(f'wrote {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-evaluate (also python -m segae_jax.tools.evaluate)."""
   cli.run_command(main, define_flags, ['workdir'])
+
+
+if __name__ == '__main__':
+  run()

@@ -113,5 +113,10 @@ def main() -> None:
         f'{FLAGS.output}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-export (also python -m segae_jax.tools.export)."""
   cli.run_command(main, define_flags, ['workdir', 'output'])
+
+
+if __name__ == '__main__':
+  run()

@@ -265,5 +265,10 @@ def main() -> None:
     print(f'skipped {name}: {why}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-generate (also python -m segae_jax.tools.generate)."""
   cli.run_command(main, define_flags, ['workdir'])
+
+
+if __name__ == '__main__':
+  run()

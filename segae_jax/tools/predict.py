@@ -78,5 +78,10 @@ def main() -> None:
         f'{run.step}); pixels: {shares}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-predict (also python -m segae_jax.tools.predict)."""
   cli.run_command(main, define_flags, ['workdir', 'input', 'output'])
+
+
+if __name__ == '__main__':
+  run()

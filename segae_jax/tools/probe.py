@@ -659,5 +659,10 @@ def main() -> None:
   print(markdown_table(results))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-probe (also python -m segae_jax.tools.probe)."""
   cli.run_command(main, define_flags, ['workdir', 'config'])
+
+
+if __name__ == '__main__':
+  run()

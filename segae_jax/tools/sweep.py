@@ -45,13 +45,12 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from segae_jax import cli
+from segae_jax import cli, shipped_configs
 from segae_jax.errors import UserInputError
 from segae_jax.tools import common
 from segae_jax.training import writers
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DISTRIBUTIONS = ('uniform', 'log_uniform', 'int_uniform', 'choice')
 # Test metrics shown next to the chosen one when the results have them (scalars only).
@@ -205,12 +204,6 @@ def point_name(point: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------- config --
 
 
-def _repo_root_on_path() -> None:
-  """Lets a config file at any path do `from configs import default`."""
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-
 def _last_line(error) -> str:
   """The last non-empty line of an exception's (or a message's) text."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -218,16 +211,17 @@ def _last_line(error) -> str:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads get_config() from a config file at any path with ml_collections' config-file loader
-  (the one behind --config of train.py; the repo root is put on sys.path, so
-  `from configs import default` inside it works).
+  """Loads get_config() from a config file at any path, or a shipped config by name, with
+  ml_collections' config-file loader (the one behind --config of train.py; `from configs import
+  default` inside it works from any directory: shipped_configs).
 
   Raises:
     UserInputError: the file does not exist, fails to import or has no get_config().
   """
+  path = shipped_configs.resolve(path)
   if not os.path.isfile(path):
     raise UserInputError(f'config file {path} does not exist')
-  _repo_root_on_path()
+  shipped_configs.make_importable()
   # The loader executes the file into the module sys.modules['sweep_config'] when there is one,
   # so an earlier file's get_config would survive in a file without one: start afresh.
   sys.modules.pop('sweep_config', None)
@@ -602,6 +596,10 @@ def main() -> None:
   print(f'wrote {os.path.join(FLAGS.workdir, "results.csv")} and results.md')
 
 
-if __name__ == '__main__':
-  _repo_root_on_path()  # Before --config is parsed: config_flags loads the file then.
+def run() -> None:
+  """The installed command segae-sweep (also python -m segae_jax.tools.sweep)."""
   cli.run_command(main, define_flags, ['config', 'workdir'])
+
+
+if __name__ == '__main__':
+  run()

@@ -434,5 +434,10 @@ def main() -> None:
   print(f'regions of {results["num_images"]} images in {output}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The installed command segae-unsupervised (also python -m segae_jax.tools.unsupervised)."""
   cli.run_command(main, define_flags, ['workdir', 'config'])
+
+
+if __name__ == '__main__':
+  run()
