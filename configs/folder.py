@@ -19,7 +19,7 @@ def get_config():
       'num_classes': 2,
       'class_names_file': '',      # Optional: one class name per line.
       'image_size': (64, 64),      # (height, width) the model sees (not stored: see max_size).
-      'channels': 3,               # 1 = grayscale, 3 = RGB; other images are refused.
+      'channels': 3,               # 1 = grayscale, 3 = RGB, or any count (TIFF stacks).
       'resize': 'resize',          # or 'center_crop' (crop only; smaller images refused).
       'split': 'fraction',         # or 'folders' (images_dir/train, images_dir/test, same for masks).
       'test_fraction': 0.2,
@@ -27,6 +27,7 @@ def get_config():
       'max_size': 0,               # > 0: store images with the long side capped at this.
       'unlabeled_dir': '',         # Images without masks (configs/segae_folder_semisup.py).
       'mask_mode': 'classes',      # or 'foreground': instance ids (any non-zero) -> class 1.
+      'normalize': 'unit',         # or 'zscore' / 'percentile': per-channel training statistics.
       'unlabeled_per_batch': 0,    # How many of each batch come from unlabeled_dir.
       'tfds_dir': '',
       'augment': {'flip': True, 'crop_min_scale': 0.7, 'brightness': 0.1, 'contrast': 0.1},

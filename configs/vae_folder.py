@@ -18,13 +18,14 @@ def image_folder_data() -> ml_collections.ConfigDict:
       'name': 'image_folder',
       'images_dir': 'data/images',  # Searched recursively; split='folders': train/ and test/.
       'image_size': (128, 128),     # (height, width) the model sees.
-      'channels': 3,                # 1 = grayscale, 3 = RGB; other images are refused.
+      'channels': 3,                # 1 = grayscale, 3 = RGB, or any count (TIFF stacks).
       'resize': 'resize',           # or 'center_crop' (crop only; smaller images refused).
       'split': 'fraction',          # or 'folders'.
       'test_fraction': 0.2,
       'split_seed': 0,
       'max_size': 0,                # > 0: store images with the long side capped at this.
       'binarize': False,            # True: dynamic binarisation (grayscale digit-like images).
+      'normalize': 'unit',          # [0, 1], which the reconstruction losses expect.
       'tfds_dir': '',
       'augment': {'flip': True, 'crop_min_scale': 0.8, 'brightness': 0.0, 'contrast': 0.0},
       **default.input_pipeline_fields(),

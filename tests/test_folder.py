@@ -342,8 +342,9 @@ def _rgb_mask(root):
 
 
 def _sixteen_bit_image(root):
+  """One 16-bit image among 8-bit ones (16-bit images are read, but one dataset has one depth)."""
   _write(root / 'images' / 'img09.png', np.zeros((HEIGHT, WIDTH), np.uint16))
-  return {'channels': 1}, root / 'images' / 'img09.png', 'not supported'
+  return {'channels': 1}, root / 'images' / 'img09.png', 'expected one bit depth'
 
 
 def _multi_frame_tiff(root):
@@ -454,7 +455,10 @@ def test_instance_masks_train_foreground_in_foreground_mode(tmp_path):
 
 def test_bad_settings_name_the_key(tmp_path):
   good = dict(images_dir=str(tmp_path), masks_dir=str(tmp_path), num_classes=4)
-  for override, key in (({'channels': 2}, 'config.data.channels'),
+  for override, key in (({'channels': 0}, 'config.data.channels'),
+                        ({'channels': 2.5}, 'config.data.channels'),
+                        ({'normalize': 'minmax'}, r"config.data.normalize='minmax'; expected one "
+                                                  r'of unit, zscore, percentile'),
                         ({'num_classes': 300}, 'config.data.num_classes'),
                         ({'resize': 'stretch'}, 'config.data.resize'),
                         ({'split': 'random'}, 'config.data.split'),

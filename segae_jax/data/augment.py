@@ -37,9 +37,11 @@ def random_resized_crop(batch, rngs: Rngs, min_scale: float, size: Optional[Size
   return sizing.fit(batch, size or images.shape[1:3], mode, rngs, min_scale)
 
 
-def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
-  """Float images in [0, 1]: x -> (x - mean) * c + mean + b with c ~ U[1 - contrast, 1 + contrast]
-  and b ~ U[-brightness, brightness] per image, clipped to [0, 1]. Masks are unchanged."""
+def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float,
+                        clip: bool = True):
+  """Float images: x -> (x - mean) * c + mean + b with c ~ U[1 - contrast, 1 + contrast] and
+  b ~ U[-brightness, brightness] per image, clipped to [0, 1] with `clip` (images in [0, 1]; not
+  standardised ones, data.normalize). Masks are unchanged."""
   images = batch['image']
   n = len(images)
   shape = (n,) + (1,) * (images.ndim - 1)
@@ -48,18 +50,20 @@ def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float):
                    np.float32).reshape((n, 2))
   c, b = draws[:, 0].reshape(shape), draws[:, 1].reshape(shape)
   mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
-  return dict(batch, image=np.clip((images - mean) * c + mean + b, 0.0, 1.0))
+  images = (images - mean) * c + mean + b
+  return dict(batch, image=np.clip(images, 0.0, 1.0) if clip else images)
 
 
 def with_augmentation(preprocess: Callable, config: Mapping, size: Optional[Size] = None,
-                      mode: str = 'resize') -> Callable:
+                      mode: str = 'resize', clip: bool = True) -> Callable:
   """Wraps a dataset's preprocess (uint8 examples -> float batch) with the augmentations that
   `config` turns on: flip (bool), crop_min_scale (< 1 enables random resized crop),
   brightness and contrast (> 0 enable them). Returns preprocess itself when all are off.
 
   `size` and `mode` are the dataset's (Dataset.image_shape[:2], Dataset.resize) for datasets
   stored at the images' own sizes: the crop then goes from the image's own size straight to
-  `size`, and with mode 'center_crop' a crop is a window of `size` at a random position.
+  `size`, and with mode 'center_crop' a crop is a window of `size` at a random position. `clip`:
+  brightness/contrast keep images in [0, 1] (False for standardised inputs).
   """
   flip = bool(config.get('flip', False))
   crop = float(config.get('crop_min_scale', 1.0))
@@ -68,7 +72,7 @@ def with_augmentation(preprocess: Callable, config: Mapping, size: Optional[Size
   crop_only = mode == 'center_crop' and size is not None
   if not (flip or crop < 1.0 or brightness > 0 or contrast > 0 or crop_only):
     return preprocess
-  return Augmented(preprocess, flip, crop, brightness, contrast, size, mode)
+  return Augmented(preprocess, flip, crop, brightness, contrast, size, mode, clip)
 
 
 class Augmented:
@@ -77,8 +81,9 @@ class Augmented:
   flip, the dataset's own (binarisation), then brightness/contrast."""
 
   def __init__(self, preprocess: Callable, flip: bool, crop: float, brightness: float,
-               contrast: float, size: Optional[Size] = None, mode: str = 'resize'):
-    self.preprocess, self.flip, self.crop = preprocess, flip, crop
+               contrast: float, size: Optional[Size] = None, mode: str = 'resize',
+               clip: bool = True):
+    self.preprocess, self.flip, self.crop, self.clip = preprocess, flip, crop, clip
     self.brightness, self.contrast = brightness, contrast
     self.size, self.mode = (None if size is None else tuple(size)), mode
 
@@ -91,5 +96,5 @@ class Augmented:
       examples = random_flip(examples, rngs)
     batch = self.preprocess(examples, rngs)
     if self.brightness > 0 or self.contrast > 0:
-      batch = brightness_contrast(batch, rngs, self.brightness, self.contrast)
+      batch = brightness_contrast(batch, rngs, self.brightness, self.contrast, self.clip)
     return batch

@@ -9,7 +9,8 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segae_jax.data.sources import Subset, WithFeature, unit_float
+from segae_jax.data.normalize import Normalization
+from segae_jax.data.sources import Subset, WithFeature
 from segae_jax.errors import UserInputError
 from segae_jax.registry import Registry
 
@@ -32,6 +33,8 @@ class Dataset:
     data.sizing); only datasets stored at the images' own sizes have such examples.
   sizes: for those, {split: {'count', 'min_height', 'min_width', 'max_height', 'max_width',
     'pixels'}} (data.local.size_summary); None for datasets of one fixed size.
+  normalization: how `preprocess` makes stored pixels the model's input (data.normalize); runs
+    record it, so that predict, evaluate and an export apply the same one.
   """
   name: str
   train: object
@@ -43,17 +46,19 @@ class Dataset:
   unlabeled: Optional[object] = None
   resize: str = 'resize'
   sizes: Optional[Mapping[str, Mapping[str, int]]] = None
+  normalization: Normalization = Normalization()
 
 
-def scale_images(examples, rngs: Sequence[np.random.Generator], binarize: bool = False):
-  """uint8 'image' [batch, h, w, c] -> float32 in [0, 1].
+def scale_images(examples, rngs: Sequence[np.random.Generator], binarize: bool = False,
+                 normalization: Normalization = Normalization()):
+  """'image' [batch, h, w, c] -> float32 by `normalization` (the default: uint8 -> [0, 1]).
 
   With `binarize`, 'image' becomes a fresh Bernoulli draw per pixel (dynamic binarisation,
   Salakhutdinov & Murray, ICML 2008), so the Bernoulli likelihood is exact, and the grayscale
   image is kept as 'clean_image' for PSNR/MSE. Example i draws from rngs[i].
   """
   batch = dict(examples)
-  image = unit_float(examples['image'])
+  image = normalization(examples['image'])
   if binarize:
     batch['clean_image'] = image
     noise = np.stack([rng.random(image.shape[1:], dtype=np.float32)

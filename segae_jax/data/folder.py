@@ -19,13 +19,19 @@ and can change without preparing again. The prepared dataset lives in
 settings that change what is stored (absolute paths included). Files added to or changed in the
 folders later are NOT noticed: a prepared config is reused as it is (delete its folder to rebuild).
 
-Image conversion (data.images.image_array; the same for checking and writing):
-  - grayscale (modes 1, L, LA) counts as 1 channel; colour (RGB, RGBA, P, PA, CMYK, YCbCr) as 3.
-    An image whose channel count differs from `channels` is refused, never silently converted.
-  - alpha: dropped when every pixel is fully opaque, refused otherwise.
-  - 16-bit, 32-bit and float images are refused (no unambiguous scaling to uint8).
-  - multi-frame files (TIFF stacks) are refused; EXIF orientation is ignored (pixels as stored,
-    which is how masks drawn on the stored pixels line up).
+Image reading (data.images.read_pixels; the same for checking and writing):
+  - 8-bit files through Pillow: grayscale (modes 1, L, LA) counts as 1 channel, colour (RGB,
+    RGBA, P, PA, CMYK, YCbCr) as 3; alpha dropped when every pixel is fully opaque, refused
+    otherwise. TIFFs through tifffile: 16-bit, float, and any channel count (samples last, or one
+    page per channel); 16-bit and float PNGs too. An image whose channel count differs from
+    `channels` is refused, never silently converted; so are NaN pixels, other frame layouts,
+    and a dataset mixing bit depths.
+  - stored losslessly in its own dtype (uint8, uint16, float32; data.local.image_feature), and
+    normalised in the input pipeline by `normalize` ('unit', 'zscore', 'percentile';
+    data.normalize) with the training split's per-channel statistics, computed while the files
+    are checked and kept in the dataset's metadata ('normalization').
+  - masks: 8 to 32-bit integer label images (Pillow; TIFF through tifffile); EXIF orientation is
+    ignored (pixels as stored, which is how masks drawn on the stored pixels line up).
   - resize='resize': the whole image (evaluation) or a random resized crop of it (training) goes
     to image_size, image bilinear, mask nearest. resize='center_crop': the central (evaluation)
     or a random (training) image_size window; images smaller than it are refused.
@@ -37,20 +43,17 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from segae_jax.data import local, sizing
-from segae_jax.data.images import (capped_size, image_array, list_image_files, one_line,
-                                   open_image)
+from segae_jax.data import local, normalize, sizing
+from segae_jax.data.images import (list_image_files, one_line, read_label_image,
+                                   read_pixels)
 from segae_jax.data.dataset import Dataset
-from segae_jax.data.sources import hold, unit_float
+from segae_jax.data.sources import hold
 from segae_jax.errors import UserInputError
 
 SPLITS = local.SPLITS
 UNLABELED = 'unlabeled'
 MAX_CLASSES = 256  # Masks are stored as uint8.
-# np.asarray gives one integer per pixel for these ('1' -> bool, I;16* -> uint16, I -> int32).
-MASK_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 MASK_READINGS = ('classes', 'foreground')  # config.data.mask_mode.
 # What an unlabelled example stores as its mask: the feature exists in every split.
 NO_MASK = np.zeros((1, 1), np.uint8)
@@ -65,7 +68,8 @@ class FolderConfig(tfds.core.BuilderConfig):
     masks_dir: folder of masks, same file stems (and the same train/ and test/ subfolders).
     num_classes: label values must lie in [0, num_classes); at most 256 (uint8 masks).
     image_size: (height, width) the model sees (not stored: the pipeline crops or resizes).
-    channels: 1 (grayscale) or 3 (colour); images with the other count are refused.
+    channels: 1 (grayscale), 3 (colour), or any count (TIFF stacks, multi-channel arrays);
+      images with another count are refused.
     class_names_file: optional text file, one class name per line (blank lines ignored), exactly
       num_classes names.
     resize: 'resize' or 'center_crop' (data.sizing; not stored).
@@ -78,6 +82,8 @@ class FolderConfig(tfds.core.BuilderConfig):
     mask_mode: 'classes' (a mask pixel is its class id) or 'foreground' (an instance label
       image: 0 background, every other value, e.g. instance ids 1..N of 8 or 16 bits, class 1;
       needs num_classes=2).
+    normalize: 'unit', 'zscore' or 'percentile' (data.normalize; not stored: the statistics of
+      every mode are).
 
   `name` is set from a hash of the stored settings (`settings()`, paths made absolute first),
   whatever is passed.
@@ -99,6 +105,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   max_size: int = 0
   unlabeled_dir: str = ''
   mask_mode: str = 'classes'
+  normalize: str = 'unit'
 
   def __post_init__(self):
     local.check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
@@ -202,14 +209,10 @@ def split_files(config: FolderConfig) -> Dict[str, List[Tuple[str, str, str]]]:
   return splits
 
 
-def _mask_array(mask: Image.Image, path: str, num_classes: int,
+def _mask_array(labels: np.ndarray, path: str, num_classes: int,
                 mask_mode: str = 'classes') -> np.ndarray:
-  """PIL label image (8, 16 or 32 bits) -> uint8 [height, width] of class ids in
-  [0, num_classes); with mask_mode='foreground' every non-zero value is class 1."""
-  if mask.mode not in MASK_MODES:
-    raise UserInputError(f'{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); '
-                         f'expected a single-channel label image (mode L, P or I) of class ids')
-  labels = np.asarray(mask).astype(np.int64)
+  """int [height, width] label values -> uint8 class ids in [0, num_classes); with
+  mask_mode='foreground' every non-zero value is class 1."""
   if mask_mode == 'foreground':  # Instance ids (or any non-zero label) -> foreground.
     labels = (labels != 0).astype(np.int64)
   low, high = int(labels.min()), int(labels.max())
@@ -227,19 +230,20 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
   """Reads and checks one image/mask pair (mask_path '' for an unlabelled image).
 
   Returns:
-    image uint8 [height, width, channels] and mask uint8 [height, width] (None without a mask):
-    with `transform` as stored (capped at config.max_size), else at the files' own size.
+    image [height, width, channels] (uint8, uint16 or float32: data.images.read_pixels) and
+    mask uint8 [height, width] (None without a mask): with `transform` as stored (capped at
+    config.max_size), else at the files' own size.
 
   Raises:
     UserInputError: naming the file and the problem (unreadable, wrong mode or channel count,
       transparent pixels, sizes differ, label out of range, smaller than the crop of
       resize='center_crop').
   """
-  image = image_array(open_image(image_path, 'image'), image_path, config.channels)
+  image = read_pixels(image_path, config.channels)
   mask = None
   h, w = image.shape[:2]
   if mask_path:
-    mask = _mask_array(open_image(mask_path, 'mask'), mask_path, config.num_classes,
+    mask = _mask_array(read_label_image(mask_path), mask_path, config.num_classes,
                        config.mask_mode)
     if mask.shape != (h, w):
       raise UserInputError(f'{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} '
@@ -258,17 +262,20 @@ class _ReadPair:
   def __call__(self, item) -> Dict[str, object]:
     stem, image_path, mask_path = item
     image, mask = read_example(image_path, mask_path, self.config)
-    return {'image': local.png(image), 'segmentation': local.png(NO_MASK if mask is None else mask),
+    return {'image': local.encode_image(image),
+            'segmentation': local.png(NO_MASK if mask is None else mask),
             'file_name': stem}
 
 
-class SegmentationFolder(tfds.core.ShardBasedBuilder):
+class SegmentationFolder(tfds.core.ShardBasedBuilder, local.StoredDtype):
   """Images with label masks from the user's folders (see FolderConfig).
 
-  Features: 'image' uint8 [height, width, channels] and 'segmentation' uint8 [height, width, 1]
-  (class ids), both PNG at the image's own size (capped at max_size), 'file_name' the file stem.
+  Features: 'image' [height, width, channels] (8-bit grayscale or colour as PNG; other images as
+  zlib arrays of their dtype: data.local.image_feature) and 'segmentation' uint8 [height, width,
+  1] (class ids, PNG), at the image's own size (capped at max_size), 'file_name' the file stem.
   Splits 'train' and 'test' (and 'unlabeled', masks 1x1 zeros), in file order; the image sizes of
-  each split are in info.metadata['sizes'] (data.local.size_summary).
+  each split are in info.metadata['sizes'] (data.local.size_summary), the training split's
+  normalisation statistics in info.metadata['normalization'] (datasets prepared before it: none).
   """
 
   VERSION = tfds.core.Version('2.0.0')
@@ -278,6 +285,10 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder):
   # its lookup raises NotADirectoryError under the editable install when run outside the repo.
   code_path = None
 
+  def first_image(self) -> Optional[str]:
+    config: FolderConfig = self.builder_config
+    return next((image for _, image, _ in split_files(config)['train'][:1]), None)
+
   def _info(self) -> tfds.core.DatasetInfo:
     config: FolderConfig = self.builder_config
     # Built outside tfds's catalog: DatasetInfo is returned directly (no metadata folder).
@@ -285,7 +296,7 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder):
         builder=self,
         description=config.description,
         features=tfds.features.FeaturesDict({
-            'image': local.image_feature(config.channels),
+            'image': local.image_feature(config.channels, self.stored_dtype()),
             'segmentation': local.image_feature(1),
             'file_name': tfds.features.Text(),
         }),
@@ -299,13 +310,12 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder):
     config: FolderConfig = self.builder_config
     read_class_names(config)
     splits = split_files(config)
-    # Decode and check every file before tfds writes the first record: a bad file found halfway
-    # through writing would otherwise cost the whole build.
-    # Only the stored size is needed here: nothing is resized until the shards are written.
-    sizes = {name: [capped_size(*read_example(image, mask, config, transform=False)[0].shape[:2],
-                                config.max_size) for _, image, mask in items]
-             for name, items in splits.items()}
-    return local.plan_shards(self.info, splits, sizes, _ReadPair(config), config.channels + 1)
+    dtype = self.stored_dtype()
+    read = lambda item: (read_example(item[1], item[2], config, transform=False)[0], item[1])
+    sizes, self.info.metadata['normalization'] = local.check_and_measure(
+        splits, read, dtype, config.channels, config.max_size)
+    return local.plan_shards(self.info, splits, sizes, _ReadPair(config),
+                             config.channels * np.dtype(dtype).itemsize + 1)
 
 
 def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> SegmentationFolder:
@@ -324,21 +334,23 @@ def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> Segmentatio
 
 FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'class_names_file',
           'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir',
-          'mask_mode')
+          'mask_mode', 'normalize')
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-  """uint8 examples of any size -> {'image': float32 [B, H, W, C] in [0, 1], 'segmentation':
-  int32 [B, H, W] (when the examples have masks)} of `size` by the deterministic fit of `mode` (data.sizing.fit: the training
-  crops happen before, in data.augment). `rngs` is unused."""
+  """Stored examples of any size -> {'image': float32 [B, H, W, C] normalised ('unit': in [0, 1];
+  data.normalize), 'segmentation': int32 [B, H, W] (when the examples have masks)} of `size` by
+  the deterministic fit of `mode` (data.sizing.fit: the training crops happen before, in
+  data.augment). `rngs` is unused."""
   size: Tuple[int, int]
   mode: str
+  normalization: normalize.Normalization = normalize.Normalization()
 
   def __call__(self, examples, rngs) -> Dict[str, np.ndarray]:
     del rngs  # Deterministic.
     examples = sizing.fit(examples, self.size, self.mode)
-    batch = {'image': unit_float(examples['image'])}
+    batch = {'image': self.normalization(examples['image'])}
     if 'segmentation' in examples:  # An unlabelled pool's examples have none.
       masks = examples['segmentation']
       batch['segmentation'] = masks.reshape(masks.shape[:3]).astype(np.int32)
@@ -355,7 +367,8 @@ def load(data_config: Mapping):
   Returns:
     segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory or
     streamed from disk (data_config cache: 'auto', 'memory', 'stream'; see data.pipeline.hold):
-    'image' uint8 [h, w, C] and 'segmentation' uint8 [h, w, 1] at each image's own size, and
+    'image' [h, w, C] (uint8, uint16 or float32, as stored) and 'segmentation' uint8 [h, w, 1]
+    at each image's own size, and
     `unlabeled` ('image' only) when unlabeled_dir is set.
 
   Raises:
@@ -367,11 +380,13 @@ def load(data_config: Mapping):
   class_names = read_class_names(config)
   builder = prepare(config, data_config.get('tfds_dir') or None)
   sources, sizes = local.checked_sources(builder, config, 'segmentation_folder')
+  normalization = local.normalization_of(builder, config.normalize, 'segmentation_folder')
   cache = data_config.get('cache', 'auto')
   splits = {name: hold(sources[name], cache, keys=('image', 'segmentation')) for name in SPLITS}
   unlabeled = hold(sources[UNLABELED], cache, keys=('image',)) if config.unlabeled_dir else None
   return Dataset(name='segmentation_folder', train=splits['train'], test=splits['test'],
                  image_shape=config.image_size + (config.channels,),
                  num_classes=config.num_classes, class_names=class_names,
-                 preprocess=Preprocess(config.image_size, config.resize),
-                 unlabeled=unlabeled, resize=config.resize, sizes=sizes)
+                 preprocess=Preprocess(config.image_size, config.resize, normalization),
+                 unlabeled=unlabeled, resize=config.resize, sizes=sizes,
+                 normalization=normalization)

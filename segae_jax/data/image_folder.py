@@ -16,10 +16,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segae_jax.data import local, sizing
-from segae_jax.data.images import capped_size, image_array, list_image_files, open_image
+from segae_jax.data import local, normalize, sizing
+from segae_jax.data.images import list_image_files, read_pixels
 from segae_jax.data.dataset import Dataset, scale_images
 from segae_jax.data.sources import hold
+from segae_jax.errors import UserInputError
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -29,7 +30,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   Attributes:
     images_dir: folder of images, searched recursively (with split='folders': holding train/ and
       test/).
-    image_size, channels, resize, split, test_fraction, split_seed, max_size: as in
+    image_size, channels, resize, split, test_fraction, split_seed, max_size, normalize: as in
       segae_jax.data.folder.FolderConfig (checked by data.local.check_common).
 
   `name` is set from a hash of the stored settings (paths made absolute first).
@@ -46,6 +47,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.2
   split_seed: int = 0
   max_size: int = 0
+  normalize: str = 'unit'
 
   def __post_init__(self):
     local.check_paths(self, ('images_dir',))
@@ -76,13 +78,14 @@ def split_files(config: ImageFolderConfig) -> Dict[str, List[Tuple[str, str]]]:
 
 
 def read_image(path: str, config: ImageFolderConfig, transform: bool = True) -> np.ndarray:
-  """One image, checked: uint8 [height, width, channels], capped at config.max_size with
-  `transform`, else at the file's own size.
+  """One image, checked: [height, width, channels] uint8, uint16 or float32
+  (data.images.read_pixels), capped at config.max_size with `transform`, else at the file's own
+  size.
 
   Raises:
     UserInputError: naming the file and the problem.
   """
-  image = image_array(open_image(path, 'image'), path, config.channels)
+  image = read_pixels(path, config.channels)
   local.check_stored_fits(config, *image.shape[:2], path)
   return local.capped(image, None, config.max_size)[0] if transform else image
 
@@ -93,27 +96,32 @@ class _ReadImage:
 
   def __call__(self, item) -> Dict[str, object]:
     key, path = item
-    return {'image': local.png(read_image(path, self.config)), 'file_name': key}
+    return {'image': local.encode_image(read_image(path, self.config)), 'file_name': key}
 
 
-class ImageFolder(tfds.core.ShardBasedBuilder):
+class ImageFolder(tfds.core.ShardBasedBuilder, local.StoredDtype):
   """Images without masks from the user's folder (see ImageFolderConfig).
 
-  Features: 'image' uint8 [height, width, channels] (PNG at the image's own size, capped at
-  max_size) and 'file_name' (the key). Splits 'train' and 'test' in key order; their image sizes
-  are in info.metadata['sizes'].
+  Features: 'image' [height, width, channels] (at the image's own size, capped at max_size; PNG or
+  a zlib array of its dtype: data.local.image_feature) and 'file_name' (the key). Splits 'train'
+  and 'test' in key order; their image sizes are in info.metadata['sizes'], the training split's
+  normalisation statistics in info.metadata['normalization'].
   """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Images from a local folder, at their own size.'}
   code_path = None  # As SegmentationFolder: no checksums to find.
 
+  def first_image(self) -> Optional[str]:
+    return next((path for _, path in split_files(self.builder_config)['train'][:1]), None)
+
   def _info(self) -> tfds.core.DatasetInfo:
     config: ImageFolderConfig = self.builder_config
     return tfds.core.DatasetInfo(
         builder=self,
         description=config.description,
-        features=tfds.features.FeaturesDict({'image': local.image_feature(config.channels),
+        features=tfds.features.FeaturesDict({'image': local.image_feature(config.channels,
+                                                                          self.stored_dtype()),
                                              'file_name': tfds.features.Text()}),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
@@ -123,29 +131,32 @@ class ImageFolder(tfds.core.ShardBasedBuilder):
     del dl_manager  # Nothing to download.
     config: ImageFolderConfig = self.builder_config
     splits = split_files(config)
-    # Every file decoded and checked before the first record is written.
-    sizes = {name: [capped_size(*read_image(path, config, transform=False).shape[:2],
-                                config.max_size) for _, path in items]
-             for name, items in splits.items()}
-    return local.plan_shards(self.info, splits, sizes, _ReadImage(config), config.channels)
+    dtype = self.stored_dtype()
+    read = lambda item: (read_image(item[1], config, transform=False), item[1])
+    sizes, self.info.metadata['normalization'] = local.check_and_measure(
+        splits, read, dtype, config.channels, config.max_size)
+    return local.plan_shards(self.info, splits, sizes, _ReadImage(config),
+                             config.channels * np.dtype(dtype).itemsize)
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-  """uint8 examples of any size -> {'image': float32 [B, H, W, C] in [0, 1]} of `size` by the
-  deterministic fit of `mode` (data.sizing.fit); with `binarize`, dynamic binarisation as for
-  Fashion-MNIST (data.scale_images: 'image' drawn from rngs, 'clean_image' kept)."""
+  """Stored examples of any size -> {'image': float32 [B, H, W, C] normalised ('unit': in
+  [0, 1]; data.normalize)} of `size` by the deterministic fit of `mode` (data.sizing.fit); with
+  `binarize`, dynamic binarisation as for Fashion-MNIST (data.scale_images: 'image' drawn from
+  rngs, 'clean_image' kept)."""
   size: Tuple[int, int]
   mode: str
   binarize: bool = False
+  normalization: normalize.Normalization = normalize.Normalization()
 
   def __call__(self, examples, rngs) -> Dict[str, np.ndarray]:
     images = sizing.fit({'image': examples['image']}, self.size, self.mode)
-    return scale_images(images, rngs, self.binarize)
+    return scale_images(images, rngs, self.binarize, self.normalization)
 
 
 FIELDS = ('images_dir', 'image_size', 'channels', 'resize', 'split', 'test_fraction',
-          'split_seed', 'max_size')
+          'split_seed', 'max_size', 'normalize')
 
 
 def prepare(config: ImageFolderConfig, tfds_dir: Optional[str] = None) -> ImageFolder:
@@ -166,8 +177,8 @@ def load(data_config: Mapping):
       tfds_dir and cache.
 
   Returns:
-    segae_jax.data.Dataset named 'image_folder' ('image' uint8 [h, w, C] at each image's own
-    size; num_classes 0: no masks).
+    segae_jax.data.Dataset named 'image_folder' ('image' [h, w, C] as stored, at each image's
+    own size; num_classes 0: no masks).
 
   Raises:
     UserInputError: a bad setting or file, naming it.
@@ -175,10 +186,15 @@ def load(data_config: Mapping):
   config = local.config_from_mapping(data_config, ImageFolderConfig, FIELDS, ('images_dir',))
   builder = prepare(config, data_config.get('tfds_dir') or None)
   sources, sizes = local.checked_sources(builder, config, 'image_folder')
+  normalization = local.normalization_of(builder, config.normalize, 'image_folder')
+  binarize = bool(data_config.get('binarize', False))
+  if binarize and normalization.mode != 'unit':
+    raise UserInputError(f"config.data.binarize draws pixels from intensities in [0, 1]: it needs "
+                         f"config.data.normalize='unit', not {normalization.mode!r}")
   splits = {name: hold(sources[name], data_config.get('cache', 'auto'), keys=('image',))
             for name in local.SPLITS}
   return Dataset(name='image_folder', train=splits['train'], test=splits['test'],
                  image_shape=config.image_size + (config.channels,), num_classes=0,
                  class_names=(), preprocess=Preprocess(config.image_size, config.resize,
-                                       bool(data_config.get('binarize', False))),
-                 resize=config.resize, sizes=sizes)
+                                                       binarize, normalization),
+                 resize=config.resize, sizes=sizes, normalization=normalization)

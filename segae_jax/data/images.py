@@ -1,7 +1,8 @@
 """Reading the user's image files (predict, unsupervised, the input pipeline, the folder
-builders): listing a folder, decoding with Pillow, checking and converting to uint8 arrays."""
+builders): listing a folder, decoding with Pillow (TIFF with tifffile: stacks, 16-bit, float),
+checking and converting to arrays of one of the stored dtypes (uint8, uint16, float32)."""
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -9,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from segae_jax.errors import UserInputError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+TIFF_SUFFIXES = ('.tif', '.tiff')
 
 
 def list_images(path: str) -> List[str]:
@@ -74,6 +76,8 @@ class ImageFileSource:
 # is checked before anything is written, and nothing is converted silently.
 
 GRAY_MODES = ('1', 'L', 'LA')
+# np.asarray gives one integer per pixel for these ('1' -> bool, I;16* -> uint16, I -> int32).
+MASK_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 COLOUR_MODES = ('RGB', 'RGBA', 'P', 'PA', 'CMYK', 'YCbCr')
 ALPHA_MODES = ('LA', 'RGBA', 'PA')
 
@@ -173,3 +177,105 @@ def capped_size(height: int, width: int, max_size: int) -> Tuple[int, int]:
     return height, width
   scale = max_size / long_side
   return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scientific images: any channel count, 8 and 16 bits, float (the folder builders and predict).
+
+def is_tiff(path: str) -> bool:
+  return path.lower().endswith(TIFF_SUFFIXES)
+
+
+def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]:
+  """A TIFF's pixels [height, width, channels] in the file's dtype via tifffile (channels last
+  from samples, or from pages / a channel axis first), or None for an 8-bit palette TIFF or an
+  8-bit one with an alpha sample when `channels` is not 4 (Pillow's conversion, with its checks
+  on transparency, applies to those).
+
+  Raises:
+    UserInputError: unreadable, or not one 2-D image with or without channels.
+  """
+  import tifffile  # pylint: disable=import-outside-toplevel
+  try:
+    with tifffile.TiffFile(path) as tif:
+      page, series = tif.pages[0], tif.series[0]
+      if page.dtype == np.uint8 and (page.photometric == tifffile.PHOTOMETRIC.PALETTE or
+                                     (len(page.extrasamples) and channels != 4)):
+        return None
+      array, axes = series.asarray(), series.axes
+  except Exception as e:  # pylint: disable=broad-except (tifffile raises many types)
+    raise UserInputError(f'{path}: cannot read {what} ({one_line(e)})') from None
+  keep = [i for i, n in enumerate(array.shape) if n != 1 or axes[i] in 'YX']
+  array, axes = array.reshape([array.shape[i] for i in keep]), ''.join(axes[i] for i in keep)
+  if array.ndim == 2:
+    return array[..., None]
+  if array.ndim == 3 and axes[:2] == 'YX':
+    return array
+  if array.ndim == 3 and axes[1:] == 'YX':  # Pages (or a channel axis) first.
+    return np.moveaxis(array, 0, -1)
+  shape = 'x'.join(map(str, array.shape))
+  frames = f'{array.shape[0]} frames of ' if array.ndim > 3 else ''
+  raise UserInputError(f'{path}: {what} holds {frames}{shape} pixels (axes {axes}); expected one '
+                       'image: [height, width], its channels last, or one page per channel')
+
+
+def _as_stored_dtype(array: np.ndarray, path: str, what: str) -> np.ndarray:
+  """uint8 and uint16 kept, bool -> uint8, other numbers -> float32 (values kept); NaN or
+  infinite values refused."""
+  if array.dtype == np.bool_:
+    return array.astype(np.uint8)
+  if array.dtype in (np.uint8, np.uint16):
+    return array
+  if array.dtype.kind not in 'uif':
+    raise UserInputError(f'{path}: {what} has pixels of type {array.dtype}; expected numbers')
+  array = array.astype(np.float32)
+  if not np.isfinite(array).all():
+    raise UserInputError(f'{path}: {what} has NaN or infinite pixel values; expected finite '
+                         'numbers')
+  return array
+
+
+def read_pixels(path: str, channels: int, what: str = 'image') -> np.ndarray:
+  """One image file -> [height, width, channels] uint8, uint16 or float32, refusing what cannot
+  be read without loss or guessing: 8-bit files as image_array reads them (Pillow: grayscale,
+  colour, palette, opaque alpha); TIFFs through tifffile (multi-page stacks and channel axes as
+  channels, 16-bit, float); 16-bit and float PNGs; another channel count than `channels`; NaN.
+
+  Raises:
+    UserInputError: naming the file and what was expected.
+  """
+  array = _tiff_array(path, what, channels) if is_tiff(path) else None
+  if array is None:
+    image = open_image(path, what)
+    if image.mode in GRAY_MODES + COLOUR_MODES:
+      return image_array(image, path, channels)
+    array = np.asarray(image)
+    array = array.reshape(array.shape[:2] + (-1,))
+  array = _as_stored_dtype(array, path, what)
+  if array.shape[2] != channels:
+    raise UserInputError(f'{path}: {what} has {array.shape[2]} channel(s) ({array.dtype}) but '
+                         f'config.data.channels is {channels}')
+  return array
+
+
+def read_label_image(path: str, what: str = 'mask') -> np.ndarray:
+  """A single-channel label image -> int64 [height, width]: PNG/BMP through Pillow (modes 1, L,
+  P by index, I, I;16), TIFF through tifffile (8 to 32-bit integers, e.g. instance label images
+  of microscopy tools).
+
+  Raises:
+    UserInputError: unreadable, several channels or frames, or non-integer values.
+  """
+  if is_tiff(path):
+    array = _tiff_array(path, what)
+    if array is not None:
+      if array.shape[2] != 1 or array.dtype.kind not in 'uib':
+        raise UserInputError(f'{path}: {what} is {array.dtype} with {array.shape[2]} channel(s); '
+                             'expected a single-channel label image of integer class ids')
+      return array[..., 0].astype(np.int64)
+  image = open_image(path, what)
+  if image.mode not in MASK_MODES:
+    raise UserInputError(f'{path}: {what} has mode {image.mode} ({len(image.getbands())} '
+                         'channels); expected a single-channel label image (mode L, P or I) of '
+                         'class ids')
+  return np.asarray(image).astype(np.int64)

@@ -75,7 +75,8 @@ def train_inputs(config: Mapping, dataset: Dataset, views: Mapping[str, Sequence
     raise ValueError(f'views for unknown batch parts {unknown}; parts: {PARTS}')
   data_config = config['data']
   weak = augment.with_augmentation(dataset.preprocess, data_config.get('augment', {}),
-                                   dataset.image_shape[:2], dataset.resize)
+                                   dataset.image_shape[:2], dataset.resize,
+                                   clip=dataset.normalization.mode == 'unit')
   pool_preprocess = None
   if dataset.unlabeled is not None:
     pool_preprocess = with_views(weak, views.get('unlabeled', ()))

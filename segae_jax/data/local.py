@@ -2,9 +2,12 @@
 a seeded split by fraction, the stored features, shards written as they are read, the image
 sizes recorded in the dataset's metadata, and a prepare() that leaves nothing half-built.
 
-Images are stored at their own size (capped at config.data.max_size on the long side) as PNG,
-lossless: one prepared dataset serves every training size, cropped or resized in the input
-pipeline (data.sizing). tfds encodes PNG with Pillow and decodes it with OpenCV: no TensorFlow.
+Images are stored at their own size (capped at config.data.max_size on the long side),
+losslessly: 8-bit grayscale and colour as PNG (tfds encodes with Pillow and decodes with OpenCV),
+every other image (16-bit, float, any channel count) as a zlib-compressed array of its dtype
+(decoded with zlib and numpy): no TensorFlow either way. One prepared dataset serves every
+training size, cropped or resized in the input pipeline (data.sizing), and every normalisation
+(data.normalize: the training split's statistics are stored in its metadata).
 """
 import dataclasses
 import hashlib
@@ -12,14 +15,14 @@ import json
 import numbers
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segae_jax.data import sizing
-from segae_jax.data.images import capped_size
+from segae_jax.data import normalize, sizing
+from segae_jax.data.images import capped_size, read_pixels
 from segae_jax.errors import UserInputError
 
 SPLITS = ('train', 'test')
@@ -54,14 +57,16 @@ def check_image_size(size) -> Tuple[int, int]:
 
 def check_common(config) -> None:
   """The fields both folder configs share (FolderConfig, image_folder.ImageFolderConfig):
-  image_size, channels, resize, split, test_fraction, split_seed, max_size; normalised in place.
+  image_size, channels, resize, split, test_fraction, split_seed, max_size, normalize;
+  normalised in place.
 
   Raises:
     UserInputError: naming config.data.<field>.
   """
   config.image_size = check_image_size(config.image_size)
-  if config.channels not in (1, 3) or not is_int(config.channels):
-    raise UserInputError(f'config.data.channels must be 1 or 3, got {config.channels!r}')
+  if not is_int(config.channels) or config.channels < 1:
+    raise UserInputError(f'config.data.channels must be a positive integer (1 grayscale, 3 '
+                         f'colour, or any count of a TIFF stack), got {config.channels!r}')
   sizing.check_mode(config.resize)
   if config.split not in SPLIT_MODES:
     raise UserInputError(f'unknown config.data.split {config.split!r}; known: '
@@ -74,6 +79,7 @@ def check_common(config) -> None:
     if not is_int(getattr(config, key)) or getattr(config, key) < 0:
       raise UserInputError(f'config.data.{key} must be a non-negative integer, got '
                            f'{getattr(config, key)!r}')
+  normalize.check_mode(config.normalize)
   config.channels, config.test_fraction = int(config.channels), float(config.test_fraction)
   config.split_seed, config.max_size = int(config.split_seed), int(config.max_size)
 
@@ -138,15 +144,95 @@ def split_by_fraction(items: List[Any], test_fraction: float, seed: int,
           'test': [x for x, t in zip(items, is_test) if t]}
 
 
-def image_feature(channels: int) -> tfds.features.Image:
-  """A PNG image of any height and width (None, None, channels)."""
-  return tfds.features.Image(shape=(None, None, channels), encoding_format='png')
+def is_png_storable(channels: int, dtype: str = 'uint8') -> bool:
+  """Whether images are stored as PNG (8-bit grayscale or colour: the datasets prepared before
+  other images were read keep their format); other images as zlib-compressed arrays."""
+  return np.dtype(dtype) == np.uint8 and channels in (1, 3)
+
+
+def image_feature(channels: int, dtype: str = 'uint8') -> tfds.features.FeatureConnector:
+  """The stored image of any height and width (None, None, channels): a PNG (is_png_storable),
+  else a zlib-compressed array of `dtype` (uint16, float32 or uint8 of other channel counts),
+  which keeps every bit and any channel count."""
+  if is_png_storable(channels, dtype):
+    return tfds.features.Image(shape=(None, None, channels), encoding_format='png')
+  return tfds.features.Tensor(shape=(None, None, channels), dtype=np.dtype(dtype),
+                              encoding=tfds.features.Encoding.ZLIB)
 
 
 def png(array: np.ndarray) -> Image.Image:
   """uint8 [h, w] or [h, w, 1 | 3] -> the Pillow image tfds encodes (a numpy array would make
   tfds encode it with TensorFlow)."""
   return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def encode_image(array: np.ndarray):
+  """What image_feature(channels, dtype) of the array's channels and dtype stores."""
+  return png(array) if is_png_storable(array.shape[-1], array.dtype) else array
+
+
+class StoredDtype:
+  """For the folder builders: the dtype their images are stored in is the first training image
+  file's (check_and_measure holds every other file to it); 'uint8' when it cannot be read (the
+  checks then report that file). Subclasses give first_image(): its path, or None."""
+
+  def first_image(self) -> Optional[str]:
+    raise NotImplementedError
+
+  def stored_dtype(self) -> str:
+    if getattr(self, '_stored_dtype', None) is None:
+      self._stored_dtype = 'uint8'
+      try:
+        path = self.first_image()
+        if path:
+          self._stored_dtype = str(read_pixels(path, self.builder_config.channels).dtype)
+      except UserInputError:
+        pass
+    return self._stored_dtype
+
+
+def check_and_measure(splits: Mapping[str, Sequence[Any]], read: Callable[[Any], Any],
+                      dtype: str, channels: int, max_size: int):
+  """Reads and checks every file before anything is written (a bad file found halfway through
+  writing would cost the whole build).
+
+  Args:
+    splits: {split: items}; read(item) -> (image [h, w, channels] at the file's own size, its
+      path), raising UserInputError for a bad file.
+
+  Returns:
+    ({split: stored (height, width) of each image}, the training split's normalisation
+    statistics with their 'dtype': data.normalize.Statistics).
+
+  Raises:
+    UserInputError: a bad file, or an image of another dtype than `dtype`.
+  """
+  sizes: Dict[str, List[Tuple[int, int]]] = {}
+  statistics = normalize.Statistics(channels, len(splits['train']))
+  for name, items in splits.items():
+    sizes[name] = []
+    for item in items:
+      image, path = read(item)
+      if str(image.dtype) != dtype:
+        raise UserInputError(f'{path}: image is {image.dtype} but the first training image is '
+                             f'{dtype}; expected one bit depth (uint8, uint16 or float32) for '
+                             'all')
+      if name == 'train':
+        statistics.add(image)
+      sizes[name].append(capped_size(*image.shape[:2], max_size))
+  return sizes, {'dtype': dtype, **statistics.result()}
+
+
+def normalization_of(builder: tfds.core.DatasetBuilder, mode: str, where: str):
+  """The data.normalize.Normalization `mode` of a prepared folder dataset, from the statistics
+  in its metadata (a dataset prepared before they were stored holds 8-bit images and none).
+
+  Raises:
+    UserInputError: 'zscore' or 'percentile' on a dataset without statistics.
+  """
+  statistics = builder.info.metadata.get('normalization')
+  return normalize.Normalization.make(mode, (statistics or {}).get('dtype', 'uint8'), statistics,
+                                      f'{where} {builder.data_path}')
 
 
 def capped(image: np.ndarray, mask, max_size: int):

@@ -17,6 +17,7 @@ import numpy as np
 from absl import flags
 
 from segae_jax.data import batching
+from segae_jax.data.normalize import Normalization
 from segae_jax.errors import UserInputError
 from segae_jax.segmenter import Inference, Segmenter
 from segae_jax.tools import postprocess, tiling
@@ -106,7 +107,8 @@ class TrainedRun:
 
   The methods run the model in inference mode (train=False; a sampling model draws its noise
   from the fixed key PRNGKey(0), so the same images always give the same outputs). Images are
-  float32 [batch, height, width, channels] in [0, 1] of `image_shape`.
+  float32 [batch, height, width, channels] of `image_shape`, normalised as the run trained
+  (`normalization`: in [0, 1] for 'unit'), except pixel_logits', which normalises itself.
   """
   config: ml_collections.ConfigDict
   model: Any
@@ -115,6 +117,8 @@ class TrainedRun:
   checkpoint: str            # 'best' or 'latest': which one was restored.
   image_shape: Tuple[int, int, int]
   class_names: Sequence[str]
+  # How the training pipeline made stored pixels its input (data.normalize).
+  normalization: Normalization = Normalization()
 
   def apply(self, variables: Dict[str, Any], images) -> Dict[str, Any]:
     """The model's outputs in inference mode; pure, so it composes inside jax.jit."""
@@ -141,10 +145,12 @@ class TrainedRun:
     return lambda images: np.asarray(compiled(self.variables, np.asarray(images, np.float32)))
 
   def pixel_logits(self, variables: Dict[str, Any], pixels):
-    """Pure: float32 pixels [batch, height, width, channels] in the stored images' units (0..255)
-    -> float32 class logits [batch, height, width, classes], the input normalisation inside (the
-    function tools.export serialises)."""
-    return seg_logits(self.apply(variables, pixels / 255.0))
+    """Pure: float32 pixels [batch, height, width, channels] in the stored images' units (0..255
+    for 8-bit images, 0..65535 for 16-bit, as stored for float) -> float32 class logits [batch,
+    height, width, classes], the run's input normalisation inside (the function tools.export
+    serialises)."""
+    import jax.numpy as jnp
+    return seg_logits(self.apply(variables, self.normalization(pixels, jnp)))
 
   def segmenter(self, inference: Inference, batch_size: int) -> Segmenter:
     """The Segmenter of this run: its pixel_logits compiled at the input size and at the tile
@@ -298,7 +304,8 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   # The variables the run evaluated with (the teacher of a teacher objective, by default).
   return TrainedRun(config=config, model=model, variables=objective.eval_variables(state),
                     step=step, checkpoint=kind, image_shape=image_shape,
-                    class_names=meta.get('class_names') or [])
+                    class_names=meta.get('class_names') or [],
+                    normalization=Normalization.from_dict(meta.get('normalization')))
 
 
 def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inference,

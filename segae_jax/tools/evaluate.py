@@ -164,7 +164,8 @@ def native_scores(config, dataset, variables, step: int, split: str = 'test',
   model = training.build_model(config, dataset.image_shape, dataset.num_classes)
   run = common.TrainedRun(config=config, model=model, variables=variables, step=step,
                           checkpoint='latest', image_shape=tuple(dataset.image_shape),
-                          class_names=list(dataset.class_names))
+                          class_names=list(dataset.class_names),
+                          normalization=dataset.normalization)
   scores = tiled_scores(run, dataset, split, common.Inference(),
                         batch_size or config.eval_batch_size)
   scores.pop('confusion')

@@ -58,7 +58,8 @@ def export_run(workdir: str, output: str, checkpoint: str = 'best') -> dict:
   exported = export.export(fn, platforms=PLATFORMS)(
       jax.ShapeDtypeStruct((batch, height, width, channels), 'float32'))
   spec = {'format': FORMAT, 'input_shape': [height, width, channels], 'input_dtype': 'float32',
-          'input_units': 'pixels, as stored (0..255 for 8-bit images)',
+          'input_units': f'pixels as stored ({run.normalization.dtype}; 0..255 for 8-bit images)',
+          'normalization': run.normalization.to_dict(),
           'output': 'float32 logits [batch, height, width, classes]',
           'num_classes': int(exported.out_avals[0].shape[-1]),
           'class_names': list(run.class_names), 'platforms': list(PLATFORMS),

@@ -17,7 +17,8 @@ from absl import flags
 from PIL import Image
 
 from segae_jax import cli
-from segae_jax.data.images import list_images, read_image
+from segae_jax.data.images import list_images, read_image, read_pixels
+from segae_jax.errors import UserInputError
 from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
@@ -47,21 +48,38 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
 
   files = list_images(input_path)
   run = common.load_run(workdir, checkpoint)
-  channels = run.image_shape[2]
-  originals = [read_image(f, channels) for f in files]  # All checked first.
+  originals = [read_input(f, run) for f in files]  # All checked first.
   run.require_segmentation(workdir)
   segment = run.segmenter(inference, batch_size)  # A bad --tile_size fails here.
-  labels = segment([np.asarray(img).reshape(img.size[1], img.size[0], channels)
-                    for img in originals])
+  labels = segment(originals)
   os.makedirs(output, exist_ok=True)
   results = {}
-  for path, img, full in zip(files, originals, labels):
+  for path, pixels, full in zip(files, originals, labels):
     stem = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray(full).save(os.path.join(output, f'{stem}_labels.png'))
-    rgb = np.asarray(img.convert('RGB'))
-    Image.fromarray(visualise.overlay(rgb, full)).save(os.path.join(output, f'{stem}_overlay.png'))
+    Image.fromarray(visualise.overlay(visualise.preview(pixels), full)).save(
+        os.path.join(output, f'{stem}_overlay.png'))
     results[stem] = full
   return results, run
+
+
+def read_input(path: str, run: common.TrainedRun) -> np.ndarray:
+  """One image to segment, [height, width, channels] as the run's training images were stored:
+  an 8-bit grayscale or colour run takes any 8-bit image converted to its channels (Pillow);
+  other runs (16-bit, float, other channel counts) exactly their kind (data.images.read_pixels).
+
+  Raises:
+    UserInputError: an unreadable image, or one of another kind than such a run's.
+  """
+  channels = run.image_shape[2]
+  if run.normalization.dtype == 'uint8' and channels in (1, 3):
+    image = np.asarray(read_image(path, channels))
+    return image.reshape(image.shape[:2] + (channels,))
+  pixels = read_pixels(path, channels)
+  if str(pixels.dtype) != run.normalization.dtype:
+    raise UserInputError(f'{path}: image is {pixels.dtype}, but the run trained on '
+                         f'{run.normalization.dtype} images')
+  return pixels
 
 
 def main() -> None:

@@ -20,8 +20,11 @@ from segae_jax.training import paths
 
 log = logging.getLogger(__name__)
 
-# What checkpoints written before a meta field existed hold: every run trained 'supervised' then.
-META_DEFAULTS = {'objective': 'supervised', 'objective_state': []}
+# What checkpoints written before a meta field existed hold: every run trained 'supervised' then,
+# on 8-bit images scaled to [0, 1] (data.normalize.Normalization()).
+META_DEFAULTS = {'objective': 'supervised', 'objective_state': [],
+                 'normalization': {'mode': 'unit', 'dtype': 'uint8', 'mean': [], 'std': [],
+                                   'low': [], 'high': []}}
 
 
 def abstract_tree(tree, sharding=None):

@@ -202,7 +202,9 @@ def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
           'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
           'class_names': list(dataset.class_names), 'objective': objective.name,
-          'objective_state': sorted(getattr(state, 'objective_state', None) or {})}
+          'objective_state': sorted(getattr(state, 'objective_state', None) or {}),
+          # How stored pixels become the input: predict, evaluate and export apply it too.
+          'normalization': dataset.normalization.to_dict()}
   return RunSetup(dataset=dataset, model=model, objective=objective, strategy=strategy,
                   schedule=schedule, state=state, run_rng=run_rng, train_iter=train_iter,
                   meta=meta)

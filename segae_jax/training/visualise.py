@@ -33,8 +33,25 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
   return np.round(blend).astype(np.uint8)
 
 
+def preview(image: np.ndarray) -> np.ndarray:
+  """What a picture shows of an image of any kind: uint8 [h, w, 1 | 3]. 8-bit grayscale or
+  colour as it is; otherwise its first channel (or its first three of a 3-channel float image),
+  stretched from its 0.5 to 99.5 percentiles to 0..255."""
+  image = np.asarray(image)
+  if image.dtype == np.uint8 and image.shape[-1] in (1, 3):
+    return image
+  shown = image[..., :3] if image.shape[-1] == 3 else image[..., :1]
+  low, high = np.percentile(shown, (0.5, 99.5))
+  scaled = (shown.astype(np.float32) - low) / max(float(high - low), 1e-12)
+  return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
 def _to_rgb(images: np.ndarray) -> np.ndarray:
-  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  """Model inputs [b, h, w, c] -> float RGB in [0, 1]: 1 or 3 channels in [0, 1] as they are;
+  other channel counts and standardised inputs through preview, image by image."""
+  images = np.asarray(images, np.float32)
+  if images.shape[-1] not in (1, 3) or images.min() < 0 or images.max() > 1:
+    images = np.stack([preview(image) for image in images]).astype(np.float32) / 255
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
@@ -63,6 +80,8 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
     tiles = np.stack(panels, axis=1).reshape((-1,) + panels[0].shape[1:])
     pictures['segmentation'] = writers.image_grid(tiles, len(panels))
   elif recon is not None:
+    if inputs.shape[-1] not in (1, 3):  # A multi-channel stack: its first channel shown.
+      inputs, recon = _to_rgb(inputs), _to_rgb(recon)
     cols = min(n, 8)
     rows = []
     for start in range(0, n, cols):  # Rows alternate: inputs, then their reconstructions.
@@ -71,7 +90,10 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
   if num_samples and hasattr(model, 'sample'):
     samples = jax.jit(model.apply, static_argnums=2, static_argnames='method')(
         variables, rng, num_samples, method=type(model).sample)
-    pictures['samples'] = writers.image_grid(np.asarray(samples), min(num_samples, 8))
+    samples = np.asarray(samples)
+    if samples.shape[-1] not in (1, 3):
+      samples = _to_rgb(samples)
+    pictures['samples'] = writers.image_grid(samples, min(num_samples, 8))
   for name, grid in pictures.items():
     writers.save_png(paths.join(workdir, f'{name}.png'), grid)
     writer.write_image(step, name, grid)
