@@ -154,7 +154,8 @@ def run_args(paths: Mapping[str, str], tfds_dir: str, fraction: float, seed: int
 
 def train(config: str, workdir: str, overrides: Sequence[str],
           env: Optional[Mapping[str, str]] = None) -> Dict:
-  """python train.py --config=configs/<config>.py --workdir=workdir overrides...: the run's
+  """python train.py --config=configs/<config>.py (or `config` itself, a path ending in .py)
+  --workdir=workdir overrides...: the run's
   results.json, read back when it exists (a finished run is not repeated; an unfinished one
   resumes from its last checkpoint). The wall seconds of every invocation, compilation and
   evaluations included, add up in workdir/wall_time.json (train_time_s of results.json counts
@@ -162,7 +163,8 @@ def train(config: str, workdir: str, overrides: Sequence[str],
   results = finished(workdir)
   if results is not None:
     return results
-  cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config=configs/{config}.py',
+  spec = config if config.endswith('.py') else f'configs/{config}.py'
+  cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={spec}',
          f'--workdir={workdir}', *overrides]
   start = time.perf_counter()
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)

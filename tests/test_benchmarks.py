@@ -48,3 +48,27 @@ def test_profile_categories_name_the_convolutions_of_a_step():
   found = {category for category, _ in profile_convs.op_categories(hlo).values()}
   assert {'convolution forward', 'convolution input gradient',
           'dot (dense layers, matmul kernel gradients)'} <= found, found
+
+
+def test_small_foreground_summary_pairs_arms_with_ce_by_hand():
+  from benchmarks import small_foreground as sf
+  rows = [{'arm': arm, 'seed': s, 'foreground_iou': iou, 'miou': 0.5, 'wall_s': 10.0 + s}
+          for arm, s, iou in (('ce', 0, 0.10), ('ce', 1, 0.20), ('ce_dice', 0, 0.30),
+                              ('ce_dice', 1, 0.36))]
+  summary = {r['figure']: r for r in sf.summary_rows(rows)}
+  d = summary['arm/ce_dice']['foreground_iou_difference_to_ce']
+  # d = (0.20, 0.16): mean 0.18, sd 0.0282843, half width 12.7062047 * 0.0282843 / sqrt(2).
+  np.testing.assert_allclose([d['mean'], d['high']], [0.18, 0.18 + 0.254124], atol=1e-5)
+  assert summary['arm/ce_dice']['wall_s_min'] == 10.0
+  table = sf.markdown(list(summary.values()), {'train': 0.02, 'test': 0.03})
+  assert '| ce_dice | 33.0 ± 4.2 | +18.0 [-7.4, +43.4] | 50.0 ± 0.0 | 2 | 10 |' in table
+
+
+def test_small_foreground_data_is_a_few_percent_and_weights_balance_it(tmp_path):
+  from benchmarks import small_foreground as sf
+  fractions = sf.write_folder(str(tmp_path), num_train=3, num_test=1)
+  assert 0.005 < fractions['train'] < 0.05 and 0.005 < fractions['test'] < 0.05
+  weights = sf.class_weights(str(tmp_path))
+  # Median frequency balancing of two classes: w_c f_c = median(f) = 1/2 for both.
+  frequency = np.array([1 - fractions['train'], fractions['train']])
+  np.testing.assert_allclose(np.array(weights) * frequency, [0.5, 0.5], rtol=1e-6)

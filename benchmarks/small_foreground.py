@@ -1,0 +1,196 @@
+"""Small foregrounds: cross-entropy against cross-entropy + Dice and class-weighted cross-entropy
+for configs/folder.py on a folder whose foreground is a few percent of the pixels.
+
+  python -m benchmarks.small_foreground --workdir=/tmp/small_fg [--seeds=0,1,2] [--steps=600]
+
+The data, written here as PNG files: 240x320 RGB photos of a smooth random texture with thin
+strokes (2 pixels wide) and small blobs drawn in a slightly different colour, 2-4% of the pixels
+(class 1), 32 for training and 8 for testing (split='folders'). Every run trains configs/folder.py
+on 64x64 windows cropped at native scale (resize='center_crop', the issue's photo recipe) with
+one loss, and is scored on the whole test photos at native resolution (tiled: results.json's
+test_resolution 'native'). Arms, paired by seed (same windows, same initialisation):
+
+  ce           seg_ce (folder.py's loss before this measurement)
+  ce_dice      seg_ce + dice (nnU-Net's default)
+  ce_weighted  seg_ce with class weights from the training masks, median frequency balancing
+               (Eigen & Fergus, ICCV 2015: w_c = median_k f_k / f_c, f_c the pixel frequency)
+
+Each run is a train.py run in its own workdir (benchmarks.label_efficiency.train: a finished run
+is read back, an unfinished one resumes); results go to --output as JSON lines and a Markdown
+table: foreground IoU and mIoU (mean ± sd over seeds), the paired difference to ce with its 95%
+t interval, and the wall time of a run.
+"""
+import argparse
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.label_efficiency import paired_interval, train, wall_time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARMS = ('ce', 'ce_dice', 'ce_weighted')
+SIZE = (240, 320)
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+  """float32 [240, 320, 3] in [0, 1]: low-frequency colour noise."""
+  coarse = rng.random((SIZE[0] // 16 + 2, SIZE[1] // 16 + 2, 3)).astype(np.float32)
+  big = np.kron(coarse, np.ones((16, 16, 1), np.float32))[:SIZE[0], :SIZE[1]]
+  return 0.25 + 0.5 * big + rng.normal(0, 0.03, big.shape).astype(np.float32)
+
+
+def _foreground(rng: np.random.Generator) -> np.ndarray:
+  """bool [240, 320]: 3-5 thin strokes and 4-8 small blobs."""
+  mask = np.zeros(SIZE, bool)
+  y, x = np.mgrid[:SIZE[0], :SIZE[1]]
+  for _ in range(rng.integers(3, 6)):
+    (y0, x0), (y1, x1) = rng.uniform((0, 0), SIZE, (2, 2))
+    length = max(1.0, np.hypot(y1 - y0, x1 - x0))
+    t = np.clip(((y - y0) * (y1 - y0) + (x - x0) * (x1 - x0)) / length ** 2, 0, 1)
+    mask |= np.hypot(y - (y0 + t * (y1 - y0)), x - (x0 + t * (x1 - x0))) <= 1.0
+  for _ in range(rng.integers(4, 9)):
+    cy, cx = rng.uniform((0, 0), SIZE)
+    mask |= np.hypot(y - cy, x - cx) <= rng.uniform(2, 4)
+  return mask
+
+
+def write_folder(root: str, num_train: int = 32, num_test: int = 8) -> Dict[str, float]:
+  """The photos and masks under root/{images,masks}/{train,test}; returns the foreground's pixel
+  fraction per split. Written once (a finished folder is reused)."""
+  done = os.path.join(root, 'fractions.json')
+  if os.path.exists(done):
+    return json.load(open(done))
+  rng = np.random.default_rng(0)
+  fractions = {}
+  for split, count in (('train', num_train), ('test', num_test)):
+    for sub in ('images', 'masks'):
+      os.makedirs(os.path.join(root, sub, split), exist_ok=True)
+    pixels = []
+    for i in range(count):
+      image, mask = _texture(rng), _foreground(rng)
+      shift = rng.choice([-1, 1]) * rng.uniform(0.12, 0.2, 3).astype(np.float32)
+      image = np.where(mask[..., None], image + shift, image)
+      image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+      Image.fromarray(image).save(os.path.join(root, 'images', split, f'photo{i:02d}.png'))
+      Image.fromarray(mask.astype(np.uint8)).save(os.path.join(root, 'masks', split,
+                                                               f'photo{i:02d}.png'))
+      pixels.append(mask.mean())
+    fractions[split] = float(np.mean(pixels))
+  with open(done, 'w') as f:
+    json.dump(fractions, f)
+  return fractions
+
+
+def class_weights(root: str) -> List[float]:
+  """Median frequency balancing over the training masks (see the module doc)."""
+  counts = np.zeros(2)
+  for name in sorted(os.listdir(os.path.join(root, 'masks', 'train'))):
+    counts += np.bincount(np.asarray(Image.open(os.path.join(root, 'masks', 'train', name)))
+                          .reshape(-1), minlength=2)
+  frequency = counts / counts.sum()
+  return (np.median(frequency) / frequency).tolist()
+
+
+def write_configs(workdir: str, weights: List[float]) -> Dict[str, str]:
+  """{arm: path of a config file importing configs/folder.py with the arm's loss}."""
+  losses = {'ce': "{'seg_ce': 1.0}", 'ce_dice': "{'seg_ce': 1.0, 'dice': 1.0}",
+            'ce_weighted': "{'seg_ce': 1.0}"}
+  params = {'ce_weighted': f"{{'seg_ce': {{'class_weights': {weights}}}}}"}
+  os.makedirs(os.path.join(workdir, 'configs'), exist_ok=True)
+  paths = {}
+  for arm in ARMS:
+    paths[arm] = os.path.join(workdir, 'configs', f'{arm}.py')
+    with open(paths[arm], 'w') as f:
+      f.write('"""benchmarks/small_foreground.py\'s arm {0}."""\nimport ml_collections\n\n'
+              'from configs import folder\n\n\ndef get_config():\n'
+              '  config = folder.get_config()\n'
+              '  config.loss = ml_collections.ConfigDict({1})\n'
+              '  config.loss_params = ml_collections.ConfigDict({2})\n'
+              '  return config\n'.format(arm, losses[arm], params.get(arm, '{}')))
+  return paths
+
+
+def run_args(root: str, workdir: str, seed: int, steps: int) -> List[str]:
+  return [f'--config.data.images_dir={root}/images', f'--config.data.masks_dir={root}/masks',
+          '--config.data.split=folders', '--config.data.resize=center_crop',
+          '--config.data.image_size=(64, 64)', f'--config.data.tfds_dir={workdir}/tfds',
+          '--config.batch_size=16', '--config.eval_batch_size=16', '--config.num_pictures=4',
+          f'--config.num_train_steps={steps}', f'--config.eval_every_steps={steps // 3}',
+          f'--config.checkpoint_every_steps={steps // 3}', f'--config.seed={seed}']
+
+
+def summary_rows(rows: List[Dict]) -> List[Dict]:
+  """Per arm: foreground IoU and mIoU mean ± sd, paired differences to ce, fastest wall."""
+  by_arm = {arm: {r['seed']: r for r in rows if r['arm'] == arm} for arm in ARMS}
+  out = []
+  for arm, seeds in by_arm.items():
+    if not seeds:
+      continue
+    paired = sorted(set(seeds) & set(by_arm['ce']))
+    row = {'figure': f'arm/{arm}', 'seeds': sorted(seeds)}
+    for key in ('foreground_iou', 'miou'):
+      values = [seeds[s][key] for s in sorted(seeds)]
+      row[key] = float(np.mean(values))
+      row[key + '_sd'] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+      row[key + '_difference_to_ce'] = paired_interval([seeds[s][key] for s in paired],
+                                                       [by_arm['ce'][s][key] for s in paired])
+    row['wall_s_min'] = float(min(r['wall_s'] for r in seeds.values()))
+    out.append(row)
+  return out
+
+
+def markdown(summary: List[Dict], fractions: Dict[str, float]) -> str:
+  lines = [f'Foreground: {100 * fractions["train"]:.1f}% of the training pixels, '
+           f'{100 * fractions["test"]:.1f}% of the test pixels.', '',
+           '| loss | foreground IoU | Δ to ce, 95% interval | mIoU | seeds | wall s / run |',
+           '|---|---|---|---|---|---|']
+  for row in summary:
+    sd = lambda key: f' ± {100 * row[key + "_sd"]:.1f}' if row[key + '_sd'] is not None else ''
+    d = row['foreground_iou_difference_to_ce']
+    interval = ('(reference)' if row['figure'] == 'arm/ce' else
+                f'{100 * d["mean"]:+.1f} [{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]')
+    lines.append(f'| {row["figure"][4:]} | {100 * row["foreground_iou"]:.1f}{sd("foreground_iou")}'
+                 f' | {interval} | {100 * row["miou"]:.1f}{sd("miou")} | {len(row["seeds"])} | '
+                 f'{row["wall_s_min"]:.0f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--steps', type=int, default=600)
+  parser.add_argument('--num_train', type=int, default=32)
+  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks',
+                                                       'small_foreground.jsonl'))
+  args = parser.parse_args(argv)
+  root = os.path.join(args.workdir, 'data')
+  fractions = write_folder(root, args.num_train)
+  configs = write_configs(args.workdir, class_weights(root))
+  rows = []
+  for seed in [int(s) for s in args.seeds.split(',') if s]:
+    for arm in ARMS:  # Seed by seed: a stopped benchmark still pairs every arm.
+      run_dir = os.path.join(args.workdir, 'runs', arm, f'seed{seed}')
+      results = train(configs[arm], run_dir, run_args(root, args.workdir, seed, args.steps))
+      assert results['test_resolution'] == 'native', run_dir
+      rows.append({'figure': f'run/{arm}/seed{seed}', 'arm': arm, 'seed': seed,
+                   'foreground_iou': results['test']['per_class']['class_1']['iou'],
+                   'miou': results['test']['miou'], 'steps': results['step'],
+                   'wall_s': wall_time(run_dir)})
+  summary = summary_rows(rows)
+  date = time.strftime('%Y-%m-%d')
+  with open(args.output, 'w') as f:
+    for row in [{'fractions': fractions, 'figure': 'data'}, *rows, *summary]:
+      f.write(json.dumps({'date': date, **row}) + '\n')
+  table = markdown(summary, fractions)
+  with open(os.path.splitext(args.output)[0] + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+
+
+if __name__ == '__main__':
+  main()
