@@ -29,7 +29,8 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image
 
-from benchmarks.label_efficiency import paired_interval, train, wall_time
+from benchmarks import paired
+from benchmarks.label_efficiency import train, wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('ce', 'ce_dice', 'ce_weighted')
@@ -123,40 +124,10 @@ def run_args(root: str, workdir: str, seed: int, steps: int) -> List[str]:
           f'--config.checkpoint_every_steps={steps // 3}', f'--config.seed={seed}']
 
 
-def summary_rows(rows: List[Dict]) -> List[Dict]:
-  """Per arm: foreground IoU and mIoU mean ± sd, paired differences to ce, fastest wall."""
-  by_arm = {arm: {r['seed']: r for r in rows if r['arm'] == arm} for arm in ARMS}
-  out = []
-  for arm, seeds in by_arm.items():
-    if not seeds:
-      continue
-    paired = sorted(set(seeds) & set(by_arm['ce']))
-    row = {'figure': f'arm/{arm}', 'seeds': sorted(seeds)}
-    for key in ('foreground_iou', 'miou'):
-      values = [seeds[s][key] for s in sorted(seeds)]
-      row[key] = float(np.mean(values))
-      row[key + '_sd'] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-      row[key + '_difference_to_ce'] = paired_interval([seeds[s][key] for s in paired],
-                                                       [by_arm['ce'][s][key] for s in paired])
-    row['wall_s_min'] = float(min(r['wall_s'] for r in seeds.values()))
-    out.append(row)
-  return out
-
-
 def markdown(summary: List[Dict], fractions: Dict[str, float]) -> str:
-  lines = [f'Foreground: {100 * fractions["train"]:.1f}% of the training pixels, '
-           f'{100 * fractions["test"]:.1f}% of the test pixels.', '',
-           '| loss | foreground IoU | Δ to ce, 95% interval | mIoU | seeds | wall s / run |',
-           '|---|---|---|---|---|---|']
-  for row in summary:
-    sd = lambda key: f' ± {100 * row[key + "_sd"]:.1f}' if row[key + '_sd'] is not None else ''
-    d = row['foreground_iou_difference_to_ce']
-    interval = ('(reference)' if row['figure'] == 'arm/ce' else
-                f'{100 * d["mean"]:+.1f} [{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]')
-    lines.append(f'| {row["figure"][4:]} | {100 * row["foreground_iou"]:.1f}{sd("foreground_iou")}'
-                 f' | {interval} | {100 * row["miou"]:.1f}{sd("miou")} | {len(row["seeds"])} | '
-                 f'{row["wall_s_min"]:.0f} |')
-  return '\n'.join(lines) + '\n'
+  return (f'Foreground: {100 * fractions["train"]:.1f}% of the training pixels, '
+          f'{100 * fractions["test"]:.1f}% of the test pixels.\n\n' +
+          paired.markdown(summary, 'ce', 'foreground_iou', 'foreground IoU'))
 
 
 def main(argv=None) -> None:
@@ -181,7 +152,7 @@ def main(argv=None) -> None:
                    'foreground_iou': results['test']['per_class']['class_1']['iou'],
                    'miou': results['test']['miou'], 'steps': results['step'],
                    'wall_s': wall_time(run_dir)})
-  summary = summary_rows(rows)
+  summary = paired.summary_rows(rows, ARMS, 'ce', ('foreground_iou', 'miou'))
   date = time.strftime('%Y-%m-%d')
   with open(args.output, 'w') as f:
     for row in [{'fractions': fractions, 'figure': 'data'}, *rows, *summary]:

@@ -51,11 +51,12 @@ def test_profile_categories_name_the_convolutions_of_a_step():
 
 
 def test_small_foreground_summary_pairs_arms_with_ce_by_hand():
-  from benchmarks import small_foreground as sf
+  from benchmarks import paired, small_foreground as sf
   rows = [{'arm': arm, 'seed': s, 'foreground_iou': iou, 'miou': 0.5, 'wall_s': 10.0 + s}
           for arm, s, iou in (('ce', 0, 0.10), ('ce', 1, 0.20), ('ce_dice', 0, 0.30),
                               ('ce_dice', 1, 0.36))]
-  summary = {r['figure']: r for r in sf.summary_rows(rows)}
+  summary = {r['figure']: r for r in paired.summary_rows(rows, sf.ARMS, 'ce',
+                                                        ('foreground_iou', 'miou'))}
   d = summary['arm/ce_dice']['foreground_iou_difference_to_ce']
   # d = (0.20, 0.16): mean 0.18, sd 0.0282843, half width 12.7062047 * 0.0282843 / sqrt(2).
   np.testing.assert_allclose([d['mean'], d['high']], [0.18, 0.18 + 0.254124], atol=1e-5)
@@ -72,3 +73,17 @@ def test_small_foreground_data_is_a_few_percent_and_weights_balance_it(tmp_path)
   # Median frequency balancing of two classes: w_c f_c = median(f) = 1/2 for both.
   frequency = np.array([1 - fractions['train'], fractions['train']])
   np.testing.assert_allclose(np.array(weights) * frequency, [0.5, 0.5], rtol=1e-6)
+
+
+def test_nuclei_data_keeps_16_bits_in_tiff_and_maps_the_range_to_8_bits(tmp_path):
+  import tifffile
+  from PIL import Image
+  from benchmarks import nuclei
+  np.testing.assert_array_equal(nuclei.to_8_bit(np.array([100, 300, 30100], np.uint16)),
+                                [0, 2, 255])  # 200 / 30000 * 255 = 1.7 -> 2.
+  nuclei.write_folders(str(tmp_path), num_train=1, num_test=1)
+  image = tifffile.imread(tmp_path / 'tiff' / 'images' / 'train' / 'cell00.tif')
+  labels = tifffile.imread(tmp_path / 'tiff' / 'masks' / 'train' / 'cell00.tif')
+  assert image.dtype == np.uint16 and image.max() > 5000 and labels.max() >= 14
+  png = np.asarray(Image.open(tmp_path / 'png8' / 'images' / 'train' / 'cell00.png'))
+  np.testing.assert_array_equal(png, nuclei.to_8_bit(image))
