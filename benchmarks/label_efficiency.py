@@ -59,7 +59,8 @@ REFERENCE = 'unet'
 # name: (config, uses a pool, overrides); an arm with a TUNING group takes its winner's config
 # and overrides ('rec': masked_rec_folder or denoising_folder).
 ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
-    'unet': ('folder', False, ()),
+    # Cross-entropy alone, as the grid ran before folder.py's default became CE + Dice.
+    'unet': ('folder', False, ('--config.loss.dice=0.0',)),
     'unet_strong': ('strong_folder', False, ()),
     'segae_joint': ('segae_folder_semisup', True, ()),
     'rec': ('', True, ()),
@@ -69,7 +70,7 @@ ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
 # Tuning: group -> {candidate: (arm config, overrides)}; the first candidate of a group is the
 # config's default. Each group's best candidate sets the overrides of its arm in the grid.
 TUNING: Dict[str, Dict[str, Tuple[str, Tuple[str, ...]]]] = {
-    'unet': {'default': ('folder', ())},
+    'unet': {'default': ('folder', ('--config.loss.dice=0.0',))},
     'segae_joint': {'alpha0.5': ('segae_folder_semisup', ()),
                     'alpha0.2': ('segae_folder_semisup', ('--config.alpha=0.2',))},
     'rec': {'masked_rec': ('masked_rec_folder', ()),

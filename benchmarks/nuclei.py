@@ -98,6 +98,8 @@ def run_args(root: str, workdir: str, arm: str, seed: int, steps: int) -> List[s
           '--config.data.split=folders', '--config.data.channels=1',
           '--config.data.mask_mode=foreground', '--config.data.num_classes=2',
           f'--config.data.normalize={normalize}', '--config.data.resize=center_crop',
+          # Cross-entropy alone (folder.py's loss when this was first measured), for every arm.
+          '--config.loss.dice=0.0',
           '--config.data.image_size=(64, 64)', f'--config.data.tfds_dir={workdir}/tfds',
           '--config.batch_size=16', '--config.eval_batch_size=16', '--config.num_pictures=4',
           f'--config.num_train_steps={steps}', f'--config.eval_every_steps={steps // 3}',

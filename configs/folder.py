@@ -4,6 +4,8 @@ stems). Set the paths and classes on the command line, e.g.
   python train.py --config=configs/folder.py --workdir=runs/mine \\
     --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
     --config.data.num_classes=3 --config.data.channels=3
+
+The loss is cross-entropy + Dice (docs/results.md#small-foregrounds).
 """
 import ml_collections
 
@@ -34,4 +36,8 @@ def get_config():
       **default.input_pipeline_fields(),   # cache ('auto' | 'memory' | 'stream'), num_workers.
   })
   config.eval_batch_size = 32
+  # Cross-entropy + soft Dice (nnU-Net's default): on thin strokes and small blobs (1.8% of the
+  # pixels) foreground IoU 93.4 +- 1.1 against 91.4 +- 3.8 for cross-entropy alone, +2.0 [-4.7,
+  # +8.6] paired over 3 seeds; median-frequency class weights -13.1 (benchmarks/small_foreground.py).
+  config.loss = ml_collections.ConfigDict({'seg_ce': 1.0, 'dice': 1.0})
   return config

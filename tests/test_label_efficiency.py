@@ -73,7 +73,8 @@ def test_tuning_winners_set_the_arms_of_the_grid():
   settings = le.arm_settings(best)
   assert settings['rec'] == ('denoising_folder', True, ())
   assert settings['fixmatch'] == ('fixmatch_folder', True, ())
-  assert settings['unet'] == ('folder', False, ()) and 'segae_joint' not in settings
+  assert settings['unet'] == ('folder', False, ('--config.loss.dice=0.0',))
+  assert 'segae_joint' not in settings
 
 
 TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',
