@@ -25,14 +25,12 @@ png8 with its 95% t interval, mIoU, wall time per run); finished runs are read b
 import argparse
 import json
 import os
-import time
 from typing import Dict, List
 
 import numpy as np
 from PIL import Image
 
 from benchmarks import paired
-from benchmarks.label_efficiency import train, wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('png8', 'tiff16', 'tiff16_zscore')
@@ -115,25 +113,13 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   root = os.path.join(args.workdir, 'data')
   fractions = write_folders(root)
-  rows = []
-  for seed in [int(s) for s in args.seeds.split(',') if s]:
-    for arm in ARMS:  # Seed by seed: a stopped benchmark still pairs every arm.
-      run_dir = os.path.join(args.workdir, 'runs', arm, f'seed{seed}')
-      results = train('folder', run_dir, run_args(root, args.workdir, arm, seed, args.steps))
-      assert results['test_resolution'] == 'native', run_dir
-      rows.append({'figure': f'run/{arm}/seed{seed}', 'arm': arm, 'seed': seed,
-                   'nucleus_iou': results['test']['per_class']['class_1']['iou'],
-                   'miou': results['test']['miou'], 'steps': results['step'],
-                   'wall_s': wall_time(run_dir)})
+  seeds = [int(s) for s in args.seeds.split(',') if s]
+  rows = paired.run_grid(args.workdir, ARMS, seeds, 'nucleus_iou', lambda arm, seed: (
+      'folder', run_args(root, args.workdir, arm, seed, args.steps)))
   summary = paired.summary_rows(rows, ARMS, 'png8', ('nucleus_iou', 'miou'))
-  date = time.strftime('%Y-%m-%d')
-  with open(args.output, 'w') as f:
-    for row in [{'figure': 'data', 'fractions': fractions}, *rows, *summary]:
-      f.write(json.dumps({'date': date, **row}) + '\n')
   table = (f'Nuclei: {100 * fractions["train"]:.1f}% of the training pixels.\n\n' +
            paired.markdown(summary, 'png8', 'nucleus_iou', 'nucleus IoU'))
-  with open(os.path.splitext(args.output)[0] + '.md', 'w') as f:
-    f.write(table)
+  paired.write(args.output, {'fractions': fractions}, rows, summary, table)
   print(table)
 
 

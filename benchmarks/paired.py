@@ -1,11 +1,46 @@
 """What the paired multi-seed benchmarks of training recipes share (small_foreground.py,
 nuclei.py): per-arm means over seeds and each arm's paired difference to a reference arm with
 its 95% t interval (label_efficiency.paired_interval), as JSON rows and a Markdown table."""
-from typing import Dict, List, Mapping, Sequence
+import json
+import os
+import time
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks.label_efficiency import paired_interval
+from benchmarks.label_efficiency import paired_interval, train, wall_time
+
+
+def run_grid(workdir: str, arms: Sequence[str], seeds: Sequence[int], key: str,
+             launch: Callable[[str, int], Tuple[str, List[str]]]) -> List[Dict]:
+  """Every arm of every seed, seed by seed (a stopped benchmark still pairs every arm), each a
+  train.py run in workdir/runs/<arm>/seed<k> (label_efficiency.train: finished runs are read
+  back). launch(arm, seed) -> (config name or path, overrides). Rows: the test split's class-1
+  IoU as `key`, mIoU, steps and wall seconds; the scores must be at native resolution."""
+  rows = []
+  for seed in seeds:
+    for arm in arms:
+      run_dir = os.path.join(workdir, 'runs', arm, f'seed{seed}')
+      config, overrides = launch(arm, seed)
+      results = train(config, run_dir, overrides)
+      assert results['test_resolution'] == 'native', run_dir
+      rows.append({'figure': f'run/{arm}/seed{seed}', 'arm': arm, 'seed': seed,
+                   key: results['test']['per_class']['class_1']['iou'],
+                   'miou': results['test']['miou'], 'steps': results['step'],
+                   'wall_s': wall_time(run_dir)})
+  return rows
+
+
+def write(output: str, data: Mapping, rows: Sequence[Mapping], summary: Sequence[Mapping],
+          table: str) -> None:
+  """The JSON lines (the data's row, the runs', the summary's; dated) and the table beside them
+  (output's name with .md)."""
+  date = time.strftime('%Y-%m-%d')
+  with open(output, 'w') as f:
+    for row in [{'figure': 'data', **data}, *rows, *summary]:
+      f.write(json.dumps({'date': date, **row}) + '\n')
+  with open(os.path.splitext(output)[0] + '.md', 'w') as f:
+    f.write(table)
 
 
 def summary_rows(rows: Sequence[Mapping], arms: Sequence[str], reference: str,

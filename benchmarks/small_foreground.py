@@ -23,14 +23,12 @@ t interval, and the wall time of a run.
 import argparse
 import json
 import os
-import time
 from typing import Dict, List
 
 import numpy as np
 from PIL import Image
 
 from benchmarks import paired
-from benchmarks.label_efficiency import train, wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('ce', 'ce_dice', 'ce_weighted')
@@ -142,24 +140,12 @@ def main(argv=None) -> None:
   root = os.path.join(args.workdir, 'data')
   fractions = write_folder(root, args.num_train)
   configs = write_configs(args.workdir, class_weights(root))
-  rows = []
-  for seed in [int(s) for s in args.seeds.split(',') if s]:
-    for arm in ARMS:  # Seed by seed: a stopped benchmark still pairs every arm.
-      run_dir = os.path.join(args.workdir, 'runs', arm, f'seed{seed}')
-      results = train(configs[arm], run_dir, run_args(root, args.workdir, seed, args.steps))
-      assert results['test_resolution'] == 'native', run_dir
-      rows.append({'figure': f'run/{arm}/seed{seed}', 'arm': arm, 'seed': seed,
-                   'foreground_iou': results['test']['per_class']['class_1']['iou'],
-                   'miou': results['test']['miou'], 'steps': results['step'],
-                   'wall_s': wall_time(run_dir)})
+  seeds = [int(s) for s in args.seeds.split(',') if s]
+  rows = paired.run_grid(args.workdir, ARMS, seeds, 'foreground_iou', lambda arm, seed: (
+      configs[arm], run_args(root, args.workdir, seed, args.steps)))
   summary = paired.summary_rows(rows, ARMS, 'ce', ('foreground_iou', 'miou'))
-  date = time.strftime('%Y-%m-%d')
-  with open(args.output, 'w') as f:
-    for row in [{'fractions': fractions, 'figure': 'data'}, *rows, *summary]:
-      f.write(json.dumps({'date': date, **row}) + '\n')
   table = markdown(summary, fractions)
-  with open(os.path.splitext(args.output)[0] + '.md', 'w') as f:
-    f.write(table)
+  paired.write(args.output, {'fractions': fractions}, rows, summary, table)
   print(table)
 
 
