@@ -286,8 +286,12 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder, local.StoredDtype):
   code_path = None
 
   def first_image(self) -> Optional[str]:
+    # The images folder alone: pairing the masks and listing unlabeled_dir is the checks' work,
+    # not that of every construction of the builder.
     config: FolderConfig = self.builder_config
-    return next((image for _, image, _ in split_files(config)['train'][:1]), None)
+    images = (os.path.join(config.images_dir, 'train') if config.split == 'folders'
+              else config.images_dir)
+    return next(iter(list_image_files(images, 'image').values()), None)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config: FolderConfig = self.builder_config

@@ -172,9 +172,9 @@ def encode_image(array: np.ndarray):
 
 
 class StoredDtype:
-  """For the folder builders: the dtype their images are stored in is the first training image
-  file's (check_and_measure holds every other file to it); 'uint8' when it cannot be read (the
-  checks then report that file). Subclasses give first_image(): its path, or None."""
+  """For the folder builders: the dtype their images are stored in is the first image file's
+  (check_and_measure holds every other file to it); 'uint8' when it cannot be read (the checks
+  then report that file). Subclasses give first_image(): its path, or None."""
 
   def first_image(self) -> Optional[str]:
     raise NotImplementedError
@@ -214,7 +214,7 @@ def check_and_measure(splits: Mapping[str, Sequence[Any]], read: Callable[[Any],
     for item in items:
       image, path = read(item)
       if str(image.dtype) != dtype:
-        raise UserInputError(f'{path}: image is {image.dtype} but the first training image is '
+        raise UserInputError(f'{path}: image is {image.dtype} but the dataset\'s first image is '
                              f'{dtype}; expected one bit depth (uint8, uint16 or float32) for '
                              'all')
       if name == 'train':

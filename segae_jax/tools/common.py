@@ -164,8 +164,10 @@ class TrainedRun:
       fn = jax.jit(run.pixel_logits)
       return lambda pixels: np.asarray(fn(run.variables, np.asarray(pixels, np.float32)))
     tile_run, tiles = self.tiled(inference, batch_size)
-    return Segmenter(compiled(self), self.image_shape, self.class_names, inference, batch_size,
-                     tile_logits=compiled(tile_run), tile_size=tiles.tile)
+    logits = compiled(self)  # Tiles of the input size (the default) share its compilation.
+    return Segmenter(logits, self.image_shape, self.class_names, inference, batch_size,
+                     tile_logits=logits if tile_run is self else compiled(tile_run),
+                     tile_size=tiles.tile)
 
   def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one

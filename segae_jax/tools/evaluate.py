@@ -126,7 +126,13 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
   """
   from segae_jax.training import metrics as metrics_lib
   run.require_segmentation(workdir)
-  segment = run.segmenter(inference, batch_size)
+  counts = confusion_of(run.segmenter(inference, batch_size), dataset, split, chunk)
+  return {**metrics_lib.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
+
+
+def confusion_of(segment, dataset, split: str, chunk: int = 64) -> np.ndarray:
+  """int64 [classes, classes] pixel counts C[true, predicted] of `split`, each image's label map
+  segment([image])'s (a segae_jax.Segmenter) against its stored mask, `chunk` images at a time."""
   source = getattr(dataset, split)
   k = dataset.num_classes
   counts = np.zeros((k, k), np.int64)
@@ -135,7 +141,7 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
     labels = segment([np.asarray(image) for image in examples['image']])
     for truth, predicted in zip(examples['segmentation'], labels):
       counts += common.confusion_counts(np.asarray(truth).reshape(predicted.shape), predicted, k)
-  return {**metrics_lib.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
+  return counts
 
 
 def has_larger_images(dataset, split: str) -> bool:
@@ -146,30 +152,40 @@ def has_larger_images(dataset, split: str) -> bool:
   return largest.get('max_height', 0) > height or largest.get('max_width', 0) > width
 
 
-def native_scores(config, dataset, variables, step: int, split: str = 'test',
-                  batch_size: Optional[int] = None):
+class NativeScorer:
   """What training reports for a split of images larger than the input: its segmentation scores
-  at each image's own resolution (tiled_scores with evaluate --mode=auto's defaults), so that a
-  run's results.json equals `evaluate`'s and no centre window stands in for a whole image.
+  at each image's own resolution (tiled as `evaluate --mode=auto` does), so that a run's
+  results.json equals `evaluate`'s and no centre window stands in for a whole image. Built once
+  per run (the model for inference, its logits function compiled once), then called with each
+  evaluation's variables.
 
   Args:
-    config: the run's config; dataset: its data.Dataset; variables: {'params', maybe
-      'batch_stats'} on the host (the evaluated ones, e.g. an EMA teacher's); step: for the
-      record; batch_size: tiles per forward pass (default config.eval_batch_size).
-
-  Returns:
-    'miou', 'mean_dice', 'pixel_accuracy' and 'per_class' (pixels at native resolution).
+    config: the run's config; dataset: its data.Dataset; batch_size: tiles per forward pass
+      (default config.eval_batch_size).
   """
-  from segae_jax import training
-  model = training.build_model(config, dataset.image_shape, dataset.num_classes)
-  run = common.TrainedRun(config=config, model=model, variables=variables, step=step,
-                          checkpoint='latest', image_shape=tuple(dataset.image_shape),
-                          class_names=list(dataset.class_names),
-                          normalization=dataset.normalization)
-  scores = tiled_scores(run, dataset, split, common.Inference(),
-                        batch_size or config.eval_batch_size)
-  scores.pop('confusion')
-  return scores
+
+  def __init__(self, config, dataset, split: str = 'test', batch_size: Optional[int] = None):
+    import jax
+    from segae_jax import training
+    model = training.build_model(config, dataset.image_shape, dataset.num_classes)
+    self.run = common.TrainedRun(config=config, model=model, variables={}, step=0,
+                                 checkpoint='latest', image_shape=tuple(dataset.image_shape),
+                                 class_names=list(dataset.class_names),
+                                 normalization=dataset.normalization)
+    self.logits = jax.jit(self.run.pixel_logits)
+    self.dataset, self.split = dataset, split
+    self.batch_size = batch_size or config.eval_batch_size
+
+  def __call__(self, variables):
+    """variables {'params', maybe 'batch_stats'} on the host (the evaluated ones, e.g. an EMA
+    teacher's) -> 'miou', 'mean_dice', 'pixel_accuracy' and 'per_class' (native pixels)."""
+    from segae_jax.segmenter import Segmenter
+    from segae_jax.training import metrics as metrics_lib
+    logits = lambda pixels: np.asarray(self.logits(variables, np.asarray(pixels, np.float32)))
+    segment = Segmenter(logits, self.run.image_shape, self.run.class_names, common.Inference(),
+                        self.batch_size)
+    counts = confusion_of(segment, self.dataset, self.split)
+    return metrics_lib.segmentation_scores(counts, self.dataset.class_names)
 
 
 PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))

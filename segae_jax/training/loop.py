@@ -13,7 +13,7 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
-from segae_jax import data
+from segae_jax import data, models
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 from segae_jax.training import (checkpoints, distributed, objectives, optimizers, parallel,
                                 paths, pretrained, validation, visualise, writers)
@@ -178,6 +178,9 @@ class RunSetup:
   run_rng: jax.Array
   train_iter: data.TrainIterator
   meta: Dict[str, Any]
+  # The test split's segmentation scores at native resolution (tools.evaluate.NativeScorer), for
+  # a segmentation model whose test images are larger than its input; None otherwise.
+  native_scores: Optional[Callable[[Any], Dict[str, Any]]] = None
 
 
 def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
@@ -205,9 +208,14 @@ def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
           'objective_state': sorted(getattr(state, 'objective_state', None) or {}),
           # How stored pixels become the input: predict, evaluate and export apply it too.
           'normalization': dataset.normalization.to_dict()}
+  native_scores = None
+  if models.segments(config.model.name):
+    from segae_jax.tools import evaluate as evaluator  # The evaluators build on training.
+    if evaluator.has_larger_images(dataset, 'test'):
+      native_scores = evaluator.NativeScorer(config, dataset)
   return RunSetup(dataset=dataset, model=model, objective=objective, strategy=strategy,
                   schedule=schedule, state=state, run_rng=run_rng, train_iter=train_iter,
-                  meta=meta)
+                  meta=meta, native_scores=native_scores)
 
 
 def _restore(config, run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Array, int, int]:
@@ -226,28 +234,20 @@ def _restore(config, run: RunSetup, ckpts: RunCheckpoints) -> Tuple[Any, jax.Arr
   return tree['train_state'], tree['rng'], start_step, skipped
 
 
-def test_metrics(config, run: RunSetup, state, step: int) -> Dict[str, Any]:
+def test_metrics(config, run: RunSetup, state) -> Dict[str, Any]:
   """The test split's metrics: eval_step's over the split at the input size; for a segmentation
   model whose test images are larger than its input (a folder stored at native size, which the
   input size would show only as a centre window or shrunk) the segmentation scores are replaced
-  by those at native resolution, tiled as `evaluate --mode=auto` does (tools.evaluate
-  .native_scores); the loss terms stay those at the input size."""
+  by those at native resolution (run.native_scores); the loss terms stay those at the input
+  size."""
   metrics = evaluate(run.strategy, state, run.dataset, config, evaluation_key(config.seed))
-  if 'miou' in metrics and native_test(run.dataset):
-    from segae_jax.tools import evaluate as evaluator  # The evaluators build on training.
-    variables = run.objective.eval_variables(run.strategy.fetch(state))
-    metrics.update(evaluator.native_scores(config, run.dataset, variables, step))
+  if 'miou' in metrics and run.native_scores is not None:
+    metrics.update(run.native_scores(run.objective.eval_variables(run.strategy.fetch(state))))
   return metrics
 
 
-def native_test(dataset) -> bool:
-  """Whether the test split is scored at native resolution (see test_metrics)."""
-  from segae_jax.tools import evaluate as evaluator
-  return evaluator.has_larger_images(dataset, 'test')
-
-
 def _evaluate(config, run: RunSetup, state, writer: writers.MetricWriter, step: int):
-  metrics = test_metrics(config, run, state, step)
+  metrics = test_metrics(config, run, state)
   writer.write_scalars(step, flat_scalars(metrics, 'test'))
   log.info('step %d test %s', step, ' '.join(
       f'{k}={v:.4g}' for k, v in metrics.items() if k != 'per_class'))
@@ -318,7 +318,7 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
   """results.json (returned) and the picture grids, from the trained state."""
   step = max(start_step, config.num_train_steps)
   if not eval_metrics:  # Resumed a finished run: evaluate what was restored.
-    eval_metrics = test_metrics(config, run, state, step)
+    eval_metrics = test_metrics(config, run, state)
   host_state = run.strategy.fetch(state)
   results = {
       'step': step,
@@ -331,7 +331,7 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
       'test': eval_metrics,
       # Where the segmentation scores were counted: 'native' (tiled at each test image's own
       # size) or 'input' (at config.data.image_size).
-      'test_resolution': ('native' if 'miou' in eval_metrics and native_test(run.dataset)
+      'test_resolution': ('native' if 'miou' in eval_metrics and run.native_scores is not None
                           else 'input'),
       'train_images_per_s': (window.train_images / window.train_time if window.train_time
                              else None),
