@@ -70,8 +70,9 @@ class Segmenter:
   Each image is tiled (tools.tiling: tiles of `tile_size` overlapping by inference.overlap,
   blended logits, then arg-max) or resized (to the model input, bilinear; the label map back to
   the image's size, nearest neighbour): tiled when inference.mode is 'tile', or 'auto' and the
-  image is larger than the input on an axis. With inference.tta='flips' the logits (of each tile,
-  or of the resized image) are the mean over the image's mirror images; the label maps are then
+  image is larger than the input on an axis. With inference.tta='hflip' or 'flips' the logits (of
+  each tile, or of the resized image) are the mean over the image and its left-right (or all
+  three) mirror images (tools.postprocess.PASSES); the label maps are then
   post-processed at the image's size (tools.postprocess).
 
   Args:
@@ -93,15 +94,16 @@ class Segmenter:
     self.tiles = tiling.Tiling(tuple(tile_size or self.input_shape[:2]), inference.overlap,
                                inference.blend, batch_size)
     self._logits, self._tile_logits = logits, tile_logits or logits
-    if inference.tta == 'flips':  # Logits to average: the arg-max after the mean.
-      self._logits = postprocess.with_flips(self._logits)
-      self._tile_logits = postprocess.with_flips(self._tile_logits)
+    if inference.tta != 'none':  # Logits to average: the arg-max after the mean.
+      passes = postprocess.PASSES[inference.tta]
+      self._logits = postprocess.with_flips(self._logits, passes)
+      self._tile_logits = postprocess.with_flips(self._tile_logits, passes)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = 'best', batch_size: int = 32,
                    **inference) -> 'Segmenter':
     """The model of a training workdir (its best checkpoint by default, else 'latest'), with
-    Inference(**inference) (e.g. tta='flips', mode='tile').
+    Inference(**inference) (e.g. tta='hflip', mode='tile').
 
     Raises:
       UserInputError: not a workdir, no checkpoint, a model that does not segment, a bad

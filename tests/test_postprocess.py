@@ -49,12 +49,15 @@ def test_flips_average_the_mirrored_outputs_by_hand():
                              + np.arange(4)[None, None, :, None])
   averaged = postprocess.with_flips(position)(x)
   np.testing.assert_allclose(averaged, x + 10 * 1.0 + 1.5)
+  # hflip mirrors left-right only: the row term stays, the column term becomes its mean.
+  hflip = postprocess.with_flips(position, postprocess.PASSES['hflip'])(x)
+  np.testing.assert_allclose(hflip, x + 10 * np.arange(3)[None, :, None, None] + 1.5)
 
 
 def test_bad_options_are_one_line():
   with pytest.raises(UserInputError, match=r'--min_component_size=-1: expected a number'):
     common.Inference(min_component_size=-1)
-  with pytest.raises(UserInputError, match=r"--tta='rotations'; expected one of none, flips"):
+  with pytest.raises(UserInputError, match=r"--tta='rotations'; expected one of none, hflip, flips"):
     common.Inference(tta='rotations')
 
 
@@ -70,6 +73,9 @@ def test_segmenter_with_flips_is_the_argmax_of_the_averaged_logits(unet_scenes_r
   averaged = (logits(x) + logits(x[:, :, ::-1])[:, :, ::-1] + logits(x[:, ::-1])[:, ::-1]
               + logits(x[:, ::-1, ::-1])[:, ::-1, ::-1]) / 4
   np.testing.assert_array_equal(np.stack(labels), averaged.argmax(-1))
+  hflip = run.segmenter(common.Inference(mode="resize", tta="hflip"), 4)(images)
+  np.testing.assert_array_equal(
+      np.stack(hflip), ((logits(x) + logits(x[:, :, ::-1])[:, :, ::-1]) / 2).argmax(-1))
   plain = run.segmenter(common.Inference(mode="resize"), 4)(images)
   np.testing.assert_array_equal(np.stack(plain), logits(x).argmax(-1))
 

@@ -6,12 +6,14 @@ import os
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
+from configs import unsup_scenes
 from conftest import small_config
 from segae_jax import data, training
 from segae_jax.data import folder, images, normalize
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common, evaluate, predict
+from segae_jax.tools import common, evaluate, predict, unsupervised
 
 
 def test_tiff_pages_samples_and_depths_are_read_as_stored(tmp_path):
@@ -136,6 +138,14 @@ def test_a_16_bit_4_channel_tiff_folder_trains_predicts_and_evaluates(tmp_path):
   scores = evaluate.evaluate_run(workdir, checkpoint='latest')
   assert scores['mode'] == 'tile'
   assert scores['metrics']['miou'] == pytest.approx(results['test']['miou'], abs=1e-9)
+  # Unsupervised regions of the same 16-bit 4-channel files, read and normalised as predict does.
+  unsup = unsup_scenes.get_config()
+  unsup.update(num_clusters=2, levels=(0, 1), fit_images=2, fit_pixels_per_image=32,
+               kmeans_iterations=3, batch_size=4)
+  regions = unsupervised.run_unsupervised(workdir, unsup, str(tmp_path / 'images' / 'test'),
+                                          str(tmp_path / 'regions'))
+  assert regions['num_images'] == 2 and regions['num_tiled'] == 2
+  assert np.asarray(Image.open(tmp_path / 'regions' / 'cell0_regions.png')).shape == (24, 24)
   with pytest.raises(UserInputError, match=r'image is uint8, but the run trained on uint16'):
     os.makedirs(tmp_path / 'eight_bit')
     tifffile.imwrite(tmp_path / 'eight_bit' / 'x.tif', np.zeros((4, 24, 24), np.uint8))

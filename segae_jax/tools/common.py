@@ -17,6 +17,7 @@ import numpy as np
 from absl import flags
 
 from segae_jax.data import batching
+from segae_jax.data.images import read_image, read_pixels
 from segae_jax.data.normalize import Normalization
 from segae_jax.errors import UserInputError
 from segae_jax.segmenter import Inference, Segmenter
@@ -76,8 +77,9 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('tile_size', '', 'Tile HxW in pixels (default: the training image size).',
                       flag_values=flag_values, module_name=module)
   flags.DEFINE_enum('tta', 'none', list(postprocess.TTA),
-                    'Test-time augmentation: flips averages the logits of the image and its '
-                    'three mirror images.', flag_values=flag_values, module_name=module)
+                    'Test-time augmentation: hflip averages the logits of the image and its '
+                    'left-right mirror image (the flip the configs train with); flips adds the '
+                    'up-down ones too (for models trained with them, or data without an up).', flag_values=flag_values, module_name=module)
   flags.DEFINE_integer('min_component_size', 0, 'Connected components of a foreground class '
                        'smaller than this many pixels become background (0: keep all).',
                        flag_values=flag_values, module_name=module)
@@ -385,3 +387,22 @@ def format_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]],
     return '\n'.join(' '.join(cells) for cells in [header] + body)
   line = lambda cells: '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
   return '\n'.join([line(header), '|' + '---|' * len(specs)] + [line(cells) for cells in body])
+
+
+def read_input(path: str, run: TrainedRun) -> np.ndarray:
+  """One image to segment, [height, width, channels] as the run's training images were stored:
+  an 8-bit grayscale or colour run takes any 8-bit image converted to its channels (Pillow);
+  other runs (16-bit, float, other channel counts) exactly their kind (data.images.read_pixels).
+
+  Raises:
+    UserInputError: an unreadable image, or one of another kind than such a run's.
+  """
+  channels = run.image_shape[2]
+  if run.normalization.dtype == 'uint8' and channels in (1, 3):
+    image = np.asarray(read_image(path, channels))
+    return image.reshape(image.shape[:2] + (channels,))
+  pixels = read_pixels(path, channels)
+  if str(pixels.dtype) != run.normalization.dtype:
+    raise UserInputError(f'{path}: image is {pixels.dtype}, but the run trained on '
+                         f'{run.normalization.dtype} images')
+  return pixels

@@ -195,13 +195,14 @@ def draw_boxes(image: np.ndarray, ground_truth: Mapping[str, np.ndarray],
   return np.asarray(picture)
 
 
-def _split_batches(source, batch_size: int):
-  """(real examples, images float32 [size, h, w, c] in [0, 1], valid float32 [size]) over the
-  split in batches of size = min(batch_size, len(source)); the last is padded with example 0."""
+def _split_batches(source, batch_size: int, normalization):
+  """(real examples, model inputs float32 [size, h, w, c] (the stored pixels through the run's
+  `normalization`), valid float32 [size]) over the split in batches of size =
+  min(batch_size, len(source)); the last is padded with example 0."""
   size = min(batch_size, len(source))
   for indices, valid in batching.chunks(len(source), size):
     examples = [source[int(i)] for i in indices]
-    images = np.stack([e['image'] for e in examples]).astype(np.float32) / 255.0
+    images = normalization(np.stack([e['image'] for e in examples]))
     yield examples[:int(valid.sum())], images, valid
 
 
@@ -213,7 +214,7 @@ def _detect_split(run, source, min_area: int, merge_radius: int, num_pictures: i
   probabilities = run.jit(common.seg_probabilities)
   num_classes = len(run.class_names)
   ground_truth, predicted, oracle, pictures = [], [], [], []
-  for examples, images, valid in _split_batches(source, batch_size):
+  for examples, images, valid in _split_batches(source, batch_size, run.normalization):
     probs = probabilities(images)[valid > 0]
     for example, image, p in zip(examples, images, probs):
       truth = scene_boxes(scenes.stack_objects(example['objects']), run.image_shape[0])

@@ -2,24 +2,29 @@
 evaluate (segae_jax.Segmenter applies them).
 
 - Flips (nnU-Net's test-time mirroring, Isensee et al., Nature Methods 2021; MONAI's
-  `TestTimeAugmentation`): the model runs on the image and on its mirror images (left-right,
-  up-down, both), each output is mirrored back and the logits are averaged.
+  `TestTimeAugmentation`): the model runs on the image and on mirror images of it, each output
+  is mirrored back and the logits are averaged. 'hflip' adds the left-right mirror image only,
+  the flip the configs train with (data.augment.flip); 'flips' adds the left-right, up-down and
+  both mirror images, as nnU-Net does for a model trained with mirroring along every axis
+  (upright photos through 'flips' show the model upside-down scenes it never learned).
 - Post-processing per foreground class (class 0 is the background): connected components of a
   class smaller than `min_component_size` pixels become background (nnU-Net's removal of small
   components), then holes of a class (regions it encloses, not connected to the image border)
   are filled with it (scipy.ndimage.binary_fill_holes; MONAI's `FillHoles`). Connectivity: 4
   neighbours (scipy.ndimage.label's default).
 """
-from typing import Callable
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from segae_jax.errors import UserInputError
 
-TTA = ('none', 'flips')
-# Axes of [batch, height, width, dims] flipped by each pass of 'flips' (the first: no flip).
-FLIPS = ((), (2,), (1,), (1, 2))
+# Axes of [batch, height, width, dims] flipped by each pass of a test-time augmentation (the
+# first pass: no flip).
+PASSES = {'none': ((),), 'hflip': ((), (2,)), 'flips': ((), (2,), (1,), (1, 2))}
+TTA = tuple(PASSES)
+FLIPS = PASSES['flips']
 
 
 def check_options(tta: str, min_component_size: int) -> None:
@@ -31,16 +36,18 @@ def check_options(tta: str, min_component_size: int) -> None:
                          'pixels >= 0')
 
 
-def with_flips(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-  """fn: float32 [n, h, w, c] -> [n, h, w, dims] made the mean of fn over the FLIPS of its
-  input, each output flipped back (same shapes and dtype)."""
+def with_flips(fn: Callable[[np.ndarray], np.ndarray],
+               passes: Sequence[Tuple[int, ...]] = FLIPS) -> Callable[[np.ndarray], np.ndarray]:
+  """fn: float32 [n, h, w, c] -> [n, h, w, dims] made the mean of fn over `passes` (the axes
+  each flips; default all four mirror images) of its input, each output flipped back (same
+  shapes and dtype)."""
   def averaged(images: np.ndarray) -> np.ndarray:
     total = None
-    for axes in FLIPS:
+    for axes in passes:
       out = np.asarray(fn(np.flip(images, axes) if axes else images), np.float32)
       out = np.flip(out, axes) if axes else out
       total = out if total is None else total + out
-    return total / np.float32(len(FLIPS))
+    return total / np.float32(len(passes))
   return averaged
 
 

@@ -17,8 +17,7 @@ from absl import flags
 from PIL import Image
 
 from segae_jax import cli
-from segae_jax.data.images import list_images, read_image, read_pixels
-from segae_jax.errors import UserInputError
+from segae_jax.data.images import list_images
 from segae_jax.tools import common
 
 FLAGS = flags.FLAGS
@@ -48,7 +47,7 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
 
   files = list_images(input_path)
   run = common.load_run(workdir, checkpoint)
-  originals = [read_input(f, run) for f in files]  # All checked first.
+  originals = [common.read_input(f, run) for f in files]  # All checked first.
   run.require_segmentation(workdir)
   segment = run.segmenter(inference, batch_size)  # A bad --tile_size fails here.
   labels = segment(originals)
@@ -61,25 +60,6 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
         os.path.join(output, f'{stem}_overlay.png'))
     results[stem] = full
   return results, run
-
-
-def read_input(path: str, run: common.TrainedRun) -> np.ndarray:
-  """One image to segment, [height, width, channels] as the run's training images were stored:
-  an 8-bit grayscale or colour run takes any 8-bit image converted to its channels (Pillow);
-  other runs (16-bit, float, other channel counts) exactly their kind (data.images.read_pixels).
-
-  Raises:
-    UserInputError: an unreadable image, or one of another kind than such a run's.
-  """
-  channels = run.image_shape[2]
-  if run.normalization.dtype == 'uint8' and channels in (1, 3):
-    image = np.asarray(read_image(path, channels))
-    return image.reshape(image.shape[:2] + (channels,))
-  pixels = read_pixels(path, channels)
-  if str(pixels.dtype) != run.normalization.dtype:
-    raise UserInputError(f'{path}: image is {pixels.dtype}, but the run trained on '
-                         f'{run.normalization.dtype} images')
-  return pixels
 
 
 def main() -> None:

@@ -280,10 +280,6 @@ def _region_pictures(clusters: np.ndarray, assignment: Sequence[int], num_classe
   return visualise.colourise(as_class[clusters]) / 255.0
 
 
-def _to_rgb(images: np.ndarray) -> np.ndarray:
-  return np.repeat(images, 3, -1) if images.shape[-1] == 1 else images
-
-
 def segment_split(run, config, output: str) -> Dict[str, object]:
   """Fits on training images, segments the config.split images, scores against their masks."""
   from segae_jax import data
@@ -325,7 +321,7 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
 
   shown = min(config.num_pictures, count)
   if shown:
-    panels = [_to_rgb(images[:shown]), visualise.colourise(labels[:shown]) / 255.0]
+    panels = [visualise.to_rgb(images[:shown]), visualise.colourise(labels[:shown]) / 255.0]
     panels += [_region_pictures(regions[n][:shown], results[n]['assignment'], num_classes)
                for n in ('autoencoder', 'baseline_pixels')]
     tiles = np.stack(panels, 1).reshape((-1,) + panels[0].shape[1:])
@@ -342,7 +338,7 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
   from PIL import Image
   from segae_jax.training import visualise
   regions = Image.fromarray(clusters.astype(np.uint8))
-  picture = Image.fromarray(np.round(_to_rgb(np.asarray(image)) * 255).astype(np.uint8))
+  picture = Image.fromarray(np.round(visualise.to_rgb(np.asarray(image)[None])[0] * 255).astype(np.uint8))
   if size is not None:
     regions = regions.resize(size, Image.NEAREST)
     picture = picture.resize(size, Image.BILINEAR)
@@ -360,14 +356,13 @@ def segment_folder(run, config, input_path: str, output: str, inference: common.
   from segae_jax.data import images as image_files
   from segae_jax.data import sizing
   files = image_files.list_images(input_path)
-  channels, size = run.image_shape[2], run.image_shape[:2]
-  pixels = [np.asarray(image_files.read_image(f, channels)) for f in files]  # All checked first.
-  pixels = [p.reshape(p.shape[:2] + (channels,)) for p in pixels]
+  size = run.image_shape[:2]
+  pixels = [common.read_input(f, run) for f in files]  # All checked first.
   tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
   model, _ = _build_clusterings(run, config)
   if any(tiled):
     model.extractor.tiles = tiles
-  unit = lambda p: np.divide(p, np.float32(255), dtype=np.float32)
+  unit = run.normalization  # The training pipeline's: stored pixels -> model inputs.
   resized = [i for i, t in enumerate(tiled) if not t]
   stacked = np.stack([unit(sizing.resize_image(pixels[i], size)) for i in resized]) if resized \
       else np.zeros((0,) + tuple(run.image_shape), np.float32)

@@ -46,7 +46,7 @@ def preview(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 
-def _to_rgb(images: np.ndarray) -> np.ndarray:
+def to_rgb(images: np.ndarray) -> np.ndarray:
   """Model inputs [b, h, w, c] -> float RGB in [0, 1]: 1 or 3 channels in [0, 1] as they are;
   other channel counts and standardised inputs through preview, image by image."""
   images = np.asarray(images, np.float32)
@@ -74,14 +74,14 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
     recon = np.asarray(jax.nn.sigmoid(outputs['rec_logits']))
   if 'seg_logits' in outputs:
     prediction = np.asarray(np.argmax(outputs['seg_logits'], -1))
-    panels = [_to_rgb(inputs), colourise(batch['segmentation']) / 255.0, colourise(prediction) / 255.0]
+    panels = [to_rgb(inputs), colourise(batch['segmentation']) / 255.0, colourise(prediction) / 255.0]
     if recon is not None:
-      panels.append(_to_rgb(recon))
+      panels.append(to_rgb(recon))
     tiles = np.stack(panels, axis=1).reshape((-1,) + panels[0].shape[1:])
     pictures['segmentation'] = writers.image_grid(tiles, len(panels))
   elif recon is not None:
     if inputs.shape[-1] not in (1, 3):  # A multi-channel stack: its first channel shown.
-      inputs, recon = _to_rgb(inputs), _to_rgb(recon)
+      inputs, recon = to_rgb(inputs), to_rgb(recon)
     cols = min(n, 8)
     rows = []
     for start in range(0, n, cols):  # Rows alternate: inputs, then their reconstructions.
@@ -92,7 +92,7 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
         variables, rng, num_samples, method=type(model).sample)
     samples = np.asarray(samples)
     if samples.shape[-1] not in (1, 3):
-      samples = _to_rgb(samples)
+      samples = to_rgb(samples)
     pictures['samples'] = writers.image_grid(samples, min(num_samples, 8))
   for name, grid in pictures.items():
     writers.save_png(paths.join(workdir, f'{name}.png'), grid)
