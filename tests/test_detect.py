@@ -100,6 +100,7 @@ def _run(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_detect_cli_on_real_scenes(unet_scenes_run, tmp_path):
   unet_workdir, _ = unet_scenes_run
   out = str(tmp_path / 'out')
@@ -123,6 +124,7 @@ def test_detect_cli_on_real_scenes(unet_scenes_run, tmp_path):
   assert picture.shape == (130 + 2, 4 * 130 + 2, 3)
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_detect_refuses_bad_input(unet_scenes_run, tmp_path):
   unet_workdir, _ = unet_scenes_run
   proc = _run(f'--workdir={unet_workdir}', '--min_area=0')

@@ -136,6 +136,7 @@ def fake_ae_run(monkeypatch):
   return run
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_generate_autoencoder_skips_samples_and_refuses_them_when_asked(fake_ae_run, tmp_path):
   with pytest.raises(UserInputError, match="samples need a VAE .* holds a 'ae' model"):
     generate.generate(str(tmp_path), pictures=['samples'])
@@ -184,6 +185,7 @@ def test_non_autoencoder_is_refused(fake_ae_run, tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_generate_end_to_end(tiny_vae_workdir):
   proc = run_module('generate', f'--workdir={tiny_vae_workdir}', '--num=16', '--pairs=4', '--steps=10',
                     '--dims=4', '--seed=3')
@@ -217,6 +219,7 @@ def test_generate_end_to_end(tiny_vae_workdir):
   assert 'traversed dims:' in proc.stdout and 'wrote samples.png' in proc.stdout
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_compress_end_to_end(tiny_vae_workdir):
   proc = run_module('compress', f'--workdir={tiny_vae_workdir}', '--bits=2,16')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -244,6 +247,7 @@ def test_compress_end_to_end(tiny_vae_workdir):
     ('compress', ['--bits=0'], '--bits must be from 1 to 16, got 0'),
     ('generate', ['--pictures=samples,sketches'], '--pictures: unknown sketches; known: samples'),
 ])
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_bad_input_one_line_exit_2(tmp_path, module, args, message):
   before = set(os.listdir(tmp_path))
   proc = run_module(module, f'--workdir={tmp_path}', *args)
@@ -263,6 +267,7 @@ def test_generate_bad_arguments_before_loading(tmp_path, kwargs, message):
     generate.generate(str(tmp_path), **kwargs)  # Fails before looking at the (empty) workdir.
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_workdir_without_run(tmp_path):
   proc = run_module('compress', f'--workdir={tmp_path}')
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr

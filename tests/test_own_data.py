@@ -351,6 +351,7 @@ def _fashion_mnist_pngs(fashion_mnist, root, n):
   return str(root)
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 @pytest.mark.parametrize('config_file', ['vae_folder', 'ae_folder'])
 def test_autoencoder_folder_configs_train_on_real_images(tmp_path, fashion_mnist, config_file):
   import importlib
@@ -368,6 +369,7 @@ def test_autoencoder_folder_configs_train_on_real_images(tmp_path, fashion_mnist
   assert os.path.isfile(tmp_path / 'run' / 'reconstructions.png')
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_semisupervised_folder_config_trains_and_scores_at_native_resolution(tmp_path):
   import importlib
   config = importlib.import_module('configs.segae_folder_semisup').get_config()

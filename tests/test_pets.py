@@ -172,6 +172,7 @@ def test_mock_data_batches_and_mapping_without_tensorflow(prepared):
   assert 'tensorflow' not in sys.modules
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_short_training_run_under_mock_data(prepared, tmp_path):
   from segae_jax import training
   root, _ = prepared

@@ -219,12 +219,14 @@ def _codes_match(run):
                         scratch['classifier']['head']['kernel'])
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_finetune_encoder_starts_at_the_vae_encoder(tiny_vae_workdir):
   from segae_jax.tools import common
   run = common.load_run(tiny_vae_workdir, 'latest')
   _codes_match(run)  # The VAE's posterior mean.
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_finetune_encoder_starts_at_a_sparse_ae_encoder():
   run = untrained_run('sparse_ae', code_activation='sigmoid')
   _codes_match(run)  # sigmoid(encoder output) of a sparse AE.
@@ -282,6 +284,7 @@ def test_probe_end_to_end(tiny_vae_workdir, fashion_mnist, tmp_path):
     ('--config.label_fractions=(0.0,1.0)', 'config.label_fractions must each be in (0, 1], got 0.0'),
     ('--config.label_fractions=(1.5,)', 'config.label_fractions must each be in (0, 1], got 1.5'),
 ])
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_bad_fraction_one_line_exit_2(tmp_path, override, message):
   proc = run_module('probe', f'--workdir={tmp_path}', '--config=configs/probe_fashion_mnist.py',
                     override)
@@ -322,6 +325,7 @@ def test_codes_near_repeats_each_row_and_draws_at_the_given_spread():
                         mean.repeat(3, 0).astype(np.float32))
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_generated_images_are_reconstructions_at_zero_noise_and_seeded(tiny_vae_workdir):
   from segae_jax import data
   from segae_jax.tools import common, latents

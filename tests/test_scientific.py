@@ -166,6 +166,7 @@ def test_a_folder_of_mixed_channel_counts_is_refused_naming_the_file(tmp_path):
       p for p in os.listdir(tmp_path / 'tfds' / 'segmentation_folder')]
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_an_image_folder_of_16_bit_tiffs_trains_an_autoencoder(tmp_path):
   rng = np.random.default_rng(1)
   os.makedirs(tmp_path / 'photos')

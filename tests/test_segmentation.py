@@ -188,8 +188,9 @@ def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir)
   assert 'labeled' not in test_batch  # Every test mask counts.
 
 
-@pytest.mark.parametrize('config_file', [
-    'segae_scenes', pytest.param('vaeunet_scenes', marks=pytest.mark.slow)])  # Same loop; keeps the default run short.
+@pytest.mark.parametrize('config_file', [  # Longer end-to-end checks: make test-faults, test-slow.
+    pytest.param('segae_scenes', marks=pytest.mark.faults),
+    pytest.param('vaeunet_scenes', marks=pytest.mark.slow)])  # Same loop; keeps the default run short.
 def test_joint_models_train_semi_supervised(tmp_path, tfds_dir, config_file):
   config = scenes_config(tfds_dir, config_file, labeled_fraction=0.25, num_train_steps=2,
                          eval_every_steps=2)
@@ -308,6 +309,7 @@ def test_run_scores_test_images_larger_than_its_input_at_native_resolution(tmp_p
 OLD_RUN = os.path.join(ROOT, 'tests', 'data', 'unet_workdir_v1')
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_a_workdir_written_by_earlier_code_restores_and_refuses_to_resume(tmp_path, tfds_dir):
   """tests/data/unet_workdir_v1 was written by the code of 2026-12-01 (make_unet_workdir_v1.py
   beside it): its checkpoints, meta and config.json must keep restoring, giving the logits it

@@ -159,6 +159,7 @@ def test_load_config_reads_each_file_afresh(tmp_path):
     sweep.load_config(str(tmp_path / 'broken.py'))
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_config_flag_overrides_are_refused(tmp_path):
   # An invalid point too, so that even a sweep accepting --config.beta trains nothing.
   proc = run_sweep('--config=configs/default.py', f'--workdir={tmp_path}/s', '--config.beta=3',
@@ -311,6 +312,7 @@ def test_metric_missing_from_results_names_the_available_ones(swept):
 # --------------------------------------------------------------------------- bad input --
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 @pytest.mark.parametrize('args,fragments', [
     (['--grid={"config.beta": [1, 2'], ['--grid is not valid JSON']),
     (['--grid=[1, 2]'], ['--grid must be a JSON object']),
@@ -335,6 +337,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
   assert not os.path.exists(workdir)  # Refused before anything is written.
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_missing_config_file(tmp_path):
   proc = run_sweep('--config=configs/nope.py', f'--workdir={tmp_path}/s',
                    '--grid={"config.beta": [1]}')

@@ -96,6 +96,7 @@ SMALL = ['--config=configs/unsup_scenes.py', '--config.fit_images=32', '--config
          '--config.levels=(0, 1)']
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_unsupervised_cli_scores_regions_against_real_masks(ae_workdir, tmp_path):
   out = str(tmp_path / 'out')
   proc = _run(f'--workdir={ae_workdir}', f'--output={out}', *SMALL)
@@ -120,6 +121,7 @@ def test_unsupervised_cli_scores_regions_against_real_masks(ae_workdir, tmp_path
       result['autoencoder'])
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_unsupervised_cli_on_a_folder_without_masks(ae_workdir, tmp_path):
   folder = tmp_path / 'mine'
   folder.mkdir()
@@ -140,6 +142,7 @@ def test_unsupervised_cli_on_a_folder_without_masks(ae_workdir, tmp_path):
     assert Image.open(os.path.join(out, f'im{i}_overlay.png')).size == size
 
 
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
 def test_unsupervised_refuses_bad_input(ae_workdir, tmp_path):
   proc = _run(f'--workdir={ae_workdir}', *SMALL, '--config.num_clusters=1')
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
