@@ -57,7 +57,8 @@ def test_flips_average_the_mirrored_outputs_by_hand():
 def test_bad_options_are_one_line():
   with pytest.raises(UserInputError, match=r'--min_component_size=-1: expected a number'):
     common.Inference(min_component_size=-1)
-  with pytest.raises(UserInputError, match=r"--tta='rotations'; expected one of none, hflip, flips"):
+  with pytest.raises(UserInputError,
+                     match=r"--tta='rotations'; expected one of none, hflip, flips"):
     common.Inference(tta='rotations')
 
 

@@ -190,7 +190,7 @@ def test_labeled_fraction_is_deterministic_and_masks_only_segmentation(tfds_dir)
 
 @pytest.mark.parametrize('config_file', [  # Longer end-to-end checks: make test-faults, test-slow.
     pytest.param('segae_scenes', marks=pytest.mark.faults),
-    pytest.param('vaeunet_scenes', marks=pytest.mark.slow)])  # Same loop; keeps the default run short.
+    pytest.param('vaeunet_scenes', marks=pytest.mark.slow)])
 def test_joint_models_train_semi_supervised(tmp_path, tfds_dir, config_file):
   config = scenes_config(tfds_dir, config_file, labeled_fraction=0.25, num_train_steps=2,
                          eval_every_steps=2)

@@ -79,7 +79,8 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum('tta', 'none', list(postprocess.TTA),
                     'Test-time augmentation: hflip averages the logits of the image and its '
                     'left-right mirror image (the flip the configs train with); flips adds the '
-                    'up-down ones too (for models trained with them, or data without an up).', flag_values=flag_values, module_name=module)
+                    'up-down ones too (for models trained with them, or data without an up).',
+                    flag_values=flag_values, module_name=module)
   flags.DEFINE_integer('min_component_size', 0, 'Connected components of a foreground class '
                        'smaller than this many pixels become background (0: keep all).',
                        flag_values=flag_values, module_name=module)

@@ -18,9 +18,9 @@ run's results.json.
 With --iw_samples=K a VAE is also scored by the importance-sampled bound on -log p(x) (IWAE,
 tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
 
-With --tta=hflip|flips, --min_component_size=N or --fill_holes (tools.postprocess) every image goes
-through predict's path (segae_jax.Segmenter) and the JSON holds the scores with them ('metrics') and
-without ('metrics_plain'), and the seconds each evaluation took.
+With --tta=hflip|flips, --min_component_size=N or --fill_holes (tools.postprocess) every image
+goes through predict's path (segae_jax.Segmenter) and the JSON holds the scores with them
+('metrics') and without ('metrics_plain'), and the seconds each evaluation took.
 """
 import os
 import time

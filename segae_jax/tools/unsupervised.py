@@ -338,7 +338,8 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
   from PIL import Image
   from segae_jax.training import visualise
   regions = Image.fromarray(clusters.astype(np.uint8))
-  picture = Image.fromarray(np.round(visualise.to_rgb(np.asarray(image)[None])[0] * 255).astype(np.uint8))
+  rgb = visualise.to_rgb(np.asarray(image)[None])[0]
+  picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
   if size is not None:
     regions = regions.resize(size, Image.NEAREST)
     picture = picture.resize(size, Image.BILINEAR)

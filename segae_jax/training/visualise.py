@@ -74,7 +74,8 @@ def write_pictures(model, variables, batch, rng: jax.Array, workdir: str,
     recon = np.asarray(jax.nn.sigmoid(outputs['rec_logits']))
   if 'seg_logits' in outputs:
     prediction = np.asarray(np.argmax(outputs['seg_logits'], -1))
-    panels = [to_rgb(inputs), colourise(batch['segmentation']) / 255.0, colourise(prediction) / 255.0]
+    panels = [to_rgb(inputs), colourise(batch['segmentation']) / 255.0,
+              colourise(prediction) / 255.0]
     if recon is not None:
       panels.append(to_rgb(recon))
     tiles = np.stack(panels, axis=1).reshape((-1,) + panels[0].shape[1:])
