@@ -23,7 +23,6 @@ Results: --output JSON lines and its .md table (nucleus IoU mean ± sd, paired d
 png8 with its 95% t interval, mIoU, wall time per run); finished runs are read back.
 """
 import argparse
-import json
 import os
 from typing import Dict, List
 
@@ -65,28 +64,18 @@ def to_8_bit(image: np.ndarray) -> np.ndarray:
 
 def write_folders(root: str, num_train: int = 24, num_test: int = 8) -> Dict[str, float]:
   """root/tiff/{images,masks}/{train,test} and root/png8/images/... (masks shared); returns the
-  nuclei's pixel fraction per split. Written once."""
+  nuclei's pixel fraction per split. Written once (paired.write_splits_once)."""
   import tifffile  # pylint: disable=import-outside-toplevel
-  done = os.path.join(root, 'fractions.json')
-  if os.path.exists(done):
-    return json.load(open(done))
-  rng = np.random.default_rng(0)
-  fractions = {}
-  for split, count in (('train', num_train), ('test', num_test)):
-    for folder in ('tiff/images', 'tiff/masks', 'png8/images'):
-      os.makedirs(os.path.join(root, folder, split), exist_ok=True)
-    shares = []
-    for i in range(count):
-      image, labels = nuclei_image(rng)
-      tifffile.imwrite(os.path.join(root, 'tiff', 'images', split, f'cell{i:02d}.tif'), image)
-      tifffile.imwrite(os.path.join(root, 'tiff', 'masks', split, f'cell{i:02d}.tif'), labels)
-      Image.fromarray(to_8_bit(image)).save(os.path.join(root, 'png8', 'images', split,
-                                                         f'cell{i:02d}.png'))
-      shares.append(float((labels > 0).mean()))
-    fractions[split] = float(np.mean(shares))
-  with open(done, 'w') as f:
-    json.dump(fractions, f)
-  return fractions
+
+  def write_example(rng, split, i):
+    image, labels = nuclei_image(rng)
+    tifffile.imwrite(os.path.join(root, 'tiff', 'images', split, f'cell{i:02d}.tif'), image)
+    tifffile.imwrite(os.path.join(root, 'tiff', 'masks', split, f'cell{i:02d}.tif'), labels)
+    Image.fromarray(to_8_bit(image)).save(os.path.join(root, 'png8', 'images', split,
+                                                       f'cell{i:02d}.png'))
+    return float((labels > 0).mean())
+  return paired.write_splits_once(root, {'train': num_train, 'test': num_test},
+                                  ('tiff/images', 'tiff/masks', 'png8/images'), write_example)
 
 
 def run_args(root: str, workdir: str, arm: str, seed: int, steps: int) -> List[str]:

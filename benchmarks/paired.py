@@ -1,6 +1,7 @@
 """What the paired multi-seed benchmarks of training recipes share (small_foreground.py,
 nuclei.py): per-arm means over seeds and each arm's paired difference to a reference arm with
-its 95% t interval (label_efficiency.paired_interval), as JSON rows and a Markdown table."""
+its 95% t interval (label_efficiency.paired_interval), as JSON rows and a Markdown table; and
+their data folders, written once."""
 import json
 import os
 import time
@@ -9,6 +10,28 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from benchmarks.label_efficiency import paired_interval, train, wall_time
+
+
+def write_splits_once(root: str, counts: Mapping[str, int], folders: Sequence[str],
+                      write_example: Callable[[np.random.Generator, str, int], float]
+                      ) -> Dict[str, float]:
+  """A benchmark's data folder, written once: for each split and its count, makes
+  root/<folder>/<split> for every folder and calls write_example(rng, split, index), which
+  writes one example and returns its foreground's pixel fraction (one seeded rng throughout).
+  Returns the mean fraction per split, stored in root/fractions.json; a folder holding that file
+  is finished and is read back instead."""
+  done = os.path.join(root, 'fractions.json')
+  if os.path.exists(done):
+    return json.load(open(done))
+  rng = np.random.default_rng(0)
+  fractions = {}
+  for split, count in counts.items():
+    for folder in folders:
+      os.makedirs(os.path.join(root, folder, split), exist_ok=True)
+    fractions[split] = float(np.mean([write_example(rng, split, i) for i in range(count)]))
+  with open(done, 'w') as f:
+    json.dump(fractions, f)
+  return fractions
 
 
 def run_grid(workdir: str, arms: Sequence[str], seeds: Sequence[int], key: str,

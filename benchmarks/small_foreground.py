@@ -21,7 +21,6 @@ table: foreground IoU and mIoU (mean ± sd over seeds), the paired difference to
 t interval, and the wall time of a run.
 """
 import argparse
-import json
 import os
 from typing import Dict, List
 
@@ -59,29 +58,18 @@ def _foreground(rng: np.random.Generator) -> np.ndarray:
 
 def write_folder(root: str, num_train: int = 32, num_test: int = 8) -> Dict[str, float]:
   """The photos and masks under root/{images,masks}/{train,test}; returns the foreground's pixel
-  fraction per split. Written once (a finished folder is reused)."""
-  done = os.path.join(root, 'fractions.json')
-  if os.path.exists(done):
-    return json.load(open(done))
-  rng = np.random.default_rng(0)
-  fractions = {}
-  for split, count in (('train', num_train), ('test', num_test)):
-    for sub in ('images', 'masks'):
-      os.makedirs(os.path.join(root, sub, split), exist_ok=True)
-    pixels = []
-    for i in range(count):
-      image, mask = _texture(rng), _foreground(rng)
-      shift = rng.choice([-1, 1]) * rng.uniform(0.12, 0.2, 3).astype(np.float32)
-      image = np.where(mask[..., None], image + shift, image)
-      image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-      Image.fromarray(image).save(os.path.join(root, 'images', split, f'photo{i:02d}.png'))
-      Image.fromarray(mask.astype(np.uint8)).save(os.path.join(root, 'masks', split,
-                                                               f'photo{i:02d}.png'))
-      pixels.append(mask.mean())
-    fractions[split] = float(np.mean(pixels))
-  with open(done, 'w') as f:
-    json.dump(fractions, f)
-  return fractions
+  fraction per split. Written once (paired.write_splits_once: a finished folder is reused)."""
+  def write_example(rng, split, i):
+    image, mask = _texture(rng), _foreground(rng)
+    shift = rng.choice([-1, 1]) * rng.uniform(0.12, 0.2, 3).astype(np.float32)
+    image = np.where(mask[..., None], image + shift, image)
+    image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(image).save(os.path.join(root, 'images', split, f'photo{i:02d}.png'))
+    Image.fromarray(mask.astype(np.uint8)).save(os.path.join(root, 'masks', split,
+                                                             f'photo{i:02d}.png'))
+    return float(mask.mean())
+  return paired.write_splits_once(root, {'train': num_train, 'test': num_test},
+                                  ('images', 'masks'), write_example)
 
 
 def class_weights(root: str) -> List[float]:
