@@ -28,6 +28,7 @@ Figures (name: what is measured):
                            unet64 for 5 steps, for conv_impl xla, matmul_grad and onednn.
   side_by_side/..., threads/<setting>  benchmarks/side_by_side.py: interleaved rounds against
                            ../shared/bench/torch_ref.py eager and --compile (with --torch_python),
+                           float32 and bfloat16 (benchmarks/torch_ref.py --bf16), resumable;
                            and the oneDNN steps under OpenMP/XLA thread settings.
   streaming: pipeline_workers/<n>, streaming_rss/<N>, data_wait/unet_folder128,
                            unet256_step_flop (benchmarks/input_pipeline.py): generated folders of
@@ -295,11 +296,14 @@ ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'side
 
 
 def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
-        torch_python: str = '', compute_dtype: str = 'float32') -> List[Dict]:
+        torch_python: str = '', compute_dtype: str = 'float32', side_by_side_rounds: int = 4,
+        side_by_side_ledger: str = '') -> List[Dict]:
   """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
   ('auto' | 'xla' | 'matmul_grad' | 'onednn', segae_jax.models.conv_ops), to compare
   implementations; with `baseline` (a checkout of other code) also the main job's images/s there
-  and here; with `torch_python` (a Python with PyTorch) the side-by-side figures."""
+  and here; with `torch_python` (a Python with PyTorch) the side-by-side figures, float32 and
+  bfloat16, `side_by_side_rounds` rounds, each finished round kept in `side_by_side_ledger`
+  (default benchmarks/side_by_side_<date>.jsonl) and read back by a re-run."""
   results: List[Dict] = []
   peak = 0.0
   steps = {}
@@ -337,12 +341,16 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
         emit(results, figure)
   if 'side_by_side' in only and torch_python:
     from benchmarks import side_by_side
-    def step_figure(name):
+    def step_figure(name, dtype):
       config = reference_config(name)
       config.conv_impl = conv_impl
+      config.compute_dtype = dtype
       return train_step_figure(name, config, peak)
 
-    for figure in side_by_side.figures(torch_python, step_figure):
+    ledger = side_by_side_ledger or os.path.join(
+        ROOT, 'benchmarks', f'side_by_side_{time.strftime("%Y-%m-%d")}.jsonl')
+    for figure in side_by_side.figures(torch_python, step_figure, side_by_side_rounds,
+                                       ('float32', 'bfloat16'), ledger):
       emit(results, figure)
   if 'threads' in only:
     from benchmarks import side_by_side
@@ -380,6 +388,12 @@ def main(argv=None) -> None:
   parser.add_argument('--compute_dtype', default='float32',
                       choices=('float32', 'bfloat16', 'float16'),
                       help='config.compute_dtype of the reference train-step figures')
+  parser.add_argument('--side_by_side_rounds', type=int, default=4,
+                      help='interleaved rounds of the side-by-side figures')
+  parser.add_argument('--side_by_side_ledger', default='',
+                      help='JSON lines of finished side-by-side rounds, read back on a re-run '
+                           '(default benchmarks/side_by_side_<date>.jsonl: delete it to '
+                           're-measure the same day)')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -394,7 +408,8 @@ def main(argv=None) -> None:
   unknown = [x for x in only if x not in ALL]
   if unknown:
     parser.error(f'unknown --only {", ".join(unknown)}; known: {", ".join(ALL)}')
-  run(only, args.output, args.conv_impl, args.baseline, args.torch_python, args.compute_dtype)
+  run(only, args.output, args.conv_impl, args.baseline, args.torch_python, args.compute_dtype,
+      args.side_by_side_rounds, args.side_by_side_ledger)
 
 
 if __name__ == '__main__':

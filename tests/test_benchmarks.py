@@ -1,8 +1,11 @@
 """The benchmark's reference models are the networks ../shared/bench/README.md specifies: the
 PyTorch reference's parameters counted by hand, batch sizes, losses and optimiser settings."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import run
 from segae_jax import models
@@ -87,3 +90,31 @@ def test_nuclei_data_keeps_16_bits_in_tiff_and_maps_the_range_to_8_bits(tmp_path
   assert image.dtype == np.uint16 and image.max() > 5000 and labels.max() >= 14
   png = np.asarray(Image.open(tmp_path / 'png8' / 'images' / 'train' / 'cell00.png'))
   np.testing.assert_array_equal(png, nuclei.to_8_bit(image))
+
+
+def test_side_by_side_reads_finished_rounds_back_and_averages_them(tmp_path):
+  """A ledger holding every round is read back, nothing is run (no PyTorch here: running a round
+  would fail), and the summary is the mean of the rounds: by hand, ours 6 and 10, eager 4 and 6,
+  compiled 6 and 10 -> means 8 / 5 / 8, ratios 1.6, 1.0, best peer 8 -> 1.0."""
+  from benchmarks import side_by_side
+  ledger = tmp_path / 'ledger.jsonl'
+  rows = []
+  for model in side_by_side.MODELS:
+    for round_, (ours, eager, compiled) in enumerate(((6.0, 4.0, 6.0), (10.0, 6.0, 10.0))):
+      rows.append({'figure': f'side_by_side/{model}/float32/{round_}',
+                   'segae_jax_images_per_s': ours, 'torch_eager_images_per_s': eager,
+                   'torch_compile_images_per_s': compiled})
+  ledger.write_text(''.join(json.dumps(row) + '\n' for row in rows))
+
+  def never(*args):
+    raise AssertionError(f'a finished round was run again: {args}')
+
+  out = side_by_side.figures('/nonexistent/python', never, rounds=2, ledger=str(ledger))
+  summaries = {row['figure']: row for row in out if row['figure'].count('/') == 2}
+  assert set(summaries) == {'side_by_side/vae_fmnist/float32', 'side_by_side/unet64/float32'}
+  for row in summaries.values():
+    assert row['rounds'] == 2 and row['segae_jax_images_per_s'] == 8.0
+    assert row['ratio_to_torch_eager'] == 1.6 and row['ratio_to_torch_compile'] == 1.0
+    assert row['ratio_to_best_peer'] == 1.0
+  with pytest.raises(AssertionError, match='run again'):  # a third round is not in the ledger
+    side_by_side.figures('/nonexistent/python', never, rounds=3, ledger=str(ledger))
