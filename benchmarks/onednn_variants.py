@@ -31,12 +31,18 @@ def main(argv=None) -> None:
   from segae_jax.native import build
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--variants', default=','.join(VARIANTS),
+                      help=f'comma-separated subset of {", ".join(VARIANTS)}')
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'variants.json'))
   args = parser.parse_args(argv)
+  unknown = set(args.variants.split(',')) - set(VARIANTS)
+  if unknown:
+    parser.error(f'unknown --variants {", ".join(sorted(unknown))}; known: {", ".join(VARIANTS)}')
   figures = []
   with tempfile.TemporaryDirectory() as tmp:
     libraries = {}
-    for name, defines in VARIANTS.items():
+    for name in args.variants.split(','):
+      defines = VARIANTS[name]
       libraries[name] = os.path.join(tmp, f'{name}.so')
       reason = build.build(libraries[name], defines)
       if reason:
