@@ -118,3 +118,16 @@ def test_side_by_side_reads_finished_rounds_back_and_averages_them(tmp_path):
     assert row['ratio_to_best_peer'] == 1.0
   with pytest.raises(AssertionError, match='run again'):  # a third round is not in the ledger
     side_by_side.figures('/nonexistent/python', never, rounds=3, ledger=str(ledger))
+
+
+def test_step_bound_pool_keeps_the_forward_and_broadcasts_the_gradient():
+  """The pool_free bound times the same forward; its backward writes each window's gradient to
+  all four inputs (by hand: g = [[1, 2]] -> rows [1, 1, 2, 2] twice)."""
+  from benchmarks import step_bounds
+  from segae_jax.models import unet
+  pool = step_bounds.broadcast_pool_gradient()
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 3))
+  np.testing.assert_array_equal(pool(x), unet.max_pool_2x2(x))
+  x = jnp.arange(8.0).reshape(1, 2, 4, 1)
+  g = jax.grad(lambda x: jnp.sum(pool(x) * jnp.array([1.0, 2.0]).reshape(1, 1, 2, 1)))(x)
+  np.testing.assert_array_equal(g[0, ..., 0], [[1, 1, 2, 2], [1, 1, 2, 2]])
