@@ -55,12 +55,16 @@ def torch_figure(torch_python: str, model: str, compiled: bool,
 
 
 def read_ledger(ledger: str) -> Dict[str, Dict]:
-  """The rounds already finished: {figure name: its line} from the ledger (JSON lines)."""
+  """The rounds already finished: {figure name: its line} from the ledger (JSON lines). A last
+  line cut short by a stopped run is dropped (that round runs again); any other bad line raises
+  json.JSONDecodeError."""
   if not ledger or not os.path.exists(ledger):
     return {}
   with open(ledger) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  return {line['figure']: line for line in lines}
+    text = [line for line in f if line.strip()]
+  if text and not text[-1].endswith('\n'):
+    text = text[:-1]
+  return {line['figure']: line for line in map(json.loads, text)}
 
 
 def one_round(torch_python: str, step_figure: StepFigure, model: str, dtype: str,
