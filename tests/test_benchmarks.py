@@ -119,7 +119,8 @@ def test_side_by_side_reads_finished_rounds_back_and_averages_them(tmp_path):
   with pytest.raises(AssertionError, match='run again'):  # a third round is not in the ledger
     side_by_side.figures('/nonexistent/python', never, rounds=3, ledger=str(ledger))
   # A run stopped while writing round 1 of unet64 left half a line: that round runs again.
-  ledger.write_text(''.join(json.dumps(row) + '\n' for row in rows[:-1]) + json.dumps(rows[-1])[:30])
+  finished = ''.join(json.dumps(row) + '\n' for row in rows[:-1])
+  ledger.write_text(finished + json.dumps(rows[-1])[:30])
   with pytest.raises(AssertionError, match="'unet64', 'float32'"):
     side_by_side.figures('/nonexistent/python', never, rounds=2, ledger=str(ledger))
 
