@@ -44,7 +44,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -279,13 +279,26 @@ def memory_child(conv_impl: str = 'auto') -> Dict:
           'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def json_lines(args: List[str], what: str, env: Optional[Dict[str, str]] = None,
+               timeout: float = 900, least: int = 0) -> List[Dict]:
+  """The JSON lines (those starting with '{') that a benchmark subprocess prints, run from the
+  repository root with `env` added to this process's environment.
+
+  Raises:
+    RuntimeError: `what` failed (a non-zero exit, or fewer than `least` JSON lines), with the
+      end of its stderr.
+  """
+  proc = subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})},
+                        capture_output=True, text=True, timeout=timeout, check=False)
+  lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  if proc.returncode or len(lines) < least:
+    raise RuntimeError(f'{what} failed: {proc.stderr[-2000:]}')
+  return lines
+
+
 def _child(args: List[str], devices: int) -> List[Dict]:
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-  proc = subprocess.run([sys.executable, '-m', 'benchmarks.run', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900)
-  if proc.returncode:
-    raise RuntimeError(f'benchmark child {args} failed: {proc.stderr[-2000:]}')
-  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  return json_lines([sys.executable, '-m', 'benchmarks.run', *args], f'benchmark child {args}',
+                    {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
 
 
 # ----------------------------------------------------------------------------- main

@@ -16,12 +16,13 @@ Figures (from `python -m benchmarks.run --only=side_by_side,threads --torch_pyth
 """
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
+
+from benchmarks import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_REF = os.path.join(os.path.dirname(ROOT), 'shared', 'bench', 'torch_ref.py')
@@ -47,11 +48,7 @@ def torch_figure(torch_python: str, model: str, compiled: bool,
   script = TORCH_REF if dtype == 'float32' else TORCH_REF_BF16
   args = ([torch_python, script, model] + (['--compile'] if compiled else [])
           + (['--bf16'] if dtype == 'bfloat16' else []))
-  proc = subprocess.run(args, capture_output=True, text=True, timeout=1200, check=False)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
-  if proc.returncode or not lines:
-    raise RuntimeError(f'{" ".join(args)} failed: {proc.stderr[-2000:]}')
-  return json.loads(lines[-1])
+  return run.json_lines(args, " ".join(args), timeout=1200, least=1)[-1]
 
 
 def read_ledger(ledger: str) -> Dict[str, Dict]:
@@ -132,13 +129,9 @@ def reference_steps(env: Dict[str, str]) -> Dict[str, float]:
   """{'<model>_images_per_s': ...} of the two reference steps on oneDNN, timed by
   benchmarks.run in a fresh process with `env` added (OpenMP and XLA read their settings, and
   the loader its library path, once, at start-up)."""
-  proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.run', '--only=reference', '--conv_impl=onednn',
-       '--output', os.devnull], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-      text=True, timeout=900, check=False)
-  if proc.returncode:
-    raise RuntimeError(f'reference steps with {env} failed: {proc.stderr[-2000:]}')
-  steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  steps = run.json_lines([sys.executable, '-m', 'benchmarks.run', '--only=reference',
+                          '--conv_impl=onednn', '--output', os.devnull],
+                         f'reference steps with {env}', env)
   return {f'{f["figure"].split("/")[1]}_images_per_s': f['images_per_s']
           for f in steps if f['figure'].startswith('train_step/')}
 

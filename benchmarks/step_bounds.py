@@ -16,7 +16,6 @@ round (images/s, median and fastest step), written to --output too.
 import argparse
 import json
 import os
-import subprocess
 import sys
 from typing import Dict
 
@@ -66,6 +65,7 @@ def child(variant: str) -> Dict:
 
 
 def main(argv=None) -> None:
+  from benchmarks import run
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'step_bounds.json'))
@@ -77,12 +77,9 @@ def main(argv=None) -> None:
   figures = []
   for round_ in range(args.rounds):
     for variant in VARIANTS:
-      proc = subprocess.run([sys.executable, '-m', 'benchmarks.step_bounds', f'--child={variant}'],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
-      lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
-      if proc.returncode or not lines:
-        raise RuntimeError(f'variant {variant} failed: {proc.stderr[-2000:]}')
-      figure = {**json.loads(lines[-1]), 'round': round_}
+      lines = run.json_lines([sys.executable, '-m', 'benchmarks.step_bounds',
+                              f'--child={variant}'], f'variant {variant}', least=1)
+      figure = {**lines[-1], 'round': round_}
       print(json.dumps(figure), flush=True)
       figures.append(figure)
   with open(args.output, 'w') as f:
