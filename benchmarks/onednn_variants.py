@@ -35,13 +35,14 @@ def main(argv=None) -> None:
                       help=f'comma-separated subset of {", ".join(VARIANTS)}')
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'variants.json'))
   args = parser.parse_args(argv)
-  unknown = set(args.variants.split(',')) - set(VARIANTS)
+  names = args.variants.split(',')
+  unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
-    parser.error(f'unknown --variants {", ".join(sorted(unknown))}; known: {", ".join(VARIANTS)}')
+    parser.error(f'unknown --variants {", ".join(unknown)}; known: {", ".join(VARIANTS)}')
   figures = []
   with tempfile.TemporaryDirectory() as tmp:
     libraries = {}
-    for name in args.variants.split(','):
+    for name in names:
       defines = VARIANTS[name]
       libraries[name] = os.path.join(tmp, f'{name}.so')
       reason = build.build(libraries[name], defines)
