@@ -25,20 +25,43 @@ def names() -> List[str]:
 
 
 def resolve(value: str) -> str:
-  """A --config value -> what ml_collections' config-file flag loads: a name of a shipped config
-  ('folder', or 'folder:ARGS' with config_flags' arguments) -> the path of its file; anything
-  else (a path, an existing file) unchanged.
+  """A --config value -> what ml_collections' config-file flag loads.
+
+  A bare name (no path separator, no `.py`; optionally 'name:ARGS' with config_flags' arguments)
+  always means a shipped config, whatever files the current directory holds: a file that happens
+  to be called `folder` is never executed in place of configs/folder.py. Anything else is a path,
+  returned unchanged once it is known to be a readable file, so that a missing one is one line
+  here rather than the loader's traceback when `--config.<key>=` overrides follow.
 
   Raises:
-    UserInputError: a name no shipped config has.
+    UserInputError: a name no shipped config has, or a path that is missing, a folder or
+      unreadable.
   """
   path, sep, args = value.partition(':')
-  if os.path.exists(path) or '/' in path or os.sep in path or path.endswith('.py') or not path:
-    return value
-  if path not in names():
-    raise UserInputError(f'--config={value}: no such file, and no shipped config of that name; '
-                         f'shipped: {", ".join(names())}')
-  return os.path.join(directory(), path + '.py') + sep + args
+  if is_name(path):
+    if path not in names():
+      raise UserInputError(f'--config={value}: no shipped config of that name (a bare name means '
+                           f'a shipped config; give a file as a path, e.g. ./{path}.py); '
+                           f'shipped: {", ".join(names())}')
+    return os.path.join(directory(), path + '.py') + sep + args
+  if not path:
+    raise UserInputError('--config is empty; expected a config file or a shipped config name '
+                         f'({", ".join(names())})')
+  if os.path.isdir(path):
+    raise UserInputError(f'config file {path} is a folder; expected a Python file with '
+                         'get_config()')
+  try:
+    with open(path, 'rb'):
+      pass
+  except OSError as e:
+    raise UserInputError(f'config file {path} could not be loaded: [Errno {e.errno}] '
+                         f'{e.strerror}') from None
+  return value
+
+
+def is_name(path: str) -> bool:
+  """Whether a --config value (without ':ARGS') names a shipped config rather than a file."""
+  return bool(path) and '/' not in path and os.sep not in path and not path.endswith('.py')
 
 
 def make_importable() -> None:

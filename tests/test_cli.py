@@ -194,6 +194,35 @@ def test_missing_idx_files_in_given_folder(tmp_path):
   assert not (tmp_path / 'tfds' / 'fashion_mnist_idx' / '1.0.0').exists()
 
 
+def test_bare_config_name_is_always_the_shipped_config(tmp_path, monkeypatch):
+  """A file or a folder called `folder` in the current directory never shadows the shipped
+  configs/folder.py; a path (a separator or .py) is a file, checked here in one line."""
+  from segae_jax import shipped_configs
+  monkeypatch.chdir(tmp_path)
+  shipped = os.path.join(shipped_configs.directory(), 'folder.py')
+  (tmp_path / 'folder').write_text('raise SystemExit("the user\'s file was executed")\n')
+  assert shipped_configs.resolve('folder') == shipped
+  assert shipped_configs.resolve('folder:abc') == shipped + ':abc'
+  os.remove(tmp_path / 'folder')
+  (tmp_path / 'folder').mkdir()
+  assert shipped_configs.resolve('folder') == shipped
+  (tmp_path / 'mine.py').write_text('def get_config(): pass\n')
+  assert shipped_configs.resolve('mine.py') == 'mine.py'
+  for value, message in [('./folder', 'is a folder'), ('nothere.py', 'No such file'),
+                         ('sub/x.py', 'No such file'), ('nosuch', 'no shipped config'),
+                         ('', 'is empty')]:
+    with pytest.raises(UserInputError, match=message):
+      shipped_configs.resolve(value)
+
+
+def test_missing_config_file_with_overrides_is_one_line(tmp_path):
+  proc = run_train(f'--config={tmp_path / "nothere.py"}', f'--workdir={tmp_path / "w"}',
+                   '--config.seed=3', '--config.batch_size=8')
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+  assert 'nothere.py could not be loaded: [Errno 2] No such file' in proc.stderr
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('config_arg,message', [
     ('configs/nope.py', "config file configs/nope.py could not be loaded: [Errno 2] No such file"),
     ('NOGET', 'has no get_config() function'),
