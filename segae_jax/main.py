@@ -34,13 +34,13 @@ def define_flags() -> None:
 def main() -> None:
   from segae_jax.training import distributed  # After flag parsing: `--help` stays fast.
   from segae_jax import training
+  from segae_jax.training import metrics
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.coordinator_bind_address, FLAGS.distributed)
   results = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   outputs = ', '.join(sorted(os.listdir(FLAGS.workdir)))
   print(f'Results in {FLAGS.workdir}: {outputs} (results.json holds the test metrics)')
-  print('test ' + ' '.join(f'{k}={v:.4g}' for k, v in sorted(results['test'].items())
-                           if k != 'per_class'))
+  print('test ' + metrics.summary_text(results['test'], list(FLAGS.config.loss.keys())))
 
 
 def run() -> None:

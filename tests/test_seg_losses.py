@@ -121,3 +121,12 @@ def test_segmentation_terms_run_under_jit_and_match_eager(name):
   jitted, _ = jax.jit(losses.LOSSES.get(name))(outputs, batch)
   np.testing.assert_allclose(jitted, eager, rtol=1e-5)
   assert np.isfinite(float(jitted)) and float(jitted) > 0
+
+
+def test_summary_text_names_loss_terms_apart_from_metrics():
+  """The progress line once printed the soft Dice loss term as dice=0.38 beside the metric
+  mean_dice=0.96; terms now carry _loss."""
+  from segae_jax.training.metrics import summary_text
+  text = summary_text({'loss': 0.5, 'dice': 0.375, 'seg_ce': 0.125, 'mean_dice': 0.96,
+                       'miou': 0.9, 'per_class': {'a': {'iou': 1.0}}}, ['seg_ce', 'dice'])
+  assert text == ('dice_loss=0.375 loss=0.5 mean_dice=0.96 miou=0.9 seg_ce_loss=0.125')

@@ -17,6 +17,7 @@ from segae_jax import data, models
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
 from segae_jax.training import (checkpoints, distributed, objectives, optimizers, parallel,
                                 paths, pretrained, validation, visualise, writers)
+from segae_jax.training import metrics as metrics_lib
 from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.state import create_train_state
@@ -249,8 +250,7 @@ def test_metrics(config, run: RunSetup, state) -> Dict[str, Any]:
 def _evaluate(config, run: RunSetup, state, writer: writers.MetricWriter, step: int):
   metrics = test_metrics(config, run, state)
   writer.write_scalars(step, flat_scalars(metrics, 'test'))
-  log.info('step %d test %s', step, ' '.join(
-      f'{k}={v:.4g}' for k, v in metrics.items() if k != 'per_class'))
+  log.info('step %d test %s', step, metrics_lib.summary_text(metrics, list(config.loss.keys())))
   return metrics
 
 

@@ -90,3 +90,16 @@ def segmentation_scores(confusion: np.ndarray,
                            'pixels': int(confusion[c].sum())}
                     for c, name in enumerate(names)},
   }
+
+
+def summary_text(metrics: Mapping[str, Any], loss_terms: Sequence[str] = ()) -> str:
+  """One progress line's 'name=value' pairs of an evaluation's scalar metrics, with the loss
+  terms (config.loss's keys, e.g. 'dice', the soft Dice loss term) shown as '<term>_loss' so
+  that they cannot be read as the metric of a similar name ('mean_dice', Dice from the confusion
+  matrix). 'per_class' and other non-scalars are left out."""
+  shown = []
+  for k, v in sorted(metrics.items()):
+    if isinstance(v, (int, float, np.floating, np.integer)):
+      shown.append(f'{k}_loss={v:.4g}' if k in loss_terms else f'{k}={v:.4g}')
+  return ' '.join(shown)
+
