@@ -17,6 +17,16 @@ def setup_logging() -> None:
   probing) only from WARNING."""
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger('segae_jax').setLevel(std_logging.INFO)
+  absl_logger = std_logging.getLogger('absl')
+  if _quiet_tfds not in absl_logger.filters:
+    absl_logger.addFilter(_quiet_tfds)
+
+
+def _quiet_tfds(record: std_logging.LogRecord) -> bool:
+  """Drops tfds's warning 'Using custom data configuration: FolderConfig(...)': every folder
+  dataset is a custom configuration by design, and the line repeats every setting at length.
+  The run's own data summary says what matters."""
+  return not str(record.msg).startswith('Using custom data configuration')
 
 
 def fail(message: str) -> None:

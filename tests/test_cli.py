@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import default
 from conftest import ROOT, run_train, set_fields
-from segae_jax import training
+from segae_jax import cli, training
 from segae_jax.errors import UserInputError
 
 
@@ -292,3 +292,13 @@ def test_installed_commands_run_from_another_directory(tmp_path):
   for tool in ('evaluate', 'predict', 'detect', 'unsupervised', 'generate', 'compress', 'probe',
                'sweep'):
     assert importlib.util.find_spec(f'segae_jax.{tool}') is None, tool
+
+
+def test_tfds_custom_configuration_line_is_not_printed(caplog):
+  from absl import logging as absl_logging
+  cli.setup_logging()
+  absl_logging.warning('Using custom data configuration: %s', 'FolderConfig(name=...)')
+  absl_logging.warning('another warning')
+  messages = [r.getMessage() for r in caplog.records]
+  assert 'another warning' in messages
+  assert not any('custom data configuration' in m for m in messages)
