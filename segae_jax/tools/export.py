@@ -14,17 +14,19 @@ from. Read it back with
 
 Convolutions are exported as XLA's (a oneDNN custom call does not serialise), so CPU logits
 differ from the workdir's oneDNN ones by float rounding only.
+
+The folder is written beside --output and renamed into place (tools.outputs), with a marker
+(.segae_output.json) naming this tool: an existing --output is replaced only when it is a
+previous export (or empty); a folder of anything else is refused, before the model is restored.
 """
 import json
 import os
-import shutil
-import tempfile
 
 from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 FUNCTION_FILE, SPEC_FILE = 'logits.jaxexport', 'model.json'
@@ -35,20 +37,23 @@ FORMAT = 1  # Of model.json; raised when its fields change meaning.
 def define_flags() -> None:
   """The command-line flags; defined only when run as a program."""
   common.define_run_flags('Training workdir of a segmentation model.', 'best')
-  flags.DEFINE_string('output', None, 'Folder to write the exported model to (replaced whole).')
+  flags.DEFINE_string('output', None, 'Folder to write the exported model to: a new or empty '
+                      'folder, or a previous export, which is replaced; anything else is refused.')
 
 
 def export_run(workdir: str, output: str, checkpoint: str = 'best') -> dict:
-  """Exports the run's model (see the module doc) into `output`, written in a temporary folder
-  beside it and renamed into place, so a failed export leaves no partial model. Returns
-  model.json's contents.
+  """Exports the run's model (see the module doc) into `output`, written in a staging folder
+  beside it and renamed into place (tools.outputs), so a failed export leaves no partial model
+  and the previous one whole. Returns model.json's contents.
 
   Raises:
-    UserInputError: not a workdir, no checkpoint, or a model that does not segment (before
-      anything is written).
+    UserInputError: `output` is not a new or empty folder or a previous export, or not
+      writable (checked first); not a workdir, no checkpoint, or a model that does not segment
+      (before anything is written); an OSError of the writing (one line, nothing changed).
   """
   import jax
   from jax import export
+  outputs.check_folder(output, 'export')
   run = common.load_run(workdir, checkpoint)
   run.require_segmentation(workdir)
   run = run.with_conv_impl('xla')
@@ -65,19 +70,11 @@ def export_run(workdir: str, output: str, checkpoint: str = 'best') -> dict:
           'class_names': list(run.class_names), 'platforms': list(PLATFORMS),
           'jax_version': jax.__version__, 'model': run.config.model.name,
           **common.result_header(workdir, run, model=False)}
-  parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
-  try:
+  with outputs.staged_folder(output, 'export') as staging:
     with open(os.path.join(staging, FUNCTION_FILE), 'wb') as f:
       f.write(exported.serialize())
     with open(os.path.join(staging, SPEC_FILE), 'w') as f:
       json.dump(spec, f, indent=2)
-    if os.path.isdir(output):
-      shutil.rmtree(output)
-    os.replace(staging, output)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return spec
 
 
@@ -90,6 +87,7 @@ def load(path: str, inference, batch_size: int = 32):
   """
   import numpy as np
   from jax import export
+  from segae_jax.data.normalize import Normalization
   from segae_jax.segmenter import Segmenter
   spec_path, function_path = os.path.join(path, SPEC_FILE), os.path.join(path, FUNCTION_FILE)
   if not (os.path.isfile(spec_path) and os.path.isfile(function_path)):
@@ -103,7 +101,10 @@ def load(path: str, inference, batch_size: int = 32):
   with open(function_path, 'rb') as f:
     exported = export.deserialize(bytearray(f.read()))
   logits = lambda pixels: np.asarray(exported.call(np.asarray(pixels, np.float32)))
-  return Segmenter(logits, spec['input_shape'], spec['class_names'], inference, batch_size)
+  # Exports from before the normalisation was recorded took 8-bit 'unit' pixels (from_dict(None)).
+  normalization = Normalization.from_dict(spec.get('normalization'))
+  return Segmenter(logits, spec['input_shape'], spec['class_names'], inference, batch_size,
+                   normalization=normalization)
 
 
 def main() -> None:

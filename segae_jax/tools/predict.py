@@ -9,6 +9,10 @@ the training size overlapping by --overlap, logits blended; segae_jax.tools.tili
 resized to the input and the label map resized back (nearest neighbour); --mode=tile or resize
 forces either. Writes OUT/<stem>_labels.png (uint8 class ids) and OUT/<stem>_overlay.png (colours
 over the image), and prints one summary line.
+
+OUT is written beside its place and renamed into it (tools.outputs), with a marker
+(.segae_output.json) naming this tool: an existing OUT is replaced only when it is a previous
+predict output (or empty); any other folder or file is refused before the model is restored.
 """
 import os
 
@@ -18,7 +22,7 @@ from PIL import Image
 
 from segae_jax import cli
 from segae_jax.data.images import list_images
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +32,8 @@ def define_flags() -> None:
   library next to other commands that define the same names."""
   common.define_run_flags('Training workdir of a segmentation model.', 'best')
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
-  flags.DEFINE_string('output', None, 'Folder for the label maps and overlays (created).')
+  flags.DEFINE_string('output', None, 'Folder for the label maps and overlays: a new or empty '
+                      'folder, or a previous predict output, which is replaced.')
   flags.DEFINE_integer('batch_size', 32, 'Images (or tiles) per forward pass.')
   common.define_inference_flags()
 
@@ -39,26 +44,28 @@ def predict(workdir: str, input_path: str, output: str, checkpoint: str = 'best'
   the restored common.TrainedRun).
 
   Raises:
-    UserInputError: no such input or no image in it, an unreadable image, not a workdir or no
-      checkpoint, a model that does not segment, or a tile size it cannot take (all before
-      anything is written).
+    UserInputError: no such input or no image in it, an unreadable image, an `output` that is
+      not a new or empty folder or a previous predict output or is not writable, not a workdir
+      or no checkpoint, a model that does not segment, or a tile size it cannot take (all before
+      anything is written); an OSError of the writing (one line, `output` left as it was).
   """
   from segae_jax.training import visualise
 
   files = list_images(input_path)
+  outputs.check_folder(output, 'predict')  # Before the model is restored and run.
   run = common.load_run(workdir, checkpoint)
   originals = [common.read_input(f, run) for f in files]  # All checked first.
   run.require_segmentation(workdir)
   segment = run.segmenter(inference, batch_size)  # A bad --tile_size fails here.
   labels = segment(originals)
-  os.makedirs(output, exist_ok=True)
   results = {}
-  for path, pixels, full in zip(files, originals, labels):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    Image.fromarray(full).save(os.path.join(output, f'{stem}_labels.png'))
-    Image.fromarray(visualise.overlay(visualise.preview(pixels), full)).save(
-        os.path.join(output, f'{stem}_overlay.png'))
-    results[stem] = full
+  with outputs.staged_folder(output, 'predict') as staging:
+    for path, pixels, full in zip(files, originals, labels):
+      stem = os.path.splitext(os.path.basename(path))[0]
+      Image.fromarray(full).save(os.path.join(staging, f'{stem}_labels.png'))
+      Image.fromarray(visualise.overlay(visualise.preview(pixels), full)).save(
+          os.path.join(staging, f'{stem}_overlay.png'))
+      results[stem] = full
   return results, run
 
 
