@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segae_jax.data import batching, sizing
+from segae_jax.data import batching, normalize, sizing
 from segae_jax.errors import UserInputError
 from segae_jax.tools import postprocess, tiling
 
@@ -83,17 +83,23 @@ class Segmenter:
     batch_size: images (resized) or tiles per call of a logits function.
     tile_logits: the model at `tile_size` (default: `logits`, tiles of the input size).
     tile_size: (height, width) of the tiles, in pixels (default: the input's).
+    normalization: the run's (data.normalize.Normalization: the dtype its images were stored in,
+      its mode); each image is checked against it (data.normalize.conform: refused, or converted
+      with one warning, where the run cannot take it as it is). None: only the channel count is
+      checked (a logits function of unknown units).
   """
 
   def __init__(self, logits: Logits, input_shape: Sequence[int], class_names: Sequence[str] = (),
                inference: Inference = Inference(), batch_size: int = 32,
                tile_logits: Optional[Logits] = None,
-               tile_size: Optional[Sequence[int]] = None):
+               tile_size: Optional[Sequence[int]] = None,
+               normalization: Optional[normalize.Normalization] = None):
     self.input_shape: Tuple[int, int, int] = tuple(int(n) for n in input_shape)
     self.class_names, self.inference, self.batch_size = list(class_names), inference, batch_size
     self.tiles = tiling.Tiling(tuple(tile_size or self.input_shape[:2]), inference.overlap,
                                inference.blend, batch_size)
     self._logits, self._tile_logits = logits, tile_logits or logits
+    self.normalization = normalization
     if inference.tta != 'none':  # Logits to average: the arg-max after the mean.
       passes = postprocess.PASSES[inference.tta]
       self._logits = postprocess.with_flips(self._logits, passes)
@@ -130,25 +136,46 @@ class Segmenter:
     model input on an axis."""
     return tiling.is_tiled(self.inference.mode, self.input_shape[:2], height, width)
 
+  def check(self, image: np.ndarray, name: str = 'image') -> np.ndarray:
+    """One image, [height, width] or [height, width, channels], as the run takes it: checked
+    against its normalisation (data.normalize.conform with from_file=False: uint8 and uint16
+    arrays are bit depths and must be the run's, but an 8-bit one converts into a 16-bit 'unit'
+    run; float and signed-integer arrays are values in the run's units, float32 0..255 for an
+    8-bit run; an 8-bit grayscale image replicates into an 8-bit RGB run, an opaque alpha channel
+    is dropped, each with one warning) -> [height, width, channels].
+
+    Raises:
+      UserInputError: one line naming the image: another shape, channel count or bit depth than
+        the run can take, values outside its range, NaN.
+    """
+    channels = self.input_shape[2]
+    if self.normalization is not None:
+      return normalize.conform(image, name, channels, self.normalization, from_file=False)
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
+    if image.ndim != 3 or image.shape[2] != channels:
+      raise UserInputError(f'{name} of shape {image.shape}: expected [height, width, '
+                           f'{channels}] (the model\'s channels)')
+    return image
+
   def predict(self, image: np.ndarray) -> np.ndarray:
     """One image, [height, width] or [height, width, channels] with the model's channels, in the
     units the model was trained on (uint8 0..255 for 8-bit images) -> uint8 [height, width]
-    class ids.
+    class ids (see check and __call__).
 
     Raises:
-      UserInputError: another channel count than the model's, or not an image array.
+      UserInputError: an image the run cannot take (see check).
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.ndim != 3 or image.shape[2] != self.input_shape[2]:
-      raise UserInputError(f'image of shape {image.shape}: expected [height, width, '
-                           f'{self.input_shape[2]}] (the model\'s channels)')
     return self([image])[0]
 
   def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """[height, width, channels] images (the model's channels; any sizes) -> uint8 [height,
-    width] class ids each."""
+    """[height, width, channels] images (any sizes; each checked against the run, see check:
+    'image i' in messages) -> uint8 [height, width] class ids each.
+
+    Raises:
+      UserInputError: an image the run cannot take (see check), before any is segmented.
+    """
+    images = [self.check(image, f'image {i}') for i, image in enumerate(images)]
     size = self.input_shape[:2]
     tiled = [self.uses_tiles(*image.shape[:2]) for image in images]
     labels: List[Optional[np.ndarray]] = [None] * len(images)

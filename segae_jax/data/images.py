@@ -1,6 +1,7 @@
 """Reading the user's image files (predict, unsupervised, the input pipeline, the folder
 builders): listing a folder, decoding with Pillow (TIFF with tifffile: stacks, 16-bit, float),
 checking and converting to arrays of one of the stored dtypes (uint8, uint16, float32)."""
+import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -8,6 +9,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 TIFF_SUFFIXES = ('.tif', '.tiff')
@@ -188,9 +191,10 @@ def is_tiff(path: str) -> bool:
 
 def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]:
   """A TIFF's pixels [height, width, channels] in the file's dtype via tifffile (channels last
-  from samples, or from pages / a channel axis first), or None for an 8-bit palette TIFF or an
-  8-bit one with an alpha sample when `channels` is not 4 (Pillow's conversion, with its checks
-  on transparency, applies to those).
+  from samples, or from pages / a channel axis first; see _arrange_tiff for files whose axes
+  tifffile does not know), or None for an 8-bit palette TIFF or an 8-bit one with an alpha
+  sample when `channels` is not 4 (Pillow's conversion, with its checks on transparency, applies
+  to those).
 
   Raises:
     UserInputError: unreadable, or not one 2-D image with or without channels.
@@ -207,13 +211,42 @@ def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]
     raise UserInputError(f'{path}: cannot read {what} ({one_line(e)})') from None
   keep = [i for i, n in enumerate(array.shape) if n != 1 or axes[i] in 'YX']
   array, axes = array.reshape([array.shape[i] for i in keep]), ''.join(axes[i] for i in keep)
+  return _arrange_tiff(array, axes, path, what, channels)
+
+
+def _arrange_tiff(array: np.ndarray, axes: str, path: str, what: str,
+                  channels: int) -> np.ndarray:
+  """tifffile's array with its axes (size-1 axes other than Y, X dropped) -> [height, width,
+  channels].
+
+  `tifffile.imwrite(path, image)` of image [h, w, c] with c not 3 or 4 records the axes QYX
+  (unknown: h pages of w x c) and the shape [h, w, c] in the file's metadata, which is also the
+  shape of the array read. With unknown axes the channel count decides: a last axis of `channels`
+  (and a first one of another size) is read as channels last, with one warning naming the
+  reading; a first axis of `channels` as one page per channel (stacks, as ImageJ and
+  tifffile.imwrite of [c, h, w] write them). Both or neither is refused: the file does not say
+  which axis holds the channels.
+  """
+  shape = 'x'.join(map(str, array.shape))
+  if array.ndim == 3 and axes == 'QYX':
+    first, last = array.shape[0] == channels, array.shape[2] == channels
+    if first == last:
+      reading = ('both its first axis (pages) and its last are' if first else
+                 'neither its first axis (pages) nor its last is')
+      raise UserInputError(
+          f'{path}: {what} of shape {shape} with unknown axes (QYX): {reading} the {channels} '
+          'channel(s) expected; write it with explicit axes, e.g. tifffile.imwrite(path, image, '
+          "photometric='minisblack', planarconfig='contig') for [height, width, channels]")
+    if last:
+      log.warning('%s: axes QYX unknown; read shape %s as height x width x %d channels', path,
+                  shape, channels)
+      return array
   if array.ndim == 2:
     return array[..., None]
   if array.ndim == 3 and axes[:2] == 'YX':
     return array
   if array.ndim == 3 and axes[1:] == 'YX':  # Pages (or a channel axis) first.
     return np.moveaxis(array, 0, -1)
-  shape = 'x'.join(map(str, array.shape))
   frames = f'{array.shape[0]} frames of ' if array.ndim > 3 else ''
   raise UserInputError(f'{path}: {what} holds {frames}{shape} pixels (axes {axes}); expected one '
                        'image: [height, width], its channels last, or one page per channel')
@@ -279,3 +312,28 @@ def read_label_image(path: str, what: str = 'mask') -> np.ndarray:
                          'channels); expected a single-channel label image (mode L, P or I) of '
                          'class ids')
   return np.asarray(image).astype(np.int64)
+
+
+def read_as_written(path: str, channels: int, what: str = 'image') -> Tuple[np.ndarray, bool]:
+  """One image file as written, for checking against a trained run (normalize.conform): pixels
+  [height, width, c] uint8, uint16 or float32 and whether the last channel is an alpha channel.
+  8-bit files through Pillow as grayscale (c 1, or 2 with alpha) or colour (3, or 4 with alpha;
+  palette, CMYK, YCbCr as RGB); TIFFs through tifffile as read_pixels reads them (`channels`
+  decides an 8-bit alpha sample and unknown axes); 16-bit and float PNGs as stored; other
+  integers as float32. Channels are not checked here.
+
+  Raises:
+    UserInputError: unreadable, several frames, not numbers, NaN or infinite values.
+  """
+  array = _tiff_array(path, what, channels) if is_tiff(path) else None
+  if array is not None:
+    return _as_stored_dtype(array, path, what), False
+  image = open_image(path, what)
+  mode = 'PA' if image.mode == 'P' and 'transparency' in image.info else image.mode
+  alpha = mode in ALPHA_MODES
+  if mode in GRAY_MODES + COLOUR_MODES:
+    target = ('L' if mode in GRAY_MODES else 'RGB') + ('A' if alpha else '')
+    array = np.asarray(image.convert(target))
+  else:
+    array = _as_stored_dtype(np.asarray(image), path, what)
+  return array.reshape(array.shape[:2] + (-1,)), alpha

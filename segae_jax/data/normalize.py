@@ -15,11 +15,14 @@ checkpoints, so the input pipeline (numpy), predict, evaluate, tiling and an exp
 same Normalization inside the jitted function) normalise identically.
 """
 import dataclasses
+import logging
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 MODES = ('unit', 'zscore', 'percentile')
 PERCENTILES = (0.5, 99.5)
@@ -135,3 +138,154 @@ class Normalization:
       x = xp.clip(x, xp.asarray(self.low, xp.float32), xp.asarray(self.high, xp.float32))
     std = xp.maximum(xp.asarray(self.std, xp.float32), 1e-8)
     return ((x - xp.asarray(self.mean, xp.float32)) / std).astype(xp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# An image to segment against the run that will segment it (predict, unsupervised --input, the
+# Segmenter): what its normalisation can represent, what converts exactly, what is refused.
+
+BITS = {'uint8': '8-bit', 'uint16': '16-bit', 'float32': 'float'}
+CONVERT_TO = {'uint8': '8 bits', 'uint16': '16 bits', 'float32': 'float32'}
+# ITU-R 601-2 luma in 16-bit fixed point, Pillow's convert('L') to the bit (libImaging/Convert.c).
+LUMA = (19595, 38470, 7471)
+
+
+def describe_run(normalization: 'Normalization', channels: int) -> str:
+  """'3-channel 8-bit images (uint8, normalize=unit)': what a run trained on."""
+  dtype = normalization.dtype
+  return (f'{channels}-channel {BITS.get(dtype, dtype)} images ({dtype}, '
+          f'normalize={normalization.mode})')
+
+
+def conform(pixels: np.ndarray, name: str, channels: int, normalization: 'Normalization',
+            alpha: Optional[bool] = None, from_file: bool = True) -> np.ndarray:
+  """An image to segment -> [height, width, channels] in the dtype the run's images were stored
+  in (float32 for arrays of values, below), converting only where the conversion is exact or a
+  convention, with one warning (logging) naming the image and each conversion; else refused.
+
+    input \\ run   uint8          uint16                       float32
+    uint8         accepted       unit: x257, warned (v/255 is  refused
+                                 257v/65535: the same input);
+                                 zscore, percentile: refused
+                                 (statistics in sensor counts,
+                                 which 8-bit values do not share)
+    uint16        refused        accepted                     refused
+    float32 file  refused        refused                      accepted
+    array of      float32 if in  float32 if in 0..65535        accepted
+    floats or     0..255, all    (warned if all in [0, 1])
+    signed ints   in [0, 1]:
+    (Segmenter)   warned
+
+  Then the channels (c the input's):
+    c == channels                                   accepted
+    an alpha channel (`alpha`; for an 8-bit array   dropped if fully opaque, warned;
+    into a 1- or 3-channel 8-bit run, when alpha    transparent pixels: refused
+    is None, one channel more than the run's)
+    1 into an 8-bit 3-channel run                   replicated, warned
+    3 into an 8-bit 1-channel run                   ITU-R 601-2 luma (Pillow's 'L'), warned
+    any other                                       refused
+
+  The explicit bit depths (uint8, uint16, a file's float32) are kept as they are: a file's float
+  units and a 16-bit file's values above 255 have no defined place in another run's pixels. An
+  array of floats or signed integers holds values "in the units the run trained on" (the export's
+  documented float32 pixels in stored units), so it is accepted within the run's range; values
+  all in [0, 1] into an integer run are likely fractions and warned about (not scaled). Channel
+  conversions are made for 8-bit runs only: their 3 channels are RGB; a 16-bit or float run's
+  3 channels need not be.
+
+  Args:
+    pixels: [height, width] or [height, width, c].
+    name: names the image in messages (its path, or 'image 2').
+    channels: the run's.
+    normalization: the run's (its dtype and mode).
+    alpha: whether the last channel is alpha (a file's); None guesses for arrays as above.
+    from_file: a file's dtype is its kind; False: an array (floats and signed ints are values).
+
+  Raises:
+    UserInputError: one line naming the image and what the run expects.
+  """
+  pixels = np.asarray(pixels)
+  pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+  run = describe_run(normalization, channels)
+  if pixels.ndim != 3:
+    raise UserInputError(f'{name}: array of shape {pixels.shape}; expected [height, width] or '
+                         f'[height, width, {channels}] (the run trained on {run})')
+  notes = []
+  if alpha or (alpha is None and _alpha_guess(pixels, channels, normalization)):
+    pixels = _drop_alpha(pixels, name, run, notes)
+  pixels = _conform_dtype(pixels, name, normalization, from_file, notes)
+  pixels = _conform_channels(pixels, name, channels, normalization, notes)
+  if notes:
+    log.warning('%s: %s; the run trained on %s', name, ', '.join(notes), run)
+  return pixels
+
+
+def _alpha_guess(pixels: np.ndarray, channels: int, normalization: 'Normalization') -> bool:
+  return (pixels.dtype == np.uint8 and normalization.dtype == 'uint8' and channels in (1, 3)
+          and pixels.shape[2] == channels + 1)
+
+
+def _drop_alpha(pixels: np.ndarray, name: str, run: str, notes: list) -> np.ndarray:
+  if pixels[..., -1].min() < unit_scale(pixels.dtype):
+    raise UserInputError(f'{name}: image has transparent pixels (alpha channel); expected an '
+                         f'opaque image (an opaque alpha channel is dropped): the run trained on '
+                         f'{run}')
+  notes.append('dropped its opaque alpha channel')
+  return pixels[..., :-1]
+
+
+def _conform_dtype(pixels: np.ndarray, name: str, normalization: 'Normalization', from_file: bool,
+                   notes: list) -> np.ndarray:
+  dtype, target = str(pixels.dtype), normalization.dtype
+  if dtype == target:
+    return pixels
+  if dtype == 'uint8' and target == 'uint16' and normalization.mode == 'unit':
+    notes.append('scaled its 8-bit values to 16 bits (x257)')
+    return pixels.astype(np.uint16) * np.uint16(257)
+  if from_file or pixels.dtype.kind not in 'if':  # A bit depth (unsigned), not values.
+    if pixels.dtype.kind not in 'uif':
+      raise UserInputError(f'{name}: pixels of type {dtype}; expected numbers')
+    why = (f', whose {normalization.mode} statistics are in 16-bit values' if dtype == 'uint8'
+           and target == 'uint16' else '')
+    raise UserInputError(
+        f'{name}: {BITS.get(dtype, dtype)} image ({dtype}), but the run trained on '
+        f'{BITS.get(target, target)} images ({target}, normalize={normalization.mode}){why}; '
+        f'convert it to {CONVERT_TO.get(target, target)} or train on '
+        f'{BITS.get(dtype, dtype)} images')
+  return _values(pixels.astype(np.float32), name, normalization, notes)
+
+
+def _values(pixels: np.ndarray, name: str, normalization: 'Normalization',
+            notes: list) -> np.ndarray:
+  """An array of values (floats, signed integers) as float32, in the integer run's range."""
+  if not np.isfinite(pixels).all():
+    raise UserInputError(f'{name}: NaN or infinite pixel values; expected finite numbers')
+  if normalization.dtype == 'float32':
+    return pixels
+  top, low, high = unit_scale(normalization.dtype), float(pixels.min()), float(pixels.max())
+  units = (f'{BITS[normalization.dtype]} units 0..{top:.0f} ({normalization.dtype}, '
+           f'normalize={normalization.mode})')
+  if low < 0 or high > top:
+    raise UserInputError(f'{name}: values in [{low:g}, {high:g}], outside the run\'s {units}; '
+                         'pass pixels in the units of its training images')
+  if 0 < high <= 1:
+    notes.append(f'took its values, all in [0, 1], as {BITS[normalization.dtype]} units '
+                 f'0..{top:.0f} (multiply by {top:.0f} if they are fractions of full scale)')
+  return pixels
+
+
+def _conform_channels(pixels: np.ndarray, name: str, channels: int,
+                      normalization: 'Normalization', notes: list) -> np.ndarray:
+  found = pixels.shape[2]
+  if found == channels:
+    return pixels
+  if pixels.dtype == np.uint8 and normalization.dtype == 'uint8':
+    if (found, channels) == (1, 3):
+      notes.append('replicated its one grayscale channel to 3 (RGB)')
+      return np.repeat(pixels, 3, axis=2)
+    if (found, channels) == (3, 1):
+      notes.append("converted its colour to grayscale (ITU-R 601-2 luma, as Pillow's 'L')")
+      luma = pixels.astype(np.uint32) @ np.array(LUMA, np.uint32) + 0x8000
+      return (luma >> 16).astype(np.uint8)[..., None]
+  raise UserInputError(f'{name}: image has {found} channel(s) ({pixels.dtype}), but the run '
+                       f'trained on {describe_run(normalization, channels)}')

@@ -17,8 +17,8 @@ import numpy as np
 from absl import flags
 
 from segae_jax.data import batching
-from segae_jax.data.images import read_image, read_pixels
-from segae_jax.data.normalize import Normalization
+from segae_jax.data.images import read_as_written
+from segae_jax.data.normalize import Normalization, conform
 from segae_jax.errors import UserInputError
 from segae_jax.segmenter import Inference, Segmenter
 from segae_jax.tools import postprocess, tiling
@@ -170,7 +170,7 @@ class TrainedRun:
     logits = compiled(self)  # Tiles of the input size (the default) share its compilation.
     return Segmenter(logits, self.image_shape, self.class_names, inference, batch_size,
                      tile_logits=logits if tile_run is self else compiled(tile_run),
-                     tile_size=tiles.tile)
+                     tile_size=tiles.tile, normalization=self.normalization)
 
   def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
@@ -391,19 +391,15 @@ def format_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]],
 
 
 def read_input(path: str, run: TrainedRun) -> np.ndarray:
-  """One image to segment, [height, width, channels] as the run's training images were stored:
-  an 8-bit grayscale or colour run takes any 8-bit image converted to its channels (Pillow);
-  other runs (16-bit, float, other channel counts) exactly their kind (data.images.read_pixels).
+  """One image file to segment -> [height, width, channels] in the dtype the run's training
+  images were stored in (run.normalization.dtype): read as written (data.images.read_as_written),
+  then checked against the run (data.normalize.conform: the table of what is accepted, converted
+  with one warning, e.g. an 8-bit grayscale image replicated into an RGB run, or refused, e.g. a
+  16-bit image into an 8-bit run).
 
   Raises:
-    UserInputError: an unreadable image, or one of another kind than such a run's.
+    UserInputError: one line naming the file: unreadable, or not representable in the run.
   """
   channels = run.image_shape[2]
-  if run.normalization.dtype == 'uint8' and channels in (1, 3):
-    image = np.asarray(read_image(path, channels))
-    return image.reshape(image.shape[:2] + (channels,))
-  pixels = read_pixels(path, channels)
-  if str(pixels.dtype) != run.normalization.dtype:
-    raise UserInputError(f'{path}: image is {pixels.dtype}, but the run trained on '
-                         f'{run.normalization.dtype} images')
-  return pixels
+  pixels, alpha = read_as_written(path, channels)
+  return conform(pixels, path, channels, run.normalization, alpha=alpha)
