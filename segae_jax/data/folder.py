@@ -38,18 +38,21 @@ Image reading (data.images.read_pixels; the same for checking and writing):
 """
 import dataclasses
 import json
+import logging
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segae_jax.data import local, normalize, sizing
+from segae_jax.data import fingerprint, local, normalize, sizing
 from segae_jax.data.images import (list_image_files, one_line, read_label_image,
                                    read_pixels)
 from segae_jax.data.dataset import Dataset
 from segae_jax.data.sources import hold
 from segae_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 SPLITS = local.SPLITS
 UNLABELED = 'unlabeled'
@@ -162,19 +165,6 @@ def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
   return names
 
 
-def _pair(images_dir: str, masks_dir: str) -> List[Tuple[str, str, str]]:
-  """[(stem, image path, mask path)] sorted by stem; every image must have a mask and back."""
-  images = list_image_files(images_dir, 'image')
-  masks = list_image_files(masks_dir, 'mask')
-  for stem, path in images.items():
-    if stem not in masks:
-      raise UserInputError(f'{path}: image without a mask (no {stem}.<ext> in {masks_dir})')
-  for stem, path in masks.items():
-    if stem not in images:
-      raise UserInputError(f'{path}: mask without an image (no {stem}.<ext> in {images_dir})')
-  return [(stem, images[stem], masks[stem]) for stem in images]
-
-
 def _unlabeled(config: FolderConfig, mask_stems: set) -> List[Tuple[str, str, str]]:
   """[(key, image path, '')] of unlabeled_dir; an image whose stem has a mask is refused."""
   files = list_image_files(config.unlabeled_dir, 'unlabeled image', recursive=True)
@@ -198,10 +188,11 @@ def split_files(config: FolderConfig) -> Dict[str, List[Tuple[str, str, str]]]:
       image that has a mask.
   """
   if config.split == 'folders':
-    splits = {s: _pair(os.path.join(config.images_dir, s), os.path.join(config.masks_dir, s))
+    splits = {s: fingerprint.pair_files(os.path.join(config.images_dir, s),
+                                  os.path.join(config.masks_dir, s))
               for s in SPLITS}
   else:
-    splits = local.split_by_fraction(_pair(config.images_dir, config.masks_dir),
+    splits = local.split_by_fraction(fingerprint.pair_files(config.images_dir, config.masks_dir),
                                      config.test_fraction, config.split_seed, config.images_dir)
   if config.unlabeled_dir:
     stems = {stem for pairs in splits.values() for stem, _, _ in pairs}
@@ -361,12 +352,28 @@ class Preprocess:
     return batch
 
 
+def resolve_unset(data_config: Mapping) -> Mapping:
+  """data_config with the fields it leaves None that the files decide (fingerprint.DATA_FIELDS)
+  inferred, for a dataset built outside a training run (a run resolves them first, with its
+  model's downsampling: training.validation.resolve_auto); logs what was inferred.
+
+  Raises:
+    UserInputError: as fingerprint.plan.
+  """
+  if all(data_config.get(key) is not None for key in fingerprint.DATA_FIELDS):
+    return data_config
+  fp, values = fingerprint.plan(data_config, fingerprint.downsampling_multiple(4, True))
+  log.info('%s', fingerprint.summary(fp, values))
+  return {**data_config, **values}
+
+
 def load(data_config: Mapping):
   """Prepares (once) and loads the folder dataset described by config.data.
 
   Args:
-    data_config: mapping with images_dir, masks_dir, num_classes and optionally the other
-      FolderConfig fields (its defaults), tfds_dir (default ~/tensorflow_datasets) and cache.
+    data_config: mapping with images_dir, masks_dir and optionally the other FolderConfig
+      fields (None: inferred from the files, resolve_unset), tfds_dir (default
+      ~/tensorflow_datasets) and cache.
 
   Returns:
     segae_jax.data.Dataset named 'segmentation_folder' whose splits are held in memory or
@@ -379,6 +386,7 @@ def load(data_config: Mapping):
     UserInputError: a bad setting or file, naming it; with resize='center_crop', a split whose
       smallest stored image is smaller than image_size.
   """
+  data_config = resolve_unset(data_config)
   config = local.config_from_mapping(data_config, FolderConfig, FIELDS,
                                      ('images_dir', 'masks_dir', 'num_classes'))
   class_names = read_class_names(config)

@@ -5,6 +5,7 @@ import jax
 import ml_collections
 
 from segae_jax import data, losses, models
+from segae_jax.data import fingerprint, local
 from segae_jax.training import objectives, optimizers, parallel
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
@@ -17,12 +18,17 @@ NONFINITE = ('stop', 'skip')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks values, names and device divisibility of a training config.
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks values, names and device divisibility of a training config, after filling in the
+  values it leaves to the data (resolve_auto).
+
+  Returns:
+    The config checked: `config` itself, or a resolved copy of it (resolve_auto).
 
   Raises:
     UserInputError: naming the key, the value and what was expected.
   """
+  config = resolve_auto(config)
   for key in POSITIVE_INTS:
     value = config[key]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -63,6 +69,66 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
   parallel.check_batch_divisible(config.batch_size, 'config.batch_size')
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
+  return config
+
+
+def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with the settings a segmentation_folder config leaves unset (None) inferred from
+  the folder's fingerprint (data.fingerprint): config.data's num_classes, channels, normalize,
+  image_size and test_fraction, and config.batch_size and eval_batch_size; a batch or test split
+  that cannot work with the folder is refused. Logs one line: the fingerprint and what was
+  inferred. Reads the image headers (and, for the class count, the masks); prepares nothing.
+
+  Returns:
+    A resolved, locked copy of `config` (what config.json and the checkpoints hold); `config`
+    itself for other datasets.
+
+  Raises:
+    UserInputError: a bad folder or file, a value that cannot be inferred, a batch larger than
+      the training split or a split left empty, in one line.
+  """
+  if config.data.get('name') != 'segmentation_folder':
+    return config
+  model = config.model
+  patch = int(dict(config.get('objective_params') or {}).get('patch_size', 1) or 1)
+  factor = fingerprint.downsampling_multiple(
+      len(model.features), issubclass(models.MODELS.get(model.name), models.UNetBase), patch)
+  fp, data_values = fingerprint.plan(config.data, factor)
+  run_values = _batch_sizes(config, fp, {**config.data, **data_values})
+  inferred = {**data_values, **run_values}
+  log.info('%s', fingerprint.summary(fp, inferred))
+  resolved = config.copy_and_resolve_references()
+  with resolved.unlocked():
+    for key, value in data_values.items():
+      resolved.data[key] = value
+    for key, value in run_values.items():
+      resolved[key] = value
+  resolved.lock()
+  return resolved
+
+
+def _batch_sizes(config: ml_collections.ConfigDict, fp: fingerprint.Fingerprint,
+                 data_config: dict) -> dict:
+  """{'batch_size': ..., 'eval_batch_size': ...} for those config leaves None (fitted to the
+  split, the devices and the objective's CutMix pairs); a given batch_size checked against the
+  training split."""
+  size = local.check_image_size(data_config['image_size'])
+  train, test = fingerprint.split_sizes(fp, data_config['test_fraction'])
+  if config.labeled_fraction < 1.0 and (data.has_pool(config) or config.get('labeled_only')):
+    train = max(1, round(config.labeled_fraction * train))  # data.dataset.labeled_subset.
+  share = config.data.get('unlabeled_per_batch', 0)
+  values = {}
+  if config.batch_size is None:
+    pairs = objectives.make(config, size, data.has_pool(config)).labeled_multiple
+    values['batch_size'] = fingerprint.infer_batch_size(train, share, jax.device_count() * pairs,
+                                                        size)
+  else:
+    where = (f'{fp.num_pairs} pairs in train/' if fp.num_folder_test is not None else
+             f'{fp.num_pairs} pairs, test_fraction {data_config["test_fraction"]}')
+    fingerprint.check_batch_size(config.batch_size, share, train, where)
+  if config.eval_batch_size is None:
+    values['eval_batch_size'] = fingerprint.infer_eval_batch_size(test, jax.device_count(), size)
+  return values
 
 
 def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
