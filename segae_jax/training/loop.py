@@ -373,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     Preempted: SIGTERM or SIGINT arrived; the current step was checkpointed and the save
       finished, so re-running resumes there.
   """
-  validation.validate_config(config)
+  config = validation.validate_config(config)  # Values left to the data filled in.
   workdir = paths.resolve(workdir)
   source = None
   if config.get('init_from', '') and not checkpoints.steps_in(paths.join(workdir, 'checkpoints')):
