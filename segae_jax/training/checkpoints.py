@@ -6,8 +6,11 @@ A checkpoint at step N holds three items:
   'meta':  what the checkpoint is of (model config, dataset, image shape; JSON), checked on resume
            so a workdir of another model is refused instead of overwritten.
 """
+import contextlib
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple
+import os
+import shutil
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +19,48 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from segae_jax.errors import UserInputError
-from segae_jax.training import paths
+from segae_jax.training import paths, writers
 
 log = logging.getLogger(__name__)
+
+# The suffix of the folder orbax writes a step into before renaming it to the step's number
+# (orbax.checkpoint._src.path.atomicity_types.TMP_DIR_SUFFIX, not exported).
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+class _OrbaxErrorLogs(logging.Filter):
+  """Drops orbax's ERROR log records: a failed save logs the same error with a traceback from
+  each thread it passed through (dozens of tracebacks for one full disk), and the error itself
+  reaches Checkpointer as an exception, reported once (WriteFailed) or raised with its own
+  traceback."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and
+                f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+
+
+# One instance, so that adding it again (each Checkpointer does) is a no-op.
+_ORBAX_ERROR_LOGS = _OrbaxErrorLogs()
+
+
+class _KeepLinkedSteps:
+  """An orbax preservation policy: `base`'s choice, except that a step whose folder is a
+  symbolic link is never pruned (the user made it; orbax cannot delete it, and must not delete
+  what it points to). Warns once per such step that it is kept."""
+
+  def __init__(self, base, directory: str):
+    self._base, self._directory, self._warned = base, directory, set()
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context) -> Sequence[bool]:
+    keep = list(self._base.should_preserve(checkpoints, context=context))
+    for i, info in enumerate(checkpoints):
+      if not keep[i] and os.path.islink(os.path.join(self._directory, str(info.step))):
+        keep[i] = True
+        if info.step not in self._warned:
+          self._warned.add(info.step)
+          log.warning('Checkpoint step %d in %s is a symbolic link: kept, not pruned (remove it '
+                      'yourself if it is no longer needed).', info.step, self._directory)
+    return keep
 
 # What checkpoints written before a meta field existed hold: every run trained 'supervised' then,
 # on 8-bit images scaled to [0, 1] (data.normalize.Normalization()).
@@ -53,13 +95,19 @@ class Checkpointer:
     # process's second barrier of a name fails ("already ongoing") and the processes hang.
     barriers = ocp.options.MultiprocessingOptions(
         barrier_sync_key_prefix=epath.Path(self.directory).name)
-    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 multiprocessing_options=barriers)
+    policies = ocp.checkpoint_managers
+    keep = policies.LatestN(n=max_to_keep)
+    best = {}
     if best_metric:
-      self._options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True, best_mode='max',
-          best_fn=lambda metrics: metrics[best_metric], multiprocessing_options=barriers)
+      best = {'best_mode': 'max', 'best_fn': lambda metrics: metrics[best_metric]}
+      keep = policies.BestN(get_metric_fn=best['best_fn'], reverse=False, n=max_to_keep)
+    self._options = ocp.CheckpointManagerOptions(
+        create=True, multiprocessing_options=barriers,
+        preservation_policy=_KeepLinkedSteps(keep, self.directory), **best)
+    logging.getLogger('absl').addFilter(_ORBAX_ERROR_LOGS)  # orbax logs through absl.
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self._in_flight: Optional[int] = None  # The step of the save not yet waited for.
+    self._failed = False  # A save failed and was reported: closing must not report it again.
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -77,10 +125,46 @@ class Checkpointer:
         raise UserInputError(f'config.best_metric={self.best_metric!r} is not a test metric of this '
                              f'run; available: {", ".join(sorted(metrics or {}))}')
       kwargs['metrics'] = {self.best_metric: float(metrics[self.best_metric])}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), **kwargs)
+    self._wait_in_flight()  # The previous save's failure is reported as its own step's.
+    self._in_flight = step
+    with self._reported(step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), **kwargs)
+
+  def _wait_in_flight(self) -> None:
+    if self._in_flight is not None:
+      with self._reported(self._in_flight):
+        self._manager.wait_until_finished()
+      self._in_flight = None
+
+  @contextlib.contextmanager
+  def _reported(self, step: int):
+    """A failed write of `step` (full disk, read-only or vanished folder) becomes WriteFailed
+    naming the step's folder, once its temporary folder is removed; other errors pass."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- only write failures are turned; the rest re-raised.
+      code = writers.write_errno(e)
+      if code is None:
+        raise
+      self._failed, self._in_flight = True, None
+      self._remove_temporary(step)
+      raise writers.WriteFailed(paths.join(self.directory, str(step)), code) from e
+
+  def _remove_temporary(self, step: int) -> None:
+    """Removes the temporary folder orbax was writing `step` into (it created it for this save,
+    replacing any leftover of that step), and nothing else; process 0 only, as orbax writes it
+    there."""
+    if jax.process_index() != 0:
+      return
+    tmp = epath.Path(self.directory) / f'{step}{TMP_SUFFIX}'
+    with contextlib.suppress(OSError):
+      if paths.is_url(self.directory):
+        tmp.rmtree(missing_ok=True)
+      elif os.path.isdir(tmp) and not os.path.islink(tmp):
+        shutil.rmtree(tmp)
 
   def read_meta(self, step: int) -> Dict[str, Any]:
     return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
@@ -132,11 +216,26 @@ class Checkpointer:
     return str(target)
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight.
+
+    Raises:
+      writers.WriteFailed: it failed to write (its temporary folder removed).
+    """
+    self._wait_in_flight()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the save in flight and closes orbax's manager; after a reported failure,
+    quietly (orbax may raise the same failure again).
+
+    Raises:
+      writers.WriteFailed: the save in flight failed to write.
+    """
+    try:
+      if not self._failed:
+        self._wait_in_flight()
+    finally:
+      with contextlib.suppress(Exception) if self._failed else contextlib.nullcontext():
+        self._manager.close()
 
 
 def steps_in(directory: str) -> list:
