@@ -352,6 +352,18 @@ def _finish(config, workdir: str, run: RunSetup, state, start_step: int, eval_me
   return results
 
 
+@contextlib.contextmanager
+def _resume_hint(workdir: str):
+  """A failed write (writers.WriteFailed: full disk, read-only or vanished folder) ends with what
+  to do: fix it and re-run the same command, which resumes from the newest whole checkpoint."""
+  try:
+    yield
+  except writers.WriteFailed as e:
+    steps = checkpoints.steps_in(paths.join(workdir, 'checkpoints'))
+    then = f'resume from step {steps[-1]}' if steps else 'start again'
+    raise e.with_hint(f'{e.remedy()} and re-run the same command to {then}') from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating, logging and checkpointing into `workdir`.
 
@@ -365,7 +377,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     The contents of results.json.
 
   Raises:
-    UserInputError: invalid config, missing data, an unwritable workdir, a workdir holding a
+    UserInputError: invalid config, missing data, an unwritable workdir, a failed write
+      (writers.WriteFailed: full disk, read-only or removed folder; its temporary files removed,
+      the message says from which step a re-run resumes), a workdir holding a
       checkpoint of another model, checkpoints none of which reads back whole, or a fresh run's
       config.init_from that it cannot start from (training.pretrained).
     TrainingDiverged: a non-finite loss, loss term or gradient with config.nonfinite='stop'
@@ -380,14 +394,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     source = pretrained.check_source(config)  # A fresh run: checked before anything is built.
   check_workdir_writable(workdir)
   run = setup(config, source)
-  with contextlib.ExitStack() as stack:  # Closes writer and checkpointers however the run ends.
+  # Closes writer and checkpointers however the run ends; then a failed write gets its hint.
+  with _resume_hint(workdir), contextlib.ExitStack() as stack:
     stack.callback(run.train_iter.close)  # The input worker processes, if any.
     ckpts = RunCheckpoints(workdir, config, run.meta, run.strategy, stack)
     state, run_rng, start_step, skipped = _restore(config, run, ckpts)
     if jax.process_index() == 0:
-      epath.Path(workdir, 'config.json').write_text(
-          config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+      writers.write_text(paths.join(workdir, 'config.json'),
+                         config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    # Resumed: metrics.jsonl keeps the steps up to the checkpoint's (later ones train again).
+    writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                  resumed_step=start_step)
     stack.callback(writer.close)
     window = MetricsWindow(run.strategy, config.nonfinite, skipped, ckpts.last_good)
     state, eval_metrics = _train(config, run, run.strategy.replicate(state), run_rng, start_step,
