@@ -247,3 +247,135 @@ def test_a_reused_folder_must_be_new_empty_or_the_tools(tmp_path):
     outputs.check_reused_folder(str(folder), 'sweep', 'sweep.json')
   (folder / 'sweep.json').write_text('{}')
   assert outputs.check_reused_folder(str(folder), 'sweep', 'sweep.json') == str(folder)
+
+
+# --------------------------------------------------------------------------------- end to end --
+
+
+def _no_restore(monkeypatch):
+  """Makes restoring a model fail the test: the refusals must come before it."""
+  from segae_jax.tools import common
+
+  def restore(*args, **kwargs):
+    raise AssertionError('the model was restored before the output was checked')
+
+  monkeypatch.setattr(common, 'load_run', restore)
+
+
+def test_export_refuses_a_users_folder_before_restoring_and_replaces_its_own(
+    unet_scenes_run, tmp_path, monkeypatch):
+  from segae_jax.tools import export
+  workdir, _ = unet_scenes_run
+  folder = _users_folder(tmp_path)
+  with monkeypatch.context() as patched:
+    _no_restore(patched)
+    with pytest.raises(UserInputError, match=rf'^{folder} exists and is not a segae-export '):
+      export.export_run(workdir, str(folder), 'latest')
+    with pytest.raises(UserInputError, match=r'f/model: .* is a file, not a folder'):
+      (tmp_path / 'f').write_bytes(KEEP)
+      export.export_run(workdir, str(tmp_path / 'f' / 'model'), 'latest')
+  assert _tree(folder) == {'notes.txt': KEEP} and (tmp_path / 'f').read_bytes() == KEEP
+  model = tmp_path / 'model'
+  export.export_run(workdir, str(model), 'latest')
+  first = _tree(model)
+  (model / 'model.json').write_text('{"format": 1, "changed": true}')  # Replaced whole next.
+  export.export_run(workdir, str(model), 'latest')
+  again = _tree(model)  # (The serialised function's bytes vary between exports.)
+  assert sorted(again) == sorted(first) and again['model.json'] == first['model.json']
+  assert sorted(os.listdir(tmp_path)) == ['f', 'model', 'x']
+  assert json.load(open(model / outputs.MARKER)) == {'tool': 'export', 'format': 1}
+
+
+def test_export_command_with_output_dot_keeps_the_current_directory(unet_scenes_run, tmp_path):
+  """The issue's reproduction: `--output=.` emptied the current directory, then a traceback."""
+  import subprocess
+  import sys
+  from conftest import cpu_env
+  workdir, _ = unet_scenes_run
+  here = _users_folder(tmp_path)
+  for output in ('.', 'x'):
+    cwd = here if output == '.' else tmp_path
+    done = subprocess.run([sys.executable, '-m', 'segae_jax.tools.export', f'--workdir={workdir}',
+                           f'--output={output}', '--checkpoint=latest'], cwd=cwd, env=cpu_env(1),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count('\n') == 1, done.stderr[-2000:]
+    assert done.stderr.startswith('error: ') and ('current directory' in done.stderr
+                                                  or 'is not a segae-export output' in done.stderr)
+    assert _tree(here) == {'notes.txt': KEEP} and sorted(os.listdir(tmp_path)) == ['x']
+
+
+def _images(folder, names, seed=0):
+  folder.mkdir()
+  rng = np.random.default_rng(seed)
+  for name in names:
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / name)
+  return folder
+
+
+def test_predict_refuses_before_inference_and_replaces_only_its_own_output(
+    unet_scenes_run, tmp_path, monkeypatch):
+  from segae_jax.tools import predict
+  workdir, _ = unet_scenes_run
+  images = _images(tmp_path / 'images', ['a.png', 'b.png'])
+  (tmp_path / 'file').write_bytes(KEEP)
+  folder = _users_folder(tmp_path)
+  with monkeypatch.context() as patched:
+    _no_restore(patched)
+    for output, message in ((folder, 'is not a segae-predict output'),
+                            (tmp_path / 'file', 'is a file; expected a folder'),
+                            (images, 'is not a segae-predict output')):
+      with pytest.raises(UserInputError, match=message):
+        predict.predict(workdir, str(images), str(output), 'latest')
+    patched.setattr(os, 'access', lambda path, mode: os.fspath(path) != str(tmp_path))
+    with pytest.raises(UserInputError, match=rf'cannot write in {tmp_path} \(permission denied'):
+      predict.predict(workdir, str(images), str(tmp_path / 'out'), 'latest')
+  out = tmp_path / 'out'
+  predict.predict(workdir, str(images), str(out), 'latest')
+  assert sorted(os.listdir(out)) == [outputs.MARKER, 'a_labels.png', 'a_overlay.png',
+                                     'b_labels.png', 'b_overlay.png']
+  # Its own previous output is replaced whole: b's files, not in this input, are gone.
+  predict.predict(workdir, str(images / 'a.png'), str(out), 'latest')
+  assert sorted(os.listdir(out)) == [outputs.MARKER, 'a_labels.png', 'a_overlay.png']
+  assert _tree(folder) == {'notes.txt': KEEP} and (tmp_path / 'file').read_bytes() == KEEP
+  assert sorted(os.listdir(tmp_path)) == ['file', 'images', 'out', 'x']
+
+
+def test_predict_on_a_full_disk_is_one_line_and_keeps_the_previous_output(
+    unet_scenes_run, tmp_path, monkeypatch):
+  from segae_jax.tools import predict
+  workdir, _ = unet_scenes_run
+  images = _images(tmp_path / 'images', ['a.png', 'b.png'])
+  out = tmp_path / 'out'
+  predict.predict(workdir, str(images / 'a.png'), str(out), 'latest')
+  before = _tree(out)
+  real_save, calls = Image.Image.save, []
+
+  def save(self, fp, *args, **kwargs):
+    calls.append(fp)
+    if len(calls) == 3:  # b's label map, after a's two pictures are written.
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_save(self, fp, *args, **kwargs)
+
+  monkeypatch.setattr(Image.Image, 'save', save)
+  with pytest.raises(UserInputError, match=rf'^cannot write {out}: No space left on device; '
+                                           r'nothing there was changed$'):
+    predict.predict(workdir, str(images), str(out), 'latest')
+  assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ['images', 'out']
+
+
+def test_evaluate_on_a_workdir_it_cannot_write_stops_before_the_evaluation(
+    unet_scenes_run, monkeypatch):
+  from segae_jax.tools import evaluate
+  workdir, _ = unet_scenes_run
+  before = sorted(os.listdir(workdir))
+
+  def evaluation(*args, **kwargs):
+    raise AssertionError('evaluated before the workdir was checked')
+
+  monkeypatch.setattr(evaluate, '_training_evaluation', evaluation)
+  monkeypatch.setattr(evaluate, 'tiled_scores', evaluation)
+  monkeypatch.setattr(os, 'access', lambda path, mode: os.fspath(path) != workdir)
+  with pytest.raises(UserInputError, match=rf'eval_test.json: cannot write in {workdir} '
+                                           r'\(permission denied or a read-only file system\)'):
+    evaluate.evaluate_run(workdir, checkpoint='latest')
+  assert sorted(os.listdir(workdir)) == before

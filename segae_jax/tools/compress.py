@@ -17,6 +17,11 @@ Reports, and writes to --output:
                       the code, after clipping).
 The per-dimension ranges (2 * latent_dim float32) and the decoder are shared side information,
 sent once, not per image.
+
+The JSON is written to a temporary file beside --output and renamed (tools.outputs); it records
+{"segae_output": {"tool": "compress", ...}}, and an existing --output is overwritten only when it
+holds that (or is <workdir>/compress.json, the default): anything else is refused before the codes
+are computed.
 """
 import os
 from typing import Dict, List, Optional, Sequence, Union
@@ -26,7 +31,7 @@ from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +42,8 @@ def define_flags() -> None:
   common.define_run_flags('Training workdir of an ae, sparse_ae or vae run.')
   flags.DEFINE_list('bits', ['8'], 'Bits per latent dimension, 1 to 16; a comma-separated list '
                     'measures each.')
-  flags.DEFINE_string('output', None, 'JSON file to write (default <workdir>/compress.json).')
+  flags.DEFINE_string('output', None, 'JSON file to write (default <workdir>/compress.json): a '
+                      'new file or a previous compress output, which is replaced.')
 
 MIN_BITS, MAX_BITS = 1, 16
 
@@ -117,17 +123,22 @@ def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str]
   docstring); writes and returns the JSON dict.
 
   Raises:
-    UserInputError: --bits outside 1..16, not a workdir / no checkpoint, not an autoencoder.
+    UserInputError: --bits outside 1..16, an `output` that is a file compress did not write or
+      cannot be written (checked first), not a workdir / no checkpoint, not an autoencoder; an
+      OSError of the writing (one line, no partial file).
   """
   bit_depths = parse_bits([bits] if isinstance(bits, (int, str)) else bits)
   from segae_jax import data
   from segae_jax.tools import latents
-  from segae_jax.training import metrics, writers
+  from segae_jax.training import metrics
 
+  default = os.path.join(workdir, 'compress.json')  # The run's own file for this tool.
+  output = output or default
+  owned = os.path.abspath(output) == os.path.abspath(default)
+  outputs.check_file(output, 'compress', owned)
   run = common.load_run(workdir, checkpoint)
   lm = latents.LatentModel(run)
   config = run.config
-  output = output or os.path.join(workdir, 'compress.json')
   dataset = data.build(config.data)
   train = lm.encode_split(dataset.train, dataset.preprocess, config.eval_batch_size, config.seed)
   low, high = train.mean.min(axis=0), train.mean.max(axis=0)
@@ -163,7 +174,7 @@ def compress(workdir: str, bits: Union[int, Sequence] = 8, output: Optional[str]
       'range_low': [float(v) for v in low], 'range_high': [float(v) for v in high],
       'unquantised': unquantised, 'quantised': quantised,
   }
-  writers.write_json(output, results)
+  outputs.write_json(output, results, 'compress', owned)
   results['output'] = os.path.abspath(output)
   return results
 

@@ -19,7 +19,11 @@ to that rather than to the model; both are in detections.json.
 
 Writes into --output (default WORKDIR/detect): detections.json (summary, per-class AP@0.5 and every
 detection in COCO result format: image_id = index in the split, bbox [x, y, width, height] in
-pixels) and detections.png (ground-truth boxes white, predicted boxes in the class colour).
+pixels) and detections.png (ground-truth boxes white, predicted boxes in the class colour). The
+folder is written beside its place and renamed into it (tools.outputs), with a marker
+(.segae_output.json) naming this tool: an existing one is replaced only when it is a previous
+detect output (or empty; at the default place, one holding detections.json from before markers);
+anything else is refused before the model is restored.
 """
 import contextlib
 import io
@@ -34,7 +38,7 @@ from scipy import ndimage
 from segae_jax import cli
 from segae_jax.data import batching
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -48,7 +52,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('merge_radius', 3,
                        'Same-class pieces with gaps of at most 2x this many pixels merge.')
   flags.DEFINE_integer('num_pictures', 16, 'Images drawn into detections.png.')
-  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/detect).')
+  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/detect): a new or empty '
+                      'folder, or a previous detect output, which is replaced.')
 
 # 8-connectivity: diagonal neighbours belong to the same component.
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
@@ -235,8 +240,9 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
   summary (detections.json without the detection list).
 
   Raises:
-    UserInputError: no checkpoint, a model that does not segment, a dataset without boxes, or
-      min_area < 1.
+    UserInputError: an `output` detect did not write or cannot write (checked first), no
+      checkpoint, a model that does not segment, a dataset without boxes, or min_area < 1; an
+      OSError of the writing (one line, `output` left as it was).
   """
   from segae_jax.training import writers
   from segae_jax.data import scenes
@@ -245,6 +251,10 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
     raise UserInputError(f'--min_area must be >= 1, got {min_area}')
   if merge_radius < 0:
     raise UserInputError(f'--merge_radius must be >= 0, got {merge_radius}')
+  # Results of an earlier version at the default place are known by their detections.json.
+  legacy = None if output else 'detections.json'
+  output = output or os.path.join(workdir, 'detect')
+  outputs.check_folder(output, 'detect', legacy)
   run = common.load_run(workdir, checkpoint)
   if run.config.data.name != scenes.NAME:
     raise UserInputError(f'detection needs stored boxes: workdir {workdir} was trained on '
@@ -270,14 +280,13 @@ def detect(workdir: str, split: str = 'test', checkpoint: str = 'best', min_area
       'per_class_ap50': {names[c]: v for c, v in scores['per_class_ap50'].items()},
       'oracle': {k: oracle_scores[k] for k in ('ap', 'ap50', 'ap75')},
   }
-  output = output or os.path.join(workdir, 'detect')
-  os.makedirs(output, exist_ok=True)
-  writers.write_json(os.path.join(output, 'detections.json'),
-                     {**summary, 'categories': {c: names[c] for c in class_ids},
-                      'detections': coco_results(predicted)})
-  if pictures:
-    writers.save_png(os.path.join(output, 'detections.png'),
-                     writers.image_grid(np.stack(pictures), min(len(pictures), 4)))
+  with outputs.staged_folder(output, 'detect', legacy) as staging:
+    writers.write_json(os.path.join(staging, 'detections.json'),
+                       {**summary, 'categories': {c: names[c] for c in class_ids},
+                        'detections': coco_results(predicted)})
+    if pictures:
+      writers.save_png(os.path.join(staging, 'detections.png'),
+                       writers.image_grid(np.stack(pictures), min(len(pictures), 4)))
   return summary
 
 

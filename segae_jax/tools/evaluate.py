@@ -21,6 +21,10 @@ tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
 With --tta=hflip|flips, --min_component_size=N or --fill_holes (tools.postprocess) every image
 goes through predict's path (segae_jax.Segmenter) and the JSON holds the scores with them
 ('metrics') and without ('metrics_plain'), and the seconds each evaluation took.
+
+eval_<split>.json and confusion_matrix_<split>.png are this tool's files in the run's workdir:
+each is written to a temporary file beside it and renamed (tools.outputs), replacing the
+previous one; a workdir that cannot be written is refused before the evaluation runs.
 """
 import os
 import time
@@ -30,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from segae_jax import cli
-from segae_jax.tools import common, confusion, likelihood
+from segae_jax.tools import common, confusion, likelihood, outputs
 
 FLAGS = flags.FLAGS
 
@@ -60,14 +64,18 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
   their noise.) In tile mode, see tiled_scores.
 
   Raises:
-    UserInputError: not a workdir, no checkpoint, config.eval_batch_size not divisible by the
-      devices present, (tile mode) a model that does not segment or a bad tile size, or
-      iw_samples < 1 or given for a model without q(z|x).
+    UserInputError: not a workdir, no checkpoint, a workdir where eval_<split>.json cannot be
+      written (before the evaluation), config.eval_batch_size not divisible by the devices
+      present, (tile mode) a model that does not segment or a bad tile size, iw_samples < 1 or
+      given for a model without q(z|x); an OSError of the writing (one line).
   """
   from segae_jax import data
-  from segae_jax.training import writers
 
   run = common.load_run(workdir, checkpoint)
+  files = [os.path.join(workdir, f'{name}_{split}.{ext}')
+           for name, ext in (('eval', 'json'), ('confusion_matrix', 'png'))]
+  for path in files:  # The run's own files for this tool: overwritten, but writable first.
+    outputs.check_file(path, 'evaluate', owned=True)
   if iw_samples is not None:
     likelihood.check(run.model, iw_samples)
   dataset = data.build(run.config.data)
@@ -95,9 +103,10 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'best',
   results['metrics'] = metrics
   if counts is not None:
     results['confusion_matrix'] = confusion.as_json(counts, dataset.class_names)
-    writers.save_png(os.path.join(workdir, f'confusion_matrix_{split}.png'),
-                     confusion.picture(counts, dataset.class_names))
-  writers.write_json(os.path.join(workdir, f'eval_{split}.json'), results)
+    outputs.write_file(files[1], 'evaluate',
+                       outputs.png_bytes(confusion.picture(counts, dataset.class_names)),
+                       owned=True)
+  outputs.write_file(files[0], 'evaluate', outputs.json_bytes(results), owned=True)
   return results
 
 

@@ -16,6 +16,11 @@ Restores the latest checkpoint of an `ae`, `sparse_ae` or `vae` run and writes i
                        their KL (nats) and the KL of every dimension.
 Test images are drawn from the test split with --seed. Asking for samples (--pictures=samples) of
 a non-VAE run is an error; by default every picture the model supports is written.
+
+--output is written beside its place and renamed into it (tools.outputs), with a marker
+(.segae_output.json) naming this tool: an existing folder is replaced only when it is a previous
+generate output (or empty; at the default place, one holding generate.json from before markers);
+anything else is refused before the model is restored.
 """
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,7 +30,7 @@ from absl import flags
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +39,8 @@ def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so the module imports as a
   library next to other commands that define the same names."""
   common.define_run_flags('Training workdir of an ae, sparse_ae or vae run.')
-  flags.DEFINE_string('output', None, 'Folder for the pictures (default <workdir>/generate).')
+  flags.DEFINE_string('output', None, 'Folder for the pictures (default <workdir>/generate): a '
+                      'new or empty folder, or a previous generate output, which is replaced.')
   flags.DEFINE_integer('num', 64, 'Prior samples, and test images to reconstruct.')
   flags.DEFINE_integer('seed', 0, 'Seeds the prior samples and the choice of test images.')
   flags.DEFINE_list('pictures', ['all'], 'Comma-separated subset of samples, reconstructions, '
@@ -184,21 +190,34 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
   """Writes the pictures and generate.json (see the module docstring); returns the JSON dict.
 
   Raises:
-    UserInputError: bad argument, not a workdir / no checkpoint, not an autoencoder, or samples
-      asked for explicitly from a non-VAE.
+    UserInputError: bad argument, an `output` generate did not write or cannot write (checked
+      first), not a workdir / no checkpoint, not an autoencoder, or samples asked for explicitly
+      from a non-VAE; an OSError of the writing (one line, `output` left as it was).
   """
-  import jax
-  from segae_jax import data
   from segae_jax.tools import latents
-  from segae_jax.training import writers
 
   wanted = _check_args(num, pairs, steps, dims, pictures)
+  # Results of an earlier version at the default place are known by their generate.json.
+  legacy = None if output else 'generate.json'
+  output = output or os.path.join(workdir, 'generate')
+  outputs.check_folder(output, 'generate', legacy)
   run = common.load_run(workdir, checkpoint)
   lm = latents.LatentModel(run)
   skipped = _wanted_pictures(lm, pictures, wanted, seed)
-  output = output or os.path.join(workdir, 'generate')
-  os.makedirs(output, exist_ok=True)
-  config = run.config
+  header = {**common.result_header(workdir, run), 'output': os.path.abspath(output),
+            'skipped': skipped}
+  with outputs.staged_folder(output, 'generate', legacy) as staging:
+    return _write_pictures(lm, staging, header, num, seed, wanted, pairs, steps, dims)
+
+
+def _write_pictures(lm, staging: str, header: Dict, num: int, seed: int, wanted: List[str],
+                    pairs: int, steps: int, dims: int) -> Dict:
+  """generate()'s pictures and generate.json (`header`'s fields first) written into `staging`,
+  the folder that becomes the output; returns the JSON dict."""
+  import jax
+  from segae_jax import data
+  from segae_jax.training import writers
+  config = lm.run.config
   dataset = data.build(config.data)
   rng = np.random.default_rng([seed, 0x6E4])
 
@@ -208,13 +227,12 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
   indices = rng.choice(len(dataset.test), size=min(num_indices, len(dataset.test)), replace=False)
   inputs, images = lm.read_examples(dataset.test, dataset.preprocess, indices, seed)
   codes, _ = lm.encode(inputs)
-  results = {**common.result_header(workdir, run), 'output': os.path.abspath(output),
-             'latent_dim': lm.latent_dim, 'seed': seed, 'test_indices': indices.tolist(),
-             'files': {}, 'skipped': skipped}
+  results = {**header, 'latent_dim': lm.latent_dim, 'seed': seed,
+             'test_indices': indices.tolist(), 'files': {}}
 
   def save(name: str, tiles: np.ndarray, cols: int, **info) -> None:
     grid = writers.image_grid(tiles, cols)
-    writers.save_png(os.path.join(output, f'{name}.png'), grid)
+    writers.save_png(os.path.join(staging, f'{name}.png'), grid)
     results['files'][f'{name}.png'] = {'shape': list(grid.shape), **info}
 
   if 'samples' in wanted:
@@ -244,7 +262,7 @@ def generate(workdir: str, output: Optional[str] = None, num: int = 64, seed: in
       values = codes[0, d] + TRAVERSAL_SD * scale[d]
       rows.append(np.concatenate([images[:1], lm.decode(traversal_codes(codes[0], d, values))]))
     save('traversals', np.concatenate(rows), len(TRAVERSAL_SD) + 1, dims=top.tolist())
-  writers.write_json(os.path.join(output, 'generate.json'), results)
+  writers.write_json(os.path.join(staging, 'generate.json'), results)
   return results
 
 

@@ -39,7 +39,10 @@ validation and test images are never generated.
 
 Writes <output>/probe.json (the config, and per method and fraction: test accuracy on the 10,000
 test images, per-class recall, best and stopping step, labeled images per class, train time) and
-prints a Markdown table.
+prints a Markdown table. The folder is written beside its place and renamed into it
+(tools.outputs), with a marker (.segae_output.json) naming this tool: an existing one is replaced
+only when it is a previous probe output (or empty; at the default place, one holding probe.json
+from before markers); anything else is refused before any training.
 """
 import os
 import time
@@ -55,7 +58,7 @@ from segae_jax import cli, losses, models
 from segae_jax.data import batching
 from segae_jax.errors import UserInputError
 from segae_jax.models.heads import EncoderClassifier, LinearHead
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -74,7 +77,8 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir of an ae, sparse_ae or vae run.')
   config_flags.DEFINE_config_file('config', None, 'Probe config (configs/probe_fashion_mnist.py).',
                                   lock_config=True)
-  flags.DEFINE_string('output', None, 'Folder for probe.json (default <workdir>/probe).')
+  flags.DEFINE_string('output', None, 'Folder for probe.json (default <workdir>/probe): a new or '
+                      'empty folder, or a previous probe output, which is replaced.')
 
 
 # ----------------------------------------------------------------------------- config
@@ -589,20 +593,24 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
   """Runs every method on every label fraction; writes probe.json; returns its dict.
 
   Raises:
-    UserInputError: a bad config field, not a workdir / no checkpoint, not an autoencoder, or a
-      dataset without labels.
+    UserInputError: a bad config field, an `output` probe did not write or cannot write
+      (checked first), not a workdir / no checkpoint, not an autoencoder, or a dataset without
+      labels; an OSError of the writing (one line, `output` left as it was).
   """
   from segae_jax import data
   from segae_jax.tools import latents
   from segae_jax.training import writers
 
   validate(config)
+  # Results of an earlier version at the default place are known by their probe.json.
+  legacy = None if output else 'probe.json'
+  output = output or os.path.join(workdir, 'probe')
+  outputs.check_folder(output, 'probe', legacy)
   run = common.load_run(workdir, 'latest')
   lm = latents.LatentModel(run)
   dataset = data.build(run.config.data)
   num_classes = int(dataset.num_classes)
   validate(config, num_classes)
-  output = output or os.path.join(workdir, 'probe')
   timing = {}
   splits = _read_splits(lm, dataset, config, timing)
   rows = []
@@ -619,8 +627,8 @@ def probe(workdir: str, config, output: Optional[str] = None) -> Dict:
       'inputs': ('the run\'s preprocessing, binarised once from a seeded generator'
                  if run.config.data.get('binarize', False) else 'grayscale in [0, 1]'),
       'timing': timing, 'results': rows}
-  os.makedirs(output, exist_ok=True)
-  writers.write_json(os.path.join(output, 'probe.json'), results)
+  with outputs.staged_folder(output, 'probe', legacy) as staging:
+    writers.write_json(os.path.join(staging, 'probe.json'), results)
   return results
 
 

@@ -22,13 +22,17 @@ file, grid or space/N/seed, --set); a different definition in the same WORKDIR i
 
 Writes WORKDIR/results.csv and WORKDIR/results.md (also printed): one row per point with the
 swept values, the --metric (a dotted path into results.json), a few standard test metrics and
-train_time_s, best first (ascending for --mode=min, descending for max).
+train_time_s, best first (ascending for --mode=min, descending for max). WORKDIR must be new,
+empty, or a sweep's (holding its sweep.json, which is written first): any other folder is refused
+before anything runs. Each file is written to a temporary file beside it and renamed
+(tools.outputs).
 
 Bad input (invalid JSON, unknown key, wrong type, empty value list, unknown distribution, a metric
 absent from the results, a missing config file, ...) prints one line and exits with status 2.
 """
 import copy
 import csv
+import io
 import itertools
 import json
 import math
@@ -47,8 +51,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from segae_jax import cli, shipped_configs
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
-from segae_jax.training import writers
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -379,13 +382,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-  """results.csv: a header of `columns`, then the rows (floats in full, lists as JSON)."""
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow([json.dumps(v) if isinstance(v, (list, tuple, dict)) else
-                       ('' if v is None else v) for v in (row.get(c) for c in columns)])
+  """results.csv: a header of `columns`, then the rows (floats in full, lists as JSON); written
+  whole through a temporary file (tools.outputs), as the sweep's own file in its folder."""
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow([json.dumps(v) if isinstance(v, (list, tuple, dict)) else
+                     ('' if v is None else v) for v in (row.get(c) for c in columns)])
+  outputs.write_file(path, 'sweep', text.getvalue().encode(), owned=True)
 
 
 # -------------------------------------------------------------------------------------- sweep --
@@ -503,7 +508,8 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
   Raises:
     UserInputError: both or neither of grid / random search, a bad grid or space, an unknown
       key or a wrong type in any point (all checked before anything runs), a config no training
-      would accept, a workdir holding a different sweep, a metric absent from the results.
+      would accept, a workdir holding a different sweep or files of anything but a sweep, a
+      metric absent from the results; an OSError writing the sweep's files (one line).
   """
   _check_search(grid, num_random, space)
   fixed = dict(fixed or {})
@@ -514,15 +520,16 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
                 'random': num_random, 'space': space,
                 'seed': seed if num_random is not None else None, 'set': fixed}
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  outputs.check_reused_folder(workdir, 'sweep', 'sweep.json')
   _check_definition(workdir, definition)
   _validate_points(points, configs)
 
-  os.makedirs(workdir, exist_ok=True)
   names = [f'{i}_{point_name(p)}' for i, p in enumerate(points)]
   # Key order kept: it defines the points, and _check_definition compares definitions as written.
-  writers.write_json(os.path.join(workdir, 'sweep.json'), sort_keys=False, obj={
+  outputs.write_file(os.path.join(workdir, 'sweep.json'), 'sweep', outputs.json_bytes({
       'definition': definition,
-      'points': [{'name': n, 'overrides': p} for n, p in zip(names, points)]})
+      'points': [{'name': n, 'overrides': p} for n, p in zip(names, points)]}, sort_keys=False),
+      owned=True)
 
   results: List[Optional[Dict[str, Any]]] = [
       _finished_results(os.path.join(workdir, n), c.num_train_steps)
@@ -540,10 +547,9 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
   rows = sort_rows(rows, metric, mode)
   table = markdown_table(rows, columns)
   write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, '
-            'best first)\n\n')
-    f.write(table)
+  outputs.write_file(os.path.join(workdir, 'results.md'), 'sweep', (
+      f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, best first)\n\n'
+      + table).encode(), owned=True)
   return {'metric': metric, 'mode': mode, 'columns': columns, 'rows': rows, 'table': table}
 
 

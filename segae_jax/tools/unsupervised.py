@@ -22,7 +22,11 @@ either).
 
 Outputs in --output (default WORKDIR/unsupervised): unsupervised.json, regions.png (image | truth
 | regions | baseline regions, regions coloured by their matched class) and, per image written,
-<name>_regions.png (uint8 cluster ids at the image's own size) and <name>_overlay.png.
+<name>_regions.png (uint8 cluster ids at the image's own size) and <name>_overlay.png. The folder
+is written beside its place and renamed into it (tools.outputs), with a marker
+(.segae_output.json) naming this tool: an existing one is replaced only when it is a previous
+unsupervised output (or empty; at the default place, one holding unsupervised.json from before
+markers); anything else is refused before the model is restored.
 """
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -35,7 +39,7 @@ from scipy.cluster import vq
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common
+from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
 
@@ -47,7 +51,8 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
                                   lock_config=True)
   flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
-  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised).')
+  flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised): a new or '
+                      'empty folder, or a previous unsupervised output, which is replaced.')
   common.define_inference_flags()
 
 
@@ -397,23 +402,28 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   """Restores the run, clusters, scores (split mode) and writes unsupervised.json; returns it.
 
   Raises:
-    UserInputError: bad config, no checkpoint, a model without a U-Net encoder, unreadable input.
+    UserInputError: bad config, an `output` this tool did not write or cannot write (checked
+      first), no checkpoint, a model without a U-Net encoder, unreadable input; an OSError of
+      the writing (one line, `output` left as it was).
   """
   from segae_jax.training import writers
   validate(config)
-  run = common.load_run(workdir, checkpoint)
+  # Results of an earlier version at the default place are known by their unsupervised.json.
+  legacy = None if output else 'unsupervised.json'
   output = output or os.path.join(workdir, 'unsupervised')
+  outputs.check_folder(output, 'unsupervised', legacy)
+  run = common.load_run(workdir, checkpoint)
   if input_path:  # A bad --tile_size fails before the output folder exists.
     inference = inference or common.Inference()
     tiles = run.make_tiling(inference, config.batch_size)
-  os.makedirs(output, exist_ok=True)
-  if input_path:
-    results = segment_folder(run, config, input_path, output, inference, tiles)
-  else:
-    results = segment_split(run, config, output)
-  results = {**common.result_header(workdir, run, checkpoint=False), 'config': config.to_dict(),
-             **results}
-  writers.write_json(os.path.join(output, 'unsupervised.json'), results)
+  with outputs.staged_folder(output, 'unsupervised', legacy) as staging:
+    if input_path:
+      results = segment_folder(run, config, input_path, staging, inference, tiles)
+    else:
+      results = segment_split(run, config, staging)
+    results = {**common.result_header(workdir, run, checkpoint=False),
+               'config': config.to_dict(), **results}
+    writers.write_json(os.path.join(staging, 'unsupervised.json'), results)
   return results
 
 
