@@ -1,0 +1,319 @@
+"""Every write is guarded: a full disk (ENOSPC), a folder made read-only (EACCES, EROFS) or
+removed (ENOENT) at a write of a run is one line naming the file and the errno, leaves no
+half-written file and no orbax temporary folder, and the run resumes from its last whole
+checkpoint; after any kill and resume metrics.jsonl holds each step once.
+
+Faults are injected into the real writes of this process (Faults): the tests run as root, where
+a chmod stops nothing, and a full disk would need a mount. Run as a script, this file runs
+train.py with a Faults installed (test_faults.py's subprocess runs):
+  python tests/test_write_faults.py '{"name": "metrics.jsonl", "call": "write", "nth": 10,
+                                      "code": "ENOSPC"}' train.py --config=...
+"""
+import builtins
+import errno
+import json
+import logging
+import os
+import runpy
+import signal
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from segae_jax.errors import UserInputError
+from segae_jax.training import checkpoints, writers
+
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+class Faults:
+  """Makes this process's writes to files whose name starts with `name` fail with errno `code`
+  (or kill the process with SIGKILL when `kill` is set):
+
+  - call='open': opening the file for writing (a read-only or removed folder);
+  - call='write': the `nth` and later writes, each after half its bytes reached the file (the
+    disk filling mid-write; kill: the process dies mid-line);
+  - call='rename': renaming it (orbax's temporary step folder into the step's name); with
+    kill='after' the rename happens first.
+  """
+
+  def __init__(self, name, call='write', nth=1, code=None, kill=None):
+    self.name, self.call, self.nth, self.kill = name, call, nth, kill
+    self.code = getattr(errno, code) if isinstance(code, str) else code
+    self.calls = 0
+    self._fds = {}
+
+  def _matches(self, path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.path.basename(
+        os.fspath(path)).startswith(self.name)
+
+  def _due(self) -> bool:
+    self.calls += 1
+    return self.calls >= self.nth
+
+  def _fail(self, path):
+    if self.kill:
+      os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(self.code, os.strerror(self.code), os.fspath(path))
+
+  def install(self, setattr):
+    """Patches open, os.open, os.write, os.close, os.rename and os.replace through `setattr`
+    (monkeypatch.setattr, or builtins.setattr in a script)."""
+    real = {'open': builtins.open, 'os_open': os.open, 'write': os.write, 'close': os.close,
+            'rename': os.rename, 'replace': os.replace}
+    faults = self
+
+    class FaultyFile:
+      def __init__(self, file, path):
+        self._file, self._path = file, path
+
+      def write(self, data):
+        if faults._due():
+          self._file.write(data[:len(data) // 2])
+          self._file.flush()
+          faults._fail(self._path)
+        return self._file.write(data)
+
+      def __getattr__(self, name):
+        return getattr(self._file, name)
+
+      def __enter__(self):
+        return self
+
+      def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
+
+    def fake_open(file, mode='r', *args, **kwargs):
+      writing = any(c in mode for c in 'wax+')
+      if writing and self._matches(file):
+        if self.call == 'open' and self._due():
+          self._fail(file)
+        if self.call == 'write':
+          return FaultyFile(real['open'](file, mode, *args, **kwargs), file)
+      return real['open'](file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+      if flags & (os.O_WRONLY | os.O_RDWR) and self._matches(path):
+        if self.call == 'open' and self._due():
+          self._fail(path)
+        fd = real['os_open'](path, flags, *args, **kwargs)
+        if self.call == 'write':
+          self._fds[fd] = path
+        return fd
+      return real['os_open'](path, flags, *args, **kwargs)
+
+    def fake_write(fd, data):
+      if fd in self._fds and self._due():
+        real['write'](fd, bytes(data)[:len(data) // 2])
+        self._fail(self._fds[fd])
+      return real['write'](fd, data)
+
+    def fake_close(fd):
+      self._fds.pop(fd, None)
+      return real['close'](fd)
+
+    def renamer(name):
+      def rename(src, dst, *args, **kwargs):
+        if self.call == 'rename' and self._matches(src) and self._due():
+          if self.kill == 'after':
+            real[name](src, dst, *args, **kwargs)
+          self._fail(dst)
+        return real[name](src, dst, *args, **kwargs)
+      return rename
+
+    setattr(builtins, 'open', fake_open)
+    for attr, fake in (('open', fake_os_open), ('write', fake_write), ('close', fake_close),
+                       ('rename', renamer('rename')), ('replace', renamer('replace'))):
+      setattr(os, attr, fake)
+    return self
+
+
+def leftovers(root):
+  """Temporary files and orbax temporary folders anywhere under `root`."""
+  found = []
+  for folder, dirs, files in os.walk(root):
+    found += [os.path.join(folder, n) for n in dirs + files if TMP_SUFFIX in n or '.tmp' in n]
+  return found
+
+
+def read_events(path):
+  """The Event protos of a TensorBoard event file, each record's CRCs checked."""
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  data, events, at = open(path, 'rb').read(), [], 0
+  while at < len(data):
+    header = data[at:at + 8]
+    (length,) = struct.unpack('<Q', header)
+    assert struct.unpack('<I', data[at + 8:at + 12])[0] == masked_crc32c(header)
+    body = data[at + 12:at + 12 + length]
+    assert struct.unpack('<I', data[at + 12 + length:at + 16 + length])[0] == masked_crc32c(body)
+    events.append(event_pb2.Event.FromString(body))
+    at += 16 + length
+  return events
+
+
+# ----------------------------------------------------------------------------- the writers
+
+
+def test_tensorstore_and_os_errors_are_recognised_as_failed_writes():
+  # As a full disk reached orbax's array writes (tensorstore reports the errno as text).
+  full = ValueError('RESOURCE_EXHAUSTED: Error writing "train_state.opt_state.0.count/0" in OCDBT '
+                    'database at local file "/r/checkpoints/4.orbax-checkpoint-tmp/state": Failed '
+                    "to write 81717 bytes to file 14: No space left on device [os_error_code='28']")
+  assert writers.write_errno(full) == errno.ENOSPC
+  wrapped = RuntimeError('save failed')
+  wrapped.__cause__ = PermissionError(errno.EACCES, 'Permission denied')
+  assert writers.write_errno(wrapped) == errno.EACCES
+  assert writers.write_errno(OSError(errno.EROFS, 'Read-only file system')) == errno.EROFS
+  assert writers.write_errno(ValueError('shape mismatch')) is None  # A bug keeps its traceback.
+  assert writers.write_errno(OSError(errno.EBADF, 'Bad file descriptor')) is None
+
+
+@pytest.mark.parametrize('code', ['ENOSPC', 'EACCES', 'EROFS'])
+def test_a_failed_json_write_is_one_line_and_keeps_the_old_file(code, tmp_path, monkeypatch):
+  path = str(tmp_path / 'results.json')
+  writers.write_json(path, {'old': 1})
+  call = 'write' if code == 'ENOSPC' else 'open'
+  Faults('results.json', call, code=code).install(monkeypatch.setattr)
+  with pytest.raises(writers.WriteFailed) as error:
+    writers.write_json(path, {'new': 2})
+  monkeypatch.undo()
+  assert str(error.value) == f'cannot write {path}: {os.strerror(getattr(errno, code))} ({code})'
+  assert isinstance(error.value, UserInputError) and error.value.errno == getattr(errno, code)
+  assert json.load(open(path)) == {'old': 1} and leftovers(tmp_path) == []
+
+
+def test_a_failed_png_leaves_no_temporary_file(tmp_path, monkeypatch):
+  Faults('samples.png', 'write', code='ENOSPC').install(monkeypatch.setattr)
+  with pytest.raises(writers.WriteFailed, match=r'cannot write .*samples\.png: No space left'):
+    writers.save_png(str(tmp_path / 'samples.png'), np.zeros((8, 8, 3), np.uint8))
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_metrics_line_is_cut_back_whole(tmp_path, monkeypatch):
+  path = str(tmp_path / 'metrics.jsonl')
+  faults = Faults('metrics.jsonl', 'write', nth=3, code='ENOSPC').install(monkeypatch.setattr)
+  lines = writers.JsonLines(path)
+  lines.write({'step': 1, 'loss': 2.0})
+  lines.write({'step': 2, 'loss': 1.5})
+  with pytest.raises(writers.WriteFailed, match=r'metrics\.jsonl: No space left on device '
+                                                r'\(ENOSPC\)$'):
+    lines.write({'step': 3, 'loss': 1.0})
+  lines.close()
+  monkeypatch.undo()
+  assert faults.calls == 3  # The third write failed after half its bytes reached the file.
+  assert open(path).read() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+
+
+def test_a_metrics_file_removed_during_the_run_fails_instead_of_writing_on(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  lines = writers.JsonLines(path)
+  lines.write({'step': 1})
+  os.remove(path)  # The folder cleaned up under a running run.
+  with pytest.raises(writers.WriteFailed, match=r'No such file or directory \(ENOENT\)'):
+    lines.write({'step': 2})
+  lines.close()
+
+
+def test_a_resumed_metrics_file_keeps_each_step_once(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "train/loss": 3.0}\n{"step": 2, "train/loss": 2.0}\n'
+                  '{"step": 2, "test/loss": 2.5}\n{"step": 3, "train/loss": 1.0}\n'
+                  '{"step": 4, "tr')  # Steps 3 and 4 were after the checkpoint; 4 was cut.
+  lines = writers.JsonLines(str(path), keep_through_step=2)
+  lines.write({'step': 3, 'train/loss': 1.1})
+  lines.close()
+  assert [json.loads(l) for l in open(path)] == [
+      {'step': 1, 'train/loss': 3.0}, {'step': 2, 'train/loss': 2.0},
+      {'step': 2, 'test/loss': 2.5}, {'step': 3, 'train/loss': 1.1}]
+  assert leftovers(tmp_path) == []
+  fresh = writers.JsonLines(str(path), keep_through_step=0)  # No checkpoint: nothing kept.
+  fresh.close()
+  assert path.read_text() == ''
+
+
+def test_event_files_are_written_in_the_calling_thread_and_purge_resumed_steps(tmp_path,
+                                                                             monkeypatch):
+  writer = writers.MetricWriter(str(tmp_path), resumed_step=4)
+  writer.write_scalars(5, {'train/loss': 1.5})
+  writer.write_image(5, 'samples', np.full((4, 4, 3), 7, np.uint8))
+  writer.close()
+  (name,) = os.listdir(tmp_path / 'tensorboard')
+  events = read_events(tmp_path / 'tensorboard' / name)
+  assert events[0].file_version == 'brain.Event:2'
+  assert events[1].step == 5 and events[1].session_log.status == 1  # START: TensorBoard hides
+  # the earlier files' steps >= 5, which this resumed run trains again.
+  assert (events[2].step, events[2].summary.value[0].tag) == (5, 'train/loss')
+  assert abs(events[2].summary.value[0].simple_value - 1.5) < 1e-6
+  assert events[3].summary.value[0].image.height == 4
+  (tmp_path / 'b').mkdir()
+  # The first write (the file's version record) goes through, the next fails.
+  Faults('events.out.tfevents', 'write', nth=2, code='ENOSPC').install(monkeypatch.setattr)
+  writer = writers.MetricWriter(str(tmp_path / 'b'))
+  with pytest.raises(writers.WriteFailed, match=r'tensorboard/events\.out\.tfevents\.\S+: No '
+                                                r'space left on device \(ENOSPC\)$'):
+    writer.write_scalars(1, {'train/loss': 1.0})
+  writer.close()
+  monkeypatch.undo()
+  (name,) = os.listdir(tmp_path / 'b' / 'tensorboard')
+  assert len(read_events(tmp_path / 'b' / 'tensorboard' / name)) == 1  # The half record cut.
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _tree(value):
+  return {'a': np.full((64,), value, np.float32), 'b': np.arange(3)}
+
+
+def _save(ckpt, step):
+  ckpt.save(step, _tree(step), {'position': step}, {'model': 'x'})
+
+
+@pytest.mark.parametrize('code', ['ENOSPC', 'EACCES'])
+def test_a_failed_checkpoint_is_one_error_without_its_temporary_folder(code, tmp_path,
+                                                                      monkeypatch, capfd):
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = checkpoints.Checkpointer(directory)
+  _save(ckpt, 1)
+  ckpt.wait_until_finished()
+  # Orbax renames the step's temporary folder in its background thread: the error surfaces at
+  # the next save or at the wait.
+  Faults(f'2{TMP_SUFFIX}', 'rename', code=code).install(monkeypatch.setattr)
+  _save(ckpt, 2)
+  with pytest.raises(writers.WriteFailed) as error:
+    ckpt.wait_until_finished()
+  ckpt.close()  # Quiet: the failure was reported once.
+  monkeypatch.undo()
+  assert str(error.value) == (f'cannot write {directory}/2: {os.strerror(getattr(errno, code))} '
+                              f'({code})')
+  assert sorted(os.listdir(directory)) == ['1']  # Step 1 whole, step 2's temporary removed.
+  assert 'Traceback' not in capfd.readouterr().err  # orbax's own error logs dropped.
+  assert checkpoints.Checkpointer(directory).all_steps() == [1]
+
+
+def test_a_symlinked_checkpoint_due_for_pruning_is_kept(tmp_path, caplog):
+  directory, elsewhere = str(tmp_path / 'checkpoints'), str(tmp_path / 'mine')
+  ckpt = checkpoints.Checkpointer(directory, max_to_keep=1)
+  _save(ckpt, 1)
+  ckpt.close()
+  os.rename(os.path.join(directory, '1'), elsewhere)  # The user's step, linked in.
+  os.symlink(elsewhere, os.path.join(directory, '1'))
+  caplog.set_level(logging.WARNING, logger='segae_jax')
+  ckpt = checkpoints.Checkpointer(directory, max_to_keep=1)
+  for step in (2, 3, 4):
+    _save(ckpt, step)
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == ['1', '4']  # 2 and 3 pruned, the link kept.
+  assert os.path.islink(os.path.join(directory, '1')) and os.listdir(elsewhere)
+  warnings = [r.getMessage() for r in caplog.records if 'symbolic link' in r.getMessage()]
+  assert len(warnings) == 1 and 'step 1' in warnings[0]  # Once, not at every save.
+
+
+if __name__ == '__main__':  # python tests/test_write_faults.py SPEC train.py ARGS...
+  Faults(**json.loads(sys.argv[1])).install(setattr)
+  sys.argv = sys.argv[2:]
+  runpy.run_path(sys.argv[0], run_name='__main__')
