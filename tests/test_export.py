@@ -23,8 +23,8 @@ def exported(unet_scenes_run, tmp_path_factory):
 
 def test_export_gives_the_workdirs_labels_at_any_size_and_batch(exported):
   workdir, output, spec = exported
-  assert sorted(os.listdir(output)) == ['logits.jaxexport', 'model.json']
-  assert not [f for f in os.listdir(os.path.dirname(output)) if f.startswith('.export-')]
+  assert sorted(os.listdir(output)) == ['.segae_output.json', 'logits.jaxexport', 'model.json']
+  assert os.listdir(os.path.dirname(output)) == ['model']  # No staging folder left.
   run = common.load_run(workdir, 'latest')
   assert spec['input_shape'] == list(run.image_shape)
   assert spec['class_names'] == list(run.class_names) and spec['num_classes'] == 11
