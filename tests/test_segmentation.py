@@ -158,7 +158,7 @@ def test_predict_and_evaluate_refuse_bad_input(unet_scenes_run, tmp_path):
   proc = _run_module('segae_jax.tools.predict', f'--workdir={workdir}', f'--input={bad}',
                      f'--output={tmp_path / "out"}')
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1
-  assert f'{bad}: not a readable image' in proc.stderr
+  assert f'{bad}: cannot read image' in proc.stderr
   assert not (tmp_path / 'out').exists()
   empty = tmp_path / 'empty_run'
   empty.mkdir()

@@ -203,8 +203,10 @@ def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]
   try:
     with tifffile.TiffFile(path) as tif:
       page, series = tif.pages[0], tif.series[0]
+      alpha = any(e in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+                  for e in page.extrasamples)  # Not UNSPECIFIED: channels, which Pillow drops.
       if page.dtype == np.uint8 and (page.photometric == tifffile.PHOTOMETRIC.PALETTE or
-                                     (len(page.extrasamples) and channels != 4)):
+                                     (alpha and channels != 4)):
         return None
       array, axes = series.asarray(), series.axes
   except Exception as e:  # pylint: disable=broad-except (tifffile raises many types)
