@@ -56,9 +56,12 @@ def test_export_and_segmenter_refuse_bad_paths_and_images(exported, tiny_vae_wor
   with pytest.raises(UserInputError, match=r'no exported model \(model.json and logits'):
     segae_jax.Segmenter.from_export(str(tmp_path))
   segmenter = segae_jax.Segmenter.from_export(output)
-  with pytest.raises(UserInputError, match=r'image of shape \(8, 8, 3\): expected \[height, '
-                                           r'width, 1\]'):
-    segmenter.predict(np.zeros((8, 8, 3), np.uint8))
+  with pytest.raises(UserInputError, match=r'image 0: image has 4 channel\(s\) \(uint8\), but the '
+                                           r'run trained on 1-channel 8-bit images'):
+    segmenter.predict(np.zeros((8, 8, 4), np.uint8))
+  with pytest.raises(UserInputError, match=r'image 0: 16-bit image \(uint16\), but the run '
+                                           r'trained on 8-bit images \(uint8, normalize=unit\)'):
+    segmenter.predict(np.zeros((8, 8), np.uint16))  # The export's normalisation, checked.
   spec = json.load(open(os.path.join(output, 'model.json')))
   (tmp_path / 'old').mkdir()
   (tmp_path / 'old' / 'logits.jaxexport').write_bytes(b'')
