@@ -124,14 +124,20 @@ def test_a_failure_mid_write_keeps_the_old_output_and_leaves_no_staging(tmp_path
       raise RuntimeError('boom')
   assert _tree(target) == before and os.listdir(tmp_path) == ['model']
   # An OSError of the writing (a full disk) is one line naming the folder and the errno text.
-  with pytest.raises(UserInputError, match=rf'^cannot write {target}: No space left on device; '
-                                           r'nothing there was changed$'):
+  with pytest.raises(UserInputError, match=rf'^cannot write {target}: No space left on device '
+                                           r'\(ENOSPC\); nothing there was changed$'):
     with outputs.staged_folder(str(target), 'export') as staging:
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  with pytest.raises(UserInputError, match=r'Permission denied \(at sub/x.png\)'):
+  with pytest.raises(UserInputError, match=r'Permission denied \(EACCES\); at sub/x.png; '):
     with outputs.staged_folder(str(tmp_path / 'new' / 'model'), 'export') as staging:
       raise PermissionError(errno.EACCES, os.strerror(errno.EACCES),
                             os.path.join(staging, 'sub', 'x.png'))
+  # training.writers' own failure on a file in the staging folder: named as the target's.
+  from segae_jax.training import writers
+  with pytest.raises(writers.WriteFailed, match=rf'^cannot write {target}: Read-only file system '
+                                                r'\(EROFS\); at probe.json; nothing there'):
+    with outputs.staged_folder(str(target), 'export') as staging:
+      raise writers.WriteFailed(os.path.join(staging, 'probe.json'), errno.EROFS)
   assert _tree(target) == before and os.listdir(tmp_path) == ['model']  # 'new' removed too.
   # An OSError of something else (an input file) is not the output's: it propagates as is.
   with pytest.raises(FileNotFoundError):
@@ -224,7 +230,8 @@ def test_a_failed_file_write_is_one_line_and_leaves_the_old_file(tmp_path, monke
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(os, 'replace', full)
-  with pytest.raises(UserInputError, match=rf'^cannot write {path}: No space left on device; '):
+  with pytest.raises(UserInputError, match=rf'^cannot write {path}: No space left on device '
+                                           r'\(ENOSPC\); '):
     outputs.write_file(str(path), 'evaluate', b'{"new": 1}', owned=True)
   monkeypatch.undo()
   assert path.read_bytes() == KEEP and os.listdir(tmp_path) == ['eval_test.json']
@@ -357,8 +364,8 @@ def test_predict_on_a_full_disk_is_one_line_and_keeps_the_previous_output(
     return real_save(self, fp, *args, **kwargs)
 
   monkeypatch.setattr(Image.Image, 'save', save)
-  with pytest.raises(UserInputError, match=rf'^cannot write {out}: No space left on device; '
-                                           r'nothing there was changed$'):
+  with pytest.raises(UserInputError, match=rf'^cannot write {out}: No space left on device '
+                                           r'\(ENOSPC\); nothing there was changed$'):
     predict.predict(workdir, str(images), str(out), 'latest')
   assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ['images', 'out']
 

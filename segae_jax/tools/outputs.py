@@ -22,8 +22,9 @@ file the caller declares the tool's by its place (`owned`: eval_<split>.json in 
 workdir, compress.json there by default, a sweep's results in the folder its sweep.json marks).
 
 Writability is checked up front (check_folder, check_file); an OSError while writing (EACCES,
-EROFS, ENOSPC, a vanished folder) becomes UserInputError naming the path and the errno text,
-with the staging folder or temporary file removed. New folders are created with mode 0o777 and
+EROFS, ENOSPC, a vanished folder), or training.writers' WriteFailed on a file in the staging
+folder, becomes one WriteFailed (a UserInputError) naming the target and the errno text, with the
+staging folder or temporary file removed. New folders are created with mode 0o777 and
 files with 0o666, so the umask alone decides their modes, as for any file the user creates.
 """
 import contextlib
@@ -163,22 +164,22 @@ def _remove_created(created: List[str]) -> None:
       return
 
 
-def _write_error(target: str, error: OSError, staging: Optional[str]) -> UserInputError:
-  """One line for an OSError met while writing `target`."""
-  where = error.filename
+def _write_error(target: str, code: int, where, staging: Optional[str]) -> UserInputError:
+  """The one line (training.writers.WriteFailed, the project's failed-write error) for a write
+  of `target` that failed with errno `code` at the path `where` (None: a failed write())."""
+  from segae_jax.training import writers
   if where and staging and os.fspath(where).startswith(staging + os.sep):
     where = os.path.relpath(where, staging)
-  detail = f' (at {where})' if where and os.fspath(where) != target else ''
-  return UserInputError(f'cannot write {target}: {error.strerror or error}{detail}; nothing '
-                        'there was changed')
+  at = f'at {where}; ' if where and os.fspath(where) != target else ''
+  return writers.WriteFailed(target, code, f'{at}nothing there was changed')
 
 
-def _is_ours(error: OSError, target: str) -> bool:
-  """Whether an OSError came from writing the output: no file named (a failed write() or
-  close()), or a path of the target, its staging or set-aside folder, or a folder above it."""
-  if error.filename is None:
+def _is_ours(where, target: str) -> bool:
+  """Whether a failed write at the path `where` was the output's: no path (a failed write() or
+  close()), the target, its staging or set-aside folder, or a folder above it."""
+  if where is None:
     return True
-  path = os.path.abspath(os.fspath(error.filename))
+  path = os.path.abspath(os.fspath(where))
   hidden = os.path.join(os.path.dirname(target), f'.{os.path.basename(target)}.')
   return (path.startswith(hidden) or path == target or path.startswith(target + os.sep)
           or target.startswith(path.rstrip(os.sep) + os.sep))
@@ -214,6 +215,7 @@ def staged_folder(path: str, tool: str, legacy: Optional[str] = None) -> Iterato
       ENOSPC, ENOENT of a vanished folder) as one line naming `path` and the errno text. Other
       errors of the block propagate unchanged.
   """
+  from segae_jax.training import writers
   target = check_folder(path, tool, legacy)
   created, staging = [], None
   done = False
@@ -226,10 +228,14 @@ def staged_folder(path: str, tool: str, legacy: Optional[str] = None) -> Iterato
       json.dump(_stamp(tool), f)
     _publish(staging, target, tool, legacy)
     done = True
-  except OSError as e:
-    if not _is_ours(e, target):
+  except writers.WriteFailed as e:  # training.writers' own guard, on a file in the staging folder.
+    if not _is_ours(e.path, target):
       raise
-    raise _write_error(target, e, staging) from e
+    raise _write_error(target, e.errno, e.path, staging) from e
+  except OSError as e:  # errno None: not a failed system call (e.g. PIL's own), a bug.
+    if e.errno is None or not _is_ours(e.filename, target):
+      raise
+    raise _write_error(target, e.errno, e.filename, staging) from e
   finally:
     if staging and os.path.lexists(staging):
       shutil.rmtree(staging, ignore_errors=True)
@@ -302,7 +308,9 @@ def write_file(path: str, tool: str, data: bytes, owned: bool = False) -> str:
     os.replace(tmp, target)
     done = True
   except OSError as e:
-    raise _write_error(target, e, None) from e
+    if e.errno is None:
+      raise
+    raise _write_error(target, e.errno, e.filename, None) from e
   finally:
     if not done:
       with contextlib.suppress(OSError):  # Its folder may be gone: nothing left to remove.
