@@ -146,7 +146,8 @@ def test_a_16_bit_4_channel_tiff_folder_trains_predicts_and_evaluates(tmp_path):
                                           str(tmp_path / 'regions'))
   assert regions['num_images'] == 2 and regions['num_tiled'] == 2
   assert np.asarray(Image.open(tmp_path / 'regions' / 'cell0_regions.png')).shape == (24, 24)
-  with pytest.raises(UserInputError, match=r'image is uint8, but the run trained on uint16'):
+  with pytest.raises(UserInputError, match=r'x.tif: 8-bit image \(uint8\), but the run trained '
+                                           r'on 16-bit images \(uint16, normalize=zscore\)'):
     os.makedirs(tmp_path / 'eight_bit')
     tifffile.imwrite(tmp_path / 'eight_bit' / 'x.tif', np.zeros((4, 24, 24), np.uint8))
     predict.predict(workdir, str(tmp_path / 'eight_bit'), str(tmp_path / 'out8'), 'latest')
