@@ -4,7 +4,10 @@ unlabelled ones.
 
   python train.py --config=configs/denoising_folder.py --workdir=runs/denoising_mine \\
     --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
-    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3
+    --config.data.unlabeled_dir=data/unlabeled
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 

@@ -5,7 +5,10 @@ pretraining run on your unlabelled ones (configs/pretrain_folder.py):
     --config.data.images_dir=data/unlabeled
   python train.py --config=configs/finetune_folder.py --workdir=runs/finetune_mine \\
     --config.init_from=runs/pretrain_mine --config.data.images_dir=data/images \\
-    --config.data.masks_dir=data/masks --config.data.num_classes=3
+    --config.data.masks_dir=data/masks
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 from configs import folder
 

@@ -4,7 +4,10 @@ recursively), 16 of every batch of 32 from the pool.
 
   python train.py --config=configs/fixmatch_folder.py --workdir=runs/fixmatch_mine \\
     --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
-    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3
+    --config.data.unlabeled_dir=data/unlabeled
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 

@@ -4,7 +4,10 @@ default 128x128; the patch must divide data.image_size).
 
   python train.py --config=configs/masked_rec_folder.py --workdir=runs/masked_mine \\
     --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
-    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3
+    --config.data.unlabeled_dir=data/unlabeled
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 from configs import masked_rec_scenes, segae_folder_semisup
 

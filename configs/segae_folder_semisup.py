@@ -6,7 +6,10 @@ images, and epochs count over the labelled ones. Test metrics use the labelled t
 
   python train.py --config=configs/segae_folder_semisup.py --workdir=runs/semisup \\
     --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
-    --config.data.unlabeled_dir=data/unlabeled --config.data.num_classes=3 --config.alpha=0.5
+    --config.data.unlabeled_dir=data/unlabeled --config.alpha=0.5
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 from configs import folder, segae_scenes
 

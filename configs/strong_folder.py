@@ -5,8 +5,10 @@ blur, noise) CutMix'ed between pairs of images together with their masks (object
 pseudo-labels add beyond their augmentation (benchmarks/label_efficiency.py).
 
   python train.py --config=configs/strong_folder.py --workdir=runs/strong_mine \\
-    --config.data.images_dir=data/images --config.data.masks_dir=data/masks \\
-    --config.data.num_classes=3
+    --config.data.images_dir=data/images --config.data.masks_dir=data/masks
+
+The class count, channels, normalisation and test split are inferred from the files, as in
+configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 

@@ -315,7 +315,7 @@ def check_batch_size(batch_size, share: int, num_labeled: int, where: str) -> No
   if isinstance(batch_size, int) and batch_size - share > num_labeled:
     raise UserInputError(f'config.batch_size={batch_size} takes {batch_size - share} labelled '
                          f'images per step but the training split holds {num_labeled} ({where}); '
-                         f'use at most {share + num_labeled}, or leave it unset to infer it')
+                         f'set config.batch_size to at most {share + num_labeled}')
 
 
 def infer_eval_batch_size(num_test: int, devices: int, image_size: Sequence[int]) -> int:
