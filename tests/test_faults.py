@@ -5,6 +5,7 @@
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from conftest import (ROOT, assert_trees_equal, cpu_env, logged_step, run_train,
 from segae_jax.training import checkpoints, objectives
 from segae_jax import models, training
 from segae_jax.errors import TrainingDiverged, UserInputError
+from test_write_faults import TMP_SUFFIX, leftovers
 
 # A small VAE on the real Fashion-MNIST: fast enough for several processes per test. No
 # binarisation: its noise is drawn per process, so runs with other process counts would differ.
@@ -234,6 +236,104 @@ def test_preemption_saves_the_current_step_and_resumes(sig, tmp_path, tfds_dir, 
                          cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert_trees_equal(_state(reference_run), _state(workdir))
+
+
+# ----------------------------------------------------------------------------- failed writes
+
+
+def _faulty_cmd(spec, workdir, tfds_dir):
+  """reference_run's command, run by test_write_faults.py with its Faults(**spec) installed."""
+  cmd = _train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}',
+                   '--config.checkpoint_every_steps=4')
+  return [sys.executable, os.path.join(ROOT, 'tests', 'test_write_faults.py'), json.dumps(spec),
+          *cmd[1:]]
+
+
+def _rerun(workdir, tfds_dir):
+  """The same command again, without faults; its results.json."""
+  rerun = subprocess.run(_train_cmd(workdir, 24, f'--config.data.tfds_dir={tfds_dir}',
+                                    '--config.checkpoint_every_steps=4'),
+                         cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert not leftovers(workdir), leftovers(workdir)
+  return json.load(open(os.path.join(workdir, 'results.json')))
+
+
+def _each_step_once(workdir, last=24):
+  """metrics.jsonl holds every step's train line once, and no record twice."""
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  keyed = [(r['step'], tuple(sorted(r))) for r in records]
+  assert len(keyed) == len(set(keyed)), keyed
+  train_steps = [r['step'] for r in records if 'train/learning_rate' in r]
+  assert train_steps == list(range(1, last + 1)), train_steps
+
+
+# (Faults, the file the error names, the step a re-run resumes from: None = starts again.)
+FAILED_WRITES = {
+    'metrics-full': ({'name': 'metrics.jsonl', 'nth': 10, 'code': 'ENOSPC'}, 'metrics.jsonl', 8),
+    'metrics-denied': ({'name': 'metrics.jsonl', 'call': 'open', 'code': 'EACCES'},
+                       'metrics.jsonl', None),
+    'events-full': ({'name': 'events.out.tfevents', 'nth': 40, 'code': 'ENOSPC'},
+                    'tensorboard/events.out.tfevents.', 4),
+    'config-readonly': ({'name': 'config.json', 'call': 'open', 'code': 'EROFS'}, 'config.json',
+                        None),
+    'picture-denied': ({'name': 'reconstructions.png', 'call': 'open', 'code': 'EACCES'},
+                       'reconstructions.png', 24),
+    'picture-vanished': ({'name': 'samples.png', 'call': 'open', 'code': 'ENOENT'},
+                         'samples.png', 24),
+    'results-full': ({'name': 'results.json', 'code': 'ENOSPC'}, 'results.json', 24),
+    'checkpoint-full': ({'name': f'8{TMP_SUFFIX}', 'call': 'rename', 'code': 'ENOSPC'},
+                        'checkpoints/8', 4),
+    'checkpoint-denied': ({'name': f'12{TMP_SUFFIX}', 'call': 'rename', 'code': 'EACCES'},
+                          'checkpoints/12', 8),
+}
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize('case', list(FAILED_WRITES))
+def test_a_failed_write_is_one_line_and_the_rerun_resumes(case, tmp_path, tfds_dir,
+                                                          reference_run):
+  spec, written, resumes = FAILED_WRITES[case]
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.run(_faulty_cmd(spec, workdir, tfds_dir), cwd=ROOT, env=cpu_env(2),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  # One line: no traceback, no orbax error log (E1206 12:00:00 ...), the error last.
+  assert 'Traceback' not in proc.stderr and not re.search(r'(^|\n)E\d{4} ', proc.stderr)
+  lines = [l for l in proc.stderr.splitlines() if 'error' in l.lower()]
+  assert len(lines) == 1 and proc.stderr.rstrip().endswith(lines[0]), proc.stderr[-3000:]
+  then = f'resume from step {resumes}' if resumes is not None else 'start again'
+  assert lines[0].startswith(f'error: cannot write {os.path.join(workdir, written)}')
+  assert f'({spec["code"]}); ' in lines[0] and lines[0].endswith(f'the same command to {then}')
+  assert not leftovers(workdir), leftovers(workdir)
+  results = _rerun(workdir, tfds_dir)
+  assert results['resumed_from_step'] == resumes
+  assert results['test'] == json.load(open(os.path.join(reference_run, 'results.json')))['test']
+  _each_step_once(workdir)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize('spec,resumes', [
+    ({'name': f'8{TMP_SUFFIX}', 'call': 'rename', 'kill': 'before'}, 4),  # 8 still temporary.
+    ({'name': f'8{TMP_SUFFIX}', 'call': 'rename', 'kill': 'after'}, 8),  # 8 whole, no line 9.
+    # Step 10's line cut halfway; step 8's asynchronous save may still be unfinished.
+    ({'name': 'metrics.jsonl', 'nth': 10, 'kill': True}, None),
+], ids=['before-rename', 'after-rename', 'mid-metrics-line'])
+def test_sigkill_inside_a_checkpoint_save_then_rerun_is_identical(spec, resumes, tmp_path,
+                                                                 tfds_dir, reference_run):
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.run(_faulty_cmd(spec, workdir, tfds_dir), cwd=ROOT, env=cpu_env(2),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  whole = checkpoints.steps_in(os.path.join(workdir, 'checkpoints'))
+  assert whole and (resumes is None or whole[-1] == resumes), whole
+  if spec['name'] == 'metrics.jsonl':
+    assert not open(os.path.join(workdir, 'metrics.jsonl')).read().endswith('\n')
+  results = _rerun(workdir, tfds_dir)
+  assert results['resumed_from_step'] == whole[-1]
+  assert_trees_equal(_state(reference_run), _state(workdir))
+  assert results['test'] == json.load(open(os.path.join(reference_run, 'results.json')))['test']
+  _each_step_once(workdir)
 
 
 # ----------------------------------------------------------------------------- device counts

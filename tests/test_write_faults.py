@@ -313,6 +313,34 @@ def test_a_symlinked_checkpoint_due_for_pruning_is_kept(tmp_path, caplog):
   assert len(warnings) == 1 and 'step 1' in warnings[0]  # Once, not at every save.
 
 
+# ----------------------------------------------------------------------------- a training run
+
+
+@pytest.mark.faults  # Two trainings: about 20 s.
+def test_a_full_disk_at_the_last_checkpoint_is_one_line_and_the_run_resumes(tmp_path, tfds_dir,
+                                                                           monkeypatch):
+  from conftest import small_config
+  from segae_jax import training
+  config = small_config(tfds_dir, **{  # 6 steps, checkpoints at 3 and 6; a tiny VAE.
+      'model.features': (8, 16), 'model.hidden_dim': 32, 'model.latent_dim': 4,
+      'data.binarize': False, 'num_pictures': 2, 'eval_batch_size': 2000})
+  workdir = str(tmp_path / 'run')
+  Faults(f'6{TMP_SUFFIX}', 'rename', code='ENOSPC').install(monkeypatch.setattr)
+  with pytest.raises(UserInputError) as error:
+    training.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
+  assert str(error.value) == (
+      f'cannot write {workdir}/checkpoints/6: No space left on device (ENOSPC); free space and '
+      're-run the same command to resume from step 3')
+  # The run stopped before its results: nothing says it ended, nothing half-written is left.
+  assert not os.path.exists(os.path.join(workdir, 'results.json')) and not leftovers(workdir)
+  results = training.train_and_evaluate(config, workdir)
+  assert (results['resumed_from_step'], results['step']) == (3, 6)
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in records if 'train/learning_rate' in r] == [2, 4, 6]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+
+
 if __name__ == '__main__':  # python tests/test_write_faults.py SPEC train.py ARGS...
   Faults(**json.loads(sys.argv[1])).install(setattr)
   sys.argv = sys.argv[2:]

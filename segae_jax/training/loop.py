@@ -156,6 +156,16 @@ class RunCheckpoints:
     if metrics is None:
       self.saved_step = step
 
+  def wait_until_finished(self) -> None:
+    """Waits for the saves in flight.
+
+    Raises:
+      writers.WriteFailed: one failed to write (full disk, read-only or removed folder).
+    """
+    for manager in (self.latest, self.best):
+      if manager is not None:
+        manager.wait_until_finished()
+
   def last_good(self) -> str:
     if self.saved_step is None:
       return 'no checkpoint had been written yet'
@@ -310,6 +320,8 @@ def _train(config, run: RunSetup, state, run_rng, start_step: int, ckpts: RunChe
                    f'{step} written; re-run the same command to resume')
         log.warning('Preempted: %s', message)
         raise Preempted(message)
+  # The last checkpoint whole (or its failure reported) before results.json says the run ended.
+  ckpts.wait_until_finished()
   return state, eval_metrics
 
 
