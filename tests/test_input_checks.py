@@ -188,8 +188,10 @@ def test_segmenter_takes_float_values_in_the_runs_units_and_refuses_other_depths
     segment.predict(RGB.astype(np.uint16))
   with pytest.raises(UserInputError, match=r'image 0: NaN or infinite pixel values'):
     segment.predict(np.full((2, 2, 3), np.nan, np.float32))
-  with pytest.raises(UserInputError, match=r'image 0: pixels of type bool; expected numbers'):
-    segment.predict(np.ones((2, 2, 3), bool))
+  with pytest.raises(UserInputError, match=r'image 0: pixels of type bool, but the run trained on '
+                                           r'8-bit images \(uint8, normalize=unit\); expected '
+                                           r'uint8 pixels, or float values in their units'):
+    segment.predict(np.ones((2, 2, 3), bool))  # A mask, not an image.
   with pytest.raises(UserInputError, match=r'image 0: array of shape \(2, 2, 3, 1\); expected'):
     segment.predict(np.zeros((2, 2, 3, 1), np.uint8))
 

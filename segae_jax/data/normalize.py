@@ -150,14 +150,14 @@ CONVERT_TO = {'uint8': '8 bits', 'uint16': '16 bits', 'float32': 'float32'}
 LUMA = (19595, 38470, 7471)
 
 
-def describe_run(normalization: 'Normalization', channels: int) -> str:
+def describe_run(normalization: Normalization, channels: int) -> str:
   """'3-channel 8-bit images (uint8, normalize=unit)': what a run trained on."""
   dtype = normalization.dtype
   return (f'{channels}-channel {BITS.get(dtype, dtype)} images ({dtype}, '
           f'normalize={normalization.mode})')
 
 
-def conform(pixels: np.ndarray, name: str, channels: int, normalization: 'Normalization',
+def conform(pixels: np.ndarray, name: str, channels: int, normalization: Normalization,
             alpha: Optional[bool] = None, from_file: bool = True) -> np.ndarray:
   """An image to segment -> [height, width, channels] in the dtype the run's images were stored
   in (float32 for arrays of values, below), converting only where the conversion is exact or a
@@ -175,6 +175,7 @@ def conform(pixels: np.ndarray, name: str, channels: int, normalization: 'Normal
     floats or     0..255, all    (warned if all in [0, 1])
     signed ints   in [0, 1]:
     (Segmenter)   warned
+    bool, other unsigned arrays: refused (a mask, or a bit depth no run stores)
 
   Then the channels (c the input's):
     c == channels                                   accepted
@@ -207,7 +208,7 @@ def conform(pixels: np.ndarray, name: str, channels: int, normalization: 'Normal
   pixels = np.asarray(pixels)
   pixels = pixels[..., None] if pixels.ndim == 2 else pixels
   run = describe_run(normalization, channels)
-  if pixels.ndim != 3:
+  if pixels.ndim != 3 or not pixels.size:
     raise UserInputError(f'{name}: array of shape {pixels.shape}; expected [height, width] or '
                          f'[height, width, {channels}] (the run trained on {run})')
   notes = []
@@ -220,7 +221,7 @@ def conform(pixels: np.ndarray, name: str, channels: int, normalization: 'Normal
   return pixels
 
 
-def _alpha_guess(pixels: np.ndarray, channels: int, normalization: 'Normalization') -> bool:
+def _alpha_guess(pixels: np.ndarray, channels: int, normalization: Normalization) -> bool:
   return (pixels.dtype == np.uint8 and normalization.dtype == 'uint8' and channels in (1, 3)
           and pixels.shape[2] == channels + 1)
 
@@ -234,7 +235,7 @@ def _drop_alpha(pixels: np.ndarray, name: str, run: str, notes: list) -> np.ndar
   return pixels[..., :-1]
 
 
-def _conform_dtype(pixels: np.ndarray, name: str, normalization: 'Normalization', from_file: bool,
+def _conform_dtype(pixels: np.ndarray, name: str, normalization: Normalization, from_file: bool,
                    notes: list) -> np.ndarray:
   dtype, target = str(pixels.dtype), normalization.dtype
   if dtype == target:
@@ -242,20 +243,20 @@ def _conform_dtype(pixels: np.ndarray, name: str, normalization: 'Normalization'
   if dtype == 'uint8' and target == 'uint16' and normalization.mode == 'unit':
     notes.append('scaled its 8-bit values to 16 bits (x257)')
     return pixels.astype(np.uint16) * np.uint16(257)
-  if from_file or pixels.dtype.kind not in 'if':  # A bit depth (unsigned), not values.
-    if pixels.dtype.kind not in 'uif':
-      raise UserInputError(f'{name}: pixels of type {dtype}; expected numbers')
-    why = (f', whose {normalization.mode} statistics are in 16-bit values' if dtype == 'uint8'
-           and target == 'uint16' else '')
-    raise UserInputError(
-        f'{name}: {BITS.get(dtype, dtype)} image ({dtype}), but the run trained on '
-        f'{BITS.get(target, target)} images ({target}, normalize={normalization.mode}){why}; '
-        f'convert it to {CONVERT_TO.get(target, target)} or train on '
-        f'{BITS.get(dtype, dtype)} images')
-  return _values(pixels.astype(np.float32), name, normalization, notes)
+  if not from_file and pixels.dtype.kind in 'if':  # Values, not a bit depth.
+    return _values(pixels.astype(np.float32), name, normalization, notes)
+  trained = f'{BITS[target]} images ({target}, normalize={normalization.mode})'
+  if dtype not in BITS:  # Arrays only: files are read as one of BITS.
+    raise UserInputError(f'{name}: pixels of type {dtype}, but the run trained on {trained}; '
+                         f'expected {target} pixels, or float values in their units')
+  why = (f', whose {normalization.mode} statistics are in 16-bit values' if dtype == 'uint8'
+         and target == 'uint16' else '')
+  raise UserInputError(f'{name}: {BITS[dtype]} image ({dtype}), but the run trained on '
+                       f'{trained}{why}; convert it to {CONVERT_TO[target]} or train on '
+                       f'{BITS[dtype]} images')
 
 
-def _values(pixels: np.ndarray, name: str, normalization: 'Normalization',
+def _values(pixels: np.ndarray, name: str, normalization: Normalization,
             notes: list) -> np.ndarray:
   """An array of values (floats, signed integers) as float32, in the integer run's range."""
   if not np.isfinite(pixels).all():
@@ -275,7 +276,7 @@ def _values(pixels: np.ndarray, name: str, normalization: 'Normalization',
 
 
 def _conform_channels(pixels: np.ndarray, name: str, channels: int,
-                      normalization: 'Normalization', notes: list) -> np.ndarray:
+                      normalization: Normalization, notes: list) -> np.ndarray:
   found = pixels.shape[2]
   if found == channels:
     return pixels
