@@ -352,8 +352,8 @@ def test_predict_on_a_full_disk_is_one_line_and_keeps_the_previous_output(
   from segae_jax.tools import predict
   workdir, _ = unet_scenes_run
   images = _images(tmp_path / 'images', ['a.png', 'b.png'])
-  out = tmp_path / 'out'
-  predict.predict(workdir, str(images / 'a.png'), str(out), 'latest')
+  out = tmp_path / 'out'  # The previous output: another a.png's pictures.
+  predict.predict(workdir, str(_images(tmp_path / 'old', ['a.png'], seed=1)), str(out), 'latest')
   before = _tree(out)
   real_save, calls = Image.Image.save, []
 
@@ -367,7 +367,7 @@ def test_predict_on_a_full_disk_is_one_line_and_keeps_the_previous_output(
   with pytest.raises(UserInputError, match=rf'^cannot write {out}: No space left on device '
                                            r'\(ENOSPC\); nothing there was changed$'):
     predict.predict(workdir, str(images), str(out), 'latest')
-  assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ['images', 'out']
+  assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ['images', 'old', 'out']
 
 
 def test_evaluate_on_a_workdir_it_cannot_write_stops_before_the_evaluation(
