@@ -275,7 +275,7 @@ def _save(ckpt, step):
 
 @pytest.mark.parametrize('code', ['ENOSPC', 'EACCES'])
 def test_a_failed_checkpoint_is_one_error_without_its_temporary_folder(code, tmp_path,
-                                                                      monkeypatch, capfd):
+                                                                      monkeypatch, caplog):
   directory = str(tmp_path / 'checkpoints')
   ckpt = checkpoints.Checkpointer(directory)
   _save(ckpt, 1)
@@ -291,7 +291,8 @@ def test_a_failed_checkpoint_is_one_error_without_its_temporary_folder(code, tmp
   assert str(error.value) == (f'cannot write {directory}/2: {os.strerror(getattr(errno, code))} '
                               f'({code})')
   assert sorted(os.listdir(directory)) == ['1']  # Step 1 whole, step 2's temporary removed.
-  assert 'Traceback' not in capfd.readouterr().err  # orbax's own error logs dropped.
+  # orbax's own error logs (a traceback from each thread the failure passed) dropped.
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
   assert checkpoints.Checkpointer(directory).all_steps() == [1]
 
 
