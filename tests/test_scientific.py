@@ -133,8 +133,9 @@ def test_a_16_bit_4_channel_tiff_folder_trains_predicts_and_evaluates(tmp_path):
   labels, _ = predict.predict(workdir, str(tmp_path / 'images' / 'test'), str(tmp_path / 'out'),
                               'latest', 4)
   assert labels['cell0'].shape == (24, 24)
-  assert sorted(os.listdir(tmp_path / 'out')) == ['cell0_labels.png', 'cell0_overlay.png',
-                                                  'cell1_labels.png', 'cell1_overlay.png']
+  assert sorted(os.listdir(tmp_path / 'out')) == ['.segae_output.json', 'cell0_labels.png',
+                                                  'cell0_overlay.png', 'cell1_labels.png',
+                                                  'cell1_overlay.png']  # With predict's marker.
   scores = evaluate.evaluate_run(workdir, checkpoint='latest')
   assert scores['mode'] == 'tile'
   assert scores['metrics']['miou'] == pytest.approx(results['test']['miou'], abs=1e-9)
