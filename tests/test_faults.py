@@ -255,6 +255,7 @@ def _rerun(workdir, tfds_dir):
                                     '--config.checkpoint_every_steps=4'),
                          cwd=ROOT, env=cpu_env(2), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Traceback' not in rerun.stderr, rerun.stderr[-3000:]  # Nor 'Event loop is closed'.
   assert not leftovers(workdir), leftovers(workdir)
   return json.load(open(os.path.join(workdir, 'results.json')))
 

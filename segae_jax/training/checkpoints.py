@@ -10,6 +10,9 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
+import time
+import traceback
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -41,6 +44,33 @@ class _OrbaxErrorLogs(logging.Filter):
 
 # One instance, so that adding it again (each Checkpointer does) is a no-op.
 _ORBAX_ERROR_LOGS = _OrbaxErrorLogs()
+
+
+class _QuietClosedLoops:
+  """A sys.unraisablehook that drops tensorstore's reports of writes finishing after the event
+  loop awaiting them was closed, and passes everything else to `previous`.
+
+  When one array write of a save fails (a full disk), orbax's coroutine raises and its event
+  loop is closed while the save's other writes are still running; as each of those finishes,
+  tensorstore calls the closed loop's call_soon_threadsafe and reports the RuntimeError('Event
+  loop is closed') as unraisable: dozens of stray tracebacks after the one line that reports
+  the failure. Nothing awaits those writes any more, so nothing is lost.
+  """
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == 'Event loop is closed' and
+            frames and frames[0].name == 'call_soon_threadsafe'):
+      self.previous(unraisable)
+
+
+def _quiet_closed_loops() -> None:
+  if not isinstance(sys.unraisablehook, _QuietClosedLoops):
+    sys.unraisablehook = _QuietClosedLoops(sys.unraisablehook)
 
 
 class _KeepLinkedSteps:
@@ -105,6 +135,7 @@ class Checkpointer:
         create=True, multiprocessing_options=barriers,
         preservation_policy=_KeepLinkedSteps(keep, self.directory), **best)
     logging.getLogger('absl').addFilter(_ORBAX_ERROR_LOGS)  # orbax logs through absl.
+    _quiet_closed_loops()
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
     self._in_flight: Optional[int] = None  # The step of the save not yet waited for.
     self._failed = False  # A save failed and was reported: closing must not report it again.
@@ -156,15 +187,26 @@ class Checkpointer:
   def _remove_temporary(self, step: int) -> None:
     """Removes the temporary folder orbax was writing `step` into (it created it for this save,
     replacing any leftover of that step), and nothing else; process 0 only, as orbax writes it
-    there."""
+    there. The save's other array writes may still be running when the first one failed (and
+    tensorstore creates the folders a file it writes needs): the folder is removed until it
+    stays away for 0.2 s, or 5 s have passed."""
     if jax.process_index() != 0:
       return
     tmp = epath.Path(self.directory) / f'{step}{TMP_SUFFIX}'
-    with contextlib.suppress(OSError):
-      if paths.is_url(self.directory):
+    if paths.is_url(self.directory):
+      with contextlib.suppress(OSError):
         tmp.rmtree(missing_ok=True)
-      elif os.path.isdir(tmp) and not os.path.islink(tmp):
-        shutil.rmtree(tmp)
+      return
+    absent_since, deadline = None, time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+      if os.path.isdir(tmp) and not os.path.islink(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        absent_since = None
+      elif absent_since is None:
+        absent_since = time.monotonic()
+      elif time.monotonic() - absent_since >= 0.2:
+        return
+      time.sleep(0.02)
 
   def read_meta(self, step: int) -> Dict[str, Any]:
     return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
