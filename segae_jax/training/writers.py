@@ -202,7 +202,7 @@ class EventFile:
     self.path = paths.join(logdir, f'events.out.tfevents.{int(time.time())}.'
                                    f'{socket.gethostname()}')
     with guarded(self.path):
-      if paths.is_url(logdir):  # tensorboardX's own gs:// and s3:// writers, flushed per write.
+      if paths.is_url(logdir):  # tensorboardX's own gs:// and s3:// writers.
         record_writer.directory_check(logdir)
         self._file = record_writer.open_file(self.path)
       else:
@@ -215,8 +215,16 @@ class EventFile:
                                       status=event_pb2.SessionLog.START)))
 
   def add(self, summary, step: int) -> None:
-    """Writes a tensorboardX Summary proto (tensorboardX.summary.scalar, .image) at `step`."""
+    """Writes a tensorboardX Summary proto (tensorboardX.summary.scalar, .image) at `step`
+    (to a local file at once; at a URL, held until `flush`)."""
     self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def flush(self) -> None:
+    """Uploads what a URL's writer holds (tensorboardX's writers rewrite the whole object);
+    local records are already written."""
+    if not isinstance(self._file, LocalAppender):
+      with guarded(self.path):
+        self._file.flush()
 
   def _write(self, event) -> None:
     data = event.SerializeToString()  # A TFRecord: length, its CRC, data, its CRC.
@@ -225,8 +233,6 @@ class EventFile:
                        struct.pack('<I', self._crc(data))])
     with guarded(self.path):
       self._file.write(record)
-      if not isinstance(self._file, LocalAppender):
-        self._file.flush()
 
   def close(self) -> None:
     with guarded(self.path):
@@ -260,12 +266,14 @@ class MetricWriter:
     self._jsonl.write({'step': int(step), **{k: float(v) for k, v in scalars.items()}})
     for k, v in scalars.items():
       self._events.add(summary.scalar(k, float(v)), int(step))
+    self._events.flush()
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """image: uint8 [height, width, channels]."""
     if self.enabled:
       from tensorboardX import summary
       self._events.add(summary.image(name, image, dataformats='HWC'), int(step))
+      self._events.flush()
 
   def close(self) -> None:
     """Closes both files (the second also when the first fails)."""
