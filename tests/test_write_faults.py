@@ -186,6 +186,20 @@ def test_a_failed_json_write_is_one_line_and_keeps_the_old_file(code, tmp_path, 
   assert json.load(open(path)) == {'old': 1} and leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into a read-only folder')
+def test_a_real_read_only_folder_is_one_line(tmp_path):
+  folder = tmp_path / 'run'
+  folder.mkdir()
+  writers.write_json(str(folder / 'results.json'), {'old': 1})
+  folder.chmod(0o555)
+  try:
+    with pytest.raises(writers.WriteFailed, match=r'results\.json: Permission denied \(EACCES\)$'):
+      writers.write_json(str(folder / 'results.json'), {'new': 2})
+  finally:
+    folder.chmod(0o755)
+  assert os.listdir(folder) == ['results.json']
+
+
 def test_a_failed_png_leaves_no_temporary_file(tmp_path, monkeypatch):
   Faults('samples.png', 'write', code='ENOSPC').install(monkeypatch.setattr)
   with pytest.raises(writers.WriteFailed, match=r'cannot write .*samples\.png: No space left'):
