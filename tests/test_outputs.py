@@ -386,3 +386,23 @@ def test_evaluate_on_a_workdir_it_cannot_write_stops_before_the_evaluation(
                                            r'\(permission denied or a read-only file system\)'):
     evaluate.evaluate_run(workdir, checkpoint='latest')
   assert sorted(os.listdir(workdir)) == before
+
+
+def test_compress_and_sweep_refuse_what_they_did_not_write_before_any_work(tmp_path,
+                                                                            monkeypatch):
+  from conftest import ROOT
+  from segae_jax.tools import compress, sweep
+  _no_restore(monkeypatch)
+  (tmp_path / 'mine.json').write_bytes(KEEP)
+  with pytest.raises(UserInputError, match=r'mine.json exists and is not a segae-compress output'):
+    compress.compress(str(tmp_path / 'run'), 8, str(tmp_path / 'mine.json'))
+  folder = _users_folder(tmp_path)
+
+  def validate(*args):
+    raise AssertionError('the points were validated (and would train) before the workdir check')
+
+  monkeypatch.setattr(sweep, '_validate_points', validate)
+  with pytest.raises(UserInputError, match=r'x exists and holds no sweep.json of a segae-sweep'):
+    sweep.run_sweep(os.path.join(ROOT, 'configs', 'default.py'), str(folder),
+                    grid={'config.beta': [1.0]})
+  assert _tree(folder) == {'notes.txt': KEEP} and (tmp_path / 'mine.json').read_bytes() == KEEP
