@@ -211,9 +211,11 @@ def staged_folder(path: str, tool: str, legacy: Optional[str] = None) -> Iterato
   it was.
 
   Raises:
-    UserInputError: what check_folder raises, or an OSError of the writing (EACCES, EROFS,
-      ENOSPC, ENOENT of a vanished folder) as one line naming `path` and the errno text. Other
-      errors of the block propagate unchanged.
+    UserInputError: what check_folder raises.
+    training.writers.WriteFailed (a UserInputError): an OSError of the writing (EACCES, EROFS,
+      ENOSPC, ENOENT of a vanished folder) or writers' own WriteFailed on a file in the staging
+      folder, as one line naming `path` and the errno text. Other errors of the block (an
+      input's OSError included) propagate unchanged.
   """
   from segae_jax.training import writers
   target = check_folder(path, tool, legacy)
@@ -285,8 +287,9 @@ def write_file(path: str, tool: str, data: bytes, owned: bool = False) -> str:
   (absolute). A URL is written through training.paths (its object appears whole).
 
   Raises:
-    UserInputError: what check_file raises, or an OSError of the writing as one line naming
-      `path` and the errno text (the temporary file removed).
+    UserInputError: what check_file raises.
+    training.writers.WriteFailed (a UserInputError): an OSError of the writing, as one line
+      naming `path` and the errno text (the temporary file removed).
   """
   from segae_jax.training import paths
   if paths.is_url(path):
