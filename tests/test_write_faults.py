@@ -61,74 +61,75 @@ class Faults:
 
   def install(self, setattr):
     """Patches open, os.open, os.write, os.close, os.rename and os.replace through `setattr`
-    (monkeypatch.setattr, or builtins.setattr in a script)."""
-    real = {'open': builtins.open, 'os_open': os.open, 'write': os.write, 'close': os.close,
-            'rename': os.rename, 'replace': os.replace}
-    faults = self
-
-    class FaultyFile:
-      def __init__(self, file, path):
-        self._file, self._path = file, path
-
-      def write(self, data):
-        if faults._due():
-          self._file.write(data[:len(data) // 2])
-          self._file.flush()
-          faults._fail(self._path)
-        return self._file.write(data)
-
-      def __getattr__(self, name):
-        return getattr(self._file, name)
-
-      def __enter__(self):
-        return self
-
-      def __exit__(self, *exc):
-        return self._file.__exit__(*exc)
-
-    def fake_open(file, mode='r', *args, **kwargs):
-      writing = any(c in mode for c in 'wax+')
-      if writing and self._matches(file):
-        if self.call == 'open' and self._due():
-          self._fail(file)
-        if self.call == 'write':
-          return FaultyFile(real['open'](file, mode, *args, **kwargs), file)
-      return real['open'](file, mode, *args, **kwargs)
-
-    def fake_os_open(path, flags, *args, **kwargs):
-      if flags & (os.O_WRONLY | os.O_RDWR) and self._matches(path):
-        if self.call == 'open' and self._due():
-          self._fail(path)
-        fd = real['os_open'](path, flags, *args, **kwargs)
-        if self.call == 'write':
-          self._fds[fd] = path
-        return fd
-      return real['os_open'](path, flags, *args, **kwargs)
-
-    def fake_write(fd, data):
-      if fd in self._fds and self._due():
-        real['write'](fd, bytes(data)[:len(data) // 2])
-        self._fail(self._fds[fd])
-      return real['write'](fd, data)
-
-    def fake_close(fd):
-      self._fds.pop(fd, None)
-      return real['close'](fd)
-
-    def renamer(name):
-      def rename(src, dst, *args, **kwargs):
-        if self.call == 'rename' and self._matches(src) and self._due():
-          if self.kill == 'after':
-            real[name](src, dst, *args, **kwargs)
-          self._fail(dst)
-        return real[name](src, dst, *args, **kwargs)
-      return rename
-
-    setattr(builtins, 'open', fake_open)
-    for attr, fake in (('open', fake_os_open), ('write', fake_write), ('close', fake_close),
-                       ('rename', renamer('rename')), ('replace', renamer('replace'))):
+    (monkeypatch.setattr, or builtins.setattr in a script); returns self."""
+    self._real = {'open': builtins.open, 'os_open': os.open, 'write': os.write,
+                  'close': os.close, 'rename': os.rename, 'replace': os.replace}
+    setattr(builtins, 'open', self._open)
+    for attr, fake in (('open', self._os_open), ('write', self._os_write),
+                       ('close', self._os_close), ('rename', self._renamer('rename')),
+                       ('replace', self._renamer('replace'))):
       setattr(os, attr, fake)
     return self
+
+  def _open(self, file, mode='r', *args, **kwargs):
+    if not (any(c in mode for c in 'wax+') and self._matches(file)):
+      return self._real['open'](file, mode, *args, **kwargs)
+    if self.call == 'open' and self._due():
+      self._fail(file)
+    opened = self._real['open'](file, mode, *args, **kwargs)
+    return _FaultyFile(opened, file, self) if self.call == 'write' else opened
+
+  def _os_open(self, path, flags, *args, **kwargs):
+    if not (flags & (os.O_WRONLY | os.O_RDWR) and self._matches(path)):
+      return self._real['os_open'](path, flags, *args, **kwargs)
+    if self.call == 'open' and self._due():
+      self._fail(path)
+    fd = self._real['os_open'](path, flags, *args, **kwargs)
+    if self.call == 'write':
+      self._fds[fd] = path
+    return fd
+
+  def _os_write(self, fd, data):
+    if fd in self._fds and self._due():
+      self._real['write'](fd, bytes(data)[:len(data) // 2])
+      self._fail(self._fds[fd])
+    return self._real['write'](fd, data)
+
+  def _os_close(self, fd):
+    self._fds.pop(fd, None)
+    return self._real['close'](fd)
+
+  def _renamer(self, name):
+    def rename(src, dst, *args, **kwargs):
+      if self.call == 'rename' and self._matches(src) and self._due():
+        if self.kill == 'after':
+          self._real[name](src, dst, *args, **kwargs)
+        self._fail(dst)
+      return self._real[name](src, dst, *args, **kwargs)
+    return rename
+
+
+class _FaultyFile:
+  """A file object opened through Faults(call='write'): its writes fail when they are due."""
+
+  def __init__(self, file, path, faults):
+    self._file, self._path, self._faults = file, path, faults
+
+  def write(self, data):
+    if self._faults._due():
+      self._file.write(data[:len(data) // 2])
+      self._file.flush()
+      self._faults._fail(self._path)
+    return self._file.write(data)
+
+  def __getattr__(self, name):
+    return getattr(self._file, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return self._file.__exit__(*exc)
 
 
 def leftovers(root):
