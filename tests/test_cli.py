@@ -283,7 +283,8 @@ def test_installed_commands_run_from_another_directory(tmp_path):
   done = command('segae-predict', '--workdir=run', f'--input={tmp_path / "images"}',
                  '--output=masks')
   assert done.returncode == 0, done.stderr[-3000:]
-  assert len(os.listdir(elsewhere / 'masks')) == 16  # A label map and an overlay per image.
+  # A label map and an overlay per image, and predict's marker.
+  assert len(os.listdir(elsewhere / 'masks')) == 17
   done = command('segae-export', '--workdir=run', '--output=model')
   assert done.returncode == 0, done.stderr[-3000:]
   bad = command('segae-train', '--config=nosuch', '--workdir=w')
