@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 import tifffile
@@ -119,6 +120,23 @@ def write_folder(root, spec):
   return images_dir, masks_dir
 
 
+# Files a dataset must refuse; the others (a stray text file, a hidden file, a sub-folder in the
+# images folder) are left alone by the folder reader.
+HARMFUL = {'truncated_image', 'garbage_image', 'truncated_mask', 'empty_image', 'duplicate_stem',
+           'missing_mask', 'missing_image', 'mask_size_mismatch'}
+
+
+def expected(spec, devices):
+  """'ok', 'error' or None (either may be right) for a folder's run on `devices` devices."""
+  harmful = HARMFUL.intersection(spec['defects'])
+  if spec['given_classes'] and 'mask_out_of_range' in spec['defects']:
+    harmful.add('mask_out_of_range')
+  if harmful or spec['count'] < 2:
+    return 'error'
+  # A test split of at least one image and a batch of at least one image per device.
+  return 'ok' if spec['count'] >= devices + 2 else None
+
+
 def checksums(root, skip=()):
   """{relative path: sha256} of every file under root, folders in `skip` left out."""
   sums = {}
@@ -147,7 +165,7 @@ def _one_line(error):
   assert message and '\n' not in message and 'Traceback' not in message, message
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(spec=folders())
 def test_generated_folders_prepare_or_fail_in_one_line(spec):
@@ -162,15 +180,23 @@ def test_generated_folders_prepare_or_fail_in_one_line(spec):
     open(os.path.join(user, 'notes.txt'), 'w').write('keep\n')
     before = checksums(user)
     config = folder_config(spec, images_dir, masks_dir, tfds_dir)
+    outcome = expected(spec, jax.device_count())
     try:
-      config = validation.validate_config(config) or config
+      config = validation.validate_config(config)
       dataset = data.run_dataset(config)
     except UserInputError as e:
       _one_line(e)
+      assert outcome != 'ok', f'a good folder was refused: {e}'
       assert not _built(tfds_dir), 'a refused folder left a dataset behind'
     else:
-      assert len(dataset.test) >= 1 and dataset.num_classes >= 2
-      assert dataset.image_shape[2] == spec['channels']
+      assert outcome != 'error', f'a folder with {spec["defects"]} was accepted'
+      assert len(dataset.test) >= 1 and dataset.image_shape[2] == spec['channels']
+      if spec['given_classes']:
+        assert dataset.num_classes == spec['num_classes']
+      elif 'mask_out_of_range' in spec['defects']:
+        assert dataset.num_classes == 201  # Label 200 drawn: inferred as the highest class.
+      else:  # The highest label drawn; random masks almost always hold every class.
+        assert 2 <= dataset.num_classes <= spec['num_classes']
     assert checksums(user) == before
 
 

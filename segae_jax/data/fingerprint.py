@@ -100,13 +100,18 @@ def _stored_dtype(dtype) -> str:
 
 def _tiff_header(path: str) -> Optional[Header]:
   """A TIFF's header through tifffile, read as data.images reads the pixels; None where Pillow
-  reads the file (8-bit palette, or 8-bit with an alpha sample)."""
+  reads the file (8-bit palette).
+
+  Every sample of a TIFF counts as a channel, an alpha sample included: tifffile.imwrite marks
+  the fourth channel of any [h, w, 4] array as alpha, 16-bit ones too, so the plain way to save
+  four channels would otherwise train on three (and an 8-bit file with a varying fourth channel
+  would be refused as transparent). A colour TIFF with an opaque alpha is trained as RGB by
+  setting config.data.channels=3."""
   import tifffile  # pylint: disable=import-outside-toplevel
   try:
     with tifffile.TiffFile(path) as tif:
       page, series = tif.pages[0], tif.series[0]
-      if page.dtype == np.uint8 and (page.photometric == tifffile.PHOTOMETRIC.PALETTE or
-                                     len(page.extrasamples)):
+      if page.dtype == np.uint8 and page.photometric == tifffile.PHOTOMETRIC.PALETTE:
         return None
       shape, axes, dtype = series.shape, series.axes, series.dtype
   except Exception as e:  # pylint: disable=broad-except (tifffile raises many types)
@@ -117,13 +122,14 @@ def _tiff_header(path: str) -> Optional[Header]:
     return Header(1, _stored_dtype(dtype), *shape)
   if len(shape) == 3 and axes[:2] == 'YX':
     return Header(shape[2], _stored_dtype(dtype), shape[0], shape[1])
-  if len(shape) == 3 and axes[1:] == 'YX':
-    return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
   if len(shape) == 3 and 'Q' in axes:
-    # Unknown axes (tifffile.imwrite of [h, w, c] with c not 3 or 4): the shorter end axis is
-    # the channels, which is how data.images reads the file given that count.
+    # Unknown axes: tifffile.imwrite stores [h, w, c] (c not 3 or 4) as QYX, h pages of w x c,
+    # and a [c, h, w] stack as QYX too. The shorter end axis is the channels, as data.images
+    # reads the file given that count. Checked before the pages-first rule, which QYX matches.
     if shape[2] < shape[0]:
       return Header(shape[2], _stored_dtype(dtype), shape[0], shape[1])
+    return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
+  if len(shape) == 3 and axes[1:] == 'YX':
     return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
   raise UserInputError(f'{path}: image holds {"x".join(map(str, shape))} pixels (axes {axes}); '
                        'expected one image: [height, width], its channels last, or one page '
