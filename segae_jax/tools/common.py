@@ -259,7 +259,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = paths.join(workdir, 'config.json')
   if not paths.exists(path):
     raise UserInputError(f'{path} not found: {workdir} is not a training workdir (train first with '
-                         'python train.py --workdir=...)')
+                         'segae-train --config=... --workdir=...)')
   return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 

@@ -92,7 +92,7 @@ def load(path: str, inference, batch_size: int = 32):
   spec_path, function_path = os.path.join(path, SPEC_FILE), os.path.join(path, FUNCTION_FILE)
   if not (os.path.isfile(spec_path) and os.path.isfile(function_path)):
     raise UserInputError(f'{path}: no exported model ({SPEC_FILE} and {FUNCTION_FILE}); write one '
-                         'with python -m segae_jax.tools.export --workdir=... --output=...')
+                         'with segae-export --workdir=... --output=...')
   with open(spec_path) as f:
     spec = json.load(f)
   if spec.get('format') != FORMAT:
