@@ -286,3 +286,15 @@ def test_predict_reads_a_plain_2_channel_tiff_with_one_warning(tmp_path, caplog)
   pixels, warned = _read(tmp_path / 'x.tif', _run(2, Normalization('unit', 'uint16')), caplog)
   np.testing.assert_array_equal(pixels, written)
   assert len(warned) == 1 and 'axes QYX unknown' in warned[0]
+
+
+def test_input_files_sharing_a_stem_are_refused(tmp_path):
+  """predict names its outputs by stem: a.png and a.tif would both write a_labels.png, and one
+  result would silently replace the other."""
+  from segae_jax.data.images import list_images
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'a.png')
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'b.png')
+  assert list_images(str(tmp_path)) == [str(tmp_path / 'a.png'), str(tmp_path / 'b.png')]
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'a.tif')
+  with pytest.raises(UserInputError, match=r'a.tif: same file stem as .*a.png'):
+    list_images(str(tmp_path))

@@ -20,7 +20,8 @@ def list_images(path: str) -> List[str]:
   """The image files to read: `path` itself, or the image files of the folder `path`.
 
   Raises:
-    UserInputError: `path` does not exist, or the folder holds no image file.
+    UserInputError: `path` does not exist, the folder holds no image file, or two files share a
+      stem (a.png and a.tif).
   """
   if os.path.isfile(path):
     return [path]
@@ -30,6 +31,13 @@ def list_images(path: str) -> List[str]:
                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
   if not files:
     raise UserInputError(f'--input folder {path} holds no image file ({", ".join(IMAGE_SUFFIXES)})')
+  seen: Dict[str, str] = {}
+  for f in files:  # Outputs are named by stem: a.png and a.tif would write one a_labels.png.
+    stem = os.path.splitext(f)[0]
+    if stem in seen:
+      raise UserInputError(f'{f}: same file stem as {seen[stem]}; outputs are named by stem '
+                           '(<stem>_labels.png), so each stem must appear once')
+    seen[stem] = f
   return files
 
 
