@@ -17,9 +17,33 @@ def setup_logging() -> None:
   probing) only from WARNING."""
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger('segae_jax').setLevel(std_logging.INFO)
+  # tifffile logs each damaged page directory it skips; a file it cannot read is our own one
+  # line (data.images), and one it can read had its pixels whole.
+  std_logging.getLogger('tifffile').setLevel(std_logging.CRITICAL)
   absl_logger = std_logging.getLogger('absl')
   if _quiet_tfds not in absl_logger.filters:
     absl_logger.addFilter(_quiet_tfds)
+  for handler in std_logging.getLogger().handlers:
+    if not any(isinstance(f, OnceEach) for f in handler.filters):
+      handler.addFilter(OnceEach())
+
+
+class OnceEach(std_logging.Filter):
+  """Lets each distinct warning of ours through once: a dataset reads every file more than once
+  (checked, then stored), and a reading or conversion named once per file is enough."""
+
+  def __init__(self):
+    super().__init__()
+    self._seen = set()
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno != std_logging.WARNING or not record.name.startswith('segae_jax'):
+      return True
+    key = (record.name, record.getMessage())
+    if key in self._seen:
+      return False
+    self._seen.add(key)
+    return True
 
 
 def _quiet_tfds(record: std_logging.LogRecord) -> bool:

@@ -50,12 +50,13 @@ def resolve(value: str) -> str:
   if os.path.isdir(path):
     raise UserInputError(f'config file {path} is a folder; expected a Python file with '
                          'get_config()')
+  if not os.path.exists(path):
+    raise UserInputError(f'config file {path} does not exist')
   try:
     with open(path, 'rb'):
       pass
   except OSError as e:
-    raise UserInputError(f'config file {path} could not be loaded: [Errno {e.errno}] '
-                         f'{e.strerror}') from None
+    raise UserInputError(f'config file {path} could not be loaded: {e.strerror}') from None
   return value
 
 

@@ -208,8 +208,8 @@ def test_bare_config_name_is_always_the_shipped_config(tmp_path, monkeypatch):
   assert shipped_configs.resolve('folder') == shipped
   (tmp_path / 'mine.py').write_text('def get_config(): pass\n')
   assert shipped_configs.resolve('mine.py') == 'mine.py'
-  for value, message in [('./folder', 'is a folder'), ('nothere.py', 'No such file'),
-                         ('sub/x.py', 'No such file'), ('nosuch', 'no shipped config'),
+  for value, message in [('./folder', 'is a folder'), ('nothere.py', 'does not exist'),
+                         ('sub/x.py', 'does not exist'), ('nosuch', 'no shipped config'),
                          ('', 'is empty')]:
     with pytest.raises(UserInputError, match=message):
       shipped_configs.resolve(value)
@@ -219,12 +219,12 @@ def test_missing_config_file_with_overrides_is_one_line(tmp_path):
   proc = run_train(f'--config={tmp_path / "nothere.py"}', f'--workdir={tmp_path / "w"}',
                    '--config.seed=3', '--config.batch_size=8')
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
-  assert 'nothere.py could not be loaded: [Errno 2] No such file' in proc.stderr
+  assert 'nothere.py does not exist' in proc.stderr
   assert not (tmp_path / 'w').exists()
 
 
 @pytest.mark.parametrize('config_arg,message', [
-    ('configs/nope.py', "config file configs/nope.py could not be loaded: [Errno 2] No such file"),
+    ('configs/nope.py', 'config file configs/nope.py does not exist'),
     ('NOGET', 'has no get_config() function'),
 ])
 def test_bad_config_file(tmp_path, config_arg, message):
@@ -303,3 +303,19 @@ def test_tfds_custom_configuration_line_is_not_printed(caplog):
   messages = [r.getMessage() for r in caplog.records]
   assert 'another warning' in messages
   assert not any('custom data configuration' in m for m in messages)
+
+
+def test_a_repeated_warning_of_ours_is_printed_once():
+  """A folder is read twice (checked, then stored): its per-file warnings (a TIFF's axes read,
+  a conversion) once each; other warnings and ours with other text all pass."""
+  import logging
+  once = cli.OnceEach()
+  record = lambda name, msg, level=logging.WARNING: logging.LogRecord(
+      name, level, __file__, 1, msg, (), None)
+  assert once.filter(record('segae_jax.data.images', 'a.tif: axes QYX unknown'))
+  assert not once.filter(record('segae_jax.data.images', 'a.tif: axes QYX unknown'))
+  assert once.filter(record('segae_jax.data.images', 'b.tif: axes QYX unknown'))
+  assert once.filter(record('segae_jax.training.loop', 'step 3 test loss=1', logging.INFO))
+  assert once.filter(record('segae_jax.training.loop', 'step 3 test loss=1', logging.INFO))
+  assert once.filter(record('orbax', 'a.tif: axes QYX unknown'))
+  assert once.filter(record('orbax', 'a.tif: axes QYX unknown'))
