@@ -470,3 +470,15 @@ def test_bad_settings_name_the_key(tmp_path):
       folder.FolderConfig(**{**good, **override})
   with pytest.raises(UserInputError, match='config.data.masks_dir must be set'):
     folder.load({'name': 'segmentation_folder', 'images_dir': str(tmp_path), 'num_classes': 4})
+
+
+def test_preparing_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  """tfds looks up precomputed metadata for every builder of an unprepared dataset, first making a
+  temporary folder it never removes (one /tmp/tmp*tfds per command); our builders skip that."""
+  import tempfile
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+  images_dir, masks_dir, _, _ = _make_folder(tmp_path, n=4)
+  folder.prepare(_config(images_dir, masks_dir), str(tmp_path / 'tfds'))
+  assert os.listdir(scratch) == []

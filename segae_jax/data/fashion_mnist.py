@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segae_jax.data.sources import ArraySource
+from segae_jax.data.info import LocalDatasetInfo
 from segae_jax.errors import UserInputError
 
 # SHA-256 of the *decompressed* IDX bytes. Debian's gzip headers differ from upstream's (name and
@@ -99,7 +100,7 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Built outside tfds's catalog: DatasetInfo is returned directly (no metadata folder).
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description='Fashion-MNIST: 70,000 28x28 grayscale images of 10 garment classes.',
         features=tfds.features.FeaturesDict({

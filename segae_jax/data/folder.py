@@ -50,6 +50,7 @@ from segae_jax.data.images import (list_image_files, one_line, read_label_image,
                                    read_pixels)
 from segae_jax.data.dataset import Dataset
 from segae_jax.data.sources import hold
+from segae_jax.data.info import LocalDatasetInfo
 from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class SegmentationFolder(tfds.core.ShardBasedBuilder, local.StoredDtype):
   def _info(self) -> tfds.core.DatasetInfo:
     config: FolderConfig = self.builder_config
     # Built outside tfds's catalog: DatasetInfo is returned directly (no metadata folder).
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=config.description,
         features=tfds.features.FeaturesDict({

@@ -20,6 +20,7 @@ from segae_jax.data import local, normalize, sizing
 from segae_jax.data.images import list_image_files, read_pixels
 from segae_jax.data.dataset import Dataset, scale_images
 from segae_jax.data.sources import hold
+from segae_jax.data.info import LocalDatasetInfo
 from segae_jax.errors import UserInputError
 
 
@@ -117,7 +118,7 @@ class ImageFolder(tfds.core.ShardBasedBuilder, local.StoredDtype):
 
   def _info(self) -> tfds.core.DatasetInfo:
     config: ImageFolderConfig = self.builder_config
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=config.description,
         features=tfds.features.FeaturesDict({'image': local.image_feature(config.channels,

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from segae_jax.data import fashion_mnist as fm
 from segae_jax.data.dataset import Dataset
 from segae_jax.data.sources import hold, unit_float
+from segae_jax.data.info import LocalDatasetInfo
 from segae_jax.errors import UserInputError
 
 NAME = 'fashion_mnist_scenes'
@@ -236,7 +237,7 @@ class FashionMnistScenes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.canvas_size
     # Built outside tfds's catalog: DatasetInfo is returned directly (no metadata folder).
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=('Scenes of real Fashion-MNIST items pasted at random scales and positions '
                      '(train scenes from the train split only, test scenes from the test split '
