@@ -116,24 +116,12 @@ def _tiff_header(path: str) -> Optional[Header]:
       shape, axes, dtype = series.shape, series.axes, series.dtype
   except Exception as e:  # pylint: disable=broad-except (tifffile raises many types)
     raise UserInputError(f'{path}: cannot read image ({one_line(e)})') from None
-  keep = [i for i, n in enumerate(shape) if n != 1 or axes[i] in 'YX']
-  shape, axes = [shape[i] for i in keep], ''.join(axes[i] for i in keep)
-  if len(shape) == 2:
+  shape, axis = images.tiff_layout(shape, axes, path)
+  if axis is None:
     return Header(1, _stored_dtype(dtype), *shape)
-  if len(shape) == 3 and axes[:2] == 'YX':
+  if axis == 2:
     return Header(shape[2], _stored_dtype(dtype), shape[0], shape[1])
-  if len(shape) == 3 and 'Q' in axes:
-    # Unknown axes: tifffile.imwrite stores [h, w, c] (c not 3 or 4) as QYX, h pages of w x c,
-    # and a [c, h, w] stack as QYX too. The shorter end axis is the channels, as data.images
-    # reads the file given that count. Checked before the pages-first rule, which QYX matches.
-    if shape[2] < shape[0]:
-      return Header(shape[2], _stored_dtype(dtype), shape[0], shape[1])
-    return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
-  if len(shape) == 3 and axes[1:] == 'YX':
-    return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
-  raise UserInputError(f'{path}: image holds {"x".join(map(str, shape))} pixels (axes {axes}); '
-                       'expected one image: [height, width], its channels last, or one page '
-                       'per channel')
+  return Header(shape[0], _stored_dtype(dtype), shape[1], shape[2])
 
 
 def read_header(path: str) -> Header:

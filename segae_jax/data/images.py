@@ -199,7 +199,7 @@ def is_tiff(path: str) -> bool:
 
 def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]:
   """A TIFF's pixels [height, width, channels] in the file's dtype via tifffile (channels last
-  from samples, or from pages / a channel axis first; see _arrange_tiff for files whose axes
+  from samples, or from pages / a channel axis first; see tiff_layout for files whose axes
   tifffile does not know), or None for an 8-bit palette TIFF or an 8-bit one with an alpha
   sample when `channels` is not 4 (Pillow's conversion, with its checks on transparency, applies
   to those).
@@ -219,46 +219,59 @@ def _tiff_array(path: str, what: str, channels: int = 1) -> Optional[np.ndarray]
       array, axes = series.asarray(), series.axes
   except Exception as e:  # pylint: disable=broad-except (tifffile raises many types)
     raise UserInputError(f'{path}: cannot read {what} ({one_line(e)})') from None
-  keep = [i for i, n in enumerate(array.shape) if n != 1 or axes[i] in 'YX']
-  array, axes = array.reshape([array.shape[i] for i in keep]), ''.join(axes[i] for i in keep)
-  return _arrange_tiff(array, axes, path, what, channels)
+  shape, axis = tiff_layout(array.shape, axes, path, what, channels)
+  array = array.reshape(shape)
+  if axis is None:
+    return array[..., None]
+  return array if axis == 2 else np.moveaxis(array, 0, -1)
 
 
-def _arrange_tiff(array: np.ndarray, axes: str, path: str, what: str,
-                  channels: int) -> np.ndarray:
-  """tifffile's array with its axes (size-1 axes other than Y, X dropped) -> [height, width,
-  channels].
+def tiff_layout(shape: Sequence[int], axes: str, path: str, what: str = 'image',
+                channels: Optional[int] = None) -> Tuple[Tuple[int, ...], Optional[int]]:
+  """Where a TIFF series (tifffile's shape and axes) holds its channels: (its shape without the
+  size-1 axes other than Y and X, the channel axis of that shape: None for [height, width], 2
+  for channels last, 0 for one page per channel). The one rule for reading the pixels and, in
+  data.fingerprint, the header.
 
   `tifffile.imwrite(path, image)` of image [h, w, c] with c not 3 or 4 records the axes QYX
   (unknown: h pages of w x c) and the shape [h, w, c] in the file's metadata, which is also the
-  shape of the array read. With unknown axes the channel count decides: a last axis of `channels`
-  (and a first one of another size) is read as channels last, with one warning naming the
-  reading; a first axis of `channels` as one page per channel (stacks, as ImageJ and
-  tifffile.imwrite of [c, h, w] write them). Both or neither is refused: the file does not say
-  which axis holds the channels.
+  shape of the array read; so does a [c, h, w] stack. With unknown axes the channel count
+  decides: given `channels`, a last axis of that size (and a first one of another size) is read
+  as channels last, with one warning naming the reading, a first axis of that size as one page
+  per channel (stacks, as ImageJ and tifffile.imwrite of [c, h, w] write them), and both or
+  neither is refused (the file does not say which axis holds the channels); with `channels`
+  None (the count is to be inferred), the shorter end axis.
+
+  Raises:
+    UserInputError: not one 2-D image with or without channels, or unknown axes that `channels`
+      does not settle.
   """
-  shape = 'x'.join(map(str, array.shape))
-  if array.ndim == 3 and axes == 'QYX':
-    first, last = array.shape[0] == channels, array.shape[2] == channels
+  keep = [i for i, n in enumerate(shape) if n != 1 or axes[i] in 'YX']
+  shape, axes = tuple(int(shape[i]) for i in keep), ''.join(axes[i] for i in keep)
+  dims = 'x'.join(map(str, shape))
+  if len(shape) == 3 and axes == 'QYX':
+    if channels is None:
+      return shape, 2 if shape[2] < shape[0] else 0
+    first, last = shape[0] == channels, shape[2] == channels
     if first == last:
       reading = ('both its first axis (pages) and its last are' if first else
                  'neither its first axis (pages) nor its last is')
       raise UserInputError(
-          f'{path}: {what} of shape {shape} with unknown axes (QYX): {reading} the {channels} '
+          f'{path}: {what} of shape {dims} with unknown axes (QYX): {reading} the {channels} '
           'channel(s) expected; write it with explicit axes, e.g. tifffile.imwrite(path, image, '
           "photometric='minisblack', planarconfig='contig') for [height, width, channels]")
     if last:
       log.warning('%s: axes QYX unknown; read shape %s as height x width x %d channels', path,
-                  shape, channels)
-      return array
-  if array.ndim == 2:
-    return array[..., None]
-  if array.ndim == 3 and axes[:2] == 'YX':
-    return array
-  if array.ndim == 3 and axes[1:] == 'YX':  # Pages (or a channel axis) first.
-    return np.moveaxis(array, 0, -1)
-  frames = f'{array.shape[0]} frames of ' if array.ndim > 3 else ''
-  raise UserInputError(f'{path}: {what} holds {frames}{shape} pixels (axes {axes}); expected one '
+                  dims, channels)
+      return shape, 2
+  if len(shape) == 2:
+    return shape, None
+  if len(shape) == 3 and axes[:2] == 'YX':
+    return shape, 2
+  if len(shape) == 3 and axes[1:] == 'YX':  # Pages (or a channel axis) first.
+    return shape, 0
+  frames = f'{shape[0]} frames of ' if len(shape) > 3 else ''
+  raise UserInputError(f'{path}: {what} holds {frames}{dims} pixels (axes {axes}); expected one '
                        'image: [height, width], its channels last, or one page per channel')
 
 
