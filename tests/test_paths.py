@@ -80,3 +80,13 @@ def test_run_files_are_written_and_read_back_at_a_url(memory_gs):
   for step in ('10', '20', 'tmp_30'):
     fs.pipe(f'/bucket/run/checkpoints/{step}/meta', b'{}')
   assert checkpoints.steps_in(paths.join(workdir, 'checkpoints')) == [10, 20]
+
+
+def test_a_tool_output_file_at_a_url_is_written_whole(memory_gs):
+  """compress --output=gs://...: the object through a temporary one and a rename, none left."""
+  from segae_jax.tools import outputs
+  url, fs = memory_gs
+  outputs.write_json(f'{url}/compress.json', {'bits': 8}, 'compress')
+  assert json.loads(fs.cat('/bucket/run/compress.json')) == {
+      'bits': 8, 'segae_output': {'tool': 'compress', 'format': 1}}
+  assert fs.ls('/bucket/run', detail=False) == ['/bucket/run/compress.json']

@@ -284,18 +284,16 @@ def check_file(path: str, tool: str, owned: bool = False) -> str:
 def write_file(path: str, tool: str, data: bytes, owned: bool = False) -> str:
   """Writes `data` to `path` through a temporary file beside it and a rename (readers never see a
   half-written file; mode 0o666 less the umask); parent folders are created. Returns the path
-  (absolute). A URL is written through training.paths (its object appears whole).
+  (absolute). A URL is written by training.writers.write_bytes (its object appears whole).
 
   Raises:
     UserInputError: what check_file raises.
     training.writers.WriteFailed (a UserInputError): an OSError of the writing, as one line
       naming `path` and the errno text (the temporary file removed).
   """
-  from segae_jax.training import paths
+  from segae_jax.training import paths, writers
   if paths.is_url(path):
-    with paths.open_file(path + '.tmp', 'wb') as f:
-      f.write(data)
-    paths.replace(path + '.tmp', path)
+    writers.write_bytes(path, data)
     return path
   target = check_file(path, tool, owned)
   tmp, created, done = None, [], False

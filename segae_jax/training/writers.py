@@ -295,6 +295,16 @@ def write_text(path: str, text: str) -> None:
   _atomic(path, path + '.tmp', 'w', lambda f: f.write(text))
 
 
+def write_bytes(path: str, data: bytes) -> None:
+  """write_text of bytes: `data` to `path` (a local file or a URL) through a temporary file and a
+  rename.
+
+  Raises:
+    WriteFailed: the write or the rename failed.
+  """
+  _atomic(path, path + '.tmp', 'wb', lambda f: f.write(data))
+
+
 def write_json(path: str, obj: Mapping, sort_keys: bool = True) -> None:
   """Writes JSON atomically (write_text). Keys are sorted unless `sort_keys` is False (where
   their order means something). `path`: a local file or a URL.
