@@ -195,6 +195,16 @@ def test_a_legacy_default_folder_is_known_by_its_result_file_only(tmp_path):
   assert (folder / 'generate.json').read_bytes() == b'{"new": 1}'
   with pytest.raises(UserInputError, match='is not a segae-generate output'):
     outputs.check_folder(str(_users_folder(tmp_path)), 'generate', legacy='generate.json')
+  # A file the user added to an old output keeps it: the folder is refused, nothing removed.
+  old = tmp_path / 'old' / 'generate'
+  old.mkdir(parents=True)
+  (old / 'generate.json').write_text('{}')
+  (old / 'samples.png').write_bytes(b'png')
+  outputs.check_folder(str(old), 'generate', legacy='generate.json')
+  (old / 'notes.txt').write_text('mine')
+  with pytest.raises(UserInputError, match='is not a segae-generate output'):
+    outputs.check_folder(str(old), 'generate', legacy='generate.json')
+  assert sorted(os.listdir(old)) == ['generate.json', 'notes.txt', 'samples.png']
 
 
 # -------------------------------------------------------------------------------------- files --

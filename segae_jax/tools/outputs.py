@@ -9,7 +9,8 @@ An existing target is taken only when it is
     the old output whole;
   - an empty folder, which the new output takes the place of (its mode then follows the umask);
   - at the tool's default place in a run's workdir, a folder of an earlier version (no marker)
-    holding the tool's result file (`legacy`, e.g. generate.json).
+    holding the tool's result file (`legacy`, e.g. generate.json) and nothing but that and PNG
+    pictures.
 Anything else (a folder of the user's, the current directory or a folder holding it, a plain
 file, a symlink, another tool's output) is refused with one line naming the path, by
 check_folder, which the tools call before restoring the model.
@@ -108,9 +109,24 @@ def _check_existing_folder(target: str, tool: str, legacy: Optional[str]) -> Non
     entries = os.listdir(target)
   except OSError as e:
     raise UserInputError(f'{target}: cannot list the folder ({e.strerror})') from None
-  if entries and not (legacy and legacy in entries):
+  if entries and not _is_legacy_output(target, entries, legacy):
     raise UserInputError(f'{target} exists and is not a {_command(tool)} output (no {MARKER}); '
                          'give a new or empty folder')
+
+
+def _is_legacy_output(target: str, entries: List[str], legacy: Optional[str]) -> bool:
+  """Whether a folder without a marker is a tool's output from before markers, which is replaced
+  whole: it holds the tool's result file `legacy`, and nothing the tools of then did not write
+  (their result JSON and PNG pictures, plain files only), so a file or folder the user added
+  keeps the whole folder from being replaced."""
+  if not legacy or legacy not in entries:
+    return False
+  for name in entries:
+    path = os.path.join(target, name)
+    if (name != legacy and not name.endswith('.png')) or os.path.islink(path) or (
+        not os.path.isfile(path)):
+      return False
+  return True
 
 
 def _check_parent_writable(target: str) -> None:
