@@ -39,7 +39,7 @@ def _encode(array, fmt):
   return buffer.getvalue()
 
 
-def _write_prepared(root, file_format='array_record', rng_seed=0):
+def write_prepared(root, file_format='array_record', rng_seed=0):
   """Writes a small prepared oxford_iiit_pet 4.0.0 into tfds dir `root`, as tfds would.
 
   Returns {split: [(jpeg bytes, trimap uint8 [h, w] with values 1, 2, 3)]}.
@@ -77,7 +77,7 @@ def _write_prepared(root, file_format='array_record', rng_seed=0):
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp('pets_tfds')
-  return str(root), _write_prepared(root)
+  return str(root), write_prepared(root)
 
 
 def _mock(prepared_root, num_examples):
@@ -207,7 +207,7 @@ def test_unprepared_without_tensorflow_refuses_before_downloading(tmp_path):
 
 
 def test_tfrecord_copy_and_bad_settings_are_named(tmp_path):
-  _write_prepared(tmp_path, file_format='tfrecord')  # Metadata only: what tfds.load leaves.
+  write_prepared(tmp_path, file_format='tfrecord')  # Metadata only: what tfds.load leaves.
   with pytest.raises(UserInputError, match='prepared as tfrecord.*no random access'):
     pets.load({'name': 'oxford_iiit_pet', 'tfds_dir': str(tmp_path)})
   for key, value, message in [('image_size', (0, 8), 'image_size=\\(0, 8\\)'),

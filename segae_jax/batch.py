@@ -1,0 +1,152 @@
+"""The batch contract: the parts of a training batch, each key's dtype and shape, and the spatial
+rank, declared once. The input pipeline (segae_jax.data), the views (data.views), the objectives
+(training.objectives) and the loss terms (segae_jax.losses) read their layout from here instead
+of writing `[:, None, None]` or `axis=(1, 2)`, so an input of another rank (a volume, a time
+series) changes SPATIAL_RANK and the kinds below, not every module.
+
+A training batch (data.train_inputs) is a dict:
+  the labelled part, at the top level: 'image' and the keys below that its dataset and views
+      give ('segmentation', 'labeled', 'valid', 'label', views' keys such as 'strong');
+  the unlabelled part, batch['unlabeled'] (only with a pool): 'image' (the weak view) and the
+      keys of the views asked for that part.
+
+Each key has a kind, which fixes its dtype and shape ([n] = the part's examples, S = the
+SPATIAL_RANK spatial sizes, c = channels, k = classes):
+  image     float32 [n, *S, c]   the model input and anything shaped like it: 'image', 'strong',
+                                 'noise', 'target'
+  pixel_map float32 [n, *S]      a value per pixel: 'cutmix', 'mask', 'target_weight', 'confident'
+  labels    int32   [n, *S]      class ids per pixel: 'segmentation' (ignore_label where unknown)
+  example   float32 [n]          a value per example: 'labeled', 'valid'
+  class_id  int32   [n]          an image-level class: 'label'
+A view's out key of the form `<name>_<i>` (e.g. 'strong_1', 'strong_2': two strong views of one
+kind) has the kind of `<name>`.
+
+Raises (check): BatchError, one line naming the part, the key, and what was expected.
+"""
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+
+from segae_jax.errors import UserInputError
+
+# The number of spatial axes of every per-pixel key: 2 for images [n, height, width, ...].
+SPATIAL_RANK = 2
+
+# The parts of a training batch: 'labeled' is the batch's top level, 'unlabeled' batch['unlabeled'].
+LABELED, UNLABELED = 'labeled', 'unlabeled'
+PARTS = (LABELED, UNLABELED)
+
+# kind: (dtype kind, trailing axes after [n, *S]; None = no spatial axes, [n] only).
+KINDS = {
+    'image': ('float', 1),
+    'pixel_map': ('float', 0),
+    'labels': ('int', 0),
+    'example': ('float', None),
+    'class_id': ('int', None),
+}
+KEYS = {
+    'image': 'image', 'strong': 'image', 'noise': 'image', 'target': 'image',
+    'cutmix': 'pixel_map', 'mask': 'pixel_map', 'target_weight': 'pixel_map',
+    'confident': 'pixel_map',
+    'segmentation': 'labels',
+    'labeled': 'example', 'valid': 'example',
+    'label': 'class_id',
+}
+
+
+class BatchError(UserInputError):
+  """A batch part without a key it needs, or a key of the wrong shape or dtype."""
+
+
+def kind_of(key: str) -> Optional[str]:
+  """The kind of `key` (KEYS; '<name>_<i>' as '<name>'), or None for a key the contract does not
+  declare (a user's own view may add one)."""
+  if key in KEYS:
+    return KEYS[key]
+  match = re.fullmatch(r'(.+)_(\d+)', key)
+  return KEYS.get(match.group(1)) if match else None
+
+
+def numbered(name: str, count: int) -> Tuple[str, ...]:
+  """The out keys of `count` views of one kind: ('strong',) for one, ('strong_1', 'strong_2')
+  for two."""
+  return (name,) if count == 1 else tuple(f'{name}_{i}' for i in range(1, count + 1))
+
+
+def spatial_axes(x: Any, leading: int = 1) -> Tuple[int, ...]:
+  """The spatial axes of a per-pixel array with `leading` axes before them: (1, 2) for
+  [n, h, w] or [n, h, w, c]."""
+  del x  # Same for every kind; kept so call sites read as a property of the array.
+  return tuple(range(leading, leading + SPATIAL_RANK))
+
+
+def spatial_shape(x: Any, leading: int = 1) -> Tuple[int, ...]:
+  """(h, w) of a per-pixel array [n, h, w, ...] (or [h, w, ...] with leading=0)."""
+  return tuple(x.shape[leading:leading + SPATIAL_RANK])
+
+
+def pixels_shape(x: Any) -> Tuple[int, ...]:
+  """[n, h, w] of a per-pixel array [n, h, w, ...]: the shape of its pixel_map."""
+  return tuple(x.shape[:1 + SPATIAL_RANK])
+
+
+def per_example(values: Any, like: Any) -> Any:
+  """values [n] reshaped to broadcast against `like` [n, ...] (e.g. a weight per example over
+  its pixels)."""
+  return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _expected(kind: str) -> str:
+  dtype, trailing = KINDS[kind]
+  if trailing is None:
+    return f'{dtype} [n]'
+  axes = ', '.join(['n'] + [f's{i}' for i in range(SPATIAL_RANK)] + ['c'] * trailing)
+  return f'{dtype} [{axes}]'
+
+
+def check(part: Mapping[str, Any], required: Iterable[str] = ('image',),
+          name: str = LABELED) -> None:
+  """Checks the batch part `name` has the keys `required` and that every declared key it holds
+  has its kind's rank, dtype kind and the part's example count (and, per pixel, the image's
+  spatial shape).
+
+  Raises:
+    BatchError: one line naming the part, the key and what was expected.
+  """
+  missing = [k for k in required if k not in part]
+  if missing:
+    raise BatchError(f'batch part {name!r} has no key {missing[0]!r}; it holds '
+                     f'{", ".join(sorted(part)) or "nothing"}')
+  image = part.get('image')
+  n = image.shape[0] if image is not None else None
+  for key, value in part.items():
+    kind = kind_of(key)
+    if kind is None or not hasattr(value, 'shape'):
+      continue
+    dtype, trailing = KINDS[kind]
+    rank = 1 if trailing is None else 1 + SPATIAL_RANK + trailing
+    ok = value.ndim == rank and (n is None or value.shape[0] == n)
+    ok = ok and (value.dtype.kind == 'f') == (dtype == 'float')
+    if ok and trailing is not None and image is not None:
+      ok = spatial_shape(value) == spatial_shape(image)
+    if not ok:
+      raise BatchError(f'batch part {name!r} key {key!r} is {value.dtype} '
+                       f'{list(value.shape)}; expected {_expected(kind)} with the part\'s '
+                       f'{n} examples and image size {list(spatial_shape(image)) if image is not None else "?"}')
+
+
+def check_training_batch(batch: Mapping[str, Any],
+                         required: Optional[Mapping[str, Sequence[str]]] = None) -> None:
+  """check() on each part of a training batch; `required` {part: keys} (default: 'image' in
+  each part present).
+
+  Raises:
+    BatchError: as check, or a required part that the batch lacks.
+  """
+  required = dict(required or {})
+  check({k: v for k, v in batch.items() if k != UNLABELED}, required.get(LABELED, ('image',)),
+        LABELED)
+  if UNLABELED in batch:
+    check(batch[UNLABELED], required.get(UNLABELED, ('image',)), UNLABELED)
+  elif required.get(UNLABELED):
+    raise BatchError(f'the batch has no part {UNLABELED!r} (unlabelled images); keys: '
+                     f'{", ".join(sorted(batch))}')
