@@ -34,8 +34,8 @@ from typing import Dict, Iterator, List
 
 import numpy as np
 
-# The repository root: train.py and configs/ are run from there.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT
+
 SIZE = 256
 
 

@@ -49,8 +49,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from benchmarks.common import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRACTIONS = {'5pct': 0.05, '1pct': 0.01}
 LABELED_PER_STEP = 16
 TUNE_SEED = 100

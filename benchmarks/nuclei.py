@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import paired
+from benchmarks.common import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('png8', 'tiff16', 'tiff16_zscore')
 SIZE = 256
 

@@ -36,9 +36,9 @@ from typing import Dict, List
 
 import numpy as np
 
+from benchmarks.common import ROOT
 from benchmarks.own_data import emit, train, write_scenes_folders
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE_SEAM = '6efdd2e'   # The last commit whose step was one pass over the whole batch.
 LABELED = ['--config.labeled_fraction=0.05']
 POOL = LABELED + ['--config.data.unlabeled_per_batch=16', '--config.batch_size=32']

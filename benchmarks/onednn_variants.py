@@ -14,12 +14,9 @@ One JSON line per variant and round (images/s of each model), written to --outpu
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT, emit
 
 VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
             'no_cache': ('SEGAE_ONEDNN_NO_CACHE',), 'serial': ('SEGAE_ONEDNN_SERIAL',)}
@@ -27,7 +24,6 @@ VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
 
 def main(argv=None) -> None:
   from benchmarks import side_by_side
-  from benchmarks.run import emit
   from segae_jax.native import build
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)

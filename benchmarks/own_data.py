@@ -35,7 +35,8 @@ from typing import Dict, List
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT
+
 NUM_LABELED, NUM_UNLABELED = 500, 9_500
 LABELED_PER_STEP = 16
 

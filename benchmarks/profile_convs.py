@@ -24,16 +24,13 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from typing import Dict, List
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT, emit
 
 # (model, layer, input shape, kernel shape, strides, padding, transposed)
 LAYERS = [
@@ -238,7 +235,6 @@ def pool_figures() -> List[Dict]:
 
 
 def main(argv=None) -> None:
-  from benchmarks.run import emit
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', default='layers,pool,step',
                       help='comma-separated: layers, pool, step')

@@ -41,24 +41,16 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT, emit, json_lines
 
 TIMED_STEPS = 10
 WARMUP_STEPS = 3
-
-
-def emit(results: List[Dict], figure: Dict) -> None:
-  print(json.dumps(figure), flush=True)
-  results.append(figure)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -277,23 +269,6 @@ def memory_child(conv_impl: str = 'auto') -> Dict:
   return {'figure': f'peak_memory/unet64/{conv_impl}', 'steps': 5,
           'batch_size': config.batch_size,
           'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def json_lines(args: List[str], what: str, env: Optional[Dict[str, str]] = None,
-               timeout: float = 900, least: int = 0) -> List[Dict]:
-  """The JSON lines (those starting with '{') that a benchmark subprocess prints, run from the
-  repository root with `env` added to this process's environment.
-
-  Raises:
-    RuntimeError: `what` failed (a non-zero exit, or fewer than `least` JSON lines), with the
-      end of its stderr.
-  """
-  proc = subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                        capture_output=True, text=True, timeout=timeout, check=False)
-  lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
-  if proc.returncode or len(lines) < least:
-    raise RuntimeError(f'{what} failed: {proc.stderr[-2000:]}')
-  return lines
 
 
 def _child(args: List[str], devices: int) -> List[Dict]:

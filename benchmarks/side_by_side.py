@@ -22,9 +22,8 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from benchmarks import run
+from benchmarks.common import ROOT, json_lines
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_REF = os.path.join(os.path.dirname(ROOT), 'shared', 'bench', 'torch_ref.py')
 TORCH_REF_BF16 = os.path.join(ROOT, 'benchmarks', 'torch_ref.py')
 MODELS = ('vae_fmnist', 'unet64')
@@ -48,7 +47,7 @@ def torch_figure(torch_python: str, model: str, compiled: bool,
   script = TORCH_REF if dtype == 'float32' else TORCH_REF_BF16
   args = ([torch_python, script, model] + (['--compile'] if compiled else [])
           + (['--bf16'] if dtype == 'bfloat16' else []))
-  return run.json_lines(args, " ".join(args), timeout=1200, least=1)[-1]
+  return json_lines(args, " ".join(args), timeout=1200, least=1)[-1]
 
 
 def read_ledger(ledger: str) -> Dict[str, Dict]:
@@ -129,9 +128,9 @@ def reference_steps(env: Dict[str, str]) -> Dict[str, float]:
   """{'<model>_images_per_s': ...} of the two reference steps on oneDNN, timed by
   benchmarks.run in a fresh process with `env` added (OpenMP and XLA read their settings, and
   the loader its library path, once, at start-up)."""
-  steps = run.json_lines([sys.executable, '-m', 'benchmarks.run', '--only=reference',
-                          '--conv_impl=onednn', '--output', os.devnull],
-                         f'reference steps with {env}', env)
+  steps = json_lines([sys.executable, '-m', 'benchmarks.run', '--only=reference',
+                      '--conv_impl=onednn', '--output', os.devnull],
+                     f'reference steps with {env}', env)
   return {f'{f["figure"].split("/")[1]}_images_per_s': f['images_per_s']
           for f in steps if f['figure'].startswith('train_step/')}
 

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import paired
+from benchmarks.common import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('ce', 'ce_dice', 'ce_weighted')
 SIZE = (240, 320)
 

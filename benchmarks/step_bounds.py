@@ -19,9 +19,7 @@ import os
 import sys
 from typing import Dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT, json_lines
 
 VARIANTS = ('base', 'pool_free', 'no_norm', 'both')
 
@@ -65,7 +63,6 @@ def child(variant: str) -> Dict:
 
 
 def main(argv=None) -> None:
-  from benchmarks import run
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'step_bounds.json'))
@@ -77,8 +74,8 @@ def main(argv=None) -> None:
   figures = []
   for round_ in range(args.rounds):
     for variant in VARIANTS:
-      lines = run.json_lines([sys.executable, '-m', 'benchmarks.step_bounds',
-                              f'--child={variant}'], f'variant {variant}', least=1)
+      lines = json_lines([sys.executable, '-m', 'benchmarks.step_bounds', f'--child={variant}'],
+                         f'variant {variant}', least=1)
       figure = {**lines[-1], 'round': round_}
       print(json.dumps(figure), flush=True)
       figures.append(figure)
