@@ -56,15 +56,16 @@ test: data
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
 
-# Speed and memory figures (JSON lines, benchmarks/results.json); about 45 minutes on 2 cores:
-# the side-by-side rounds against PyTorch (in .venv-torchref, made here on first use; 4 rounds of
-# float32 and bfloat16, about 18, resumed from benchmarks/side_by_side_<date>.jsonl if stopped),
-# the thread settings about 4, the streaming figures (20,000 generated 256x256 images) about 10.
+# Speed and memory figures (JSON lines, benchmarks/results/results.json); about 45 minutes on 2
+# cores: the side-by-side rounds against PyTorch (in .venv-torchref, made here on first use; 4
+# rounds of float32 and bfloat16, about 18, resumed from
+# benchmarks/results/side_by_side_<date>.jsonl if stopped), the thread settings about 4, the
+# streaming figures (20,000 generated 256x256 images) about 10.
 bench: data $(TORCH_VENV)/bin/python
 	$(BIN)/python -m benchmarks.run --torch_python=$(TORCH_VENV)/bin/python
 
 # Where a CPU step spends its time: per-layer convolution timings and a traced step by op
-# category (JSON lines, benchmarks/profile.json); about 2 minutes on 2 cores.
+# category (JSON lines, benchmarks/results/profile.json); about 2 minutes on 2 cores.
 profile: data
 	$(BIN)/python -m benchmarks.profile_convs
 

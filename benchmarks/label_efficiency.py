@@ -49,7 +49,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import RESULTS, ROOT
 
 FRACTIONS = {'5pct': 0.05, '1pct': 0.01}
 LABELED_PER_STEP = 16
@@ -479,9 +479,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--num_train', type=int, default=10_000)
   parser.add_argument('--num_test', type=int, default=2_000)
   parser.add_argument('--num_validation', type=int, default=1_000)
-  bench = os.path.join(ROOT, 'benchmarks')
-  parser.add_argument('--output', default=os.path.join(bench, 'label_efficiency.jsonl'))
-  parser.add_argument('--table', default=os.path.join(bench, 'label_efficiency.md'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'label_efficiency.jsonl'))
+  parser.add_argument('--table', default=os.path.join(RESULTS, 'label_efficiency.md'))
   parser.add_argument('--plot', default=os.path.join(ROOT, 'docs', 'img',
                                                      'label_efficiency.png'))
   args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import paired
-from benchmarks.common import ROOT
+from benchmarks.common import RESULTS
 
 ARMS = ('png8', 'tiff16', 'tiff16_zscore')
 SIZE = 256
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=600)
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'nuclei.jsonl'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'nuclei.jsonl'))
   args = parser.parse_args(argv)
   root = os.path.join(args.workdir, 'data')
   fractions = write_folders(root)

@@ -31,12 +31,11 @@ import argparse
 import json
 import os
 import subprocess
-import time
 from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, dated_ledger
 from benchmarks.own_data import emit, train, write_scenes_folders
 
 BEFORE_SEAM = '6efdd2e'   # The last commit whose step was one pass over the whole batch.
@@ -158,8 +157,7 @@ def main(argv=None) -> None:
   parser.add_argument('--steps', type=int, default=1200)
   parser.add_argument('--bn_steps', type=int, default=600)
   parser.add_argument('--seeds', default='0,1,2', help='Seeds of the bn_pool figures.')
-  parser.add_argument('--output', default=os.path.join(
-      ROOT, 'benchmarks', f'objectives_{time.strftime("%Y-%m-%d")}.jsonl'))
+  parser.add_argument('--output', default=dated_ledger('objectives'))
   args = parser.parse_args(argv)
   lines: List[Dict] = []
   os.makedirs(args.workdir, exist_ok=True)

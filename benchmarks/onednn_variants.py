@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 
-from benchmarks.common import ROOT, emit
+from benchmarks.common import RESULTS, emit
 
 VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
             'no_cache': ('SEGAE_ONEDNN_NO_CACHE',), 'serial': ('SEGAE_ONEDNN_SERIAL',)}
@@ -29,7 +29,7 @@ def main(argv=None) -> None:
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--variants', default=','.join(VARIANTS),
                       help=f'comma-separated subset of {", ".join(VARIANTS)}')
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'variants.json'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'variants.json'))
   args = parser.parse_args(argv)
   names = args.variants.split(',')
   unknown = sorted(set(names) - set(VARIANTS))

@@ -35,7 +35,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, dated_ledger
 
 NUM_LABELED, NUM_UNLABELED = 500, 9_500
 LABELED_PER_STEP = 16
@@ -226,8 +226,7 @@ def main(argv=None) -> None:
   parser.add_argument('--only', default='vae,semisup,tiling,tiling_offset')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=600)
-  parser.add_argument('--output', default=os.path.join(
-      ROOT, 'benchmarks', f'own_data_{time.strftime("%Y-%m-%d")}.jsonl'))
+  parser.add_argument('--output', default=dated_ledger('own_data'))
   args = parser.parse_args(argv)
   only = args.only.split(',')
   lines: List[Dict] = []

@@ -30,7 +30,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import ROOT, emit
+from benchmarks.common import RESULTS, emit
 
 # (model, layer, input shape, kernel shape, strides, padding, transposed)
 LAYERS = [
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', default='layers,pool,step',
                       help='comma-separated: layers, pool, step')
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'profile.json'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'profile.json'))
   args = parser.parse_args(argv)
   figures = []
   parts = args.only.split(',')

@@ -1,7 +1,7 @@
 """The benchmark suite: `make bench` or `python -m benchmarks.run [--only=NAME,...]`.
 
-Prints one JSON line per figure and writes them all to benchmarks/results.json (--output).
-Every figure goes through the project's own code: models.build, losses.make_loss_fn,
+Prints one JSON line per figure and writes them all to benchmarks/results/results.json
+(--output). Every figure goes through the project's own code: models.build, losses.make_loss_fn,
 training.create_train_state / training.train_step, parallel.make_strategy, data.TrainIterator.
 
 Figures (name: what is measured):
@@ -47,7 +47,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import ROOT, emit, json_lines
+from benchmarks.common import RESULTS, dated_ledger, emit, json_lines
 
 TIMED_STEPS = 10
 WARMUP_STEPS = 3
@@ -291,7 +291,7 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
   implementations; with `baseline` (a checkout of other code) also the main job's images/s there
   and here; with `torch_python` (a Python with PyTorch) the side-by-side figures, float32 and
   bfloat16, `side_by_side_rounds` rounds, each finished round kept in `side_by_side_ledger`
-  (default benchmarks/side_by_side_<date>.jsonl) and read back by a re-run."""
+  (default benchmarks/results/side_by_side_<date>.jsonl) and read back by a re-run."""
   results: List[Dict] = []
   peak = 0.0
   steps = {}
@@ -335,8 +335,7 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
       config.compute_dtype = dtype
       return train_step_figure(name, config, peak)
 
-    ledger = side_by_side_ledger or os.path.join(
-        ROOT, 'benchmarks', f'side_by_side_{time.strftime("%Y-%m-%d")}.jsonl')
+    ledger = side_by_side_ledger or dated_ledger('side_by_side')
     for figure in side_by_side.figures(torch_python, step_figure, side_by_side_rounds,
                                        ('float32', 'bfloat16'), ledger):
       emit(results, figure)
@@ -365,7 +364,7 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', default=','.join(ALL),
                       help=f'comma-separated subset of {", ".join(ALL)}')
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'results.json'))
   parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'matmul_grad', 'onednn'),
                       help='convolution gradients of the train-step figures (conv_ops)')
   parser.add_argument('--baseline', default='',
@@ -380,8 +379,8 @@ def main(argv=None) -> None:
                       help='interleaved rounds of the side-by-side figures')
   parser.add_argument('--side_by_side_ledger', default='',
                       help='JSON lines of finished side-by-side rounds, read back on a re-run '
-                           '(default benchmarks/side_by_side_<date>.jsonl: delete it to '
-                           're-measure the same day)')
+                           '(default benchmarks/results/side_by_side_<date>.jsonl: delete it '
+                           'to re-measure the same day)')
   parser.add_argument('--child', choices=('parallel', 'memory'), help=argparse.SUPPRESS)
   parser.add_argument('--devices', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import paired
-from benchmarks.common import ROOT
+from benchmarks.common import RESULTS
 
 ARMS = ('ce', 'ce_dice', 'ce_weighted')
 SIZE = (240, 320)
@@ -122,8 +122,7 @@ def main(argv=None) -> None:
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=600)
   parser.add_argument('--num_train', type=int, default=32)
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks',
-                                                       'small_foreground.jsonl'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'small_foreground.jsonl'))
   args = parser.parse_args(argv)
   root = os.path.join(args.workdir, 'data')
   fractions = write_folder(root, args.num_train)

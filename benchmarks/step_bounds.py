@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict
 
-from benchmarks.common import ROOT, json_lines
+from benchmarks.common import RESULTS, json_lines
 
 VARIANTS = ('base', 'pool_free', 'no_norm', 'both')
 
@@ -65,7 +65,7 @@ def child(variant: str) -> Dict:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=2)
-  parser.add_argument('--output', default=os.path.join(ROOT, 'benchmarks', 'step_bounds.json'))
+  parser.add_argument('--output', default=os.path.join(RESULTS, 'step_bounds.json'))
   parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:

@@ -1,13 +1,17 @@
 """The benchmark's reference models are the networks ../shared/bench/README.md specifies: the
 PyTorch reference's parameters counted by hand, batch sizes, losses and optimiser settings."""
+import glob
 import json
+import os
+import re
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import run
+from benchmarks import common, run
 from segae_jax import models
 
 
@@ -136,3 +140,29 @@ def test_step_bound_pool_keeps_the_forward_and_broadcasts_the_gradient():
   x = jnp.arange(8.0).reshape(1, 2, 4, 1)
   g = jax.grad(lambda x: jnp.sum(pool(x) * jnp.array([1.0, 2.0]).reshape(1, 1, 2, 1)))(x)
   np.testing.assert_array_equal(g[0, ..., 0], [[1, 1, 2, 2], [1, 1, 2, 2]])
+
+
+def test_a_stopped_bench_resumes_from_the_results_folder(monkeypatch, tmp_path):
+  """`make bench` keeps its side-by-side rounds in benchmarks/results/side_by_side_<date>.jsonl
+  (and reads them back from there), beside the ledgers the docs cite, not among the modules."""
+  from benchmarks import side_by_side
+  ledgers = []
+  monkeypatch.setattr(run, 'matmul_peak', lambda: {'figure': 'matmul_peak', 'gflop_per_s': 1.0})
+  monkeypatch.setattr(side_by_side, 'figures', lambda *args: ledgers.append(args[-1]) or [])
+  run.run(['side_by_side'], str(tmp_path / 'results.json'), torch_python='python')
+  today = time.strftime('%Y-%m-%d')
+  assert ledgers == [os.path.join(common.RESULTS, f'side_by_side_{today}.jsonl')]
+  assert not glob.glob(os.path.join(common.ROOT, 'benchmarks', '*.jsonl'))
+
+
+def test_every_ledger_the_docs_cite_is_there():
+  """Each benchmarks/...jsonl or .md path in README.md and docs/*.md names a file (or, with a *,
+  some files) of the checkout; <date> stands for any day's ledger."""
+  docs = glob.glob(os.path.join(common.ROOT, 'docs', '*.md'))
+  docs.append(os.path.join(common.ROOT, 'README.md'))
+  cited = {path for doc in docs
+           for path in re.findall(r'benchmarks/[\w/*<>-]+\.(?:jsonl|md)', open(doc).read())}
+  assert cited
+  missing = [path for path in sorted(cited)
+             if not glob.glob(os.path.join(common.ROOT, path.replace('<date>', '*')))]
+  assert not missing, missing
