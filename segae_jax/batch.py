@@ -24,7 +24,7 @@ kind) has the kind of `<name>`.
 Raises (check): BatchError, one line naming the part, the key, and what was expected.
 """
 import re
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from segae_jax.errors import UserInputError
 
@@ -45,12 +45,17 @@ KINDS = {
 }
 KEYS = {
     'image': 'image', 'strong': 'image', 'noise': 'image', 'target': 'image',
+    'clean_image': 'image',
     'cutmix': 'pixel_map', 'mask': 'pixel_map', 'target_weight': 'pixel_map',
     'confident': 'pixel_map',
     'segmentation': 'labels',
     'labeled': 'example', 'valid': 'example',
     'label': 'class_id',
 }
+
+# What check() is asked for: key names (their kinds from KEYS), or {key: kind} where a view
+# declares the kind of a key of its own (None: KEYS's).
+Required = Union[Iterable[str], Mapping[str, Optional[str]]]
 
 
 class BatchError(UserInputError):
@@ -79,9 +84,17 @@ def spatial_axes(x: Any, leading: int = 1) -> Tuple[int, ...]:
   return tuple(range(leading, leading + SPATIAL_RANK))
 
 
+def example_axes(x: Any) -> Tuple[int, ...]:
+  """Every axis of one example of x [n, ...]: (1, 2, 3) for [n, h, w, c], (1, 2) for [n, h, w]
+  (a mean or sum per example over its pixels and channels)."""
+  return tuple(range(1, x.ndim))
+
+
 def spatial_shape(x: Any, leading: int = 1) -> Tuple[int, ...]:
-  """(h, w) of a per-pixel array [n, h, w, ...] (or [h, w, ...] with leading=0)."""
-  return tuple(x.shape[leading:leading + SPATIAL_RANK])
+  """(h, w) of a per-pixel array [n, h, w, ...] (or of one image [h, w, ...] with leading=0).
+  `x` is an array or a shape tuple."""
+  shape = tuple(x.shape if hasattr(x, 'shape') else x)
+  return shape[leading:leading + SPATIAL_RANK]
 
 
 def pixels_shape(x: Any) -> Tuple[int, ...]:
@@ -91,7 +104,7 @@ def pixels_shape(x: Any) -> Tuple[int, ...]:
 
 def per_example(values: Any, like: Any) -> Any:
   """values [n] reshaped to broadcast against `like` [n, ...] (e.g. a weight per example over
-  its pixels)."""
+  its pixels): [n, 1, 1] for like [n, h, w]."""
   return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
@@ -103,50 +116,75 @@ def _expected(kind: str) -> str:
   return f'{dtype} [{axes}]'
 
 
-def check(part: Mapping[str, Any], required: Iterable[str] = ('image',),
+def _is_float(dtype: Any) -> bool:
+  # bfloat16 and float8 (ml_dtypes) are numpy kind 'V': known by name.
+  return dtype.kind == 'f' or str(dtype).startswith(('float', 'bfloat'))
+
+
+def _fits(value: Any, kind: str, n: Optional[int], size: Optional[Tuple[int, ...]]) -> bool:
+  """Whether `value` has the rank, dtype kind, example count n and spatial size of `kind`."""
+  dtype, trailing = KINDS[kind]
+  rank = 1 if trailing is None else 1 + SPATIAL_RANK + trailing
+  if value.ndim != rank or (n is not None and value.shape[0] != n):
+    return False
+  if _is_float(value.dtype) != (dtype == 'float') or (dtype == 'int' and
+                                                      value.dtype.kind not in 'iub'):
+    return False
+  return trailing is None or size is None or spatial_shape(value) == size
+
+
+def check(part: Mapping[str, Any], required: Required = ('image',),
           name: str = LABELED) -> None:
-  """Checks the batch part `name` has the keys `required` and that every declared key it holds
-  has its kind's rank, dtype kind and the part's example count (and, per pixel, the image's
-  spatial shape).
+  """Checks the batch part `name` has the keys `required` and that every key of a known kind
+  (KEYS, or the kind `required` gives it) has its kind's rank, dtype kind and the part's example
+  count (and, per pixel, the spatial shape of the part's 'image').
+
+  Args:
+    part: {key: array [n, ...]} (nested dicts, e.g. another part, are skipped).
+    required: key names, or {key: kind or None} (a view's own key and the kind it promises).
+    name: the part's name, for the message.
 
   Raises:
     BatchError: one line naming the part, the key and what was expected.
   """
-  missing = [k for k in required if k not in part]
+  kinds = dict(required) if isinstance(required, Mapping) else dict.fromkeys(required)
+  missing = [k for k in kinds if k not in part]
   if missing:
     raise BatchError(f'batch part {name!r} has no key {missing[0]!r}; it holds '
                      f'{", ".join(sorted(part)) or "nothing"}')
   image = part.get('image')
-  n = image.shape[0] if image is not None else None
+  n = image.shape[0] if hasattr(image, 'shape') else None
+  size = spatial_shape(image) if hasattr(image, 'shape') else None
   for key, value in part.items():
-    kind = kind_of(key)
+    kind = kinds.get(key) or kind_of(key)
     if kind is None or not hasattr(value, 'shape'):
       continue
-    dtype, trailing = KINDS[kind]
-    rank = 1 if trailing is None else 1 + SPATIAL_RANK + trailing
-    ok = value.ndim == rank and (n is None or value.shape[0] == n)
-    ok = ok and (value.dtype.kind == 'f') == (dtype == 'float')
-    if ok and trailing is not None and image is not None:
-      ok = spatial_shape(value) == spatial_shape(image)
-    if not ok:
-      raise BatchError(f'batch part {name!r} key {key!r} is {value.dtype} '
-                       f'{list(value.shape)}; expected {_expected(kind)} with the part\'s '
-                       f'{n} examples and image size {list(spatial_shape(image)) if image is not None else "?"}')
+    if kind not in KINDS:
+      raise BatchError(f'batch part {name!r} key {key!r} is said to be of kind {kind!r}; '
+                       f'kinds: {", ".join(KINDS)}')
+    if not _fits(value, kind, n, size):
+      raise BatchError(f'batch part {name!r} key {key!r} is {value.dtype} {list(value.shape)}; '
+                       f'expected {kind} {_expected(kind)} with the part\'s {n} examples and '
+                       f'image size {list(size) if size else "?"}')
 
 
 def check_training_batch(batch: Mapping[str, Any],
-                         required: Optional[Mapping[str, Sequence[str]]] = None) -> None:
-  """check() on each part of a training batch; `required` {part: keys} (default: 'image' in
-  each part present).
+                         required: Optional[Mapping[str, Required]] = None) -> None:
+  """check() on each part of a training batch (a single device's or sharded jit's layout,
+  [n, ...], not pmap's); `required` {part: keys or {key: kind}} (default: 'image' in each part
+  present).
 
   Raises:
-    BatchError: as check, or a required part that the batch lacks.
+    BatchError: as check, or a part that `required` names and the batch lacks.
   """
   required = dict(required or {})
+  unknown = sorted(set(required) - set(PARTS))
+  if unknown:
+    raise ValueError(f'required keys for unknown batch parts {unknown}; parts: {PARTS}')
   check({k: v for k, v in batch.items() if k != UNLABELED}, required.get(LABELED, ('image',)),
         LABELED)
   if UNLABELED in batch:
     check(batch[UNLABELED], required.get(UNLABELED, ('image',)), UNLABELED)
-  elif required.get(UNLABELED):
+  elif UNLABELED in required:
     raise BatchError(f'the batch has no part {UNLABELED!r} (unlabelled images); keys: '
                      f'{", ".join(sorted(batch))}')
