@@ -16,6 +16,9 @@ Segmentation terms read batch['segmentation'] (int32 [batch, height, width] clas
 `ignore_label` for unlabeled pixels) and outputs['seg_logits'] ([batch, height, width, classes]);
 examples with batch['labeled'] == 0 (semi-supervised training) do not count for them.
 
+The layout (which axes are spatial, a value per example broadcast over pixels) comes from the
+batch contract, segae_jax.batch.
+
 Units: reconstruction terms are summed over pixels and channels, the KL over latent dimensions,
 so per-image values are in nats; segmentation cross-entropy and focal loss are means over labeled
 pixels (nats per pixel), Dice loss is in [0, 1].
@@ -28,8 +31,8 @@ segmentation.py (seg_ce, focal, dice), classification.py (class_ce, class_focal)
 compose.py; base.py holds the registry and the means they share.
 """
 from segae_jax.losses.base import (LOSSES, LossFn, Metrics, axis_mean, batch_mean,
-                                   reconstruction_target, softmax_focal, sum_per_example,
-                                   weighted_mean)
+                                   mean_per_example, reconstruction_target, softmax_focal,
+                                   sum_per_example, weighted_mean)
 from segae_jax.losses.classification import class_ce, class_focal
 from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_fn
 from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, noise_mse,

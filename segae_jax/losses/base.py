@@ -41,7 +41,13 @@ def batch_mean(per_example: jnp.ndarray, batch: Mapping[str, jnp.ndarray],
 
 
 def sum_per_example(x: jnp.ndarray) -> jnp.ndarray:
+  """The sum of each example of x [n, ...] over all its elements (pixels and channels): [n]."""
   return jnp.sum(x.reshape((x.shape[0], -1)), axis=-1)
+
+
+def mean_per_example(x: jnp.ndarray) -> jnp.ndarray:
+  """The mean of each example of x [n, ...] over all its elements (pixels and channels): [n]."""
+  return jnp.mean(x.reshape((x.shape[0], -1)), axis=-1)
 
 
 def weighted_mean(values: jnp.ndarray, weights: jnp.ndarray,

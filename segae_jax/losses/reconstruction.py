@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segae_jax.losses.base import (LOSSES, Metrics, batch_mean, reconstruction_target,
-                                   sum_per_example)
+from segae_jax.batch import example_axes, pixels_shape
+from segae_jax.losses.base import (LOSSES, Metrics, batch_mean, mean_per_example,
+                                   reconstruction_target, sum_per_example)
 
 
 def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
@@ -27,8 +28,8 @@ def pixel_weights(batch) -> Optional[jnp.ndarray]:
   weights = batch.get('target_weight')
   if weights is None:
     return None
-  weights = weights.astype(jnp.float32).reshape(weights.shape[:3] + (1,))
-  any_weight = jnp.any(weights > 0, axis=(1, 2, 3), keepdims=True)
+  weights = weights.astype(jnp.float32).reshape(pixels_shape(weights) + (1,))
+  any_weight = jnp.any(weights > 0, axis=example_axes(weights), keepdims=True)
   return jnp.where(any_weight, weights, 1.0)
 
 
@@ -69,7 +70,7 @@ def rec_mse_per_pixel(outputs, batch,
   squared = optax.squared_error(recon, reconstruction_target(batch))
   weights = pixel_weights(batch)
   if weights is None:
-    per_image = jnp.mean(squared.reshape((recon.shape[0], -1)), axis=-1)
+    per_image = mean_per_example(squared)
   else:
     per_image = (sum_per_example(squared * weights)
                  / (sum_per_example(weights) * recon.shape[-1]))
@@ -84,7 +85,7 @@ def noise_mse(outputs, batch, axis_name: Optional[str] = None) -> Tuple[jnp.ndar
   predict the noise added to x~ = (x + sigma * eps) / sqrt(1 + sigma^2)). Not a config.loss term:
   the 'denoising' objective adds it for the images it noised."""
   error = optax.squared_error(outputs['rec_logits'], batch['target'])
-  value = batch_mean(jnp.mean(error.reshape((error.shape[0], -1)), axis=-1), batch, axis_name)
+  value = batch_mean(mean_per_example(error), batch, axis_name)
   return value, {'noise_mse': value}
 
 

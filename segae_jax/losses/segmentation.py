@@ -3,6 +3,11 @@
 Each is a mean over the pixels (or images, for Dice) that count: real (batch['valid']), labelled
 (batch['labeled']) and not ignored; with `axis_name` (pmap) over every device's, so that pmap,
 sharded jit and one device give the same value and gradient (losses.base.axis_mean).
+
+batch['pixel_weight'] (float32 [batch, h, w], optional) scales each pixel's term without
+changing what the mean divides by: a pixel weighted 0 still counts in the mean (UniMatch's
+normalisation of confident pseudo-labels, Yang et al., CVPR 2023: training.objectives.teacher).
+Dice takes it as a soft mask of the pixels' predictions and targets.
 """
 from typing import Optional
 
@@ -10,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from segae_jax.batch import per_example, spatial_axes
 from segae_jax.errors import UserInputError
-from segae_jax.losses.base import LOSSES, softmax_focal, weighted_mean
+from segae_jax.losses.base import LOSSES, axis_mean, softmax_focal, weighted_mean
 
 
 # The terms registered here: they need masks ('segmentation') in the batch.
@@ -37,7 +43,7 @@ def _labels_and_keep(batch, num_classes: int, ignore_label: int):
 def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
   """([batch, h, w] float32 weights, [batch, h, w] int32 labels with ignored pixels set to 0)."""
   labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
-  weights = keep * _example_weights(batch)[:, None, None]
+  weights = keep * per_example(_example_weights(batch), keep)
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights, jnp.float32)
     if class_weights.shape != (num_classes,):
@@ -45,6 +51,14 @@ def _pixel_weights(batch, num_classes: int, class_weights, ignore_label: int):
                            f'predicts {num_classes} classes')
     weights = weights * class_weights[labels]
   return weights, labels
+
+
+def _pixel_mean(values, weights, batch, axis_name: Optional[str]) -> jnp.ndarray:
+  """weighted_mean of per-pixel values [batch, h, w], each scaled by batch['pixel_weight']
+  where the batch has one (the denominator, sum(weights), unchanged: module doc)."""
+  if 'pixel_weight' not in batch:
+    return weighted_mean(values, weights, axis_name)
+  return axis_mean(jnp.sum(values * weights * batch['pixel_weight']), jnp.sum(weights), axis_name)
 
 
 @LOSSES.register('seg_ce')
@@ -58,7 +72,7 @@ def seg_ce(outputs, batch, class_weights=None, ignore_label: int = 255,
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  value = weighted_mean(ce, weights, axis_name)
+  value = _pixel_mean(ce, weights, batch, axis_name)
   return value, {'seg_ce': value}
 
 
@@ -71,7 +85,7 @@ def focal(outputs, batch, gamma: float = 2.0, class_weights=None, ignore_label: 
   """
   logits = outputs['seg_logits']
   weights, labels = _pixel_weights(batch, logits.shape[-1], class_weights, ignore_label)
-  value = weighted_mean(softmax_focal(logits, labels, gamma), weights, axis_name)
+  value = _pixel_mean(softmax_focal(logits, labels, gamma), weights, batch, axis_name)
   return value, {'focal': value}
 
 
@@ -90,10 +104,13 @@ def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
   logits = outputs['seg_logits']
   num_classes = logits.shape[-1]
   labels, keep = _labels_and_keep(batch, num_classes, ignore_label)
+  if 'pixel_weight' in batch:
+    keep = keep * batch['pixel_weight']
   probs = jax.nn.softmax(logits) * keep[..., None]
   targets = jax.nn.one_hot(labels, num_classes) * keep[..., None]
-  intersection = jnp.sum(probs * targets, axis=(1, 2))  # [batch, classes]
-  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(targets, axis=(1, 2))
+  pixels = spatial_axes(probs)
+  intersection = jnp.sum(probs * targets, axis=pixels)  # [batch, classes]
+  total = jnp.sum(probs, axis=pixels) + jnp.sum(targets, axis=pixels)
   per_class = 1.0 - (intersection + smooth) / (0.5 * total + smooth)
   per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:], axis=-1)
   value = weighted_mean(per_image, _example_weights(batch), axis_name)
