@@ -195,8 +195,8 @@ def large_scenes(tfds_dir: str, count: int = 100, grid: int = 3):
 
 
 def tiling_figures(lines, output: str, workdir: str, offset: int = 0) -> None:
+  from segae_jax.inference import scoring
   from segae_jax.tools import common
-  from segae_jax.training import metrics
   images, masks, class_names = large_scenes(os.path.join(workdir, 'scenes_folders', 'tfds'))
   # offset > 0 cuts the first rows and columns so that tile borders no longer fall on the
   # borders of the scenes the images are made of (as in a photograph).
@@ -212,9 +212,9 @@ def tiling_figures(lines, output: str, workdir: str, offset: int = 0) -> None:
     run = common.load_run(run_dir, 'latest')
     for mode, inference in modes.items():
       labels = common.segment_images(run, list(images), inference, 32)
-      confusion = sum(common.confusion_counts(truth, predicted, len(class_names))
+      confusion = sum(scoring.confusion_counts(truth, predicted, len(class_names))
                       for truth, predicted in zip(masks, labels))
-      scores = metrics.segmentation_scores(confusion, class_names)
+      scores = scoring.segmentation_scores(confusion, class_names)
       emit(lines, output, {'figure': f'{name}/{variant}/{mode}', 'miou': scores['miou'],
                            'pixel_accuracy': scores['pixel_accuracy'],
                            'image_size': list(images.shape[1:3]), 'images': len(images)})

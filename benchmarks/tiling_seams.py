@@ -14,7 +14,7 @@ from typing import Tuple
 
 import numpy as np
 
-from segae_jax.tools import tiling
+from segae_jax.inference import tiling
 
 CASES = (((16, 24), (50, 70), 5), ((64, 64), (200, 200), 5), ((64, 64), (200, 200), 15),
          ((128, 128), (400, 400), 31))

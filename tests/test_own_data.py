@@ -11,7 +11,8 @@ from conftest import set_fields
 from segae_jax import data, losses, training
 from segae_jax.data import image_folder, sizing, sources
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common, evaluate, tiling
+from segae_jax.inference import tiling
+from segae_jax.tools import common, evaluate
 
 
 def _write(path, array):

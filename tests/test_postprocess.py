@@ -1,10 +1,11 @@
-"""Test-time augmentation and post-processing of label maps (segae_jax.tools.postprocess), by
+"""Test-time augmentation and post-processing of label maps (segae_jax.inference.postprocess), by
 hand, and through a trained U-Net's Segmenter and evaluate."""
 import numpy as np
 import pytest
 
 from segae_jax.errors import UserInputError
-from segae_jax.tools import common, evaluate, postprocess
+from segae_jax.inference import postprocess
+from segae_jax.tools import common, evaluate
 
 
 def test_small_components_of_each_foreground_class_become_background():

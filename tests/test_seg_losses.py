@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from segae_jax import losses
+from segae_jax.inference import scoring
 from segae_jax.training import metrics
 from segae_jax.errors import UserInputError
 
@@ -98,14 +99,14 @@ def test_confusion_matrix_and_scores_by_hand():
   weighted = np.asarray(metrics.confusion_matrix(labels, preds, 3,
                                                  jnp.array([[1, 1, 1, 1], [0, 0, 0, 0]])))
   np.testing.assert_array_equal(weighted, [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
-  s = metrics.segmentation_scores(expected, ['bg', 'a', 'b'])
+  s = scoring.segmentation_scores(expected, ['bg', 'a', 'b'])
   iou = [1 / (1 + 1 + 2), 3 / (3 + 1 + 0), 0.0]  # TP / (TP + FP + FN)
   np.testing.assert_allclose([s['per_class'][n]['iou'] for n in ('bg', 'a', 'b')], iou)
   np.testing.assert_allclose(s['miou'], np.mean(iou))
   np.testing.assert_allclose(s['per_class']['a']['dice'], 6 / 7)
   np.testing.assert_allclose(s['pixel_accuracy'], 4 / 7)
   # A class absent from truth and prediction does not drag mIoU down.
-  s2 = metrics.segmentation_scores(np.array([[2, 0, 0], [0, 2, 0], [0, 0, 0]]))
+  s2 = scoring.segmentation_scores(np.array([[2, 0, 0], [0, 2, 0], [0, 0, 0]]))
   assert s2['miou'] == 1.0 and s2['per_class']['2']['pixels'] == 0
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import ROOT, scenes_config
 from segae_jax import training
-from segae_jax.tools import common, unsupervised
+from segae_jax.inference import scoring
+from segae_jax.tools import unsupervised
 from segae_jax.errors import UserInputError
 
 
@@ -52,7 +53,7 @@ def test_foreground_iou_by_majority_vote():
 def test_confusion_counts_count_and_ignore_out_of_range_labels():
   labels = np.array([[0, 0, 1], [2, 255, 1]])
   clusters = np.array([[1, 1, 0], [0, 1, 2]])
-  confusion = common.confusion_counts(labels, clusters, 3, 3)
+  confusion = scoring.confusion_counts(labels, clusters, 3, 3)
   np.testing.assert_array_equal(confusion, [[0, 2, 0], [1, 0, 1], [1, 0, 0]])
 
 
@@ -69,7 +70,7 @@ def test_kmeans_on_the_raw_pixel_baseline_separates_two_intensities():
   assert regions.shape == (4, 8, 8)
   assert len(np.unique(regions[..., :4])) == 1 and len(np.unique(regions[..., 4:])) == 1
   assert regions[0, 0, 0] != regions[0, 0, 7]
-  confusion = common.confusion_counts((images[..., 0] > 0).astype(int), regions, 2, 2)
+  confusion = scoring.confusion_counts((images[..., 0] > 0).astype(int), regions, 2, 2)
   assert unsupervised.hungarian_scores(confusion)['miou'] == 1.0
 
 

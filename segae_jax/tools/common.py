@@ -16,12 +16,14 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from segae_jax import batch
 from segae_jax.data import batching
 from segae_jax.data.images import read_as_written
 from segae_jax.data.normalize import Normalization, conform
 from segae_jax.errors import UserInputError
-from segae_jax.segmenter import Inference, Segmenter
-from segae_jax.tools import postprocess, tiling
+from segae_jax.inference import model as inference_model, postprocess, tiling
+from segae_jax.inference.model import seg_logits  # A head, beside seg_labels and the others.
+from segae_jax.inference.segmenter import Inference, Segmenter
 
 CHECKPOINT_KINDS = ('best', 'latest')
 # What an output head receives: the model's outputs ({'seg_logits': ..., 'recon_logits': ...}).
@@ -88,11 +90,6 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=flag_values, module_name=module)
 
 
-def seg_logits(outputs: Dict[str, Any]):
-  """Head: the class logits, float32 [batch, height, width, classes]."""
-  return outputs['seg_logits'].astype('float32')
-
-
 def seg_labels(outputs: Dict[str, Any]):
   """Head: the arg-max class of each pixel, int [batch, height, width]."""
   return outputs['seg_logits'].argmax(-1)
@@ -123,10 +120,15 @@ class TrainedRun:
   # How the training pipeline made stored pixels its input (data.normalize).
   normalization: Normalization = Normalization()
 
+  @property
+  def input_size(self) -> Tuple[int, ...]:
+    """(height, width) of the model input: image_shape's spatial sizes."""
+    return batch.spatial_shape(self.image_shape, 0)
+
   def apply(self, variables: Dict[str, Any], images) -> Dict[str, Any]:
-    """The model's outputs in inference mode; pure, so it composes inside jax.jit."""
-    import jax
-    return self.model.apply(variables, images, train=False, rngs={'reparam': jax.random.PRNGKey(0)})
+    """The model's outputs in inference mode (inference.model.apply); pure, so it composes
+    inside jax.jit."""
+    return inference_model.apply(self.model, variables, images)
 
   def output_names(self) -> List[str]:
     """The names of the model's outputs (shapes only, nothing is computed)."""
@@ -151,13 +153,14 @@ class TrainedRun:
     """Pure: float32 pixels [batch, height, width, channels] in the stored images' units (0..255
     for 8-bit images, 0..65535 for 16-bit, as stored for float) -> float32 class logits [batch,
     height, width, classes], the run's input normalisation inside (the function tools.export
-    serialises)."""
-    import jax.numpy as jnp
-    return seg_logits(self.apply(variables, self.normalization(pixels, jnp)))
+    serialises; inference.model.pixel_logits)."""
+    return inference_model.pixel_logits(self.model, self.normalization, variables, pixels)
 
-  def segmenter(self, inference: Inference, batch_size: int) -> Segmenter:
+  def segmenter(self, inference: Inference, batch_size: int,
+                segmenter_class: type = Segmenter) -> Segmenter:
     """The Segmenter of this run: its pixel_logits compiled at the input size and at the tile
-    size of `inference` (the training size unless inference.tile_size says otherwise).
+    size of `inference` (the training size unless inference.tile_size says otherwise), made by
+    `segmenter_class` (a subclass of inference.Segmenter, such as segae_jax.Segmenter).
 
     Raises:
       UserInputError: a bad tile size (see at_size).
@@ -168,9 +171,9 @@ class TrainedRun:
       return lambda pixels: np.asarray(fn(run.variables, np.asarray(pixels, np.float32)))
     tile_run, tiles = self.tiled(inference, batch_size)
     logits = compiled(self)  # Tiles of the input size (the default) share its compilation.
-    return Segmenter(logits, self.image_shape, self.class_names, inference, batch_size,
-                     tile_logits=logits if tile_run is self else compiled(tile_run),
-                     tile_size=tiles.tile, normalization=self.normalization)
+    return segmenter_class(logits, self.image_shape, self.class_names, inference, batch_size,
+                           tile_logits=logits if tile_run is self else compiled(tile_run),
+                           tile_size=tiles.tile, normalization=self.normalization)
 
   def infer(self, images: np.ndarray, head: Head, batch_size: int) -> np.ndarray:
     """head(outputs) of images [n, h, w, c] in batches of min(batch_size, n), the last one
@@ -188,13 +191,13 @@ class TrainedRun:
     import jax
     from segae_jax import models
     size = (int(size[0]), int(size[1]))
-    if size == tuple(self.image_shape[:2]):
+    if size == self.input_size:
       return self
-    own = 'x'.join(map(str, self.image_shape[:2]))
+    own = 'x'.join(map(str, self.input_size))
     if not isinstance(self.model, models.SegmentationModel):
       raise UserInputError(f'--tile_size={size[0]}x{size[1]}: model {self.config.model.name!r} '
                            f'takes only its training size {own}')
-    shape = size + (self.image_shape[2],)
+    shape = size + tuple(self.image_shape[-1:])
     run = dataclasses.replace(self, model=self.model.clone(image_shape=shape), image_shape=shape)
     try:
       jax.eval_shape(run.apply, run.variables, np.zeros((1,) + shape, np.float32))
@@ -205,11 +208,10 @@ class TrainedRun:
   def with_conv_impl(self, impl: str) -> 'TrainedRun':
     """This run with its model's convolutions computed by `impl` (config.conv_impl: 'xla' for
     jax.export, whose serialisation refuses oneDNN's custom calls); the same variables."""
-    from segae_jax import training
     config = self.config.copy_and_resolve_references()
     config.conv_impl = impl
-    model = training.build_model(config, self.image_shape,
-                                 getattr(self.model, 'num_classes', None))
+    model = inference_model.build_model(config, self.image_shape,
+                                        getattr(self.model, 'num_classes', None))
     return dataclasses.replace(self, config=config, model=model)
 
   def tiled(self, inference: Inference, batch_size: int) -> Tuple['TrainedRun', tiling.Tiling]:
@@ -219,7 +221,7 @@ class TrainedRun:
     Raises:
       UserInputError: a bad tile size (see at_size).
     """
-    size = tiling.parse_tile_size(inference.tile_size, self.image_shape[:2])
+    size = tiling.parse_tile_size(inference.tile_size, self.input_size)
     return (self.at_size(size),
             tiling.Tiling(size, inference.overlap, inference.blend, batch_size))
 
@@ -234,7 +236,7 @@ class TrainedRun:
   def uses_tiles(self, inference: Inference, height: int, width: int) -> bool:
     """Whether a height x width image is tiled: --mode=tile, or auto and larger than the model
     input on an axis."""
-    return tiling.is_tiled(inference.mode, self.image_shape[:2], height, width)
+    return tiling.is_tiled(inference.mode, self.input_size, height, width)
 
   def has_unet_encoder(self) -> bool:
     """True for the U-Net family (unet, segae, unet_ae, vae_unet): an `encoder` with levels."""
@@ -298,7 +300,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   image_shape = tuple(meta['image_shape'])
   # Exactly the model training built (compute dtype, convolution implementation), and the
   # objective's state (an EMA teacher) that the checkpoint holds beside it.
-  model = training.build_model(config, image_shape, meta.get('num_classes'))
+  model = inference_model.build_model(config, image_shape, meta.get('num_classes'))
   objective = objectives.of_config(config, image_shape)
   state = objective.init_state(training.create_train_state(config, model, image_shape,
                                                            jax.random.PRNGKey(0)))
@@ -321,21 +323,6 @@ def segment_images(run: TrainedRun, images: Sequence[np.ndarray], inference: Inf
     UserInputError: a bad tile size.
   """
   return run.segmenter(inference, batch_size)(images)
-
-
-def confusion_counts(labels, predictions, num_classes: int,
-                     num_predicted: Optional[int] = None) -> np.ndarray:
-  """int64 [num_classes, num_predicted] pixel counts C[label, prediction] from int maps of one
-  shape (num_predicted defaults to num_classes: a confusion matrix for
-  training.metrics.segmentation_scores); labels outside [0, num_classes) (an ignore label) are
-  not counted."""
-  num_predicted = num_classes if num_predicted is None else num_predicted
-  labels = np.asarray(labels, np.int64).reshape(-1)
-  predictions = np.asarray(predictions, np.int64).reshape(-1)
-  keep = (labels >= 0) & (labels < num_classes)
-  index = labels[keep] * num_predicted + predictions[keep]
-  return np.bincount(index, minlength=num_classes * num_predicted).reshape(num_classes,
-                                                                            num_predicted)
 
 
 def result_header(workdir: str, run: TrainedRun, checkpoint: bool = True,

@@ -18,7 +18,7 @@ run's results.json.
 With --iw_samples=K a VAE is also scored by the importance-sampled bound on -log p(x) (IWAE,
 tools.likelihood; 'iwae_nll' in nats per image, beside 'loss', the run's -ELBO).
 
-With --tta=hflip|flips, --min_component_size=N or --fill_holes (tools.postprocess) every image
+With --tta=hflip|flips, --min_component_size=N or --fill_holes (inference.postprocess) every image
 goes through predict's path (segae_jax.Segmenter) and the JSON holds the scores with them
 ('metrics') and without ('metrics_plain'), and the seconds each evaluation took.
 
@@ -30,10 +30,10 @@ import os
 import time
 from typing import Optional
 
-import numpy as np
 from absl import flags
 
 from segae_jax import cli
+from segae_jax.inference import scoring
 from segae_jax.tools import common, confusion, likelihood, outputs
 
 FLAGS = flags.FLAGS
@@ -127,74 +127,15 @@ def tiled_scores(run, dataset, split: str, inference: common.Inference, batch_si
                  workdir: str = '', chunk: int = 64):
   """Segmentation scores of `split` at each image's own resolution: every image segmented by
   segae_jax.Segmenter (tiled where it says) and its label map counted against the
-  stored mask in one confusion matrix (training.metrics.segmentation_scores of it, and the
+  stored mask in one confusion matrix (inference.scoring.segmentation_scores of it, and the
   matrix as 'confusion': int64 [classes, classes] pixels).
 
   Raises:
     UserInputError: a model that does not segment, or a bad tile size.
   """
-  from segae_jax.training import metrics as metrics_lib
   run.require_segmentation(workdir)
-  counts = confusion_of(run.segmenter(inference, batch_size), dataset, split, chunk)
-  return {**metrics_lib.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
-
-
-def confusion_of(segment, dataset, split: str, chunk: int = 64) -> np.ndarray:
-  """int64 [classes, classes] pixel counts C[true, predicted] of `split`, each image's label map
-  segment([image])'s (a segae_jax.Segmenter) against its stored mask, `chunk` images at a time."""
-  source = getattr(dataset, split)
-  k = dataset.num_classes
-  counts = np.zeros((k, k), np.int64)
-  for start in range(0, len(source), chunk):
-    examples = source.__getitems__(np.arange(start, min(start + chunk, len(source))))
-    labels = segment([np.asarray(image) for image in examples['image']])
-    for truth, predicted in zip(examples['segmentation'], labels):
-      counts += common.confusion_counts(np.asarray(truth).reshape(predicted.shape), predicted, k)
-  return counts
-
-
-def has_larger_images(dataset, split: str) -> bool:
-  """Whether `split` holds images larger than the model input on an axis (a folder dataset
-  stored at its images' own sizes): then only tiles at native resolution score what it holds."""
-  largest = (dataset.sizes or {}).get(split, {})
-  height, width = dataset.image_shape[:2]
-  return largest.get('max_height', 0) > height or largest.get('max_width', 0) > width
-
-
-class NativeScorer:
-  """What training reports for a split of images larger than the input: its segmentation scores
-  at each image's own resolution (tiled as `evaluate --mode=auto` does), so that a run's
-  results.json equals `evaluate`'s and no centre window stands in for a whole image. Built once
-  per run (the model for inference, its logits function compiled once), then called with each
-  evaluation's variables.
-
-  Args:
-    config: the run's config; dataset: its data.Dataset; batch_size: tiles per forward pass
-      (default config.eval_batch_size).
-  """
-
-  def __init__(self, config, dataset, split: str = 'test', batch_size: Optional[int] = None):
-    import jax
-    from segae_jax import training
-    model = training.build_model(config, dataset.image_shape, dataset.num_classes)
-    self.run = common.TrainedRun(config=config, model=model, variables={}, step=0,
-                                 checkpoint='latest', image_shape=tuple(dataset.image_shape),
-                                 class_names=list(dataset.class_names),
-                                 normalization=dataset.normalization)
-    self.logits = jax.jit(self.run.pixel_logits)
-    self.dataset, self.split = dataset, split
-    self.batch_size = batch_size or config.eval_batch_size
-
-  def __call__(self, variables):
-    """variables {'params', maybe 'batch_stats'} on the host (the evaluated ones, e.g. an EMA
-    teacher's) -> 'miou', 'mean_dice', 'pixel_accuracy' and 'per_class' (native pixels)."""
-    from segae_jax.segmenter import Segmenter
-    from segae_jax.training import metrics as metrics_lib
-    logits = lambda pixels: np.asarray(self.logits(variables, np.asarray(pixels, np.float32)))
-    segment = Segmenter(logits, self.run.image_shape, self.run.class_names, common.Inference(),
-                        self.batch_size)
-    counts = confusion_of(segment, self.dataset, self.split)
-    return metrics_lib.segmentation_scores(counts, self.dataset.class_names)
+  counts = scoring.confusion_of(run.segmenter(inference, batch_size), dataset, split, chunk)
+  return {**scoring.segmentation_scores(counts, dataset.class_names), 'confusion': counts}
 
 
 PER_CLASS_COLUMNS = (('class', '<16'), ('IoU', '7.4f'), ('Dice', '7.4f'), ('pixels', '10d'))

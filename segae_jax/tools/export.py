@@ -7,7 +7,7 @@ inference function float32 pixels [batch, height, width, channels] in the traini
 (0..255 for 8-bit images) -> float32 logits [batch, height, width, classes]: the batch dimension
 symbolic, the weights and the input normalisation inside, lowered for CPU, CUDA and TPU.
 model/model.json holds what it needs around it: the input shape, the class names, where it came
-from. Read it back with
+from (the format: segae_jax/inference/export.py). Read it back with
 
   segae_jax.Segmenter.from_export('model/').predict(image)   # images of any size, tiled
   jax.export.deserialize(open('model/logits.jaxexport', 'rb').read()).call(pixels)
@@ -25,13 +25,10 @@ import os
 from absl import flags
 
 from segae_jax import cli
-from segae_jax.errors import UserInputError
+from segae_jax.inference.export import FORMAT, FUNCTION_FILE, PLATFORMS, SPEC_FILE
 from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
-FUNCTION_FILE, SPEC_FILE = 'logits.jaxexport', 'model.json'
-PLATFORMS = ('cpu', 'cuda', 'tpu')
-FORMAT = 1  # Of model.json; raised when its fields change meaning.
 
 
 def define_flags() -> None:
@@ -76,35 +73,6 @@ def export_run(workdir: str, output: str, checkpoint: str = 'best') -> dict:
     with open(os.path.join(staging, SPEC_FILE), 'w') as f:
       json.dump(spec, f, indent=2)
   return spec
-
-
-def load(path: str, inference, batch_size: int = 32):
-  """A segae_jax.Segmenter of the model exported into `path` (tiles of its input size).
-
-  Raises:
-    UserInputError: `path` holds no model.json and logits.jaxexport, or a model.json of another
-      format.
-  """
-  import numpy as np
-  from jax import export
-  from segae_jax.data.normalize import Normalization
-  from segae_jax.segmenter import Segmenter
-  spec_path, function_path = os.path.join(path, SPEC_FILE), os.path.join(path, FUNCTION_FILE)
-  if not (os.path.isfile(spec_path) and os.path.isfile(function_path)):
-    raise UserInputError(f'{path}: no exported model ({SPEC_FILE} and {FUNCTION_FILE}); write one '
-                         'with segae-export --workdir=... --output=...')
-  with open(spec_path) as f:
-    spec = json.load(f)
-  if spec.get('format') != FORMAT:
-    raise UserInputError(f'{spec_path}: format {spec.get("format")!r}; this version reads '
-                         f'format {FORMAT}')
-  with open(function_path, 'rb') as f:
-    exported = export.deserialize(bytearray(f.read()))
-  logits = lambda pixels: np.asarray(exported.call(np.asarray(pixels, np.float32)))
-  # Exports from before the normalisation was recorded took 8-bit 'unit' pixels (from_dict(None)).
-  normalization = Normalization.from_dict(spec.get('normalization'))
-  return Segmenter(logits, spec['input_shape'], spec['class_names'], inference, batch_size,
-                   normalization=normalization)
 
 
 def main() -> None:

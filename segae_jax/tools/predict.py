@@ -5,7 +5,7 @@
 
 Each image (any size; PNG, JPEG, TIFF, BMP) is converted to the model's channels and segmented at
 its own resolution: images larger than the model's input by sliding-window inference (tiles of
-the training size overlapping by --overlap, logits blended; segae_jax.tools.tiling), the others
+the training size overlapping by --overlap, logits blended; segae_jax.inference.tiling), the others
 resized to the input and the label map resized back (nearest neighbour); --mode=tile or resize
 forces either. Writes OUT/<stem>_labels.png (uint8 class ids) and OUT/<stem>_overlay.png (colours
 over the image), and prints one summary line.

@@ -17,7 +17,7 @@ clustering on the raw pixels (colour and position only) is the baseline, run on 
 With --input, the regions of a folder of the user's own images (no masks, no score) are written,
 each at its own resolution: images larger than the model's input get their encoder features by
 sliding-window inference (tiles of the training size, --overlap, feature maps blended;
-segae_jax.tools.tiling), the others are resized to the input (--mode=tile or resize forces
+segae_jax.inference.tiling), the others are resized to the input (--mode=tile or resize forces
 either).
 
 Outputs in --output (default WORKDIR/unsupervised): unsupervised.json, regions.png (image | truth
@@ -39,6 +39,7 @@ from scipy.cluster import vq
 
 from segae_jax import cli
 from segae_jax.errors import UserInputError
+from segae_jax.inference import scoring
 from segae_jax.tools import common, outputs
 
 FLAGS = flags.FLAGS
@@ -137,7 +138,7 @@ class FeatureExtractor:
     self.weights = {'colour': float(colour_weight), 'position': float(position_weight)}
     self._encode = None
     # Set for --input images of their own size: the encoder features of an image that is not of
-    # the model's input size come tile by tile (tools.tiling), blended.
+    # the model's input size come tile by tile (inference.tiling), blended.
     self.tiles = None
     self._input_size = None if run is None else tuple(run.image_shape[:2])
     if self.levels:
@@ -316,7 +317,7 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
     for chunk, truth in zip(_batches(images, config.batch_size),
                             _batches(labels, config.batch_size)):
       clusters = clustering.regions(chunk)
-      confusion += common.confusion_counts(truth, clusters, num_classes, k)
+      confusion += scoring.confusion_counts(truth, clusters, num_classes, k)
       maps.append(clusters[:config.num_pictures - sum(len(m) for m in maps)])  # The first ones.
     scores = hungarian_scores(confusion)
     scores['per_class_iou'] = dict(zip(dataset.class_names, scores['per_class_iou']))
@@ -357,7 +358,7 @@ def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarr
 def segment_folder(run, config, input_path: str, output: str, inference: common.Inference,
                    tiles) -> Dict[str, object]:
   """Regions of the user's images, each at its own size: fits on them and writes every region
-  map, no score (tiled with `tiles`, a tools.tiling.Tiling, or resized, per image as
+  map, no score (tiled with `tiles`, an inference.tiling.Tiling, or resized, per image as
   run.uses_tiles says)."""
   from segae_jax.data import images as image_files
   from segae_jax.data import sizing

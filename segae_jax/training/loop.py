@@ -15,14 +15,17 @@ from tqdm import tqdm
 
 from segae_jax import data, models
 from segae_jax.errors import Preempted, TrainingDiverged, UserInputError
+from segae_jax.inference import scoring
+from segae_jax.inference.model import build_model
 from segae_jax.training import (checkpoints, distributed, objectives, optimizers, parallel,
                                 paths, pretrained, validation, visualise, writers)
 from segae_jax.training import metrics as metrics_lib
 from segae_jax.training.prefetch import DevicePrefetcher
 from segae_jax.training.signals import StopSignals
 from segae_jax.training.state import create_train_state
-from segae_jax.training.step import (build_model, evaluate, evaluation_key, flat_scalars,
-                                     run_keys, step_functions)
+from segae_jax.training.evaluation import evaluate
+from segae_jax.training.metrics import flat_scalars
+from segae_jax.training.step import evaluation_key, run_keys, step_functions
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +192,7 @@ class RunSetup:
   run_rng: jax.Array
   train_iter: data.TrainIterator
   meta: Dict[str, Any]
-  # The test split's segmentation scores at native resolution (tools.evaluate.NativeScorer), for
+  # The test split's segmentation scores at native resolution (inference.scoring.NativeScorer), for
   # a segmentation model whose test images are larger than its input; None otherwise.
   native_scores: Optional[Callable[[Any], Dict[str, Any]]] = None
 
@@ -220,10 +223,8 @@ def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
           # How stored pixels become the input: predict, evaluate and export apply it too.
           'normalization': dataset.normalization.to_dict()}
   native_scores = None
-  if models.segments(config.model.name):
-    from segae_jax.tools import evaluate as evaluator  # The evaluators build on training.
-    if evaluator.has_larger_images(dataset, 'test'):
-      native_scores = evaluator.NativeScorer(config, dataset)
+  if models.segments(config.model.name) and scoring.has_larger_images(dataset, 'test'):
+    native_scores = scoring.NativeScorer(config, dataset)
   return RunSetup(dataset=dataset, model=model, objective=objective, strategy=strategy,
                   schedule=schedule, state=state, run_rng=run_rng, train_iter=train_iter,
                   meta=meta, native_scores=native_scores)

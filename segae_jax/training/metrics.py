@@ -1,7 +1,9 @@
-"""Evaluation metrics: reconstruction quality (MSE, PSNR), the VAE's negative ELBO, and
-segmentation scores (IoU, Dice, pixel accuracy) from an accumulated confusion matrix.
+"""Evaluation metrics on the devices: reconstruction quality (MSE, PSNR), the VAE's negative ELBO,
+and the confusion matrix of a batch (its scores, IoU, Dice and pixel accuracy, are computed on
+the host by inference.scoring.segmentation_scores); and how an evaluation's metrics are written
+(flat_scalars) and logged (summary_text).
 
-All functions take the model's outputs dict and a batch (see segae_jax.losses) and return
+The metric functions take the model's outputs dict and a batch (see segae_jax.losses) and return
 {name: scalar}, each the mean over the batch's real examples (batch['valid']).
 """
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -51,7 +53,8 @@ def confusion_matrix(labels: jnp.ndarray, predictions: jnp.ndarray, num_classes:
 
   labels, predictions: int [...] of the same shape; labels outside [0, num_classes) (the ignore
   label) and pixels with weight 0 are not counted. Summing matrices over batches and devices gives
-  the exact matrix of the whole split, from which `segmentation_scores` computes every metric.
+  the exact matrix of the whole split, from which inference.scoring.segmentation_scores computes
+  every metric.
   """
   labels = labels.astype(jnp.int32).reshape(-1)
   predictions = predictions.astype(jnp.int32).reshape(-1)
@@ -62,34 +65,6 @@ def confusion_matrix(labels: jnp.ndarray, predictions: jnp.ndarray, num_classes:
   index = jnp.where(keep, labels, 0) * num_classes + predictions
   counts = jnp.bincount(index, weights=w, length=num_classes * num_classes)
   return counts.reshape(num_classes, num_classes)
-
-
-def segmentation_scores(confusion: np.ndarray,
-                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  """Metrics from a confusion matrix C[true, predicted] (numpy, on the host).
-
-  Per class c: IoU_c = TP / (TP + FP + FN), Dice_c = 2 TP / (2 TP + FP + FN) (= F1). mIoU and
-  mean Dice average over the classes that occur in the ground truth or the predictions (a class
-  absent from both has no defined IoU); pixel_accuracy = trace / total. Returns floats plus
-  'per_class': {name: {'iou', 'dice', 'pixels'}}.
-  """
-  confusion = np.asarray(confusion, np.float64)
-  tp = np.diag(confusion)
-  fp = confusion.sum(0) - tp
-  fn = confusion.sum(1) - tp
-  union = tp + fp + fn
-  present = union > 0
-  iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
-  dice = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=present)
-  names = list(class_names) if class_names is not None else [str(c) for c in range(len(tp))]
-  return {
-      'miou': float(iou[present].mean()) if present.any() else 0.0,
-      'mean_dice': float(dice[present].mean()) if present.any() else 0.0,
-      'pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1.0)),
-      'per_class': {name: {'iou': float(iou[c]), 'dice': float(dice[c]),
-                           'pixels': int(confusion[c].sum())}
-                    for c, name in enumerate(names)},
-  }
 
 
 def summary_text(metrics: Mapping[str, Any], loss_terms: Sequence[str] = ()) -> str:
@@ -103,3 +78,16 @@ def summary_text(metrics: Mapping[str, Any], loss_terms: Sequence[str] = ()) -> 
       shown.append(f'{k}_loss={v:.4g}' if k in loss_terms else f'{k}={v:.4g}')
   return ' '.join(shown)
 
+
+def flat_scalars(metrics: Mapping[str, Any], prefix: str) -> Dict[str, float]:
+  """{'miou': .., 'per_class': {'bag': {'iou': ..}}} -> {'test/miou': .., 'test/iou/bag': ..}."""
+  out = {}
+  for k, v in metrics.items():
+    if k == 'per_class':
+      for name, values in v.items():
+        for metric, value in values.items():
+          if metric != 'pixels':
+            out[f'{prefix}/{metric}/{name}'] = value
+    else:
+      out[f'{prefix}/{k}'] = v
+  return out

@@ -1,23 +1,20 @@
-"""The pure step functions, train_step and eval_step, and evaluate over a split.
+"""The pure step functions, train_step and eval_step, and the keys and bindings they run with.
 
 train_step is the same for every training method: the objective (training/objectives.py)
 computes the loss of a step and updates its own state. The data-parallel strategy
 (segae_jax.training.parallel) compiles the steps with pmap or sharded jit.
 """
 import functools
-import logging
 from typing import Any, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from segae_jax import losses
+from segae_jax.batch import per_example
 from segae_jax.training import metrics as metrics_lib, objectives as objectives_lib
 from segae_jax.training.state import TrainState, float32_outputs, keep_if_finite
-from segae_jax import data, losses, models
-
-log = logging.getLogger(__name__)
 
 
 def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
@@ -46,18 +43,6 @@ def evaluation_key(seed: int) -> jax.Array:
   `segae_jax.tools.evaluate` both call this, so the evaluation of a restored run reproduces the
   run's own test metrics."""
   return jax.random.fold_in(run_keys(seed)[1], 2**31 - 1)
-
-
-def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: Optional[int] = None,
-                norm_axis_name: Optional[str] = None):
-  """The model train_and_evaluate trains: config.model for images of `image_shape` (height,
-  width, channels) and `num_classes` classes, in config.compute_dtype with config.conv_impl;
-  `norm_axis_name` as in models.build. Restoring a run (segae_jax.tools.common) builds it here
-  too."""
-  return models.build(config.model, image_shape, num_classes=num_classes,
-                      norm_axis_name=norm_axis_name,
-                      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
-                      conv_impl=config.get('conv_impl', 'auto'))
 
 
 def step_functions(config: ml_collections.ConfigDict,
@@ -142,46 +127,11 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng: jax.Arra
   sums = {k: v * count for k, v in values.items()}
   sums['count'] = count
   if 'seg_logits' in outputs:
-    pixel_weights = jnp.broadcast_to(batch['valid'][:, None, None], batch['segmentation'].shape)
+    pixel_weights = jnp.broadcast_to(per_example(batch['valid'], batch['segmentation']),
+                                     batch['segmentation'].shape)
     sums['confusion'] = metrics_lib.confusion_matrix(
         batch['segmentation'], jnp.argmax(outputs['seg_logits'], -1),
         outputs['seg_logits'].shape[-1], pixel_weights)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums
-
-
-def evaluate(strategy, state, dataset: data.Dataset, config, rng: jax.Array,
-             split: str = 'test', keep_confusion: bool = False) -> Dict[str, Any]:
-  """Exact metrics over the whole split: means of eval_step's per-example sums, and for
-  segmentation models the scores of the summed confusion matrix (metrics.segmentation_scores:
-  'miou', 'mean_dice', 'pixel_accuracy', 'per_class'), with keep_confusion the matrix itself
-  too ('confusion': float64 [classes, classes] pixels, C[true, predicted])."""
-  totals: Dict[str, np.ndarray] = {}
-  for batch in data.eval_inputs(config, dataset, split, strategy.device_axis_size,
-                                jax.process_index(), jax.process_count()):
-    sums = strategy.fetch(strategy.eval_step(state, strategy.put_batch(batch), rng))
-    for k, v in sums.items():
-      totals[k] = totals[k] + v if k in totals else np.asarray(v, np.float64)
-  count = float(totals.pop('count'))
-  confusion = totals.pop('confusion', None)
-  results: Dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
-  if confusion is not None:
-    results.update(metrics_lib.segmentation_scores(confusion, dataset.class_names))
-    if keep_confusion:
-      results['confusion'] = confusion
-  return results
-
-
-def flat_scalars(metrics: Mapping[str, Any], prefix: str) -> Dict[str, float]:
-  """{'miou': .., 'per_class': {'bag': {'iou': ..}}} -> {'test/miou': .., 'test/iou/bag': ..}."""
-  out = {}
-  for k, v in metrics.items():
-    if k == 'per_class':
-      for name, values in v.items():
-        for metric, value in values.items():
-          if metric != 'pixels':
-            out[f'{prefix}/{metric}/{name}'] = value
-    else:
-      out[f'{prefix}/{k}'] = v
-  return out

@@ -1,5 +1,5 @@
 """Test-time augmentation of the logits and post-processing of label maps, for predict and
-evaluate (segae_jax.Segmenter applies them).
+evaluate (inference.Segmenter applies them).
 
 - Flips (nnU-Net's test-time mirroring, Isensee et al., Nature Methods 2021; MONAI's
   `TestTimeAugmentation`): the model runs on the image and on mirror images of it, each output
@@ -18,11 +18,14 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from segae_jax import batch
 from segae_jax.errors import UserInputError
 
 # Axes of [batch, height, width, dims] flipped by each pass of a test-time augmentation (the
 # first pass: no flip).
-PASSES = {'none': ((),), 'hflip': ((), (2,)), 'flips': ((), (2,), (1,), (1, 2))}
+_UP_DOWN, _LEFT_RIGHT = batch.spatial_axes(None)
+PASSES = {'none': ((),), 'hflip': ((), (_LEFT_RIGHT,)),
+          'flips': ((), (_LEFT_RIGHT,), (_UP_DOWN,), (_UP_DOWN, _LEFT_RIGHT))}
 TTA = tuple(PASSES)
 FLIPS = PASSES['flips']
 

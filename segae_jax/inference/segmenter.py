@@ -1,23 +1,26 @@
-"""segae_jax.Segmenter: label maps of images of any size, from a training workdir or from a model
-exported with `python -m segae_jax.tools.export` (no workdir, config or checkpoint needed).
+"""Segmenter: label maps of images of any size, from a logits function: a restored training run's
+(tools.common.TrainedRun.segmenter), an exported model's (Segmenter.from_export, no workdir,
+config or checkpoint needed), or the model being trained (scoring.NativeScorer).
 
   import segae_jax
   segmenter = segae_jax.Segmenter.from_workdir('runs/unet_mine')   # or .from_export('model/')
   labels = segmenter.predict(image)  # uint8 [height, width] class ids of one image
   segmenter.class_names              # ['background', 'cat', ...]
 
-Both run the same code around a logits function (float32 pixels -> float32 logits, the input
-normalisation inside), so a workdir and its export give the same labels. It is also the path of
-`predict` and `evaluate`, whose flags are the fields of Inference.
+Every route runs the same code around a logits function (float32 pixels -> float32 logits, the
+input normalisation inside), so a workdir and its export give the same labels. It is also the
+path of `predict` and `evaluate`, whose flags are the fields of Inference. (segae_jax.Segmenter,
+segae_jax/api.py, is this class plus from_workdir, which restores a run above this layer.)
 """
 import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segae_jax import batch
 from segae_jax.data import batching, normalize, sizing
 from segae_jax.errors import UserInputError
-from segae_jax.tools import postprocess, tiling
+from segae_jax.inference import export, postprocess, tiling
 
 # float32 pixels [batch, height, width, channels] in the images' own units (0..255 for 8-bit
 # images) -> float32 logits [batch, height, width, classes].
@@ -27,7 +30,7 @@ Logits = Callable[[np.ndarray], np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Inference:
   """How images of any size meet the model, and what is done to its outputs (the flags of
-  tools.common.define_inference_flags; tools.tiling, tools.postprocess).
+  tools.common.define_inference_flags; inference.tiling, inference.postprocess).
 
   Raises:
     UserInputError: an unknown mode, blend or tta, an overlap outside [0, 1), or a negative
@@ -67,13 +70,13 @@ class Inference:
 class Segmenter:
   """Label maps of images of any size at their own size.
 
-  Each image is tiled (tools.tiling: tiles of `tile_size` overlapping by inference.overlap,
+  Each image is tiled (inference.tiling: tiles of `tile_size` overlapping by inference.overlap,
   blended logits, then arg-max) or resized (to the model input, bilinear; the label map back to
   the image's size, nearest neighbour): tiled when inference.mode is 'tile', or 'auto' and the
   image is larger than the input on an axis. With inference.tta='hflip' or 'flips' the logits (of
   each tile, or of the resized image) are the mean over the image and its left-right (or all
-  three) mirror images (tools.postprocess.PASSES); the label maps are then
-  post-processed at the image's size (tools.postprocess).
+  three) mirror images (inference.postprocess.PASSES); the label maps are then
+  post-processed at the image's size (inference.postprocess).
 
   Args:
     logits: the model at its input size (see Logits); called on batches of at most batch_size.
@@ -96,7 +99,7 @@ class Segmenter:
                normalization: Optional[normalize.Normalization] = None):
     self.input_shape: Tuple[int, int, int] = tuple(int(n) for n in input_shape)
     self.class_names, self.inference, self.batch_size = list(class_names), inference, batch_size
-    self.tiles = tiling.Tiling(tuple(tile_size or self.input_shape[:2]), inference.overlap,
+    self.tiles = tiling.Tiling(tuple(tile_size or self.input_size), inference.overlap,
                                inference.blend, batch_size)
     self._logits, self._tile_logits = logits, tile_logits or logits
     self.normalization = normalization
@@ -105,36 +108,29 @@ class Segmenter:
       self._logits = postprocess.with_flips(self._logits, passes)
       self._tile_logits = postprocess.with_flips(self._tile_logits, passes)
 
-  @classmethod
-  def from_workdir(cls, workdir: str, checkpoint: str = 'best', batch_size: int = 32,
-                   **inference) -> 'Segmenter':
-    """The model of a training workdir (its best checkpoint by default, else 'latest'), with
-    Inference(**inference) (e.g. tta='hflip', mode='tile').
-
-    Raises:
-      UserInputError: not a workdir, no checkpoint, a model that does not segment, a bad
-        inference option or tile size.
-    """
-    from segae_jax.tools import common  # pylint: disable=import-outside-toplevel
-    options = Inference(**inference)
-    run = common.load_run(workdir, checkpoint)
-    run.require_segmentation(workdir)
-    return run.segmenter(options, batch_size)
+  @property
+  def input_size(self) -> Tuple[int, ...]:
+    """(height, width) of the model input, in pixels."""
+    return batch.spatial_shape(self.input_shape, 0)
 
   @classmethod
   def from_export(cls, path: str, batch_size: int = 32, **inference) -> 'Segmenter':
-    """A model written by `python -m segae_jax.tools.export --output=path` (tools.export.load).
+    """A model written by `segae-export --output=path` (inference.export: tiles of its input
+    size), with Inference(**inference) (e.g. tta='hflip').
 
     Raises:
       UserInputError: `path` holds no export, or a bad inference option.
     """
-    from segae_jax.tools import export  # pylint: disable=import-outside-toplevel
-    return export.load(path, Inference(**inference), batch_size)
+    options = Inference(**inference)
+    logits, spec = export.read(path)
+    # Exports from before the normalisation was recorded took 8-bit 'unit' pixels (from_dict(None)).
+    return cls(logits, spec['input_shape'], spec['class_names'], options, batch_size,
+               normalization=normalize.Normalization.from_dict(spec.get('normalization')))
 
   def uses_tiles(self, height: int, width: int) -> bool:
     """Whether a height x width image is tiled: mode 'tile', or 'auto' and larger than the
     model input on an axis."""
-    return tiling.is_tiled(self.inference.mode, self.input_shape[:2], height, width)
+    return tiling.is_tiled(self.inference.mode, self.input_size, height, width)
 
   def check(self, image: np.ndarray, name: str = 'image') -> np.ndarray:
     """One image, [height, width] or [height, width, channels], as the run takes it: checked
@@ -148,12 +144,12 @@ class Segmenter:
       UserInputError: one line naming the image: another shape, channel count or bit depth than
         the run can take, values outside its range, NaN.
     """
-    channels = self.input_shape[2]
+    channels = self.input_shape[-1]
     if self.normalization is not None:
       return normalize.conform(image, name, channels, self.normalization, from_file=False)
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
-    if image.ndim != 3 or image.shape[2] != channels:
+    if image.ndim != batch.SPATIAL_RANK + 1 or image.shape[-1] != channels:
       raise UserInputError(f'{name} of shape {image.shape}: expected [height, width, '
                            f'{channels}] (the model\'s channels)')
     return image
@@ -176,15 +172,15 @@ class Segmenter:
       UserInputError: an image the run cannot take (see check), before any is segmented.
     """
     images = [self.check(image, f'image {i}') for i, image in enumerate(images)]
-    size = self.input_shape[:2]
-    tiled = [self.uses_tiles(*image.shape[:2]) for image in images]
+    size = self.input_size
+    tiled = [self.uses_tiles(*batch.spatial_shape(image, 0)) for image in images]
     labels: List[Optional[np.ndarray]] = [None] * len(images)
     resized = [i for i, t in enumerate(tiled) if not t]
     if resized:
       inputs = np.stack([sizing.resize_image(images[i], size) for i in resized])
       logits = batching.map_batched(self._logits, inputs.astype(np.float32), self.batch_size)
       for i, label in zip(resized, logits.argmax(-1).astype(np.uint8)):
-        labels[i] = sizing.resize_mask(label, images[i].shape[:2])
+        labels[i] = sizing.resize_mask(label, batch.spatial_shape(images[i], 0))
     for i in (i for i, t in enumerate(tiled) if t):
       pixels = np.asarray(images[i], np.float32)
       labels[i] = self.tiles.apply(self._tile_logits, pixels).argmax(-1).astype(np.uint8)

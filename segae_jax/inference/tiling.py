@@ -16,6 +16,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
+from segae_jax import batch
 from segae_jax.errors import UserInputError
 
 MODES = ('auto', 'tile', 'resize')
@@ -131,7 +132,7 @@ class Tiling:
     Returns:
       float32 [height, width, dims]: sum over tiles of weight x output / sum of weights.
     """
-    height, width = image.shape[:2]
+    height, width = batch.spatial_shape(image, 0)
     th, tw = self.tile
     # Smaller than a tile: padded with zeros on both sides, the odd pixel after (MONAI's).
     before = (max(0, th - height) // 2, max(0, tw - width) // 2)
@@ -141,8 +142,8 @@ class Tiling:
     tiles = np.stack([padded[t:t + th, l:l + tw] for t, l in windows])
     outputs = self._batched(fn, tiles)
     weights = importance_map(self.tile, self.blend)
-    total = np.zeros(padded.shape[:2] + outputs.shape[-1:], np.float32)
-    norm = np.zeros(padded.shape[:2] + (1,), np.float32)
+    total = np.zeros(batch.spatial_shape(padded, 0) + outputs.shape[-1:], np.float32)
+    norm = np.zeros(batch.spatial_shape(padded, 0) + (1,), np.float32)
     for (t, l), out in zip(windows, outputs):
       total[t:t + th, l:l + tw] += weights[..., None] * out
       norm[t:t + th, l:l + tw] += weights[..., None]
