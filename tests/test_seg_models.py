@@ -79,15 +79,15 @@ def test_segae_shapes_and_skip_wiring(seg_skips, rec_skips):
   assert p['rec_decoder']['head']['kernel'].shape == (1, 1, 4, 2)
 
   # Does the skip information reach each output? d(output)/d(skips) is exactly zero iff not.
-  skips, z = model.apply(variables, x, method=SegAutoencoder.encode)
+  z, skips = model.apply(variables, x, method='encode')
   np.testing.assert_array_equal(z, out['z'])
 
-  def grad_wrt_skips(index):
-    f = lambda s: model.apply(variables, z, s, method=SegAutoencoder.decode)[index].sum()
+  def grad_wrt_skips(key):
+    f = lambda s: model.apply(variables, z, s, method='decode')[key].sum()
     return sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(jax.grad(f)(skips)))
 
-  assert (grad_wrt_skips(0) > 0) == seg_skips
-  assert (grad_wrt_skips(1) > 0) == rec_skips
+  assert (grad_wrt_skips('seg_logits') > 0) == seg_skips
+  assert (grad_wrt_skips('rec_logits') > 0) == rec_skips
 
 
 def test_unet_ae_is_segae_without_its_segmentation_decoder():
@@ -139,24 +139,24 @@ def test_vae_unet_sampling_and_reconstruction_only_through_z():
   np.testing.assert_array_equal(a['mean'], c['mean'])  # The key moves only the sample.
   assert not np.allclose(a['z'], a['mean'])
 
-  # __call__ is encode -> sample -> decode; decode(z, skips) reproduces it.
-  skips, mean, logvar = model.apply(variables, x, method=VAEUNet.encode)
-  np.testing.assert_array_equal(mean, a['mean'])
-  np.testing.assert_array_equal(logvar, a['logvar'])
-  seg, rec = model.apply(variables, a['z'], skips, method=VAEUNet.decode)
-  np.testing.assert_allclose(seg, a['seg_logits'], atol=1e-6)
-  np.testing.assert_allclose(rec, a['rec_logits'], atol=1e-6)
+  # __call__ is encode -> decode, and decode samples: with the same key it reproduces a.
+  features, skips = model.apply(variables, x, method='encode')
+  again = model.apply(variables, features, skips, method='decode',
+                      rngs={'reparam': jax.random.PRNGKey(7), 'dropout': jax.random.PRNGKey(7)})
+  for key in a:
+    np.testing.assert_array_equal(again[key], a[key])
 
   # The reconstruction reads z only: its gradient w.r.t. the skips is exactly zero, while the
   # segmentation's is not; and its decoder's first conv has no input of skip width.
-  def grads(index):
-    f = lambda z, s: model.apply(variables, z, s, method=VAEUNet.decode)[index].sum()
-    return jax.grad(f, argnums=(0, 1))(a['z'], skips)
+  def grads(key):
+    f = lambda h, s: model.apply(variables, h, s, method='decode',
+                                 rngs={'reparam': KEY})[key].sum()
+    return jax.grad(f, argnums=(0, 1))(features, skips)
 
-  gz, gskips = grads(1)
+  gfeatures, gskips = grads('rec_logits')
   assert all(float(jnp.abs(g).max()) == 0 for g in gskips)
-  assert float(jnp.abs(gz).max()) > 0
-  _, gskips = grads(0)
+  assert float(jnp.abs(gfeatures).max()) > 0
+  _, gskips = grads('seg_logits')
   assert all(float(jnp.abs(g).max()) > 0 for g in gskips)
   p = variables['params']
   assert p['rec_decoder']['level0']['block0']['conv']['kernel'].shape[2] == 8

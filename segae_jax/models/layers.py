@@ -10,7 +10,7 @@ Layout is NHWC: images are `[batch, height, width, channels]`. ConvEncoder halve
 with each stride-2 convolution, so height and width must be divisible by `2 ** len(features)`.
 """
 import dataclasses
-from typing import Any, Callable, ClassVar, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -202,8 +202,31 @@ class DoubleConv(nn.Module):
 
 
 class SegmentationModel(nn.Module):
-  """Attributes and checks shared by the segmentation models (U-Net family, SegNet); not
-  registered itself.
+  """Attributes, checks and the encode/decode interface shared by the segmentation models
+  (U-Net family, SegNet); not registered itself.
+
+  Every subclass splits its forward pass in two, and `__call__` is `decode(*encode(x))`, so an
+  objective can perturb or replace the features without knowing the model:
+
+    feats, skips = model.apply(variables, x, True, method='encode', rngs=..., mutable=...)
+    out = model.apply(variables, drop(feats), [drop(s) for s in skips], True, method='decode',
+                      rngs=..., mutable=...)
+
+  encode(images, train) -> (features, skips):
+    features: the bottleneck, the encoder's deepest output after the model's own bottleneck
+      dropout (config.model.dropout), float [batch, h', w', c'] in the compute dtype.
+    skips: list of the encoder's level outputs, finest (full resolution) first, each float
+      [batch, h / 2**i, w / 2**i, features[i]] taken before that level's pool; the U-Net
+      family gives len(features) - 1 of them, SegNet len(features). What each decoder reads of
+      them is the model's own (a U-Net decoder concatenates them, SegNet's reads only where
+      their 2x2 maxima are, a decoder without skips ignores them).
+  decode(features, skips, train) -> outputs: the dict `__call__` returns ('seg_logits', and
+    'rec_logits', 'z', 'mean', 'logvar' where the model has them); 'z' of the SegAE and
+    U-Net autoencoder is the `features` given. A VAE-U-Net samples its latent inside decode, so
+    decode needs rngs={'reparam': key} as `__call__` does.
+  Both take `train` as `__call__` does: BatchNorm in train mode needs mutable=['batch_stats'],
+  dropout needs rngs={'dropout': key}. The parameters are those of `__call__`; calling the two
+  halves with the same keys gives `__call__`'s outputs exactly.
 
   Attributes:
     image_shape: (height, width, channels).
@@ -249,6 +272,22 @@ class SegmentationModel(nn.Module):
       raise UserInputError(f'config.model.num_classes must be >= 1, got {self.num_classes}')
     check_divisible(self.image_shape, num_pools)
     return self.layers if self.layers is not None else layers_of(self)
+
+  def encode(self, x: jnp.ndarray, train: bool = False
+             ) -> Tuple[jnp.ndarray, List[jnp.ndarray]]:
+    """Images float [batch, height, width, channels] in [0, 1] -> (features, skips) (see the
+    class docstring)."""
+    raise NotImplementedError
+
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> the outputs dict (see the class docstring)."""
+    raise NotImplementedError
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
+    """x: float32 [batch, height, width, channels] in [0, 1] -> decode(*encode(x))."""
+    features, skips = self.encode(x, train)
+    return self.decode(features, skips, train)
 
 
 def layers_of(model: SegmentationModel) -> Layers:

@@ -10,7 +10,7 @@ Here each level is two [3x3 conv -> norm -> ReLU] (the paper's VGG-16 encoder ha
 level) and every level, including the last, is followed by a pool, so height and width must be
 divisible by 2**len(features).
 """
-from typing import Dict, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,20 @@ import jax.numpy as jnp
 
 from segae_jax.models.layers import DoubleConv, SegmentationModel, pool_windows
 from segae_jax.models.registry import MODELS
+
+
+def _window_argmax(windows: jnp.ndarray) -> jnp.ndarray:
+  """[..., 4] windows -> int32 [...], the first (lowest) position of each window's maximum."""
+  return jnp.argmax(windows, axis=-1).astype(jnp.int32)  # argmax: first of equal maxima.
+
+
+def pool_indices(x: jnp.ndarray) -> jnp.ndarray:
+  """The indices of max_pool_with_indices(x) alone: int32 [batch, h/2, w/2, channels] in 0..3.
+
+  Raises:
+    ValueError: odd height or width.
+  """
+  return _window_argmax(pool_windows(x))
 
 
 def max_pool_with_indices(x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -36,7 +50,7 @@ def max_pool_with_indices(x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
     ValueError: odd height or width.
   """
   windows = pool_windows(x)
-  indices = jnp.argmax(windows, axis=-1).astype(jnp.int32)  # argmax: first of equal maxima.
+  indices = _window_argmax(windows)
   # Gather the value at the index (rather than windows.max) so the gradient flows to exactly the
   # position that max_unpool writes back to, also for ties.
   pooled = jnp.take_along_axis(windows, indices[..., None], axis=-1)[..., 0]
@@ -76,16 +90,22 @@ class SegNet(SegmentationModel):
   [conv features[i] -> norm -> ReLU] and [conv features[i-1] (features[0] at the top) -> norm ->
   ReLU], mirroring the encoder widths. A 1x1 convolution gives the class logits.
 
+  encode gives (features, skips): the bottleneck after the last pool and the dropout, and the
+  len(features) level outputs before their pools, finest first. decode recomputes the pooling
+  indices from the skips (pool_indices; the same integers the encoder's pools used), so only
+  where each 2x2 maximum of a skip lies reaches the decoder, not its values; a perturbed skip
+  moves the unpooling positions.
+
   Attributes (besides segae_jax.models.layers.SegmentationModel's: image_shape, num_classes,
   features, norm, norm_axis_name, group_norm_groups, dropout, conv_impl, dtype, layers):
     pooling_indices: upsample with the encoder's max-pooling indices (SegNet); False gives plain
       nearest-neighbour upsampling (an ablation: the decoder then gets nothing from the encoder
-      but the bottleneck).
+      but the bottleneck, and ignores the skips).
   Height and width must be divisible by 2**len(features) (len(features) max-pools); dropout acts
   on the bottleneck (after the last pool).
 
-  Outputs of `__call__`: {'seg_logits': [batch, height, width, num_classes]} in `dtype`
-  (float32 if None).
+  Outputs of `__call__` (= decode(*encode(x))): {'seg_logits': [batch, height, width,
+  num_classes]} in `dtype` (float32 if None).
 
   Raises:
     UserInputError (at init/apply): bad dropout, features, or image size (and, for a model
@@ -93,20 +113,42 @@ class SegNet(SegmentationModel):
   """
   pooling_indices: bool = True
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
-    """x: float32 [batch, height, width, channels] in [0, 1]."""
+  def setup(self):
+    # Explicit names: those the single @nn.compact __call__ of earlier versions gave, so
+    # checkpoints and the dropout's random stream stay the same.
     layers = self._validated_layers(len(self.features))
-    all_indices = []
-    for i, f in enumerate(self.features):
-      x = DoubleConv((f, f), layers, name=f'enc_level{i}')(x, train)
-      x, indices = max_pool_with_indices(x)
-      all_indices.append(indices)
+    features = self.features
+    self.enc_levels = [DoubleConv((f, f), layers, name=f'enc_level{i}')
+                       for i, f in enumerate(features)]
+    self.dec_levels = [DoubleConv((f, features[max(i - 1, 0)]), layers, name=f'dec_level{i}')
+                       for i, f in enumerate(features)]
     if self.dropout > 0:
-      x = nn.Dropout(self.dropout, deterministic=not train, name='dropout')(x)
+      self.bottleneck_dropout = nn.Dropout(self.dropout, name='dropout')
+    self.head = layers.conv(self.num_classes, (1, 1), name='head')
 
+  def encode(self, x: jnp.ndarray, train: bool = False
+             ) -> Tuple[jnp.ndarray, List[jnp.ndarray]]:
+    """Images [batch, h, w, c] -> (features, skips), L = len(features) levels.
+
+    features: the bottleneck, [batch, h/2^L, w/2^L, features[-1]], after the dropout.
+    skips: L arrays, skips[i] = level i's output [batch, h/2^i, w/2^i, features[i]] before its
+      pool, finest first.
+    """
+    skips = []
+    for level in self.enc_levels:
+      x = level(x, train)
+      skips.append(x)
+      x, _ = max_pool_with_indices(x)
+    if self.dropout > 0:
+      x = self.bottleneck_dropout(x, deterministic=not train)
+    return x, skips
+
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> {'seg_logits'}; with pooling_indices each level unpools
+    at the maxima of its skip's 2x2 windows, without them the skips are not read."""
+    x = features
     for i in reversed(range(len(self.features))):
-      x = max_unpool(x, all_indices[i]) if self.pooling_indices else upsample_nearest(x)
-      out = self.features[max(i - 1, 0)]
-      x = DoubleConv((self.features[i], out), layers, name=f'dec_level{i}')(x, train)
-    return {'seg_logits': layers.conv(self.num_classes, (1, 1), name='head')(x)}
+      x = max_unpool(x, pool_indices(skips[i])) if self.pooling_indices else upsample_nearest(x)
+      x = self.dec_levels[i](x, train)
+    return {'seg_logits': self.head(x)}

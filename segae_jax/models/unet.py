@@ -199,8 +199,9 @@ class UNetDecoder(nn.Module):
 
 
 class UNetBase(SegmentationModel):
-  """Attributes and checks shared by the U-Net family (not registered): SegmentationModel's
-  attributes and `upsample`; every member has an `encoder` (UNetEncoder) submodule.
+  """Attributes, checks and `encode` shared by the U-Net family (not registered):
+  SegmentationModel's attributes and `upsample`; every member has an `encoder` (UNetEncoder)
+  submodule.
 
   Use `isinstance(model, UNetBase)` to ask whether a model has a U-Net encoder.
   """
@@ -222,6 +223,19 @@ class UNetBase(SegmentationModel):
   def _decoder(self, layers: Layers, out_channels: int, use_skips: bool,
                name: str) -> UNetDecoder:
     return UNetDecoder(self.features, out_channels, layers, use_skips, self.upsample, name=name)
+
+  def encode(self, x: jnp.ndarray, train: bool = False
+             ) -> Tuple[jnp.ndarray, List[jnp.ndarray]]:
+    """Images [batch, h, w, c] -> (features, skips), UNetEncoder's outputs (with L =
+    len(features) levels):
+
+    features: the bottleneck after the encoder's dropout, [batch, h/2^(L-1), w/2^(L-1),
+      features[-1]].
+    skips: L - 1 arrays, skips[i] = level i's output [batch, h/2^i, w/2^i, features[i]] before
+      its pool, finest first.
+    """
+    skips, bottleneck = self.encoder(x, train)
+    return bottleneck, skips
 
 
 @MODELS.register('unet')
@@ -246,7 +260,8 @@ class UNet(UNetBase):
     layers: the factories made from norm, norm_axis_name, group_norm_groups, conv_impl and
       dtype by models.build (segae_jax.models.layers.SegmentationModel); None: made at setup.
 
-  Outputs of `__call__`: {'seg_logits': [batch, height, width, num_classes]} in `dtype`.
+  Outputs of `__call__` (= decode(*encode(x))): {'seg_logits': [batch, height, width,
+  num_classes]} in `dtype`.
 
   Raises:
     UserInputError: bad norm settings in models.build (at init/apply for a model constructed
@@ -258,10 +273,10 @@ class UNet(UNetBase):
     self.encoder = self._encoder(layers)
     self.decoder = self._decoder(layers, self.num_classes, True, 'decoder')
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
-    """x: float32 [batch, height, width, channels] in [0, 1]."""
-    skips, h = self.encoder(x, train)
-    return {'seg_logits': self.decoder(h, skips, train)}
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> {'seg_logits'}; the decoder concatenates every skip."""
+    return {'seg_logits': self.decoder(features, skips, train)}
 
 
 @MODELS.register('segae')
@@ -275,7 +290,7 @@ class SegAutoencoder(UNetBase):
       full-resolution skip the reconstruction can copy the input around the bottleneck, so the
       shared encoder would learn nothing from reconstructing.
 
-  Outputs of `__call__`:
+  Outputs of `__call__` (= decode(*encode(x))):
     'seg_logits': [batch, height, width, num_classes].
     'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
     'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
@@ -291,21 +306,12 @@ class SegAutoencoder(UNetBase):
     self.seg_decoder = self._decoder(layers, self.num_classes, self.seg_skips, 'seg_decoder')
     self.rec_decoder = self._decoder(layers, self.image_shape[2], self.rec_skips, 'rec_decoder')
 
-  def encode(self, x: jnp.ndarray,
-             train: bool = False) -> Tuple[List[jnp.ndarray], jnp.ndarray]:
-    """Images [batch, h, w, c] -> (skips, z); see UNetEncoder."""
-    return self.encoder(x, train)
-
-  def decode(self, z: jnp.ndarray, skips: Sequence[jnp.ndarray],
-             train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    """(z, skips) -> (seg_logits, rec_logits); each decoder reads the skips only if told to."""
-    return self.seg_decoder(z, skips, train), self.rec_decoder(z, skips, train)
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
-    """x: float32 [batch, height, width, channels] in [0, 1]."""
-    skips, z = self.encode(x, train)
-    seg_logits, rec_logits = self.decode(z, skips, train)
-    return {'seg_logits': seg_logits, 'rec_logits': rec_logits, 'z': z}
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> {'seg_logits', 'rec_logits', 'z' (= features)}; each
+    decoder reads the skips only if told to (seg_skips, rec_skips)."""
+    return {'seg_logits': self.seg_decoder(features, skips, train),
+            'rec_logits': self.rec_decoder(features, skips, train), 'z': features}
 
 
 @MODELS.register('unet_ae')
@@ -317,7 +323,7 @@ class UNetAutoencoder(UNetBase):
   the encoder features of an unsupervised run feed segae_jax.tools.unsupervised exactly like
   those of a SegAutoencoder; `num_classes` is unused.
 
-  Outputs of `__call__`:
+  Outputs of `__call__` (= decode(*encode(x))):
     'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
     'z': the bottleneck features, [batch, h/2^(L-1), w/2^(L-1), features[-1]].
     Both in `dtype` (float32 if None).
@@ -330,10 +336,12 @@ class UNetAutoencoder(UNetBase):
     self.encoder = self._encoder(layers)
     self.rec_decoder = self._decoder(layers, self.image_shape[2], False, 'rec_decoder')
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
-    """x: float32 [batch, height, width, channels] in [0, 1]."""
-    _, z = self.encoder(x, train)
-    return {'rec_logits': self.rec_decoder(z, None, train), 'z': z}
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> {'rec_logits', 'z' (= features)}; the skips are not
+    read (the reconstruction sees the bottleneck alone)."""
+    del skips
+    return {'rec_logits': self.rec_decoder(features, None, train), 'z': features}
 
 
 @MODELS.register('vae_unet')
@@ -347,10 +355,14 @@ class VAEUNet(UNetBase):
   decoder sees z only, so the reconstruction and the KL term are about the latent and cannot be
   short-cut through the skips.
 
+  The Gaussian and the sample belong to `decode`: encode's features are the encoder bottleneck
+  (as for every U-Net), so perturbing them perturbs the posterior too, and decode needs
+  rngs={'reparam': key}.
+
   Attributes (besides UNet's):
     latent_channels: channels of z per bottleneck position.
 
-  Outputs of `__call__`:
+  Outputs of `__call__` (= decode(*encode(x))):
     'seg_logits': [batch, height, width, num_classes].
     'rec_logits': [batch, height, width, channels]; sigmoid gives the image.
     'mean', 'logvar', 'z': [batch, h/2^(L-1), w/2^(L-1), latent_channels].
@@ -372,26 +384,16 @@ class VAEUNet(UNetBase):
     self.seg_decoder = self._decoder(layers, self.num_classes, True, 'seg_decoder')
     self.rec_decoder = self._decoder(layers, self.image_shape[2], False, 'rec_decoder')
 
-  def encode(self, x: jnp.ndarray, train: bool = False
-             ) -> Tuple[List[jnp.ndarray], jnp.ndarray, jnp.ndarray]:
-    """Images [batch, h, w, c] -> (skips, mean, logvar); mean/logvar [batch, h', w', latent]."""
-    skips, h = self.encoder(x, train)
-    return skips, self.to_mean(h), self.to_logvar(h)
+  def decode(self, features: jnp.ndarray, skips: Sequence[jnp.ndarray],
+             train: bool = False) -> Dict[str, jnp.ndarray]:
+    """(features, skips) from encode -> {'seg_logits', 'rec_logits', 'mean', 'logvar', 'z'}.
 
-  def decode(self, z: jnp.ndarray, skips: Sequence[jnp.ndarray],
-             train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    """(z [batch, h', w', latent], skips) -> (seg_logits, rec_logits).
-
-    Only the segmentation decoder reads `skips`.
+    features -> (mean, logvar) -> z sampled with rngs 'reparam'; only the segmentation decoder
+    reads `skips`.
     """
+    mean, logvar = self.to_mean(features), self.to_logvar(features)
+    z = reparameterize(self.make_rng('reparam'), mean, logvar)
     seg_logits = self.seg_decoder(nn.relu(self.seg_project(z)), skips, train)
     rec_logits = self.rec_decoder(nn.relu(self.rec_project(z)), None, train)
-    return seg_logits, rec_logits
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
-    """x: float32 [batch, height, width, channels] in [0, 1]; needs rngs={'reparam': key}."""
-    skips, mean, logvar = self.encode(x, train)
-    z = reparameterize(self.make_rng('reparam'), mean, logvar)
-    seg_logits, rec_logits = self.decode(z, skips, train)
     return {'seg_logits': seg_logits, 'rec_logits': rec_logits, 'mean': mean, 'logvar': logvar,
             'z': z}
