@@ -9,6 +9,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from segae_jax import batch as batch_lib
 from segae_jax.data import sizing
 from segae_jax.data.sizing import Size
 
@@ -34,7 +35,7 @@ def random_resized_crop(batch, rngs: Rngs, min_scale: float, size: Optional[Size
   of each image's area, with 'center_crop' a window of `size` at a random position (no
   resampling); see data.sizing. Masks follow their images with the same window."""
   images = batch['image']
-  return sizing.fit(batch, size or images.shape[1:3], mode, rngs, min_scale)
+  return sizing.fit(batch, size or batch_lib.spatial_shape(images), mode, rngs, min_scale)
 
 
 def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float,
@@ -44,12 +45,11 @@ def brightness_contrast(batch, rngs: Rngs, brightness: float, contrast: float,
   standardised ones, data.normalize). Masks are unchanged."""
   images = batch['image']
   n = len(images)
-  shape = (n,) + (1,) * (images.ndim - 1)
   draws = np.array([(rng.uniform(1 - contrast, 1 + contrast),
                      rng.uniform(-brightness, brightness)) for rng in rngs[:n]],
                    np.float32).reshape((n, 2))
-  c, b = draws[:, 0].reshape(shape), draws[:, 1].reshape(shape)
-  mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
+  c, b = (batch_lib.per_example(draws[:, i], images) for i in (0, 1))
+  mean = images.mean(axis=batch_lib.example_axes(images), keepdims=True)
   images = (images - mean) * c + mean + b
   return dict(batch, image=np.clip(images, 0.0, 1.0) if clip else images)
 

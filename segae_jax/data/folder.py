@@ -45,6 +45,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segae_jax import batch as batch_lib
 from segae_jax.data import fingerprint, local, normalize, sizing
 from segae_jax.data.images import (list_image_files, one_line, read_label_image,
                                    read_pixels)
@@ -349,7 +350,7 @@ class Preprocess:
     batch = {'image': self.normalization(examples['image'])}
     if 'segmentation' in examples:  # An unlabelled pool's examples have none.
       masks = examples['segmentation']
-      batch['segmentation'] = masks.reshape(masks.shape[:3]).astype(np.int32)
+      batch['segmentation'] = masks.reshape(batch_lib.pixels_shape(masks)).astype(np.int32)
     return batch
 
 

@@ -4,19 +4,18 @@ evaluation batches. The training loop only iterates over what these return.
 
 A training batch is {'image': float32 [n, h, w, c] (the model input), 'segmentation', ...} for the
 labelled examples (every example when there is no pool), plus, with a pool, 'unlabeled': {'image':
-the weak view, and the views the objective asked for} of the pool's share; see data.views and
-segae_jax.training.objectives.
+the weak view, and the views the objective asked for} of the pool's share; see segae_jax.batch
+(the contract, checked on the first batch), data.views and segae_jax.training.objectives.
 """
 import dataclasses
 from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
+from segae_jax import batch as batch_lib
+from segae_jax.batch import LABELED, PARTS, UNLABELED
 from segae_jax.data import augment
 from segae_jax.data.dataset import Dataset, build, with_labeled_fraction
 from segae_jax.data.pipeline import Batch, TrainIterator, eval_batches
-from segae_jax.data.views import View, with_views
-
-# The parts of a training batch an objective can ask views for.
-PARTS = ('labeled', 'unlabeled')
+from segae_jax.data.views import View, promised_keys, with_views
 
 
 def has_pool(config: Mapping) -> bool:
@@ -64,29 +63,33 @@ def train_inputs(config: Mapping, dataset: Dataset, views: Mapping[str, Sequence
   """The training batches of a run: config.batch_size examples per step over all processes
   (config.data.unlabeled_per_batch of them from the pool), each part augmented as
   config.data.augment says (the weak view) and given its `views` ({'labeled': [...],
-  'unlabeled': [...]}, data.views).
+  'unlabeled': [...]}, data.views). The first batch is checked against the batch contract with
+  the keys the views promise (segae_jax.batch.check_training_batch).
 
   Raises:
-    UserInputError: a bad batch share, worker count or augmentation, or a batch larger than the
-      labelled split.
+    UserInputError: a bad batch share, worker count or augmentation, a batch larger than the
+      labelled split, or two views of a part writing one key; at the first batch, BatchError: a
+      view that did not write its key, or wrote it with another shape or dtype.
   """
   unknown = sorted(set(views) - set(PARTS))
   if unknown:
     raise ValueError(f'views for unknown batch parts {unknown}; parts: {PARTS}')
   data_config = config['data']
   weak = augment.with_augmentation(dataset.preprocess, data_config.get('augment', {}),
-                                   dataset.image_shape[:2], dataset.resize,
-                                   clip=dataset.normalization.mode == 'unit')
+                                   batch_lib.spatial_shape(dataset.image_shape, leading=0),
+                                   dataset.resize, clip=dataset.normalization.mode == 'unit')
+  parts = (LABELED,) if dataset.unlabeled is None else PARTS
+  required = {part: {'image': None, **promised_keys(views.get(part, ()))} for part in parts}
   pool_preprocess = None
   if dataset.unlabeled is not None:
-    pool_preprocess = with_views(weak, views.get('unlabeled', ()))
+    pool_preprocess = with_views(weak, views.get(UNLABELED, ()))
   return TrainIterator(
       dataset.train, config['batch_size'], config['seed'],
-      with_views(weak, views.get('labeled', ())), process_index=process_index,
+      with_views(weak, views.get(LABELED, ())), process_index=process_index,
       process_count=process_count, num_local_devices=num_local_devices,
       num_workers=data_config.get('num_workers', 0), unlabeled=dataset.unlabeled,
       unlabeled_per_batch=data_config.get('unlabeled_per_batch', 0),
-      unlabeled_preprocess=pool_preprocess)
+      unlabeled_preprocess=pool_preprocess, required=required)
 
 
 def eval_inputs(config: Mapping, dataset: Dataset, split: str,

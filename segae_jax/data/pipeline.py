@@ -27,6 +27,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from segae_jax import batch as batch_lib
 from segae_jax.data.plans import (EVAL_STREAM, TRAIN_STREAM, EvalPlan, ExampleRngs, MixedPlan,
                                   TrainPlan)
 from segae_jax.data.sources import DataError, describe_example, read_examples
@@ -179,17 +180,23 @@ class TrainIterator(Iterator[Batch]):
       `source`.
     unlabeled_preprocess: the pool's preprocess (default `preprocess`); its examples hold
       'image' only.
+    required: if set, {batch part: the keys it must hold (or {key: kind})}: the first batch
+      this iterator yields is checked against the batch contract with them
+      (segae_jax.batch.check_training_batch), so a preprocess or view that forgets a key or
+      writes a wrong shape fails there, in one line, not inside the compiled step.
 
   Raises:
     UserInputError: the batch is larger than the split, or a bad num_workers or
-      unlabeled_per_batch.
+      unlabeled_per_batch; BatchError (a UserInputError) from next(): the first batch breaks
+      the contract.
   """
 
   def __init__(self, source, global_batch_size: int, seed: int, preprocess: Preprocess,
                process_index: int = 0, process_count: int = 1,
                num_local_devices: Optional[int] = None, num_workers: int = 0,
                unlabeled=None, unlabeled_per_batch: int = 0,
-               unlabeled_preprocess: Optional[Preprocess] = None):
+               unlabeled_preprocess: Optional[Preprocess] = None,
+               required: Optional[Mapping[str, batch_lib.Required]] = None):
     num_labeled = global_batch_size - unlabeled_per_batch
     check_unlabeled_per_batch(unlabeled_per_batch, global_batch_size, unlabeled is not None,
                               process_count)
@@ -211,6 +218,7 @@ class TrainIterator(Iterator[Batch]):
     self.batches_per_epoch = self.plan.batches_per_epoch
     self._taken = 0
     self._iterator = None
+    self._unchecked = required  # Cleared once the first batch passed the contract's check.
 
   def _start(self):
     """A grain pipeline from batch `_taken` on (grain's range dataset, endless in practice)."""
@@ -222,6 +230,9 @@ class TrainIterator(Iterator[Batch]):
     if self._iterator is None:
       self._start()
     batch = _next(self._iterator, lambda: self.describe(self._taken))
+    if self._unchecked is not None:
+      batch_lib.check_training_batch(batch, self._unchecked)  # Before pmap's reshape.
+      self._unchecked = None
     self._taken += 1
     return to_devices(batch, self.num_local_devices)
 

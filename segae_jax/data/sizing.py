@@ -21,6 +21,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segae_jax import batch as batch_lib
 from segae_jax.errors import UserInputError
 
 RESIZE_MODES = ('resize', 'center_crop')
@@ -102,7 +103,8 @@ def _fit_one(image, mask, size: Size, mode: str, rng=None, min_scale: float = 1.
 def is_fitted(examples: Mapping[str, np.ndarray], size: Size) -> bool:
   """True when 'image' (and 'segmentation') are already stacked arrays of `size`."""
   arrays = [examples[k] for k in ('image', 'segmentation') if k in examples]
-  return all(a.dtype != object and a.ndim >= 3 and a.shape[1:3] == tuple(size) for a in arrays)
+  return all(a.dtype != object and a.ndim >= 1 + batch_lib.SPATIAL_RANK
+             and batch_lib.spatial_shape(a) == tuple(size) for a in arrays)
 
 
 def fit(examples: Mapping[str, np.ndarray], size: Size, mode: str,

@@ -1,33 +1,48 @@
 """Training views: what an objective (segae_jax.training.objectives) asks the input pipeline to add
 to the examples of a batch part, on top of the preprocessed (weak) view in 'image'.
 
-Each view is a small picklable object `(batch, rngs) -> batch` adding one key; example i draws
-only from rngs[i], its own generator (data.plans.ExampleRngs), after the weak view's draws, so a
-view is the same for any worker count, resume or process count, and follows the weak view's
-geometry (it is computed from the weak view, or is a map of the same size):
+Each view is a small picklable object `(batch, rngs) -> batch` that reads its `inkey` (default
+'image', the weak view) and writes its `outkey` (default its kind's key below), as big_vision's
+InKeyOutKey preprocessing ops do, so several views of one kind coexist: StrongView(outkey=
+'strong_1') and StrongView(outkey='strong_2') (segae_jax.batch.numbered). Example i draws only
+from rngs[i], its own generator (data.plans.ExampleRngs), after the weak view's draws and those
+of the views listed before it, so a view is the same for any worker count, resume or process
+count, and follows the weak view's geometry (it is computed from the weak view, or is a map of
+the same size). Out keys follow the batch contract (segae_jax.batch): an out key it declares
+with another kind is refused, and the first training batch is checked against every view's
+`outkey` and `kind` (data.inputs). The built-in views (VIEWS, by name: make()):
 
-  'strong' (StrongView): float32 [n, h, w, c] in [0, 1], a photometric transform of 'image':
-      brightness, contrast and gamma (together, with probability jitter_prob), a Gaussian blur
-      (blur_prob), and Gaussian noise for grayscale images (noise_prob), as the strong view of
-      FixMatch (Sohn et al., NeurIPS 2020, Sec. 2.3) and UniMatch (Yang et al., CVPR 2023) for
-      segmentation: colour jitter p 0.8, blur sigma in [0.1, 2] p 0.5.
-  'cutmix' (CutMixBox): float32 [n, h, w], 1 inside the box where the example takes its
-      partner's pixels (CutMix, Yun et al., ICCV 2019; for segmentation French et al., BMVC 2020),
-      all 0 where it is not mixed (probability 1 - prob). The box covers a fraction in
-      [min_area, max_area] of the image with height / width in [min_aspect, 1 / min_aspect].
-  'mask' (PatchMask): float32 [n, h, w], 1 on the hidden patches: exactly round(ratio * P) of the
-      P patches of patch_size x patch_size (MAE, He et al., CVPR 2022; SimMIM, Xie et al.,
-      CVPR 2022).
-  'noise' (GaussianNoise): float32 [n, h, w, c], standard normal (the epsilon of denoising).
+  StrongView ('strong', out key 'strong'): float32 [n, h, w, c] in [0, 1], a photometric
+      transform of 'image': brightness, contrast and gamma (together, with probability
+      jitter_prob), a Gaussian blur (blur_prob), and Gaussian noise for grayscale images
+      (noise_prob), as the strong view of FixMatch (Sohn et al., NeurIPS 2020, Sec. 2.3) and
+      UniMatch (Yang et al., CVPR 2023) for segmentation: colour jitter p 0.8, blur sigma in
+      [0.1, 2] p 0.5.
+  CutMixBox ('cutmix_box', out key 'cutmix'): float32 [n, h, w], 1 inside the box where the
+      example takes its partner's pixels (CutMix, Yun et al., ICCV 2019; for segmentation
+      French et al., BMVC 2020), all 0 where it is not mixed (probability 1 - prob). The box
+      covers a fraction in [min_area, max_area] of the image with height / width in
+      [min_aspect, 1 / min_aspect].
+  PatchMask ('patch_mask', out key 'mask'): float32 [n, h, w], 1 on the hidden patches: exactly
+      round(ratio * P) of the P patches of patch_size x patch_size (MAE, He et al., CVPR 2022;
+      SimMIM, Xie et al., CVPR 2022).
+  GaussianNoise ('gaussian_noise', out key 'noise'): float32 [n, h, w, c], standard normal (the
+      epsilon of denoising).
 
-Raises (at construction): UserInputError naming the config key and the value expected.
+A view of a user's own (segae_jax.register_view) is any picklable callable of that signature;
+with `outkey` and `kind` attributes (a subclass of InKeyOutKey has them) its key is checked too.
+
+Raises (at construction): UserInputError naming the config key and the value expected, or an
+out key of another kind.
 """
 import dataclasses
-from typing import Callable, Mapping, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segae_jax import batch as batch_lib
 from segae_jax.errors import UserInputError
+from segae_jax.registry import Registry
 
 Rngs = Sequence[np.random.Generator]
 
@@ -46,9 +61,55 @@ def check_range(key: str, value, low: float, high: float, low_open: bool = False
   return value
 
 
+VIEWS: Registry = Registry('view')
+
+
+def check_fields(cls: type, fields: Mapping, where: str) -> None:
+  """Raises UserInputError for a field `fields` names that the dataclass `cls` lacks."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise UserInputError(f'{where} has no field(s) {", ".join(unknown)}; known: '
+                         f'{", ".join(sorted(known))}')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InKeyOutKey:
+  """The base of the built-in views: it reads batch[inkey] and writes batch[outkey], an array of
+  the batch contract's `kind` (segae_jax.batch.KINDS). A subclass sets `kind` and gives `outkey`
+  its default (the contract's key of that kind, e.g. 'strong').
+
+  Raises:
+    UserInputError: an out key that is not a name, a batch part's name, or a key the batch
+      contract declares with another kind (e.g. StrongView(outkey='mask')).
+  """
+  inkey: str = 'image'
+  outkey: str
+  kind: ClassVar[str] = 'image'
+
+  def __post_init__(self):
+    view = f'{type(self).__name__}(outkey={self.outkey!r})'
+    if not isinstance(self.outkey, str) or not self.outkey or self.outkey in batch_lib.PARTS:
+      raise UserInputError(f'{view}: expected a key name other than the batch parts '
+                           f'{", ".join(batch_lib.PARTS)}')
+    declared = batch_lib.kind_of(self.outkey)
+    if declared is not None and declared != self.kind:
+      raise UserInputError(f'{view}: the batch contract (segae_jax.batch) declares '
+                           f'{self.outkey!r} of kind {declared}, but this view writes kind '
+                           f'{self.kind}; give it another out key')
+
+  def stacked(self, batch, rngs: Rngs, one: Callable) -> Dict:
+    """batch with outkey = np.stack([one(i, rngs[i]) for each example i of batch[inkey]]): each
+    example's draws from its own generator, examples in order."""
+    n = len(batch[self.inkey])
+    return dict(batch, **{self.outkey: np.stack([one(i, rngs[i]) for i in range(n)])})
+
+
+@VIEWS.register('strong')
 @dataclasses.dataclass(frozen=True)
-class StrongView:
-  """The strong photometric view (module doc); fields as config.data.strong_augment has them.
+class StrongView(InKeyOutKey):
+  """The strong photometric view (module doc); fields as config.data.strong_augment has them,
+  and the view's inkey and outkey (default 'strong').
 
   brightness, contrast: factors drawn from [1 - x, 1 + x]; gamma: exponent from [1 - x, 1 + x];
   blur_sigma: (min, max) sigma in pixels; noise_std: the noise's sigma is drawn from
@@ -62,9 +123,11 @@ class StrongView:
   blur_sigma: Tuple[float, float] = (0.1, 2.0)
   noise_prob: float = 0.5
   noise_std: float = 0.1
-  key = 'strong'
+  outkey: str = dataclasses.field(default='strong', kw_only=True)
+  kind: ClassVar[str] = 'image'
 
   def __post_init__(self):
+    super().__post_init__()
     where = 'config.data.strong_augment'
     for name in ('brightness', 'contrast', 'gamma'):
       check_range(f'{where}.{name}', getattr(self, name), 0.0, 1.0, high_open=True)
@@ -84,11 +147,7 @@ class StrongView:
       UserInputError: an unknown field or a value out of range.
     """
     fields = dict(fields or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise UserInputError(f'config.data.strong_augment has no field(s) {", ".join(unknown)}; '
-                           f'known: {", ".join(sorted(known))}')
+    check_fields(cls, fields, 'config.data.strong_augment')
     if 'blur_sigma' in fields:
       fields['blur_sigma'] = tuple(fields['blur_sigma'])
     return cls(**fields)
@@ -106,28 +165,32 @@ class StrongView:
       x = np.clip((x - mean) * c + mean, 0.0, 1.0) ** g
     if blur:
       from scipy import ndimage  # pylint: disable=import-outside-toplevel
-      x = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode='reflect')
+      x = ndimage.gaussian_filter(x, sigma=(sigma,) * batch_lib.SPATIAL_RANK + (0,),
+                                  mode='reflect')
     if noisy and image.shape[-1] == 1 and std > 0:  # Grayscale: no colour to jitter instead.
       x = np.clip(x + std * rng.standard_normal(x.shape, dtype=np.float32), 0.0, 1.0)
     return x.astype(np.float32)
 
   def __call__(self, batch, rngs: Rngs):
-    images = batch['image']
-    return dict(batch, strong=np.stack([self._one(images[i], rngs[i])
-                                        for i in range(len(images))]))
+    images = batch[self.inkey]
+    return self.stacked(batch, rngs, lambda i, rng: self._one(images[i], rng))
 
 
+@VIEWS.register('cutmix_box')
 @dataclasses.dataclass(frozen=True)
-class CutMixBox:
-  """The CutMix box of each example (module doc); fields from config.objective_params
-  (cutmix_prob, cutmix_min_area, cutmix_max_area, cutmix_min_aspect)."""
+class CutMixBox(InKeyOutKey):
+  """The CutMix box of each example (module doc), the size of batch[inkey]; fields from
+  config.objective_params (cutmix_prob, cutmix_min_area, cutmix_max_area, cutmix_min_aspect),
+  and the view's inkey and outkey (default 'cutmix')."""
   prob: float = 0.5
   min_area: float = 0.02
   max_area: float = 0.4
   min_aspect: float = 0.3
-  key = 'cutmix'
+  outkey: str = dataclasses.field(default='cutmix', kw_only=True)
+  kind: ClassVar[str] = 'pixel_map'
 
   def __post_init__(self):
+    super().__post_init__()
     where = 'config.objective_params'
     check_range(f'{where}.cutmix_prob', self.prob, 0.0, 1.0)
     check_range(f'{where}.cutmix_min_area', self.min_area, 0.0, 1.0, low_open=True)
@@ -148,21 +211,24 @@ class CutMixBox:
     return out
 
   def __call__(self, batch, rngs: Rngs):
-    h, w = batch['image'].shape[1:3]
-    return dict(batch, cutmix=np.stack([self.box(h, w, rngs[i])
-                                        for i in range(len(batch['image']))]))
+    h, w = batch_lib.spatial_shape(batch[self.inkey])
+    return self.stacked(batch, rngs, lambda i, rng: self.box(h, w, rng))
 
 
+@VIEWS.register('patch_mask')
 @dataclasses.dataclass(frozen=True)
-class PatchMask:
-  """The hidden patches of each example (module doc); fields from config.objective_params
-  (mask_ratio, patch_size). `image_size` (height, width) must be divisible by patch_size."""
+class PatchMask(InKeyOutKey):
+  """The hidden patches of each example of batch[inkey] (module doc); fields from
+  config.objective_params (mask_ratio, patch_size), and the view's inkey and outkey (default
+  'mask'). `image_size` (height, width) must be divisible by patch_size."""
   ratio: float
   patch_size: int
   image_size: Tuple[int, int]
-  key = 'mask'
+  outkey: str = dataclasses.field(default='mask', kw_only=True)
+  kind: ClassVar[str] = 'pixel_map'
 
   def __post_init__(self):
+    super().__post_init__()
     check_range('config.objective_params.mask_ratio', self.ratio, 0.0, 1.0, low_open=True,
                  high_open=True)
     p = self.patch_size
@@ -184,18 +250,20 @@ class PatchMask:
     return np.repeat(np.repeat(hidden.reshape(grid), self.patch_size, 0), self.patch_size, 1)
 
   def __call__(self, batch, rngs: Rngs):
-    return dict(batch, mask=np.stack([self.mask(rngs[i]) for i in range(len(batch['image']))]))
+    return self.stacked(batch, rngs, lambda i, rng: self.mask(rng))
 
 
+@VIEWS.register('gaussian_noise')
 @dataclasses.dataclass(frozen=True)
-class GaussianNoise:
-  """Standard normal noise shaped like each example's image (module doc)."""
-  key = 'noise'
+class GaussianNoise(InKeyOutKey):
+  """Standard normal noise shaped like each example of batch[inkey] (module doc); outkey
+  default 'noise'."""
+  outkey: str = dataclasses.field(default='noise', kw_only=True)
+  kind: ClassVar[str] = 'image'
 
   def __call__(self, batch, rngs: Rngs):
-    images = batch['image']
-    return dict(batch, noise=np.stack([rngs[i].standard_normal(images.shape[1:], np.float32)
-                                       for i in range(len(images))]))
+    shape = batch[self.inkey].shape[1:]  # One example's.
+    return self.stacked(batch, rngs, lambda i, rng: rng.standard_normal(shape, np.float32))
 
 
 View = Callable[[Mapping[str, np.ndarray], Rngs], Mapping[str, np.ndarray]]
@@ -215,5 +283,48 @@ class WithViews:
 
 
 def with_views(preprocess: Callable, views: Sequence[View]) -> Callable:
-  """preprocess with `views` added (preprocess itself when there are none)."""
+  """preprocess with `views` added (preprocess itself when there are none).
+
+  Raises:
+    UserInputError: two views write the same out key (promised_keys).
+  """
+  promised_keys(views)
   return WithViews(preprocess, tuple(views)) if views else preprocess
+
+
+def promised_keys(views: Sequence[View]) -> Dict[str, Optional[str]]:
+  """{out key: kind} of the views that declare theirs (`outkey` and `kind` attributes; kind
+  None where a view gives no kind): what the batch part holds after them (batch.check).
+
+  Raises:
+    UserInputError: two views write the same out key (the second would replace the first).
+  """
+  keys = {}
+  for view in views:
+    key = getattr(view, 'outkey', None)
+    if key is None:
+      continue
+    if key in keys:
+      raise UserInputError(f'two views write the batch key {key!r}; give each its own outkey '
+                           f'(e.g. {", ".join(map(repr, batch_lib.numbered(key, 2)))})')
+    keys[key] = getattr(view, 'kind', None)
+  return keys
+
+
+def make(name: str, **fields) -> View:
+  """The view registered as `name` (VIEWS: 'strong', 'cutmix_box', 'patch_mask',
+  'gaussian_noise', and the user's own) built with `fields`, e.g.
+  make('strong', outkey='strong_2', blur_prob=0.0).
+
+  Raises:
+    UserInputError: an unknown name, a field the view lacks or a required one it was not given,
+      or a value out of range.
+  """
+  cls = VIEWS.get(name)
+  if dataclasses.is_dataclass(cls):
+    check_fields(cls, fields, f'view {name!r}')
+    absent = [f.name for f in dataclasses.fields(cls) if f.name not in fields
+              and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if absent:
+      raise UserInputError(f'view {name!r} needs field(s) {", ".join(absent)}')
+  return cls(**fields)
