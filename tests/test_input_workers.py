@@ -14,8 +14,9 @@ import pytest
 
 from conftest import ROOT, assert_trees_equal, scenes_config, small_config
 from segae_jax import data, training
-from segae_jax.data import augment
+from segae_jax.data import augment, views
 from test_data import png_source_with_a_cut_file
+from test_views import CONFIG, _dataset
 from conftest import cpu_env
 from test_faults import _start_and_wait, _state, _tiny_overrides, _train_cmd, reference_run
 
@@ -53,6 +54,19 @@ def test_batches_are_the_same_for_0_and_2_workers_and_after_a_resume(tfds_dir):
   resumed.set_state({'format': data.pipeline.STATE_FORMAT, 'epoch': 1, 'batch': 1, 'seed': 0,
                      'global_batch_size': 16})
   _assert_same(_batches(resumed, 4), plain[5:])
+
+
+def test_two_strong_views_of_a_part_are_the_same_for_0_and_2_workers():
+  """Each view draws from its example's own generator, in the order listed, wherever the batch
+  is made."""
+  by_part = {'unlabeled': [views.StrongView(outkey='strong_1'), views.StrongView(outkey='strong_2'),
+                           views.CutMixBox(prob=1.0)]}
+  make = lambda workers: data.train_inputs(
+      dict(CONFIG, data=dict(CONFIG['data'], num_workers=workers)), _dataset(), by_part, None)
+  plain, workers = _batches(make(0), 3), _batches(make(2), 3)
+  assert sorted(plain[0]['unlabeled']) == ['cutmix', 'image', 'strong_1', 'strong_2']
+  for a, b in zip(plain, workers):
+    assert_trees_equal(a, b)
 
 
 def test_a_file_that_cannot_be_decoded_in_a_worker_is_named():
