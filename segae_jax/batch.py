@@ -14,7 +14,8 @@ Each key has a kind, which fixes its dtype and shape ([n] = the part's examples,
 SPATIAL_RANK spatial sizes, c = channels, k = classes):
   image     float32 [n, *S, c]   the model input and anything shaped like it: 'image', 'strong',
                                  'noise', 'target'
-  pixel_map float32 [n, *S]      a value per pixel: 'cutmix', 'mask', 'target_weight', 'confident'
+  pixel_map float32 [n, *S]      a value per pixel: 'cutmix', 'mask', 'target_weight', 'confident',
+                                 'pixel_weight' (scales a segmentation term's pixels: losses)
   labels    int32   [n, *S]      class ids per pixel: 'segmentation' (ignore_label where unknown)
   example   float32 [n]          a value per example: 'labeled', 'valid'
   class_id  int32   [n]          an image-level class: 'label'
@@ -24,7 +25,7 @@ kind) has the kind of `<name>`.
 Raises (check): BatchError, one line naming the part, the key, and what was expected.
 """
 import re
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 from segae_jax.errors import UserInputError
 
@@ -47,7 +48,7 @@ KEYS = {
     'image': 'image', 'strong': 'image', 'noise': 'image', 'target': 'image',
     'clean_image': 'image',
     'cutmix': 'pixel_map', 'mask': 'pixel_map', 'target_weight': 'pixel_map',
-    'confident': 'pixel_map',
+    'confident': 'pixel_map', 'pixel_weight': 'pixel_map',
     'segmentation': 'labels',
     'labeled': 'example', 'valid': 'example',
     'label': 'class_id',

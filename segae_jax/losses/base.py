@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from segae_jax.registry import Registry
 
 Metrics = Dict[str, jnp.ndarray]
-LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]], Tuple[jnp.ndarray, Metrics]]
+LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]],
+                  Tuple[jnp.ndarray, Metrics]]
 
 LOSSES: Registry = Registry('loss')
 
