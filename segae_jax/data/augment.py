@@ -60,10 +60,11 @@ def with_augmentation(preprocess: Callable, config: Mapping, size: Optional[Size
   `config` turns on: flip (bool), crop_min_scale (< 1 enables random resized crop),
   brightness and contrast (> 0 enable them). Returns preprocess itself when all are off.
 
-  `size` and `mode` are the dataset's (Dataset.image_shape[:2], Dataset.resize) for datasets
-  stored at the images' own sizes: the crop then goes from the image's own size straight to
-  `size`, and with mode 'center_crop' a crop is a window of `size` at a random position. `clip`:
-  brightness/contrast keep images in [0, 1] (False for standardised inputs).
+  `size` and `mode` are the dataset's (the (height, width) of Dataset.image_shape,
+  Dataset.resize) for datasets stored at the images' own sizes: the crop then goes from the
+  image's own size straight to `size`, and with mode 'center_crop' a crop is a window of `size`
+  at a random position. `clip`: brightness/contrast keep images in [0, 1] (False for
+  standardised inputs).
   """
   flip = bool(config.get('flip', False))
   crop = float(config.get('crop_min_scale', 1.0))

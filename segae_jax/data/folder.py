@@ -234,7 +234,7 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
   """
   image = read_pixels(image_path, config.channels)
   mask = None
-  h, w = image.shape[:2]
+  h, w = batch_lib.spatial_shape(image, leading=0)
   if mask_path:
     mask = _mask_array(read_label_image(mask_path), mask_path, config.num_classes,
                        config.mask_mode)

@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segae_jax.batch import spatial_shape
 from segae_jax.data import local, normalize, sizing
 from segae_jax.data.images import list_image_files, read_pixels
 from segae_jax.data.dataset import Dataset, scale_images
@@ -87,7 +88,7 @@ def read_image(path: str, config: ImageFolderConfig, transform: bool = True) -> 
     UserInputError: naming the file and the problem.
   """
   image = read_pixels(path, config.channels)
-  local.check_stored_fits(config, *image.shape[:2], path)
+  local.check_stored_fits(config, *spatial_shape(image, leading=0), path)
   return local.capped(image, None, config.max_size)[0] if transform else image
 
 

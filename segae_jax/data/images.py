@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segae_jax.batch import spatial_shape
 from segae_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class ImageFileSource:
     out = []
     for i in indices:
       image = np.asarray(read_image(self.paths[int(i)], self.channels))
-      out.append({'image': image.reshape(image.shape[:2] + (self.channels,))})
+      out.append({'image': image.reshape(spatial_shape(image, leading=0) + (self.channels,))})
     return out
 
 
@@ -177,7 +178,7 @@ def image_array(image: Image.Image, path: str, channels: int) -> np.ndarray:
     array = with_alpha[..., :-1]
   else:
     array = np.asarray(image.convert(target))
-  return array.reshape(array.shape[:2] + (channels,))
+  return array.reshape(spatial_shape(array, leading=0) + (channels,))
 
 
 def capped_size(height: int, width: int, max_size: int) -> Tuple[int, int]:
@@ -306,7 +307,7 @@ def read_pixels(path: str, channels: int, what: str = 'image') -> np.ndarray:
     if image.mode in GRAY_MODES + COLOUR_MODES:
       return image_array(image, path, channels)
     array = np.asarray(image)
-    array = array.reshape(array.shape[:2] + (-1,))
+    array = array.reshape(spatial_shape(array, leading=0) + (-1,))
   array = _as_stored_dtype(array, path, what)
   if array.shape[2] != channels:
     raise UserInputError(f'{path}: {what} has {array.shape[2]} channel(s) ({array.dtype}) but '
@@ -359,4 +360,4 @@ def read_as_written(path: str, channels: int, what: str = 'image') -> Tuple[np.n
     array = np.asarray(image.convert(target))
   else:
     array = _as_stored_dtype(np.asarray(image), path, what)
-  return array.reshape(array.shape[:2] + (-1,)), alpha
+  return array.reshape(spatial_shape(array, leading=0) + (-1,)), alpha

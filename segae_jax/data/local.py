@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from segae_jax.batch import spatial_shape
 from segae_jax.data import normalize, sizing
 from segae_jax.data.images import capped_size, read_pixels
 from segae_jax.errors import UserInputError
@@ -219,7 +220,7 @@ def check_and_measure(splits: Mapping[str, Sequence[Any]], read: Callable[[Any],
                              'all')
       if name == 'train':
         statistics.add(image)
-      sizes[name].append(capped_size(*image.shape[:2], max_size))
+      sizes[name].append(capped_size(*spatial_shape(image, leading=0), max_size))
   return sizes, {'dtype': dtype, **statistics.result()}
 
 
@@ -238,8 +239,8 @@ def normalization_of(builder: tfds.core.DatasetBuilder, mode: str, where: str):
 def capped(image: np.ndarray, mask, max_size: int):
   """(image, mask) scaled so the long side is at most `max_size` (0: unchanged), aspect kept;
   image with area averaging, mask nearest neighbour (mask may be None)."""
-  size = capped_size(image.shape[0], image.shape[1], max_size)
-  if size == image.shape[:2]:
+  size = capped_size(*spatial_shape(image, leading=0), max_size)
+  if size == spatial_shape(image, leading=0):
     return image, mask
   return sizing.resize_image(image, size), (None if mask is None else
                                             sizing.resize_mask(mask, size))

@@ -66,7 +66,7 @@ def resize_image(image: np.ndarray, size: Size) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, size: Size) -> np.ndarray:
   """uint8 label map [h, w] -> [size[0], size[1]], nearest neighbour with pixel centres aligned."""
-  if mask.shape[:2] == tuple(size):
+  if batch_lib.spatial_shape(mask, leading=0) == tuple(size):
     return mask
   cv2 = _opencv()
   return cv2.resize(np.ascontiguousarray(mask), (size[1], size[0]),
@@ -82,8 +82,8 @@ def _window(image: np.ndarray, mask: Optional[np.ndarray], top: int, left: int, 
 
 def _fit_one(image, mask, size: Size, mode: str, rng=None, min_scale: float = 1.0):
   """One example -> (image [size, c], mask [size] or None); random when `rng` is given."""
-  h, w = image.shape[:2]
-  mask = None if mask is None else mask.reshape(mask.shape[:2])
+  h, w = batch_lib.spatial_shape(image, leading=0)
+  mask = None if mask is None else mask.reshape(batch_lib.spatial_shape(mask, leading=0))
   if mode == 'center_crop':
     check_fits(h, w, size, 'an example')
     if rng is None:
