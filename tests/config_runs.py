@@ -4,7 +4,8 @@ tests/data/config_runs.json was made before issue 35's restructuring (objectives
 inference layer, batch contract, model interface); test_config_regression.py holds today's code
 against it, so a refactor that changes any config's training shows.
 
-Record anew (only when a change is meant to alter training, and say so in the commit):
+Record anew (only when a change is meant to alter training, and say so in the commit), after
+removing the record (an existing one is resumed: only configs it lacks are trained):
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/config_runs.py --record
 """
 import hashlib
@@ -35,10 +36,12 @@ FOLDER_SEGMENTING = {'data.num_classes': 3, 'data.channels': 3}
 
 
 def shipped() -> list:
-  """The names of the shipped configs (configs/*.py with a get_config)."""
+  """The names of the shipped training configs (configs/*.py whose get_config has a data
+  section; configs/probe_fashion_mnist.py configures the probe tool, not a training)."""
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
   names = sorted(f[:-3] for f in os.listdir(root) if f.endswith('.py') and f != '__init__.py')
-  return [n for n in names if hasattr(importlib.import_module(f'configs.{n}'), 'get_config')]
+  modules = {n: importlib.import_module(f'configs.{n}') for n in names}
+  return [n for n, m in modules.items() if hasattr(m, 'get_config') and 'data' in m.get_config()]
 
 
 def write_folders(root: str) -> None:
@@ -197,13 +200,19 @@ def main() -> None:
   import shutil
   import tempfile
   record = {'machine': machine(), 'steps': STEPS, 'configs': {}}
+  if os.path.exists(RECORD):  # A stopped recording resumes: its finished configs are kept.
+    with open(RECORD) as f:
+      record = json.load(f)
+    assert record['machine'] == machine() and record['steps'] == STEPS, RECORD
   with tempfile.TemporaryDirectory() as tmp:
     for name in (sys.argv[2:] or shipped()):
+      if name in record['configs'] and not sys.argv[2:]:
+        continue
       record['configs'][name] = train(name, tmp, os.path.join(tmp, 'runs', name))
       print(name, [m['train/loss'] for m in record['configs'][name]['train']], flush=True)
-  with open(RECORD + '.tmp', 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(RECORD + '.tmp', RECORD)
+      with open(RECORD + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+      os.replace(RECORD + '.tmp', RECORD)
   shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)  # conftest's.
 
 
