@@ -11,12 +11,13 @@ configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 
-from configs import denoising_scenes, segae_folder_semisup
+from configs import segae_folder_semisup
+from segae_jax.training import objectives
 
 
 def get_config():
   config = segae_folder_semisup.get_config()
   config.loss = ml_collections.ConfigDict({'seg_ce': 1.0})
   config.objective = 'denoising'
-  config.objective_params = denoising_scenes.denoising_params()
+  config.objective_params = objectives.default_params('denoising')
   return config

@@ -9,11 +9,7 @@ Pretraining for Semantic Segmentation", CVPR-W 2022. docs/segmentation.md.
 import ml_collections
 
 from configs import segae_scenes
-
-
-def denoising_params() -> ml_collections.ConfigDict:
-  """config.objective_params of 'denoising'."""
-  return ml_collections.ConfigDict({'sigma': 0.2, 'weight': 1.0})
+from segae_jax.training import objectives
 
 
 def get_config():
@@ -23,5 +19,5 @@ def get_config():
   # The reconstruction head predicts the noise: the labelled images get the segmentation term only.
   config.loss = ml_collections.ConfigDict({'seg_ce': 1.0})
   config.objective = 'denoising'
-  config.objective_params = denoising_params()
+  config.objective_params = objectives.default_params('denoising')  # sigma 0.2, weight 1.
   return config

@@ -11,17 +11,18 @@ configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 
-from configs import fixmatch_scenes, folder
+from configs import folder
+from segae_jax.training import objectives
 
 
 def get_config():
   config = folder.get_config()
   config.data.unlabeled_dir = 'data/unlabeled'
   config.data.unlabeled_per_batch = 16
-  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  config.data.strong_augment = objectives.strong_augment()
   config.batch_size = 32
   config.objective = 'fixmatch'
-  config.objective_params = fixmatch_scenes.fixmatch_params()
+  config.objective_params = objectives.default_params('fixmatch')
   # Cross-entropy alone, as the label-efficiency benchmark measured this recipe
   # (docs/results.md#label-efficiency), not folder.py's cross-entropy + Dice.
   config.loss = ml_collections.ConfigDict({'seg_ce': 1.0})

@@ -9,37 +9,23 @@ for segmentation); Yang et al., CVPR 2023 (UniMatch's settings). docs/segmentati
 
   python train.py --config=configs/fixmatch_scenes.py --workdir=runs/fixmatch_scenes \\
     [--config.objective_params.threshold=0.9 --config.objective_params.ema_decay=0]
+
+config.objective_params holds every field of the objective, at the defaults its module declares
+(segae_jax/training/objectives/teacher.py): ema_decay (0: the student is its own teacher, FixMatch
+as published), threshold (pseudo-labels where the teacher's confidence >= it), unlabeled_weight
+(lambda_u, reached after the ramp-up), rampup_fraction (of num_train_steps), evaluate ('teacher'
+or 'student': the variables evaluation and the tools use) and the cutmix_* box;
+config.data.strong_augment every field of data.views.StrongView, at its defaults.
 """
-import ml_collections
-
 from configs import unet_scenes
-
-
-def strong_augment() -> ml_collections.ConfigDict:
-  """config.data.strong_augment: the strong view of the pool's images (data/views.py)."""
-  return ml_collections.ConfigDict({
-      'brightness': 0.5, 'contrast': 0.5, 'gamma': 0.3, 'jitter_prob': 0.8,
-      'blur_prob': 0.5, 'blur_sigma': (0.1, 2.0), 'noise_prob': 0.5, 'noise_std': 0.1})
-
-
-def fixmatch_params() -> ml_collections.ConfigDict:
-  """config.objective_params of 'fixmatch' / 'mean_teacher' (training/objectives.py)."""
-  return ml_collections.ConfigDict({
-      'ema_decay': 0.99,           # 0: the student is its own teacher (FixMatch as published).
-      'threshold': 0.95,           # Pseudo-labels where the teacher's confidence >= this.
-      'unlabeled_weight': 1.0,     # lambda_u, reached after the ramp-up.
-      'rampup_fraction': 0.2,      # Of num_train_steps.
-      'evaluate': 'teacher',       # Which variables evaluation and the tools use.
-      'cutmix_prob': 0.5, 'cutmix_min_area': 0.02, 'cutmix_max_area': 0.4,
-      'cutmix_min_aspect': 0.3,
-  })
+from segae_jax.training import objectives
 
 
 def get_config():
   config = unet_scenes.get_config()
   config.labeled_fraction = 0.05
   config.data.unlabeled_per_batch = 16   # Of each batch of 32: the hidden masks' scenes.
-  config.data.strong_augment = strong_augment()
+  config.data.strong_augment = objectives.strong_augment()
   config.objective = 'fixmatch'
-  config.objective_params = fixmatch_params()
+  config.objective_params = objectives.default_params('fixmatch')
   return config

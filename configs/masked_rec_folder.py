@@ -9,11 +9,12 @@ default 128x128; the patch must divide data.image_size).
 The class count, channels, normalisation and test split are inferred from the files, as in
 configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
-from configs import masked_rec_scenes, segae_folder_semisup
+from configs import segae_folder_semisup
+from segae_jax.training import objectives
 
 
 def get_config():
   config = segae_folder_semisup.get_config()
   config.objective = 'masked_rec'
-  config.objective_params = masked_rec_scenes.masked_params(patch_size=16)
+  config.objective_params = objectives.default_params('masked_rec', patch_size=16)
   return config

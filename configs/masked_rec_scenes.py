@@ -7,14 +7,8 @@ for conv nets). docs/segmentation.md.
 
   python train.py --config=configs/masked_rec_scenes.py --workdir=runs/masked_rec_scenes
 """
-import ml_collections
-
 from configs import segae_scenes
-
-
-def masked_params(patch_size: int = 8) -> ml_collections.ConfigDict:
-  """config.objective_params of 'masked_rec' (patch 8 at 64x64, as a 32-pixel patch at 224)."""
-  return ml_collections.ConfigDict({'mask_ratio': 0.6, 'patch_size': patch_size})
+from segae_jax.training import objectives
 
 
 def get_config():
@@ -22,5 +16,7 @@ def get_config():
   config.labeled_fraction = 0.05
   config.data.unlabeled_per_batch = 16
   config.objective = 'masked_rec'
-  config.objective_params = masked_params()
+  # The objective's defaults (training/objectives/masked.py): ratio 0.6 of 8x8 patches (at
+  # 64x64, as a 32-pixel patch at 224).
+  config.objective_params = objectives.default_params('masked_rec')
   return config

@@ -7,7 +7,8 @@ configs/finetune_scenes.py then starts a U-Net from its encoder.
 """
 import ml_collections
 
-from configs import masked_rec_scenes, unet_scenes
+from configs import unet_scenes
+from segae_jax.training import objectives
 
 
 def get_config():
@@ -18,5 +19,5 @@ def get_config():
   config.loss = ml_collections.ConfigDict({'rec_mse_per_pixel': 1.0})
   config.best_metric = ''   # No segmentation to score.
   config.objective = 'masked_rec'
-  config.objective_params = masked_rec_scenes.masked_params()
+  config.objective_params = objectives.default_params('masked_rec')
   return config

@@ -12,15 +12,15 @@ configs/folder.py (each overridable, e.g. --config.data.num_classes=3).
 """
 import ml_collections
 
-from configs import fixmatch_scenes, folder
+from configs import folder
+from segae_jax.training import objectives
 
 
 def get_config():
   config = folder.get_config()
-  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  config.data.strong_augment = objectives.strong_augment()
   config.objective = 'supervised_strong'
-  config.objective_params = {
-      k: v for k, v in fixmatch_scenes.fixmatch_params().items() if k.startswith('cutmix_')}
+  config.objective_params = objectives.default_params('supervised_strong')
   # Cross-entropy alone, as the label-efficiency benchmark measured this recipe
   # (docs/results.md#label-efficiency), not folder.py's cross-entropy + Dice.
   config.loss = ml_collections.ConfigDict({'seg_ce': 1.0})

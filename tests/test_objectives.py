@@ -392,8 +392,7 @@ def test_strong_supervised_mixes_labeled_pairs_with_their_masks_only_when_both_h
 
 def test_strong_supervised_asks_the_labeled_part_for_the_strong_view_and_box(tfds_dir):
   config = scenes_config(tfds_dir, 'unet_scenes', objective='supervised_strong')
-  from configs import fixmatch_scenes
-  config.data.strong_augment = fixmatch_scenes.strong_augment()
+  config.data.strong_augment = objectives.strong_augment()
   made = objectives.make(config, SHAPE[:2], has_pool=False)
   views_by_part = made.views()
   assert list(views_by_part) == ['labeled']

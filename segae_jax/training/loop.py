@@ -197,16 +197,18 @@ class RunSetup:
   native_scores: Optional[Callable[[Any], Dict[str, Any]]] = None
 
 
-def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
-  """Builds the dataset, model, objective, strategy, initial state and training inputs of
-  `config`; the initial state starts from the parameters of `source` (pretrained.check_source
-  of config.init_from: a fresh run that has one) when given."""
+def setup(config: ml_collections.ConfigDict, objective: objectives.Objective,
+          source=None) -> RunSetup:
+  """Builds the dataset, model, strategy, initial state and training inputs of `config` with
+  its `objective` (validation.validate_run's, told the dataset's image size here); the initial
+  state starts from the parameters of `source` (pretrained.check_source of config.init_from: a
+  fresh run that has one) when given."""
   # Prepared once, by process 0, into what may be a shared tfds_dir; the others then read it.
   dataset = distributed.process_0_first(lambda: data.run_dataset(config))
   # Under pmap, BatchNorm averages its batch statistics over the devices' shards.
   model = build_model(config, dataset.image_shape, dataset.num_classes,
                       parallel.norm_axis_name(config.parallel))
-  objective = objectives.make(config, dataset.image_shape[:2], data.has_pool(config))
+  objective.set_image_size(dataset.image_shape[:2])
   strategy = parallel.make_strategy(config.parallel, *step_functions(config, objective))
   _, schedule = optimizers.make_optimizer(config)
   init_rng, run_rng = run_keys(config.seed)
@@ -218,7 +220,8 @@ def setup(config: ml_collections.ConfigDict, source=None) -> RunSetup:
                                  jax.process_index(), jax.process_count())
   meta = {'model': config.model.to_dict(), 'dataset': config.data.name,
           'image_shape': list(dataset.image_shape), 'num_classes': dataset.num_classes,
-          'class_names': list(dataset.class_names), 'objective': objective.name,
+          'class_names': list(dataset.class_names),
+          'objective': config.get('objective', 'supervised'),  # As named (an alias as such).
           'objective_state': sorted(getattr(state, 'objective_state', None) or {}),
           # How stored pixels become the input: predict, evaluate and export apply it too.
           'normalization': dataset.normalization.to_dict()}
@@ -400,13 +403,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     Preempted: SIGTERM or SIGINT arrived; the current step was checkpointed and the save
       finished, so re-running resumes there.
   """
-  config = validation.validate_config(config)  # Values left to the data filled in.
+  config, objective = validation.validate_run(config)  # Values left to the data filled in.
   workdir = paths.resolve(workdir)
   source = None
   if config.get('init_from', '') and not checkpoints.steps_in(paths.join(workdir, 'checkpoints')):
     source = pretrained.check_source(config)  # A fresh run: checked before anything is built.
   check_workdir_writable(workdir)
-  run = setup(config, source)
+  run = setup(config, objective, source)
   # Closes writer and checkpointers however the run ends; then a failed write gets its hint.
   with _resume_hint(workdir), contextlib.ExitStack() as stack:
     stack.callback(run.train_iter.close)  # The input worker processes, if any.

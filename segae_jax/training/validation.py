@@ -1,10 +1,11 @@
 """Config checks run before anything is built or written, each failing with one clear line."""
 import logging
+from typing import Tuple
 
 import jax
 import ml_collections
 
-from segae_jax import data, losses, models
+from segae_jax import data, losses, models, plugins
 from segae_jax.data import fingerprint, local
 from segae_jax.training import objectives, optimizers, parallel
 from segae_jax.errors import UserInputError
@@ -19,16 +20,38 @@ COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """validate_run's config: `config` itself, or a resolved copy of it (resolve_auto)."""
+  return validate_run(config)[0]
+
+
+def validate_run(config: ml_collections.ConfigDict
+                 ) -> Tuple[ml_collections.ConfigDict, objectives.Objective]:
   """Checks values, names and device divisibility of a training config, after filling in the
-  values it leaves to the data (resolve_auto).
+  values it leaves to the data (resolve_auto), and makes its objective: the run's one, checked
+  first (its parameters before any file is read), at the image size the config names where it
+  names one (the run sets the dataset's: Objective.set_image_size). config.plugins are imported
+  before anything else (segae_jax.plugins).
 
   Returns:
-    The config checked: `config` itself, or a resolved copy of it (resolve_auto).
+    (the config checked: `config` itself or a resolved copy of it, the objective).
 
   Raises:
     UserInputError: naming the key, the value and what was expected.
   """
-  config = resolve_auto(config)
+  plugins.load(config.get('plugins', ()))  # What the config names may be theirs.
+  objective = objectives.make(config, data.configured_image_size(config.data),
+                              data.has_pool(config))
+  config = resolve_auto(config, objective)
+  size = data.configured_image_size(config.data)
+  if size is not None and objective.facts.image_size is None:  # Inferred from the folder.
+    objective.set_image_size(size)
+  _check_fields(config)
+  _check_objective_shares(config, objective)
+  return config, objective
+
+
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+  """The run's values and names, one line for the first that is wrong."""
   for key in POSITIVE_INTS:
     value = config[key]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -63,21 +86,21 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   data.cache_mode(config.data.get('cache', 'auto'))
   data.check_num_workers(config.data.get('num_workers', 0))
   _check_data_fits_model(config)
-  _check_objective(config)
   optimizers.OPTIMIZERS.get(config.optimizer)
   optimizers.make_schedule(config)
-  losses.make_loss_fn(config.loss, config.loss_params)  # Names, params and all-zero weights.
   parallel.check_batch_divisible(config.batch_size, 'config.batch_size')
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
-  return config
 
 
-def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def resolve_auto(config: ml_collections.ConfigDict,
+                 objective: objectives.Objective) -> ml_collections.ConfigDict:
   """The config with the settings a segmentation_folder config leaves unset (None) inferred from
   the folder's fingerprint (data.fingerprint): config.data's num_classes, channels, normalize,
   image_size and test_fraction, and config.batch_size and eval_batch_size; a batch or test split
   that cannot work with the folder is refused. Logs one line: the fingerprint and what was
-  inferred. Reads the image headers (and, for the class count, the masks); prepares nothing.
+  inferred (an image size a multiple of the model's downsampling and objective.image_multiple,
+  a batch of whole CutMix pairs: objective.labeled_multiple). Reads the image headers (and, for
+  the class count, the masks); prepares nothing.
 
   Returns:
     A resolved, locked copy of `config` (what config.json and the checkpoints hold); `config`
@@ -90,11 +113,12 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   if config.data.get('name') != 'segmentation_folder':
     return config
   model = config.model
-  patch = int(dict(config.get('objective_params') or {}).get('patch_size', 1) or 1)
   factor = fingerprint.downsampling_multiple(
-      len(model.features), issubclass(models.MODELS.get(model.name), models.UNetBase), patch)
+      len(model.features), issubclass(models.MODELS.get(model.name), models.UNetBase),
+      objective.image_multiple)
   fp, data_values = fingerprint.plan(config.data, factor)
-  run_values = _batch_sizes(config, fp, {**config.data, **data_values})
+  run_values = _batch_sizes(config, fp, {**config.data, **data_values},
+                            objective.labeled_multiple)
   inferred = {**data_values, **run_values}
   log.info('%s', fingerprint.summary(fp, inferred))
   resolved = config.copy_and_resolve_references()
@@ -108,10 +132,10 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def _batch_sizes(config: ml_collections.ConfigDict, fp: fingerprint.Fingerprint,
-                 data_config: dict) -> dict:
+                 data_config: dict, pairs: int) -> dict:
   """{'batch_size': ..., 'eval_batch_size': ...} for those config leaves None (fitted to the
   split, the devices and the objective's CutMix pairs); a given batch_size checked against the
-  training split."""
+  training split. `pairs`: what each device's share of labelled images is a multiple of."""
   size = local.check_image_size(data_config['image_size'])
   train, test = fingerprint.split_sizes(fp, data_config['test_fraction'])
   if config.labeled_fraction < 1.0 and (data.has_pool(config) or config.get('labeled_only')):
@@ -119,7 +143,6 @@ def _batch_sizes(config: ml_collections.ConfigDict, fp: fingerprint.Fingerprint,
   share = config.data.get('unlabeled_per_batch', 0)
   values = {}
   if config.batch_size is None:
-    pairs = objectives.make(config, size, data.has_pool(config)).labeled_multiple
     values['batch_size'] = fingerprint.infer_batch_size(train, share, jax.device_count() * pairs,
                                                         size)
   else:
@@ -154,11 +177,9 @@ def _check_data_fits_model(config: ml_collections.ConfigDict) -> None:
                          f'the unlabelled images are real: leave labeled_fraction at 1')
 
 
-def _check_objective(config: ml_collections.ConfigDict) -> None:
-  """The objective's name and parameters (objectives.make, at the image size the config names
-  where it names one; setup checks again at the dataset's) and its share of every batch."""
-  size = data.configured_image_size(config.data)
-  objective = objectives.make(config, size or (0, 0), data.has_pool(config))
+def _check_objective_shares(config: ml_collections.ConfigDict,
+                            objective: objectives.Objective) -> None:
+  """The objective's share of every batch: whole CutMix pairs on every device."""
   share = config.data.get('unlabeled_per_batch', 0)
   if share:
     # Every device takes its share of the pool (and whole CutMix pairs of it).

@@ -1,0 +1,118 @@
+"""The pieces the methods share: the EMA, CutMix inside pairs, the teacher's confidence, the
+sigmoid ramp-up, the reconstruction batch of several passes, and the strong view + CutMix box
+(their defaults declared once: CUTMIX_DEFAULTS, strong_augment)."""
+import dataclasses
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from segae_jax import batch as batch_lib, losses, models
+from segae_jax.data import views as views_lib
+from segae_jax.errors import UserInputError
+from segae_jax.training.objectives.base import Objective, no_pool_error
+
+Batch = Mapping[str, Any]
+
+
+def view_defaults(view: type) -> Dict[str, Any]:
+  """{field: default} of a data.views dataclass's settings, as declared there (not its in and
+  out keys)."""
+  keys = {f.name for f in dataclasses.fields(views_lib.InKeyOutKey)}
+  return {f.name: f.default for f in dataclasses.fields(view) if f.name not in keys}
+
+
+# config.objective_params' CutMix fields of every method that mixes: data.views.CutMixBox's
+# defaults, as cutmix_<field>.
+CUTMIX_DEFAULTS = {f'cutmix_{k}': v for k, v in view_defaults(views_lib.CutMixBox).items()}
+
+
+def strong_augment(**overrides) -> ml_collections.ConfigDict:
+  """config.data.strong_augment: data.views.StrongView's defaults with `overrides`.
+
+  Raises:
+    UserInputError: a field StrongView does not have.
+  """
+  views_lib.check_fields(views_lib.StrongView, overrides, 'config.data.strong_augment')
+  return ml_collections.ConfigDict({**view_defaults(views_lib.StrongView), **overrides})
+
+
+def strong_views(strong_fields: Mapping[str, Any], params: Mapping[str, Any]) -> list:
+  """[the strong view of config.data.strong_augment (`strong_fields`), the CutMix box of the
+  objective's cutmix_* fields (`params`)]: what the teacher's pool and the strong baseline's
+  labelled images are seen as."""
+  return [views_lib.StrongView.from_config(strong_fields),
+          views_lib.CutMixBox(params['cutmix_prob'], params['cutmix_min_area'],
+                              params['cutmix_max_area'], params['cutmix_min_aspect'])]
+
+
+def pair_multiple(params: Mapping[str, Any]) -> int:
+  """2 when CutMix mixes pairs (each device's share must hold whole pairs), else 1."""
+  return 2 if params['cutmix_prob'] > 0 else 1
+
+
+def concat_parts(parts: Sequence[Batch]) -> Dict[str, jnp.ndarray]:
+  """The reconstruction batch of several passes: 'image' (the inputs), 'target' (what each
+  part reconstructs) and, if any part weights its pixels, 'target_weight' (0 = every pixel of
+  that image counts; losses.reconstruction.pixel_weights)."""
+  out = {'image': jnp.concatenate([p['image'] for p in parts])}
+  if any('target' in p for p in parts):
+    out['target'] = jnp.concatenate([losses.reconstruction_target(p) for p in parts])
+  if any('target_weight' in p for p in parts):
+    out['target_weight'] = jnp.concatenate([
+        p.get('target_weight', jnp.zeros(batch_lib.pixels_shape(p['image']), jnp.float32))
+        for p in parts])
+  return out
+
+
+def sigmoid_rampup(step, rampup_steps: int) -> jnp.ndarray:
+  """exp(-5 (1 - t)^2) with t = min(step / rampup_steps, 1): 0.0067 at step 0, 1 from
+  rampup_steps on (Laine & Aila, ICLR 2017, Sec. 3.1; the mean teacher's ramp-up). 1 when
+  rampup_steps is 0."""
+  if rampup_steps <= 0:
+    return jnp.float32(1.0)
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
+  return jnp.exp(-5.0 * jnp.square(1.0 - t))
+
+
+def ema(teacher, student, decay: float):
+  """decay * teacher + (1 - decay) * student, leaf by leaf (Tarvainen & Valpola 2017, Eq. 1)."""
+  return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
+
+
+def swap_pairs(x: jnp.ndarray) -> jnp.ndarray:
+  """Examples (0, 1), (2, 3), ... swapped: each one's CutMix partner. [n, ...] with n even; a
+  pair never spans two devices when each device holds an even share (checked by validation)."""
+  return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])[:, ::-1].reshape(x.shape)
+
+
+def confidence_mask(teacher_logits: jnp.ndarray, threshold: float):
+  """(pseudo-labels int32 [..], confidence float32 [..], mask float32 [..]: 1 where the
+  teacher's highest softmax probability is >= threshold) of logits [..., classes]."""
+  probs = jax.nn.softmax(teacher_logits, axis=-1)
+  confidence = jnp.max(probs, axis=-1)
+  return (jnp.argmax(probs, axis=-1).astype(jnp.int32), confidence,
+          (confidence >= threshold).astype(jnp.float32))
+
+
+def cutmix(box: jnp.ndarray, *arrays: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+  """CutMix inside pairs (swap_pairs): where box [n, h, w] is nonzero, example i takes its
+  partner's values of every array ([n, h, w] or [n, h, w, c]: the strong view, the labels,
+  the confidences or confident mask), the same box for all (French et al., BMVC 2020).
+  Returns the mixed arrays in the order given."""
+  inside = box > 0
+  return tuple(jnp.where(inside.reshape(inside.shape + (1,) * (a.ndim - inside.ndim)),
+                         swap_pairs(a), a) for a in arrays)
+
+
+def check_reconstructs(objective: Objective) -> None:
+  """Raises UserInputError unless the model reconstructs and the run has unlabelled images to
+  give it: a pool, or a model that does not segment (every image is then unlabelled to it)."""
+  facts, name = objective.facts, objective.name
+  if not models.reconstructs(facts.model):
+    raise UserInputError(f'config.objective={name!r} trains the reconstruction of a model with '
+                         f'rec_logits; model {facts.model!r} has none (use segae, unet_ae, '
+                         'vae_unet, ae or vae)')
+  if facts.segments and not facts.has_pool:
+    raise no_pool_error(f'config.objective={name!r} with the segmenting model {facts.model!r}')
