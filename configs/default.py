@@ -62,11 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
   # the others become an unlabelled pool (as data.unlabeled_dir's images would be).
   config.labeled_fraction = 1.0
   config.labeled_only = False   # True: the images whose masks are hidden are not used at all.
-  # The training method (segae_jax/training/objectives.py; docs/segmentation.md): 'supervised'
+  # The training method (segae_jax/training/objectives/; docs/segmentation.md): 'supervised'
   # (config.loss; with a pool, reconstruction of every image), 'masked_rec', 'denoising',
-  # 'fixmatch' / 'mean_teacher'; objective_params: its fields (e.g. threshold, ema_decay).
+  # 'supervised_strong', 'fixmatch' (alias 'mean_teacher'); objective_params: its fields (e.g.
+  # threshold, ema_decay; objectives.default_params(name) gives them all at their defaults).
   config.objective = 'supervised'
   config.objective_params = ml_collections.ConfigDict()
+  # The user's own modules (names, or .py paths), imported before anything is built: there they
+  # register objectives, loss terms, models, views and datasets that this config then names
+  # (segae_jax.register_objective, ...; segae_jax/plugins.py, docs/api.md).
+  config.plugins = ()
   # Pretrain -> fine-tune: start a fresh run from the matching parameters of another run's
   # checkpoint ('latest', 'best' or a step), except those matching an init_dont_load regex.
   config.init_from = ''

@@ -10,7 +10,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from segae_jax import cli
+from segae_jax import cli, plugins
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +35,7 @@ def main() -> None:
   from segae_jax.training import distributed  # After flag parsing: `--help` stays fast.
   from segae_jax import training
   from segae_jax.training import metrics
+  plugins.load(FLAGS.config.get('plugins', ()))  # Before anything is built (and validated).
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.coordinator_bind_address, FLAGS.distributed)
   results = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from segae_jax import batch
+from segae_jax import batch, plugins
 from segae_jax.data import batching
 from segae_jax.data.images import read_as_written
 from segae_jax.data.normalize import Normalization, conform
@@ -286,7 +286,8 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   kept none) or the latest one.
 
   Raises:
-    UserInputError: not a workdir, no checkpoint in it, or an unknown `checkpoint` kind.
+    UserInputError: not a workdir, no checkpoint in it, an unknown `checkpoint` kind, or
+      plug-ins its config.plugins names that fail to load.
   """
   import jax
   from segae_jax import training  # Heavy; keeps `--help` fast.
@@ -295,6 +296,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
     raise UserInputError(f'unknown checkpoint {checkpoint!r}; known: {", ".join(CHECKPOINT_KINDS)}')
   workdir = paths.resolve(workdir)
   config = load_config(workdir)
+  plugins.load(config.get('plugins', ()))  # The run's own model or objective, if any.
   kind, ckpt, step = _open_checkpoint(workdir, checkpoint)
   meta = ckpt.read_meta(step)
   image_shape = tuple(meta['image_shape'])
