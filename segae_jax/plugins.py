@@ -36,7 +36,7 @@ def _failure(entry: str, error: BaseException) -> UserInputError:
   frames = traceback.extract_tb(error.__traceback__)
   where = f' ({frames[-1].filename}:{frames[-1].lineno})' if frames else ''
   return UserInputError(f'config.plugins: {entry} failed to import{where}: '
-                        f'{type(error).__name__}: {error}')
+                        f'{type(error).__name__}: {" ".join(str(error).split())}')
 
 
 def _import(entry: str, name: str) -> ModuleType:
