@@ -1,4 +1,6 @@
 """Segmentation models: U-Net, the U-Net autoencoders (segae, vae_unet) and SegNet."""
+import hashlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -387,3 +389,102 @@ def test_unet_family_is_the_models_with_a_unet_encoder():
       variables = jax.eval_shape(lambda x: _init(model, x),
                                  jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32))
       assert 'level0' in variables['params']['encoder']
+
+
+# The model interface: encode -> (features, skips), decode -> outputs, __call__ = both.
+# Each case's parameter and batch-statistics tree (sorted 'path shape' lines) was recorded from
+# the models before encode/decode existed (SegNet was then one @nn.compact __call__); its count
+# and sha256 prefix must not change, or checkpoints and recorded state digests stop matching.
+INTERFACE_CASES = {
+    'unet': ({'name': 'unet', 'features': (4, 8, 16), 'num_classes': 3}, 56, '9f7eeb69faae01d3'),
+    'unet_group_resize_dropout': (
+        {'name': 'unet', 'features': (4, 8, 16), 'norm': 'group', 'group_norm_groups': 2,
+         'upsample': 'resize', 'dropout': 0.3, 'num_classes': 3}, 36, 'f3c57975cd70028d'),
+    'segae': ({'name': 'segae', 'features': (4, 8, 16), 'num_classes': 3, 'dropout': 0.2}, 82,
+              '04bd8887389232db'),
+    'unet_ae': ({'name': 'unet_ae', 'features': (4, 8, 16), 'dropout': 0.1}, 56,
+                'dd57898bb8fd9c64'),
+    'vae_unet': ({'name': 'vae_unet', 'features': (4, 8, 16), 'num_classes': 3,
+                  'latent_channels': 5, 'dropout': 0.2}, 90, '76f081139d844e5b'),
+    'segnet': ({'name': 'segnet', 'features': (4, 8), 'num_classes': 3, 'dropout': 0.25}, 42,
+               '13d2c63551228f4b'),
+    'segnet_nearest_group': (
+        {'name': 'segnet', 'features': (4, 8, 16), 'num_classes': 3, 'norm': 'group',
+         'group_norm_groups': 2, 'pooling_indices': False}, 38, 'f41ea011ca30824f'),
+}
+# Which outputs read the skips (the rest must ignore them exactly).
+READS_SKIPS = {'unet': {'seg_logits'}, 'unet_group_resize_dropout': {'seg_logits'},
+               'segae': {'seg_logits'}, 'unet_ae': set(), 'vae_unet': {'seg_logits'},
+               'segnet': {'seg_logits'}, 'segnet_nearest_group': set()}
+RNGS = {'reparam': jax.random.PRNGKey(5), 'dropout': jax.random.PRNGKey(6)}
+
+
+def _interface_case(case):
+  model = models.build(INTERFACE_CASES[case][0], SHAPE)
+  x = _images()
+  return model, _init(model, x), x
+
+
+def _tree_lines(variables):
+  return sorted(f'{jax.tree_util.keystr(path)} {tuple(leaf.shape)}'
+                for path, leaf in jax.tree_util.tree_leaves_with_path(variables))
+
+
+@pytest.mark.parametrize('case', sorted(INTERFACE_CASES))
+def test_parameter_tree_is_the_recorded_one(case):
+  config, count, digest = INTERFACE_CASES[case]
+  model = models.build(config, SHAPE)
+  x = jax.ShapeDtypeStruct((2,) + SHAPE, jnp.float32)
+  lines = _tree_lines(jax.eval_shape(lambda x: _init(model, x), x))
+  assert len(lines) == count
+  assert hashlib.sha256('\n'.join(lines).encode()).hexdigest()[:16] == digest, lines
+  if config['name'] == 'segnet':  # The names SegNet's compact __call__ gave automatically.
+    assert "['params']['enc_level0']['block0']['conv']['kernel'] (3, 3, 2, 4)" in lines
+    assert "['params']['dec_level1']['block1']['conv']['kernel'] (3, 3, 8, 4)" in lines
+    assert "['params']['head']['kernel'] (1, 1, 4, 3)" in lines
+
+
+def _halves(model, variables, x):
+  """(outputs, updated variables) of apply(x) and of decode(*encode(x)), train mode, same keys."""
+  mutable = ['batch_stats'] if 'batch_stats' in variables else []
+  full, full_stats = model.apply(variables, x, True, rngs=RNGS, mutable=mutable)
+  (features, skips), stats = model.apply(variables, x, True, method='encode', rngs=RNGS,
+                                         mutable=mutable)
+  halves, halves_stats = model.apply({**variables, **stats}, features, skips, True,
+                                     method='decode', rngs=RNGS, mutable=mutable)
+  return (full, full_stats), (halves, halves_stats)
+
+
+@pytest.mark.parametrize('case', sorted(INTERFACE_CASES))
+def test_call_is_decode_of_encode(case):
+  """In train mode (batch statistics and dropout in use; eval mode runs the same code)."""
+  model, variables, x = _interface_case(case)
+  (full, full_stats), (halves, halves_stats) = _halves(model, variables, x)
+  assert set(halves) == set(full)
+  for key in full:
+    np.testing.assert_array_equal(halves[key], full[key], err_msg=key)
+  assert jax.tree.structure(halves_stats) == jax.tree.structure(full_stats)
+  for a, b in zip(jax.tree.leaves(halves_stats), jax.tree.leaves(full_stats)):
+    np.testing.assert_array_equal(a, b)
+  features, skips = model.apply(variables, x, method='encode')
+  levels = len(model.features) - (0 if isinstance(model, SegNet) else 1)  # Pools.
+  assert len(skips) == levels
+  for i, skip in enumerate(skips):  # Finest first, before each level's pool.
+    assert skip.shape == (2, 16 // 2**i, 16 // 2**i, model.features[i])
+  assert features.shape[-1] == model.features[-1]
+
+
+@pytest.mark.parametrize('case', sorted(INTERFACE_CASES))
+def test_decode_reads_the_features_and_skips_it_is_given(case):
+  """Replacing the features changes every output; zeroing the skips changes exactly the outputs
+  whose decoder reads them (a U-Net's segmentation, SegNet's with pooling indices)."""
+  model, variables, x = _interface_case(case)
+  features, skips = model.apply(variables, x, method='encode')
+  decode = lambda f, s: model.apply(variables, f, s, method='decode', rngs=RNGS)
+  base = decode(features, skips)
+  halved = decode(0.5 * features, skips)
+  no_skips = decode(features, [jnp.zeros_like(s) for s in skips])
+  for key in base:
+    assert float(jnp.abs(halved[key] - base[key]).max()) > 1e-6, key
+    changed = float(jnp.abs(no_skips[key] - base[key]).max())
+    assert (changed > 1e-6) == (key in READS_SKIPS[case]), (key, changed)

@@ -16,6 +16,8 @@ Models here (all registered in segae_jax.models.MODELS):
               "Auto-Encoding Variational Bayes", ICLR 2014, Sec. 2.4 reparameterisation);
               -> 'seg_logits', 'rec_logits', 'mean', 'logvar', 'z'.
   'unet_ae'   UNetAutoencoder: the U-Net encoder and a reconstruction decoder without skips.
+Each is a SegmentationModel: `encode` (UNetBase's) gives (bottleneck, skips), the model's
+`decode` the outputs, and `__call__` = decode(*encode(x)).
 
 Layout is NHWC; inputs are float32 [batch, height, width, channels] in [0, 1]. With L =
 len(features) levels there are L - 1 max-pools, so height and width must be divisible by
