@@ -3,7 +3,7 @@
   from segae_jax import training
   results = training.train_and_evaluate(config, workdir)
 
-state.py holds TrainState; objectives.py the training methods (registered by name); step.py
+state.py holds TrainState; objectives/ the training methods (registered by name); step.py
 train_step and eval_step; evaluation.py evaluate (a split's exact metrics); metrics.py the
 device metrics and how they are written; loop.py train_and_evaluate; pretrained.py a run's start
 from another run's parameters; parallel.py compiles the steps with pmap or sharded jit;

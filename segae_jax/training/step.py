@@ -1,6 +1,6 @@
 """The pure step functions, train_step and eval_step, and the keys and bindings they run with.
 
-train_step is the same for every training method: the objective (training/objectives.py)
+train_step is the same for every training method: the objective (training/objectives/)
 computes the loss of a step and updates its own state. The data-parallel strategy
 (segae_jax.training.parallel) compiles the steps with pmap or sharded jit.
 """
