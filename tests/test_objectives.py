@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from conftest import scenes_config
@@ -270,6 +271,42 @@ def test_sigmoid_rampup_by_hand():
   np.testing.assert_allclose(objectives.sigmoid_rampup(50, 100), np.exp(-5 * 0.25), rtol=1e-6)
   assert float(objectives.sigmoid_rampup(100, 100)) == float(objectives.sigmoid_rampup(400, 100))
   assert float(objectives.sigmoid_rampup(7, 0)) == 1.0
+
+
+def test_the_pseudo_label_term_is_seg_ce_weighted_by_confidence_over_all_pool_pixels():
+  """The teacher's L_u through the registered seg_ce: jnp.mean(ce * confident) (UniMatch's
+  normalisation) bit for bit without class weights; with them, config.loss_params.seg_ce's
+  class weights apply as in seg_ce (their sum over the pixels divides)."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4,) + SHAPE[:2] + (3,)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 3, (4,) + SHAPE[:2]), jnp.int32)
+  confident = jnp.asarray(rng.random((4,) + SHAPE[:2]) > 0.5, jnp.float32)
+  pseudo = {'image': None, 'segmentation': labels, 'pixel_weight': confident}
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  config = _segae_config('fixmatch', {'threshold': 0.4}, loss={'seg_ce': 1.0})
+  made = objectives.make(config, SHAPE[:2], has_pool=True)
+  value, _ = jax.jit(made.pseudo_label_fn)({'seg_logits': logits}, pseudo)
+  assert float(value) == float(jax.jit(lambda c, m: jnp.mean(c * m))(ce, confident))
+  config.loss_params = ml_collections.ConfigDict({'seg_ce': {'class_weights': [0.5, 1.0, 2.0]}})
+  weighted = objectives.make(config, SHAPE[:2], has_pool=True)
+  value, _ = weighted.pseudo_label_fn({'seg_logits': logits}, pseudo)
+  w = jnp.asarray([0.5, 1.0, 2.0])[labels]
+  np.testing.assert_allclose(value, jnp.sum(ce * w * confident) / jnp.sum(w), rtol=1e-6)
+
+
+def test_defaults_are_declared_once_and_mean_teacher_is_an_alias():
+  from configs import fixmatch_scenes, folder_semisup, strong_folder
+  teacher = objectives.OBJECTIVES.get('fixmatch')
+  assert objectives.OBJECTIVES.get('mean_teacher') is teacher is objectives.TeacherPseudoLabels
+  assert 'mean_teacher (= fixmatch)' in objectives.OBJECTIVES.names()
+  assert fixmatch_scenes.get_config().objective_params.to_dict() == dict(teacher.defaults)
+  assert folder_semisup.get_config().objective_params.to_dict() == dict(
+      objectives.default_params('fixmatch', threshold=0.8))
+  assert strong_folder.get_config().objective_params.to_dict() == objectives.CUTMIX_DEFAULTS
+  strong = views.StrongView.from_config(fixmatch_scenes.get_config().data.strong_augment)
+  assert strong == views.StrongView()   # The view's own defaults.
+  with pytest.raises(UserInputError, match="objective 'fixmatch' has no field\\(s\\) tau"):
+    objectives.default_params('fixmatch', tau=0.9)
 
 
 # -------------------------------------------------------------------------------------------

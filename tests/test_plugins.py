@@ -1,7 +1,8 @@
 """Plug-ins from the user's own code (segae_jax/plugins.py, config.plugins): modules written here,
 outside the package, register a loss term and an objective with the public decorators, and
-segae-train (train.py, run from another directory) trains with them by name; a module that fails
-to import and a name registered twice are one line and exit status 2. Also the registry's
+segae-train (train.py, run from another directory) trains with them by name, building the
+objective once; a module that fails to import and a name registered twice are one line and exit
+status 2. Also the registry's
 refusal of a taken name and its aliases."""
 import json
 import os
@@ -38,10 +39,16 @@ def jax_sigmoid(x):
 class Scaled(objectives.Objective):
   name = 'scaled'
   defaults = {'scale': 1.0}
+  built = 0   # How many times a run made it (once: training.validation.validate_run).
+
+  def __init__(self, facts, params):
+    super().__init__(facts, params)
+    Scaled.built += 1
 
   def loss(self, params, state, batch, rngs, axis_name):
     loss, metrics, stats = super().loss(params, state, batch, rngs, axis_name)
     metrics['scale'] = jnp.float32(self.params['scale'])
+    metrics['built'] = jnp.float32(Scaled.built)
     metrics['loss'] = self.params['scale'] * loss
     return metrics['loss'], metrics, stats
 '''
@@ -99,7 +106,7 @@ def test_a_plugin_loss_and_objective_train_from_another_directory(tmp_path, tfds
   steps = [r for r in records if 'train/loss' in r]
   assert steps and steps[-1]['step'] == 2
   for r in steps:
-    assert r['train/scale'] == 0.5 and r['train/my_l1'] > 0
+    assert r['train/scale'] == 0.5 and r['train/my_l1'] > 0 and r['train/built'] == 1
     assert r['train/loss'] == pytest.approx(0.5 * (r['train/my_l1'] + 0.01 * r['train/kl']),
                                             rel=1e-5)
   assert json.load(open(workdir / 'config.json'))['plugins'] == ['mymod']

@@ -66,9 +66,11 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
                 'over all %d steps', config.warmup_steps, config.num_train_steps,
                 optimizers.warmup_steps(config))
   if config.get('grad_clip_norm', 0.0) < 0:
-    raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got {config.grad_clip_norm}')
+    raise UserInputError(f'config.grad_clip_norm must be >= 0 (0 = off), got '
+                         f'{config.grad_clip_norm}')
   if not 0.0 < config.labeled_fraction <= 1.0:
-    raise UserInputError(f'config.labeled_fraction must be in (0, 1], got {config.labeled_fraction}')
+    raise UserInputError(f'config.labeled_fraction must be in (0, 1], got '
+                         f'{config.labeled_fraction}')
   if config.get('nonfinite', 'stop') not in NONFINITE:
     raise UserInputError(f'config.nonfinite must be one of {", ".join(NONFINITE)}, got '
                          f'{config.nonfinite!r}')
