@@ -30,6 +30,8 @@ def test_export_gives_the_workdirs_labels_at_any_size_and_batch(exported):
   assert spec['class_names'] == list(run.class_names) and spec['num_classes'] == 11
   from_workdir = segae_jax.Segmenter.from_workdir(workdir, checkpoint='latest', batch_size=4)
   from_export = segae_jax.Segmenter.from_export(output, batch_size=4)
+  # Both routes give the public class (api.py's, with from_workdir), not only its base.
+  assert type(from_workdir) is segae_jax.Segmenter and type(from_export) is segae_jax.Segmenter
   rng = np.random.default_rng(0)
   height, width, _ = run.image_shape
   images = [rng.integers(0, 256, (height, width), dtype=np.uint8),          # one forward pass

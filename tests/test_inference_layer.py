@@ -1,0 +1,30 @@
+"""The inference layer (segae_jax/inference/) sits below training and the tools: importing it
+loads neither, and `import segae_jax` loads no JAX until the Segmenter is asked for."""
+import subprocess
+import sys
+
+from conftest import ROOT, cpu_env
+
+LAYER = ('segae_jax.inference', 'segae_jax.inference.segmenter', 'segae_jax.inference.tiling',
+         'segae_jax.inference.postprocess', 'segae_jax.inference.scoring',
+         'segae_jax.inference.model', 'segae_jax.inference.export')
+
+
+def _loaded_after(statement: str, prefixes) -> str:
+  """The modules starting with one of `prefixes` that a fresh interpreter holds after
+  `statement`, as the printed sorted list."""
+  code = (f'import sys\n{statement}\n'
+          f'print(sorted(m for m in sys.modules if m.startswith({tuple(prefixes)!r})))')
+  return subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=cpu_env(1), check=True,
+                        capture_output=True, text=True).stdout.strip()
+
+
+def test_the_inference_layer_imports_neither_training_nor_tools():
+  statement = '\n'.join(f'import {name}' for name in LAYER)
+  assert _loaded_after(statement, ('segae_jax.training', 'segae_jax.tools')) == '[]'
+
+
+def test_import_segae_jax_stays_light_until_the_segmenter_is_used():
+  assert _loaded_after('import segae_jax', ('jax', 'flax', 'segae_jax.')) == '[]'
+  loaded = _loaded_after('import segae_jax\nsegae_jax.Segmenter', ('segae_jax.',))
+  assert 'segae_jax.api' in loaded and 'segae_jax.training' not in loaded
