@@ -3,6 +3,9 @@
   from segae_jax import models
   model = models.build(config.model, image_shape=(28, 28, 1))
   outputs = model.apply(variables, images, rngs={'reparam': key})
+
+A segmenting model (SegmentationModel) also has `encode` -> (features, skips) and `decode` ->
+outputs, with `__call__` = decode(*encode(x)) (see SegmentationModel and docs/api.md).
 """
 from typing import Any, Mapping, Sequence
 

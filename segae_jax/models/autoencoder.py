@@ -21,6 +21,10 @@ CODE_ACTIVATIONS = {'linear': lambda x: x, 'relu': nn.relu, 'sigmoid': nn.sigmoi
 class Autoencoder(nn.Module):
   """Convolutional autoencoder x -> z -> x_hat.
 
+  `encode(images) -> z` and `decode(z) -> rec_logits` work on the vector code (the latent tools
+  use them); the segmenting models' encode -> (features, skips) interface is
+  segae_jax.models.layers.SegmentationModel's.
+
   Attributes:
     image_shape: (height, width, channels); height and width divisible by 2**len(features).
     latent_dim: size of the code z.
