@@ -157,6 +157,16 @@ def describe_run(normalization: Normalization, channels: int) -> str:
           f'normalize={normalization.mode})')
 
 
+def _as_image(pixels, name: str, channels: int, run: str) -> np.ndarray:
+  """pixels as [height, width, c] ([height, width] gains c = 1); else one line."""
+  pixels = np.asarray(pixels)
+  pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+  if pixels.ndim != 3 or not pixels.size:
+    raise UserInputError(f'{name}: array of shape {pixels.shape}; expected [height, width] or '
+                         f'[height, width, {channels}] (the run trained on {run})')
+  return pixels
+
+
 def conform(pixels: np.ndarray, name: str, channels: int, normalization: Normalization,
             alpha: Optional[bool] = None, from_file: bool = True) -> np.ndarray:
   """An image to segment -> [height, width, channels] in the dtype the run's images were stored
@@ -205,13 +215,8 @@ def conform(pixels: np.ndarray, name: str, channels: int, normalization: Normali
   Raises:
     UserInputError: one line naming the image and what the run expects.
   """
-  pixels = np.asarray(pixels)
-  pixels = pixels[..., None] if pixels.ndim == 2 else pixels
   run = describe_run(normalization, channels)
-  if pixels.ndim != 3 or not pixels.size:
-    raise UserInputError(f'{name}: array of shape {pixels.shape}; expected [height, width] or '
-                         f'[height, width, {channels}] (the run trained on {run})')
-  notes = []
+  pixels, notes = _as_image(pixels, name, channels, run), []
   if alpha or (alpha is None and _alpha_guess(pixels, channels, normalization)):
     pixels = _drop_alpha(pixels, name, run, notes)
   pixels = _conform_dtype(pixels, name, normalization, from_file, notes)

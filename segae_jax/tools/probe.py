@@ -386,6 +386,22 @@ def per_class_recall(labels: np.ndarray, predictions: np.ndarray,
   return out
 
 
+def _classifier_step(apply_fn, tx, loss_terms):
+  """The jitted optimizer step (params, opt_state, inputs, labels, dropout key) -> (params,
+  opt_state, loss) of train_classifier."""
+
+  @jax.jit
+  def step_fn(params, opt_state, xb, yb, key):
+    def loss_fn(p):
+      logits = apply_fn({'params': p}, xb, True, rngs={'dropout': key})
+      return loss_terms({'class_logits': logits}, {'label': yb})[0]
+    value, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  return step_fn
+
+
 def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.ndarray,
                      y_val: np.ndarray, *, num_steps: int, batch_size: int, learning_rate: float,
                      weight_decay: float, eval_every: int, patience: int, loss: str,
@@ -410,17 +426,8 @@ def train_classifier(apply_fn, params, x: np.ndarray, y: np.ndarray, x_val: np.n
   from segae_jax.training import optimizers  # pylint: disable=import-outside-toplevel
   name = optimizer or ('adamw' if weight_decay > 0 else 'adam')
   tx = optimizers.OPTIMIZERS.get(name)(learning_rate, {'weight_decay': weight_decay})
-  loss_terms = classification_loss_fn(loss, jnp.asarray(weights), gamma)
-
-  @jax.jit
-  def step_fn(params, opt_state, xb, yb, key):
-    def loss_fn(p):
-      logits = apply_fn({'params': p}, xb, True, rngs={'dropout': key})
-      return loss_terms({'class_logits': logits}, {'label': yb})[0]
-    value, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
-
+  step_fn = _classifier_step(apply_fn, tx, classification_loss_fn(loss, jnp.asarray(weights),
+                                                                   gamma))
   predict = jax.jit(lambda p, xb: jnp.argmax(apply_fn({'params': p}, xb, False), -1))
   opt_state = tx.init(params)
   n = len(x)

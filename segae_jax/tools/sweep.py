@@ -40,7 +40,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -484,6 +484,20 @@ def _table_rows(names, points, results, swept_keys, metric: str):
   return columns, rows
 
 
+def _read_finished(workdir: str, names: List[str], configs, metric: str, log
+                   ) -> Tuple[List[Optional[Dict[str, Any]]], str]:
+  """(each point's results.json if it finished, else None; the metric resolved against them)."""
+  results: List[Optional[Dict[str, Any]]] = [
+      _finished_results(os.path.join(workdir, n), c.num_train_steps)
+      for n, c in zip(names, configs)]
+  for res in results:
+    if res is not None:
+      metric = _resolve_metric(metric, res)
+  done = sum(r is not None for r in results)
+  log(f'sweep of {len(names)} points in {workdir}: {done} finished, {len(names) - done} to run')
+  return results, metric
+
+
 def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] = None,
               num_random: Optional[int] = None, space: Optional[Mapping[str, Any]] = None,
               seed: int = 0, fixed: Optional[Mapping[str, Any]] = None, metric: str = '',
@@ -531,24 +545,23 @@ def run_sweep(config_file: str, workdir: str, grid: Optional[Mapping[str, Any]] 
       'points': [{'name': n, 'overrides': p} for n, p in zip(names, points)]}, sort_keys=False),
       owned=True)
 
-  results: List[Optional[Dict[str, Any]]] = [
-      _finished_results(os.path.join(workdir, n), c.num_train_steps)
-      for n, c in zip(names, configs)]
-  for res in results:
-    if res is not None:
-      metric = _resolve_metric(metric, res)
-  done = sum(r is not None for r in results)
-  log(f'sweep of {len(points)} points in {workdir}: {done} finished, {len(points) - done} to run')
+  results, metric = _read_finished(workdir, names, configs, metric, log)
   metric = _train_missing(workdir, names, configs, results, metric, log)
 
   mode = mode or default_mode(metric)
   columns, rows = _table_rows(names, points, results, list(grid if grid is not None else space),
                               metric)
-  rows = sort_rows(rows, metric, mode)
+  return _write_tables(workdir, os.path.basename(config_file), metric, mode, columns,
+                       sort_rows(rows, metric, mode))
+
+
+def _write_tables(workdir: str, config_name: str, metric: str, mode: str, columns, rows
+                  ) -> Dict[str, Any]:
+  """Writes results.csv and results.md (rows sorted best first) and returns run_sweep's dict."""
   table = markdown_table(rows, columns)
   write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
   outputs.write_file(os.path.join(workdir, 'results.md'), 'sweep', (
-      f'Sweep of {os.path.basename(config_file)}, sorted by {metric} ({mode}, best first)\n\n'
+      f'Sweep of {config_name}, sorted by {metric} ({mode}, best first)\n\n'
       + table).encode(), owned=True)
   return {'metric': metric, 'mode': mode, 'columns': columns, 'rows': rows, 'table': table}
 
