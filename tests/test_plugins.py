@@ -110,6 +110,13 @@ def test_a_plugin_loss_and_objective_train_from_another_directory(tmp_path, tfds
     assert r['train/loss'] == pytest.approx(0.5 * (r['train/my_l1'] + 0.01 * r['train/kl']),
                                             rel=1e-5)
   assert json.load(open(workdir / 'config.json'))['plugins'] == ['mymod']
+  # The tools restore the run with its plug-ins, loaded again from its config.json.
+  code = (f'from segae_jax.tools import common; run = common.load_run({str(workdir)!r}); '
+          'import sys; print(run.step, "mymod" in sys.modules)')
+  restored = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path), capture_output=True,
+                            text=True, timeout=300)
+  assert restored.returncode == 0, restored.stderr[-3000:]
+  assert restored.stdout.split()[-2:] == ['2', 'True']
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_and_exit_2(tmp_path, tfds_dir):
