@@ -25,7 +25,8 @@ register it with segae_jax.register_objective in a module config.plugins names (
 # Each method's module registers it in OBJECTIVES on import.
 from segae_jax.training.objectives import denoising, masked, strong, supervised, teacher
 from segae_jax.training.objectives.base import (OBJECTIVES, Objective, RunFacts, check_params,
-                                                default_params, forward, make, no_pool_error,
+                                                decode_pass, default_params, encode_pass,
+                                                forward, make, no_pool_error,
                                                 of_config, plain, pool_rngs, reconstruction_part,
                                                 run_facts)
 from segae_jax.training.objectives.denoising import Denoising

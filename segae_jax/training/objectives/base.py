@@ -14,7 +14,7 @@ labelled part, the only pass) updates the running statistics, which evaluation u
 whose terms weigh 0 changes nothing (docs/segmentation.md measures why this matters).
 """
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +42,38 @@ def forward(state: TrainState, params, images: jnp.ndarray, rngs: Mapping[str, j
   return float32_outputs(state.apply_fn({'params': params}, images, train=True, rngs=rngs)), None
 
 
-def pool_rngs(rngs: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
-  """The pool pass's keys: other draws (dropout, the VAE's latents) than the labelled pass's."""
-  return {name: jax.random.fold_in(key, 1) for name, key in rngs.items()}
+def pool_rngs(rngs: Mapping[str, jax.Array], index: int = 1) -> Dict[str, jax.Array]:
+  """The keys of another pass than the labelled one (pass `index` >= 1 of the pool's): other
+  draws (dropout, the VAE's latents) than the labelled pass's and than each other's."""
+  return {name: jax.random.fold_in(key, index) for name, key in rngs.items()}
+
+
+def _training_apply(state: TrainState, params, *args, method: str,
+                    rngs: Mapping[str, jax.Array]):
+  """state.apply_fn(..., train=True, method=method): its output, BatchNorm statistics computed
+  in training mode and dropped (a pool pass never updates the running statistics)."""
+  if state.batch_stats:
+    out, _ = state.apply_fn(model_variables(state, params), *args, train=True, rngs=rngs,
+                            method=method, mutable=['batch_stats'])
+    return out
+  return state.apply_fn({'params': params}, *args, train=True, rngs=rngs, method=method)
+
+
+def encode_pass(state: TrainState, params, images: jnp.ndarray, rngs: Mapping[str, jax.Array]
+                ) -> Tuple[jnp.ndarray, List[jnp.ndarray]]:
+  """The student's encoder in training mode on a pool part: (features, skips) of a segmenting
+  model's interface (models.layers.SegmentationModel.encode), so an objective can perturb them
+  before decode_pass (UniMatch's feature perturbation, Yang et al., CVPR 2023, Sec. 3.3)."""
+  return _training_apply(state, params, images, method='encode', rngs=rngs)
+
+
+def decode_pass(state: TrainState, params, features: jnp.ndarray,
+                skips: Sequence[jnp.ndarray], rngs: Mapping[str, jax.Array]
+                ) -> Dict[str, jnp.ndarray]:
+  """The student's decoder in training mode on (features, skips) from encode_pass, perturbed or
+  not: the model's float32 outputs ('seg_logits' [n, h, w, classes], ...)."""
+  return float32_outputs(_training_apply(state, params, features, list(skips), method='decode',
+                                         rngs=rngs))
 
 
 def check_params(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict:
