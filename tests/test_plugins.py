@@ -95,6 +95,7 @@ def _one_line_error(proc, text):
   assert proc.stderr.rstrip('\n').splitlines()[-1] == errors[0]
 
 
+@pytest.mark.faults  # A subprocess training, about 15 s.
 def test_a_plugin_loss_and_objective_train_from_another_directory(tmp_path, tfds_dir):
   _write(tmp_path, 'mymod.py', PLUGIN)
   config = _write(tmp_path, 'my_config.py', CONFIG)
