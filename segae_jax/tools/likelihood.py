@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from segae_jax import batch as batch_lib
 from segae_jax.errors import UserInputError
 from segae_jax.losses import reconstruction
 
@@ -45,7 +46,8 @@ def negative_elbo(model, variables, images: jnp.ndarray, targets: jnp.ndarray,
   """float32 [batch]: -ELBO per image (nats) as training computes it: the Bernoulli NLL of one
   z drawn from q(z|images) plus the analytic KL of q from N(0, I) (Kingma & Welling, Eq. 10)."""
   out = model.apply(variables, images, rngs={'reparam': key})
-  rec = optax.sigmoid_binary_cross_entropy(out['rec_logits'], targets).sum(axis=(1, 2, 3))
+  rec = optax.sigmoid_binary_cross_entropy(out['rec_logits'], targets).sum(
+      axis=batch_lib.example_axes(targets))
   return rec + reconstruction.gaussian_kl(out['mean'], out['logvar'])
 
 

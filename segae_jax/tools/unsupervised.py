@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from scipy import optimize
 from scipy.cluster import vq
 
-from segae_jax import cli
+from segae_jax import batch as batch_lib, cli
 from segae_jax.errors import UserInputError
 from segae_jax.inference import scoring
 from segae_jax.tools import common, outputs
@@ -182,7 +182,7 @@ class FeatureExtractor:
 
   def _feature_maps(self, images: np.ndarray) -> List[np.ndarray]:
     """The chosen levels' maps at the images' resolution, [b, h, w, features[l]] each."""
-    if self.tiles is None or images.shape[1:3] == self._input_size:
+    if self.tiles is None or batch_lib.spatial_shape(images) == self._input_size:
       return self._encode(self._variables, images)
     fused = lambda tiles: np.concatenate(
         [np.asarray(m) for m in self._encode(self._variables, tiles)], -1)
