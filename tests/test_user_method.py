@@ -37,7 +37,6 @@ def test_the_documented_method_trains_from_another_folder(tmp_path, tfds_dir):
   (folder / 'my_config.py').write_text(
       'from configs import unet_scenes\n\n\ndef get_config():\n'
       '  config = unet_scenes.get_config()\n'
-      "  config.plugins = ('mymethod',)\n"
       "  config.objective = 'unimatch_lite'\n"
       "  config.objective_params = {'threshold': 0.0, 'feature_dropout': 0.5}\n"
       '  return config\n')
@@ -47,7 +46,8 @@ def test_the_documented_method_trains_from_another_folder(tmp_path, tfds_dir):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   proc = subprocess.run(
       [segae_train, '--config=my_config.py', f'--workdir={folder / "runs" / "unimatch_lite"}',
-       '--config.objective_params.threshold=0.0', *_flags(small)],
+       "--config.plugins=('mymethod',)", '--config.objective_params.threshold=0.0',
+       *_flags(small)],
       cwd=str(folder), capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   workdir = folder / 'runs' / 'unimatch_lite'
