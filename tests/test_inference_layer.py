@@ -28,3 +28,18 @@ def test_import_segae_jax_stays_light_until_the_segmenter_is_used():
   assert _loaded_after('import segae_jax', ('jax', 'flax', 'segae_jax.')) == '[]'
   loaded = _loaded_after('import segae_jax\nsegae_jax.Segmenter', ('segae_jax.',))
   assert 'segae_jax.api' in loaded and 'segae_jax.training' not in loaded
+
+
+def test_every_package_of_the_tree_is_installed():
+  """pyproject.toml lists the packages a (non-editable) install copies: a new package directory
+  missing there (inference/, training/objectives/) would work in the editable checkout and be
+  absent from a wheel."""
+  import os
+  import tomllib
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    listed = set(tomllib.load(f)['tool']['setuptools']['packages'])
+  found = {'segae_jax.configs'}
+  for folder, _, files in os.walk(os.path.join(ROOT, 'segae_jax')):
+    if '__init__.py' in files and '__pycache__' not in folder:
+      found.add(os.path.relpath(folder, ROOT).replace(os.sep, '.'))
+  assert found == listed
