@@ -29,7 +29,7 @@ FASHION = {'batch_size': 16, 'eval_batch_size': 500}
 # A pool for the scenes configs that train with one: a quarter of the scenes keep their masks.
 POOL = {'labeled_fraction': 0.25, 'data.unlabeled_per_batch': 8, 'batch_size': 16}
 POOL_PARAMS = {'rampup_fraction': 0.5, 'patch_size': 8}
-SCENES_POOLED = ('fixmatch_scenes', 'masked_rec_scenes', 'denoising_scenes')
+SCENES_POOLED = ('fixmatch_scenes', 'masked_rec_scenes', 'denoising_scenes', 'unimatch_scenes')
 FOLDER = {'data.image_size': (16, 16), 'data.test_fraction': 0.25, 'model.features': (8, 16),
           'batch_size': 8, 'eval_batch_size': 4, 'data.normalize': 'unit'}
 FOLDER_SEGMENTING = {'data.num_classes': 3, 'data.channels': 3}

@@ -14,6 +14,8 @@ module each, on the contract of base.py and the shared pieces of helpers.py:
                  view and CutMix'ed with their masks: the teacher's augmentation without one.
   'fixmatch'     (teacher.py; alias 'mean_teacher') weak-to-strong pseudo-labels of an EMA
                  teacher, learnt on CutMix'ed strong views of the pool.
+  'unimatch'     (unimatch.py) the weak view's pseudo-labels learnt on two strong views and on
+                 the weak view's perturbed features (Yang et al., CVPR 2023).
 
 Batches (data.inputs): the labelled examples ('image', 'segmentation', ...; every example when the
 run has no pool) and, with an unlabelled pool, batch['unlabeled'] ({'image': the weak view, plus
@@ -23,17 +25,19 @@ A method of the user's own: subclass Objective (or a method here), set `name` an
 register it with segae_jax.register_objective in a module config.plugins names (docs/api.md).
 """
 # Each method's module registers it in OBJECTIVES on import.
-from segae_jax.training.objectives import denoising, masked, strong, supervised, teacher
+from segae_jax.training.objectives import (denoising, masked, strong, supervised, teacher,
+                                           unimatch)
 from segae_jax.training.objectives.base import (OBJECTIVES, Objective, RunFacts, check_params,
                                                 decode_pass, default_params, encode_pass,
                                                 forward, make, no_pool_error,
                                                 of_config, plain, pool_rngs, reconstruction_part,
                                                 run_facts)
 from segae_jax.training.objectives.denoising import Denoising
-from segae_jax.training.objectives.helpers import (CUTMIX_DEFAULTS, concat_parts,
-                                                   confidence_mask, cutmix, ema, sigmoid_rampup,
-                                                   strong_augment, swap_pairs)
+from segae_jax.training.objectives.helpers import (CUTMIX_DEFAULTS, channel_dropout,
+                                                   concat_parts, confidence_mask, cutmix, ema,
+                                                   sigmoid_rampup, strong_augment, swap_pairs)
 from segae_jax.training.objectives.masked import MaskedReconstruction
 from segae_jax.training.objectives.strong import StrongSupervised, mixed_labeled
 from segae_jax.training.objectives.supervised import Supervised
 from segae_jax.training.objectives.teacher import TeacherPseudoLabels
+from segae_jax.training.objectives.unimatch import UniMatch

@@ -87,6 +87,17 @@ def swap_pairs(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])[:, ::-1].reshape(x.shape)
 
 
+def channel_dropout(x: jnp.ndarray, key: jax.Array, rate: float) -> jnp.ndarray:
+  """x [n, *spatial, c] with whole channels of each example zeroed with probability `rate` and
+  the rest scaled by 1 / (1 - rate) (nn.Dropout2d: UniMatch's feature perturbation, Yang et
+  al., CVPR 2023, Sec. 3.3). rate 0 returns x itself."""
+  if rate <= 0:
+    return x
+  shape = (x.shape[0],) + (1,) * batch_lib.SPATIAL_RANK + (x.shape[-1],)
+  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def confidence_mask(teacher_logits: jnp.ndarray, threshold: float):
   """(pseudo-labels int32 [..], confidence float32 [..], mask float32 [..]: 1 where the
   teacher's highest softmax probability is >= threshold) of logits [..., classes]."""

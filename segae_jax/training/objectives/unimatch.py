@@ -1,0 +1,108 @@
+"""'unimatch': weak-to-strong consistency with two strong views and a feature-perturbed stream
+(Yang et al., "Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic Segmentation",
+CVPR 2023; reference code LiheYoung/UniMatch).
+
+Each pool image is seen three ways: its weak view (the preprocessed, augmented 'image'), two
+strong views ('strong_1', 'strong_2', data.views.StrongView drawn independently), each CutMix'ed
+with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images, and the weak view's
+encoder features and skips with half their channels dropped (feature_dropout), decoded once more
+(models.layers.SegmentationModel's encode / decode, so every segmenting model takes part).
+
+The pseudo-labels are the weak view's predictions where their confidence >= threshold: with
+ema_decay 0 (UniMatch) the student's own, from the same training-mode encoder pass as the
+perturbed stream, under stop_gradient; with ema_decay > 0 an EMA teacher's, in inference mode
+(as 'fixmatch'). Every unlabelled term goes through the registered 'seg_ce' term
+(config.loss_params.seg_ce applies) with the unconfident pixels weighted 0 and the sum divided by
+all pool pixels (UniMatch's normalisation).
+
+  loss = (L_x + w(step) * (0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp)) / 2
+
+with L_x config.loss on the labelled examples and w = unlabeled_weight * the sigmoid ramp-up
+(UniMatch: 1, no ramp-up). Metrics: 'unlabeled_ce_s1', '_s2', '_fp', 'confident_fraction',
+'unlabeled_weight'.
+"""
+import dataclasses
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+
+from segae_jax import batch as batch_lib
+from segae_jax.data import views as views_lib
+from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_pass, forward,
+                                                pool_rngs)
+from segae_jax.training.objectives.helpers import (channel_dropout, confidence_mask, cutmix,
+                                                   sigmoid_rampup)
+from segae_jax.training.objectives.teacher import TeacherPseudoLabels
+
+STRONG = batch_lib.numbered('strong', 2)
+BOXES = batch_lib.numbered('cutmix', 2)
+# UniMatch's weights of the two strong views and the perturbed-feature stream (Sec. 3.4).
+WEIGHTS = {'s1': 0.25, 's2': 0.25, 'fp': 0.5}
+
+
+@OBJECTIVES.register('unimatch')
+class UniMatch(TeacherPseudoLabels):
+  """Two strong views and a perturbed-feature stream of each pool image (module doc). Fields as
+  'fixmatch''s (threshold, ema_decay, unlabeled_weight, rampup_fraction, evaluate, cutmix_*),
+  at UniMatch's defaults (no EMA, no ramp-up), plus feature_dropout (the channel dropout rate of
+  the perturbed stream)."""
+  name = 'unimatch'
+  defaults = {**TeacherPseudoLabels.defaults, 'ema_decay': 0.0, 'rampup_fraction': 0.0,
+              'evaluate': 'student', 'feature_dropout': 0.5}
+
+  def check(self) -> None:
+    super().check()
+    views_lib.check_range('config.objective_params.feature_dropout',
+                          self.params['feature_dropout'], 0.0, 1.0, high_open=True)
+
+  def views(self):
+    strong = views_lib.StrongView.from_config(self.facts.strong_augment)
+    box = views_lib.CutMixBox(self.params['cutmix_prob'], self.params['cutmix_min_area'],
+                              self.params['cutmix_max_area'], self.params['cutmix_min_aspect'])
+    out = []
+    for strong_key, box_key in zip(STRONG, BOXES):
+      out += [dataclasses.replace(strong, outkey=strong_key),
+              dataclasses.replace(box, outkey=box_key)]
+    return {'unlabeled': out}
+
+  def weak_streams(self, params, state, pool, rngs) -> Dict[str, jnp.ndarray]:
+    """{'labels', 'confident' (the pseudo-labels of the weak view and where they count), 'fp'
+    (the student's outputs from the weak view's perturbed features)}."""
+    features, skips = encode_pass(state, params, pool['image'], rngs)
+    rate = self.params['feature_dropout']
+    keys = jax.random.split(jax.random.fold_in(rngs['dropout'], 7), len(skips) + 1)
+    fp = decode_pass(state, params, channel_dropout(features, keys[0], rate),
+                     [channel_dropout(s, k, rate) for s, k in zip(skips, keys[1:])], rngs)
+    if self.params['ema_decay'] > 0:  # The EMA teacher labels, in inference mode.
+      logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
+                              rngs=rngs)['seg_logits']
+    else:  # The student labels in the same training-mode pass (UniMatch).
+      logits = decode_pass(state, params, features, skips, rngs)['seg_logits']
+    labels, _, confident = confidence_mask(
+        jax.lax.stop_gradient(logits.astype(jnp.float32)), self.params['threshold'])
+    return {'labels': labels, 'confident': confident, 'fp': fp}
+
+  def loss(self, params, state, batch, rngs, axis_name):
+    outputs, stats = forward(state, params, batch['image'], rngs)
+    supervised, metrics = self.loss_fn(outputs, batch, axis_name)
+    pool = batch['unlabeled']
+    weak = self.weak_streams(params, state, pool, pool_rngs(rngs))
+    passes = {'fp': (weak['fp'], weak['labels'], weak['confident'])}
+    for i, (strong_key, box_key) in enumerate(zip(STRONG, BOXES)):
+      image, labels, confident = cutmix(pool[box_key], pool[strong_key], weak['labels'],
+                                        weak['confident'])
+      student, _ = forward(state, params, image, pool_rngs(rngs, i + 2))
+      passes[f's{i + 1}'] = (student, labels, confident)
+    unlabeled = 0.0
+    for part, (out, labels, confident) in passes.items():
+      value, _ = self.pseudo_label_fn(
+          out, {'image': pool['image'], 'segmentation': labels, 'pixel_weight': confident},
+          axis_name)
+      metrics[f'unlabeled_ce_{part}'] = value
+      unlabeled = unlabeled + WEIGHTS[part] * value
+    metrics['confident_fraction'] = jnp.mean(weak['confident'])
+    metrics['unlabeled_weight'] = (self.params['unlabeled_weight']
+                                   * sigmoid_rampup(state.step, self.rampup_steps))
+    metrics['loss'] = (supervised + metrics['unlabeled_weight'] * unlabeled) / 2
+    return metrics['loss'], metrics, stats
