@@ -2,7 +2,8 @@
 training losses, the final state's digest and the test metrics. The record in
 tests/data/config_runs.json was made before issue 35's restructuring (objectives package,
 inference layer, batch contract, model interface); test_config_regression.py holds today's code
-against it, so a refactor that changes any config's training shows.
+against it, so a refactor that changes any config's training shows. A config added later is recorded
+when it is added (`--record <name>` trains only it and keeps the others' records).
 
 Record anew (only when a change is meant to alter training, and say so in the commit), after
 removing the record (an existing one is resumed: only configs it lacks are trained):
