@@ -17,14 +17,22 @@ from segae_jax.training import metrics as metrics_lib, objectives as objectives_
 from segae_jax.training.state import TrainState, float32_outputs, keep_if_finite
 
 
+# Folded into a step's key for the 'examples' stream (any constant other draws do not use).
+EXAMPLES_STREAM = 0x5E6A
+
+
 def _step_rngs(rng: jax.Array, step, axis_name: Optional[str]) -> Dict[str, jax.Array]:
   # Randomness is a function of (run key, step[, device]), so a resumed run draws what an
   # uninterrupted one would have drawn.
+  # 'examples' is the same on every device: an objective draws per example from it with the
+  # example's index in the whole batch (objectives.helpers.channel_dropout), so its draws are
+  # the same under pmap, sharded jit and one device. The models' streams are per device.
   rng = jax.random.fold_in(rng, step)
+  examples = jax.random.fold_in(rng, EXAMPLES_STREAM)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   reparam, dropout = jax.random.split(rng)
-  return {'reparam': reparam, 'dropout': dropout}
+  return {'reparam': reparam, 'dropout': dropout, 'examples': examples}
 
 
 def loss_scale_for(config: ml_collections.ConfigDict) -> float:

@@ -2,7 +2,7 @@
 sigmoid ramp-up, the reconstruction batch of several passes, and the strong view + CutMix box
 (their defaults declared once: CUTMIX_DEFAULTS, strong_augment)."""
 import dataclasses
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -87,14 +87,22 @@ def swap_pairs(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])[:, ::-1].reshape(x.shape)
 
 
-def channel_dropout(x: jnp.ndarray, key: jax.Array, rate: float) -> jnp.ndarray:
+def channel_dropout(x: jnp.ndarray, key: jax.Array, rate: float,
+                    axis_name: Optional[str] = None) -> jnp.ndarray:
   """x [n, *spatial, c] with whole channels of each example zeroed with probability `rate` and
   the rest scaled by 1 / (1 - rate) (nn.Dropout2d: UniMatch's feature perturbation, Yang et
-  al., CVPR 2023, Sec. 3.3). rate 0 returns x itself."""
+  al., CVPR 2023, Sec. 3.3). rate 0 returns x itself.
+
+  Example i's channels are drawn from fold_in(key, i's index in the whole batch): with `key` the
+  same on every device (the step's 'examples' stream) and pmap's `axis_name`, the draws are
+  those of one device or sharded jit."""
   if rate <= 0:
     return x
-  shape = (x.shape[0],) + (1,) * batch_lib.SPATIAL_RANK + (x.shape[-1],)
-  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  n = x.shape[0]
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(n))
+  shape = (1,) * batch_lib.SPATIAL_RANK + (x.shape[-1],)
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, shape))(keys)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

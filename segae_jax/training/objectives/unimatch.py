@@ -66,14 +66,16 @@ class UniMatch(TeacherPseudoLabels):
               dataclasses.replace(box, outkey=box_key)]
     return {'unlabeled': out}
 
-  def weak_streams(self, params, state, pool, rngs) -> Dict[str, jnp.ndarray]:
+  def weak_streams(self, params, state, pool, rngs, axis_name) -> Dict[str, jnp.ndarray]:
     """{'labels', 'confident' (the pseudo-labels of the weak view and where they count), 'fp'
-    (the student's outputs from the weak view's perturbed features)}."""
+    (the student's outputs from the weak view's perturbed features)}. The channels dropped are
+    drawn per pool example from the step's 'examples' stream: the same under every strategy."""
     features, skips = encode_pass(state, params, pool['image'], rngs)
     rate = self.params['feature_dropout']
-    keys = jax.random.split(jax.random.fold_in(rngs['dropout'], 7), len(skips) + 1)
-    fp = decode_pass(state, params, channel_dropout(features, keys[0], rate),
-                     [channel_dropout(s, k, rate) for s, k in zip(skips, keys[1:])], rngs)
+    keys = jax.random.split(rngs['examples'], len(skips) + 1)
+    drop = lambda x, key: channel_dropout(x, key, rate, axis_name)
+    fp = decode_pass(state, params, drop(features, keys[0]),
+                     [drop(s, k) for s, k in zip(skips, keys[1:])], rngs)
     if self.params['ema_decay'] > 0:  # The EMA teacher labels, in inference mode.
       logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
                               rngs=rngs)['seg_logits']
@@ -87,7 +89,7 @@ class UniMatch(TeacherPseudoLabels):
     outputs, stats = forward(state, params, batch['image'], rngs)
     supervised, metrics = self.loss_fn(outputs, batch, axis_name)
     pool = batch['unlabeled']
-    weak = self.weak_streams(params, state, pool, pool_rngs(rngs))
+    weak = self.weak_streams(params, state, pool, pool_rngs(rngs), axis_name)
     passes = {'fp': (weak['fp'], weak['labels'], weak['confident'])}
     for i, (strong_key, box_key) in enumerate(zip(STRONG, BOXES)):
       image, labels, confident = cutmix(pool[box_key], pool[strong_key], weak['labels'],
