@@ -35,7 +35,9 @@ def main() -> None:
   from segae_jax.training import distributed  # After flag parsing: `--help` stays fast.
   from segae_jax import training
   from segae_jax.training import metrics
-  plugins.load(FLAGS.config.get('plugins', ()))  # Before anything is built (and validated).
+  # Before joining a multi-process run, so a broken plug-in is one line here rather than after
+  # every process has joined (validation loads them again: a no-op for a module imported).
+  plugins.load(FLAGS.config.get('plugins', ()))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.coordinator_bind_address, FLAGS.distributed)
   results = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

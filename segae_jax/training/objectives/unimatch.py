@@ -32,7 +32,7 @@ from segae_jax.data import views as views_lib
 from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_pass, forward,
                                                 pool_rngs)
 from segae_jax.training.objectives.helpers import (channel_dropout, confidence_mask, cutmix,
-                                                   sigmoid_rampup)
+                                                   sigmoid_rampup, strong_views)
 from segae_jax.training.objectives.teacher import TeacherPseudoLabels
 
 STRONG = batch_lib.numbered('strong', 2)
@@ -57,9 +57,7 @@ class UniMatch(TeacherPseudoLabels):
                           self.params['feature_dropout'], 0.0, 1.0, high_open=True)
 
   def views(self):
-    strong = views_lib.StrongView.from_config(self.facts.strong_augment)
-    box = views_lib.CutMixBox(self.params['cutmix_prob'], self.params['cutmix_min_area'],
-                              self.params['cutmix_max_area'], self.params['cutmix_min_aspect'])
+    strong, box = strong_views(self.facts.strong_augment, self.params)
     out = []
     for strong_key, box_key in zip(STRONG, BOXES):
       out += [dataclasses.replace(strong, outkey=strong_key),
