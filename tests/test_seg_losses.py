@@ -78,6 +78,35 @@ def test_dice_on_a_tiny_mask():
   np.testing.assert_allclose(value, 0.0, atol=1e-6)
 
 
+def test_balanced_ce_weighs_each_class_alike_by_hand():
+  """1 x 4 pixels, 2 classes: three background pixels and one object pixel. Plain cross-entropy
+  is the pixel mean; the balanced term the mean of each class's mean. With a pixel weight (the
+  confident pseudo-labels) the class means run over the weighted pixels; under pmap the classes'
+  sums are pooled over the devices before the ratio."""
+  logits = np.array([[[[3.0, 0.0], [1.0, 0.0], [0.0, 2.0], [2.0, 1.0]]]], np.float32)
+  labels = np.array([[[0, 0, 0, 1]]])
+  ce = -_log_softmax(logits.astype(np.float64))[0, 0][np.arange(4), labels[0, 0]]
+  outputs = {'seg_logits': jnp.asarray(logits)}
+  value, metrics = losses.balanced_ce(outputs, {'segmentation': labels})
+  np.testing.assert_allclose(value, (ce[:3].mean() + ce[3]) / 2, rtol=1e-6)
+  plain, _ = losses.seg_ce(outputs, {'segmentation': labels})
+  assert abs(float(plain) - float(value)) > 0.1 and 'balanced_ce' in metrics
+  weight = np.array([[1.0, 0.0, 1.0, 1.0]], np.float32)  # Pixel 1 not confident.
+  value, _ = losses.balanced_ce(outputs, {'segmentation': labels, 'pixel_weight': weight})
+  np.testing.assert_allclose(value, ((ce[0] + ce[2]) / 2 + ce[3]) / 2, rtol=1e-6)
+  # A class with no counted pixel does not count: only class 0 left.
+  value, _ = losses.balanced_ce(outputs, {'segmentation': np.array([[[0, 0, 0, 255]]])})
+  np.testing.assert_allclose(value, ce[:3].mean(), rtol=1e-6)
+  # Two devices, the object on one: the pmean of their values is the one-device value.
+  import jax  # pylint: disable=import-outside-toplevel
+  halves = jax.pmap(lambda o, b: losses.balanced_ce(o, b, axis_name='d')[0], axis_name='d',
+                    devices=jax.devices()[:2])
+  if jax.device_count() >= 2:
+    shares = halves({'seg_logits': jnp.asarray(logits.reshape(2, 1, 1, 2, 2))},
+                    {'segmentation': labels.reshape(2, 1, 1, 2)})
+    np.testing.assert_allclose(np.mean(shares), (ce[:3].mean() + ce[3]) / 2, rtol=1e-6)
+
+
 def test_per_pixel_terms():
   image = jnp.full((2, 2, 2, 1), 0.25)
   out = {'rec_logits': jnp.zeros((2, 2, 2, 1)), 'mean': jnp.ones((2, 1, 1, 2)),
@@ -110,7 +139,7 @@ def test_confusion_matrix_and_scores_by_hand():
   assert s2['miou'] == 1.0 and s2['per_class']['2']['pixels'] == 0
 
 
-@pytest.mark.parametrize('name', ['seg_ce', 'dice', 'focal'])
+@pytest.mark.parametrize('name', ['seg_ce', 'dice', 'focal', 'balanced_ce'])
 def test_segmentation_terms_run_under_jit_and_match_eager(name):
   import jax
   rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_l
 that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one function
 decorated with `@LOSSES.register(name)` in this package (or in any module that is imported), with
 no change to the train loop. Terms: reconstruction.py (reconstruction, KL, sparsity),
-segmentation.py (seg_ce, focal, dice), classification.py (class_ce, class_focal), composed by
+segmentation.py (seg_ce, focal, dice, balanced_ce), classification.py (class_ce, class_focal), composed by
 compose.py; base.py holds the registry and the means they share.
 """
 from segae_jax.losses.base import (LOSSES, LossFn, Metrics, axis_mean, batch_mean,
@@ -38,4 +38,5 @@ from segae_jax.losses.compose import alpha_weights, beta_vae_weights, make_loss_
 from segae_jax.losses.reconstruction import (gaussian_kl, kl, kl_per_pixel, noise_mse,
                                              pixel_weights, rec_bce, rec_mse, rec_mse_per_pixel,
                                              sparsity_kl, sparsity_l1)
-from segae_jax.losses.segmentation import SEGMENTATION_TERMS, dice, focal, seg_ce
+from segae_jax.losses.segmentation import (SEGMENTATION_TERMS, balanced_ce, dice, focal,
+                                          seg_ce)

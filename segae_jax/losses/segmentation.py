@@ -7,7 +7,9 @@ sharded jit and one device give the same value and gradient (losses.base.axis_me
 batch['pixel_weight'] (float32 [batch, h, w], optional) scales each pixel's term without
 changing what the mean divides by: a pixel weighted 0 still counts in the mean (UniMatch's
 normalisation of confident pseudo-labels, Yang et al., CVPR 2023: training.objectives.teacher).
-Dice takes it as a soft mask of the pixels' predictions and targets.
+Dice takes it as a soft mask of the pixels' predictions and targets; balanced_ce counts it in
+each class's mean (a class-balanced term of confident pseudo-labels: each class's pixels weigh as
+much as another's, however few of them are confident).
 """
 from typing import Optional
 
@@ -21,7 +23,7 @@ from segae_jax.losses.base import LOSSES, axis_mean, softmax_focal, weighted_mea
 
 
 # The terms registered here: they need masks ('segmentation') in the batch.
-SEGMENTATION_TERMS = ('seg_ce', 'focal', 'dice')
+SEGMENTATION_TERMS = ('seg_ce', 'focal', 'dice', 'balanced_ce')
 
 
 def _example_weights(batch) -> jnp.ndarray:
@@ -115,3 +117,36 @@ def dice(outputs, batch, exclude_background: bool = False, smooth: float = 1.0,
   per_image = jnp.mean(per_class[:, 1 if exclude_background else 0:], axis=-1)
   value = weighted_mean(per_image, _example_weights(batch), axis_name)
   return value, {'dice': value}
+
+
+@LOSSES.register('balanced_ce')
+def balanced_ce(outputs, batch, ignore_label: int = 255, axis_name: Optional[str] = None):
+  """Class-balanced cross-entropy: the mean softmax cross-entropy of each class's counted pixels,
+  averaged over the classes that have any in the batch (every device's), nats per pixel:
+
+    L = 1 / |K| * sum_{c in K} (sum_{i: y_i = c} w_i ce_i) / (sum_{i: y_i = c} w_i),
+
+  w_i the pixel's weight (real, labelled, not ignored, times batch['pixel_weight'] where given:
+  for pseudo-labels, 1 where confident), K the classes with sum w > 0. Each class weighs the same
+  whatever its pixel count, so a background that covers most of an image (and most of the
+  confident pseudo-labels) no longer drowns the objects' classes: the per-class normalisation of
+  class-balanced losses (Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
+  CVPR 2019, with beta -> 1 on the batch's pixels). Numerators and denominators are summed over
+  the devices of `axis_name` before the ratio (losses.base.axis_mean), so pmap, sharded jit and
+  one device agree.
+  """
+  logits = outputs['seg_logits']
+  num_classes = logits.shape[-1]
+  weights, labels = _pixel_weights(batch, num_classes, None, ignore_label)
+  if 'pixel_weight' in batch:
+    weights = weights * batch['pixel_weight']
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  members = jax.nn.one_hot(labels, num_classes) * weights[..., None]  # [n, *S, classes]
+  pixels = tuple(range(members.ndim - 1))
+  numerator = jnp.sum(members * ce[..., None], axis=pixels)            # [classes]
+  denominator = jnp.sum(members, axis=pixels)
+  total = denominator if axis_name is None else jax.lax.psum(denominator, axis_name)
+  present = (total > 0).astype(jnp.float32)
+  per_class = axis_mean(numerator, denominator, axis_name)
+  value = jnp.sum(per_class * present) / jnp.maximum(jnp.sum(present), 1.0)
+  return value, {'balanced_ce': value}
