@@ -18,7 +18,9 @@ def default_num_workers() -> int:
 def input_pipeline_fields() -> dict:
   """config.data fields of the input pipeline, for every dataset (configs that replace
   config.data add them back)."""
-  return {'cache': 'auto', 'num_workers': default_num_workers()}
+  # monitor_hidden_masks: a pool made of hidden-mask images keeps them as 'hidden_segmentation',
+  # for the pseudo-label methods to report their accuracy per class (no loss reads them).
+  return {'cache': 'auto', 'num_workers': default_num_workers(), 'monitor_hidden_masks': False}
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -243,3 +243,39 @@ def test_missing_and_corrupt_files(tmp_path):
     f.write(b'\x00\x00\x08\x01' + (5).to_bytes(4, 'big') + b'\x01\x02\x03')
   with pytest.raises(UserInputError, match=r'header says shape \(5,\) but holds 3 values'):
     fm.read_idx(str(other))
+
+
+def test_a_monitored_pool_carries_its_hidden_masks_and_changes_nothing_else():
+  """config.data.monitor_hidden_masks: the pool's masks come along as 'hidden_segmentation',
+  moved with their images by the weak view (flips), while every other key of every batch (the
+  images, the strong views, the CutMix boxes drawn after them) is the same as without it."""
+  from segae_jax.data import views  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  masks = rng.integers(0, 3, (16, 6, 5), dtype=np.uint8)
+  source = data.ArraySource({'image': (masks[..., None] * 100).astype(np.uint8),
+                             'segmentation': masks})
+  full = data.Dataset('hand_made', source, source, (6, 5, 1), 3, ('a', 'b', 'c'),
+                      data.scale_images)
+  pool_views = {'unlabeled': [views.StrongView(outkey='strong_1'), views.CutMixBox()]}
+
+  def batches(monitor):
+    config = {'data': {'augment': {'flip': True}, 'unlabeled_per_batch': 4,
+                       'monitor_hidden_masks': monitor},
+              'batch_size': 8, 'seed': 0, 'labeled_fraction': 0.5}
+    pooled = data.with_labeled_fraction(full, 0.5, 0, as_pool=True, pool_masks=monitor)
+    inputs = data.train_inputs(config, pooled, pool_views, None)
+    out = [next(inputs) for _ in range(3)]
+    inputs.close()
+    return out
+
+  plain, monitored = batches(False), batches(True)
+  for a, b in zip(plain, monitored):
+    pool = b['unlabeled']
+    assert 'hidden_segmentation' in pool and 'segmentation' not in pool
+    assert 'hidden_segmentation' not in a['unlabeled']
+    np.testing.assert_array_equal(np.round(pool['image'][..., 0] * 255 / 100),
+                                  pool['hidden_segmentation'])  # Flipped with its image.
+    for key in a['unlabeled']:
+      np.testing.assert_array_equal(a['unlabeled'][key], pool[key], err_msg=key)
+    for key in ('image', 'segmentation'):
+      np.testing.assert_array_equal(a[key], b[key])

@@ -620,12 +620,44 @@ def test_unimatch_loss_weights_by_hand():
     rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4),
             'examples': jax.random.PRNGKey(5)}
     loss, metrics, _ = made.loss(state.params, state, batch, rngs, None)
-    parts = [float(metrics[f'unlabeled_ce_{k}']) for k in ('s1', 's2', 'fp')]
+    parts = [float(metrics[f'unlabeled_{k}']) for k in ('s1', 's2', 'fp')]
     assert (max(parts) == 0.0) == expect_zero and float(metrics['unlabeled_weight']) == 1.0
     np.testing.assert_allclose(float(loss), (float(metrics['seg_ce']) + 0.25 * parts[0]
                                              + 0.25 * parts[1] + 0.5 * parts[2]) / 2, rtol=1e-6)
     if not expect_zero:
       assert float(metrics['confident_fraction']) == 1.0 and len(set(parts)) == 3
+
+
+def test_class_adaptive_thresholds_by_hand():
+  """Pixels predicted 0 with confidences (1.0, 0.8), predicted 1 with (0.6,), none predicted 2:
+  mean confidences (0.9, 0.6), normalised by the highest (1, 2/3), times tau 0.9; class 2 keeps
+  tau. Split over two devices, the same thresholds (the sums are pooled)."""
+  labels = jnp.array([[0, 0, 1, 1]])
+  confidence = jnp.array([[1.0, 0.8, 0.6, 0.6]])
+  thresholds = objectives.class_thresholds(labels, confidence, 0.9, 3)
+  np.testing.assert_allclose(thresholds, [0.9, 0.9 * 0.6 / 0.9, 0.9], rtol=1e-6)
+  if jax.device_count() >= 2:
+    split = jax.pmap(lambda l, c: objectives.class_thresholds(l, c, 0.9, 3, 'd'), axis_name='d',
+                     devices=jax.devices()[:2])(labels.reshape(2, 1, 2),
+                                                confidence.reshape(2, 1, 2))
+    np.testing.assert_allclose(split, np.stack([thresholds] * 2), rtol=1e-6)
+
+
+def test_pseudo_label_metrics_by_hand():
+  """4 pixels pseudo-labelled (0, 0, 1, 1), confident (1, 0, 1, 1), truly (0, 1, 1, 0):
+  confident fraction of class 0 = 1/2, of 1 = 2/2; accuracy of the confident 0s 1/1, of the
+  confident 1s 1/2; coverage of the true 0s 1/2, of the true 1s 1/2; 2 of 3 confident right."""
+  labels = jnp.array([[0, 0, 1, 1]])
+  confident = jnp.array([[1.0, 0.0, 1.0, 1.0]])
+  truth = jnp.array([[0, 1, 1, 0]])
+  out = {k: float(v) for k, v in objectives.pseudo_label_metrics(labels, confident, 2,
+                                                                  truth=truth).items()}
+  assert out == pytest.approx({'confident_fraction/0': 0.5, 'confident_fraction/1': 1.0,
+                               'pseudo_accuracy/0': 1.0, 'pseudo_accuracy/1': 0.5,
+                               'pseudo_coverage/0': 0.5, 'pseudo_coverage/1': 0.5,
+                               'pseudo_accuracy': 2 / 3})
+  assert set(objectives.pseudo_label_metrics(labels, confident, 2)) == {
+      'confident_fraction/0', 'confident_fraction/1'}  # No masks: nothing to check against.
 
 
 @pytest.mark.faults  # Three strategies' compilations, about 15 s.
@@ -634,10 +666,15 @@ def test_unimatch_gives_one_step_under_pmap_jit_and_one_device():
   'examples' stream, the same on every device, so pmap's shares draw what one device draws."""
   if jax.device_count() < 2:
     pytest.skip('needs several devices (tests/conftest.py forces 4 CPU devices)')
-  config, made = _unimatch({'threshold': 0.4, 'feature_dropout': 0.5})
+  config, made = _unimatch({'threshold': 0.4, 'feature_dropout': 0.5,
+                            'threshold_mode': 'class_adaptive',
+                            'unlabeled_loss': {'seg_ce': 1.0, 'dice': 0.5, 'balanced_ce': 0.5}})
   rng = np.random.default_rng(0)
   batches = [_pool_batch(rng, made) for _ in range(2)]
+  for batch in batches:  # The pool's hidden masks, for the pseudo-label accuracy.
+    batch['unlabeled']['hidden_segmentation'] = _labels(rng, len(batch['unlabeled']['image']))
   single = _steps_under('single', config, made, batches)
-  assert single[1][-1]['unlabeled_ce_fp'] > 0
+  assert single[1][-1]['unlabeled_fp'] > 0
+  assert 0 < single[1][-1]['pseudo_accuracy'] < 1 and 'threshold/2' in single[1][-1]
   for name in ('pmap', 'jit'):
     _assert_same(single, _steps_under(name, config, made, batches))

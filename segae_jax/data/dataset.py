@@ -77,14 +77,17 @@ def labeled_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def with_labeled_fraction(dataset: Dataset, fraction: float, seed: int,
-                          as_pool: bool = False) -> Dataset:
+                          as_pool: bool = False, pool_masks: bool = False) -> Dataset:
   """Semi-supervised training on a fully labelled dataset: keeps the segmentation masks of a
   `fraction` of the training images (labeled_subset) and hides the others' masks.
 
   Without `as_pool` the hidden-mask images stay in the training split, flagged 'labeled' = 0
   (float32 per example), so segmentation losses skip them while the other terms still use them.
-  With `as_pool` they become the dataset's unlabelled pool ('image' only) and the training split
-  holds the labelled images alone, as with a real pool (config.data.unlabeled_dir).
+  With `as_pool` they become the dataset's unlabelled pool ('image' only; with `pool_masks` also
+  their 'segmentation', which data.inputs moves to 'hidden_segmentation' after the weak view, so
+  that a method can report how right its pseudo-labels are and no loss can learn from them) and
+  the training split holds the labelled images alone, as with a real pool
+  (config.data.unlabeled_dir).
 
   Raises:
     UserInputError: the dataset has no masks.
@@ -98,7 +101,8 @@ def with_labeled_fraction(dataset: Dataset, fraction: float, seed: int,
   if as_pool:
     hidden = np.setdiff1d(np.arange(n), chosen)
     return dataclasses.replace(dataset, train=Subset(train, chosen),
-                               unlabeled=Subset(train, hidden, keys=('image',)))
+                               unlabeled=Subset(train, hidden, keys=('image', 'segmentation')
+                                                if pool_masks else ('image',)))
   labeled = np.zeros(n, np.float32)
   labeled[chosen] = 1.0
   return dataclasses.replace(dataset, train=WithFeature(train, 'labeled', labeled),

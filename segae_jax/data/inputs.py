@@ -8,14 +8,30 @@ the weak view, and the views the objective asked for} of the pool's share; see s
 (the contract, checked on the first batch), data.views and segae_jax.training.objectives.
 """
 import dataclasses
-from typing import Iterator, Mapping, Optional, Sequence, Tuple
+from typing import ClassVar, Iterator, Mapping, Optional, Sequence, Tuple
 
 from segae_jax import batch as batch_lib
 from segae_jax.batch import LABELED, PARTS, UNLABELED
 from segae_jax.data import augment
 from segae_jax.data.dataset import Dataset, build, with_labeled_fraction
 from segae_jax.data.pipeline import Batch, TrainIterator, eval_batches
-from segae_jax.data.views import View, promised_keys, with_views
+from segae_jax.data.views import InKeyOutKey, View, promised_keys, with_views
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HiddenMasks(InKeyOutKey):
+  """Moves a pool example's hidden mask, after the weak view moved it with its image, from
+  'segmentation' (which a loss would learn from) to 'hidden_segmentation' (which objectives read
+  only to report how right their pseudo-labels are: config.data.monitor_hidden_masks). Draws
+  nothing."""
+  inkey: str = 'segmentation'
+  outkey: str = 'hidden_segmentation'
+  kind: ClassVar[str] = 'labels'
+
+  def __call__(self, batch, rngs):
+    batch = dict(batch)
+    batch[self.outkey] = batch.pop(self.inkey)
+    return batch
 
 
 def has_pool(config: Mapping) -> bool:
@@ -25,6 +41,15 @@ def has_pool(config: Mapping) -> bool:
   data_config = config['data']
   return bool(data_config.get('unlabeled_dir', '')) or (
       config['labeled_fraction'] < 1.0 and data_config.get('unlabeled_per_batch', 0) > 0)
+
+
+def hidden_mask_pool(config: Mapping) -> bool:
+  """Whether the run's pool carries its hidden masks as 'hidden_segmentation' (monitoring only:
+  config.data.monitor_hidden_masks, with a pool made of a labelled dataset's hidden-mask images;
+  a pool of config.data.unlabeled_dir has no masks to carry)."""
+  data_config = config['data']
+  return (bool(data_config.get('monitor_hidden_masks', False)) and has_pool(config)
+          and not data_config.get('unlabeled_dir', ''))
 
 
 def configured_image_size(data_config: Mapping) -> Optional[Tuple[int, int]]:
@@ -51,7 +76,8 @@ def run_dataset(config: Mapping) -> Dataset:
   if config['labeled_fraction'] < 1.0:
     labeled_only = bool(config.get('labeled_only', False))
     dataset = with_labeled_fraction(dataset, config['labeled_fraction'], config['seed'],
-                                    as_pool=has_pool(config) or labeled_only)
+                                    as_pool=has_pool(config) or labeled_only,
+                                    pool_masks=hidden_mask_pool(config) and not labeled_only)
     if labeled_only:
       dataset = dataclasses.replace(dataset, unlabeled=None)
   return dataset
@@ -79,6 +105,9 @@ def train_inputs(config: Mapping, dataset: Dataset, views: Mapping[str, Sequence
                                    batch_lib.spatial_shape(dataset.image_shape, leading=0),
                                    dataset.resize, clip=dataset.normalization.mode == 'unit')
   parts = (LABELED,) if dataset.unlabeled is None else PARTS
+  views = dict(views)
+  if hidden_mask_pool(config):  # First: it draws nothing, and the views after it see no mask.
+    views[UNLABELED] = [HiddenMasks(), *views.get(UNLABELED, ())]
   required = {part: {'image': None, **promised_keys(views.get(part, ()))} for part in parts}
   pool_preprocess = None
   if dataset.unlabeled is not None:

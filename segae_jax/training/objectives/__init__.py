@@ -34,8 +34,10 @@ from segae_jax.training.objectives.base import (OBJECTIVES, Objective, RunFacts,
                                                 run_facts)
 from segae_jax.training.objectives.denoising import Denoising
 from segae_jax.training.objectives.helpers import (CUTMIX_DEFAULTS, channel_dropout,
-                                                   concat_parts, confidence_mask, cutmix, ema,
-                                                   sigmoid_rampup, strong_augment, swap_pairs)
+                                                   class_thresholds, concat_parts,
+                                                   confidence_mask, cutmix, ema,
+                                                   pseudo_label_metrics, sigmoid_rampup,
+                                                   strong_augment, swap_pairs)
 from segae_jax.training.objectives.masked import MaskedReconstruction
 from segae_jax.training.objectives.strong import StrongSupervised, mixed_labeled
 from segae_jax.training.objectives.supervised import Supervised

@@ -115,6 +115,60 @@ def confidence_mask(teacher_logits: jnp.ndarray, threshold: float):
           (confidence >= threshold).astype(jnp.float32))
 
 
+def class_thresholds(labels: jnp.ndarray, confidence: jnp.ndarray, threshold: float,
+                     num_classes: int, axis_name: Optional[str] = None) -> jnp.ndarray:
+  """Class-adaptive confidence thresholds, float32 [num_classes]: tau_c = threshold * m_c /
+  max_c' m_c', m_c the mean confidence of the pixels predicted as class c (labels, confidence:
+  [n, *S], from confidence_mask), over the whole batch (psum over `axis_name`: one answer under
+  every strategy); a class nobody predicted keeps `threshold`.
+
+  A class the model is still unsure of gets a lower threshold, so its pixels are learnt before
+  the model is as sure of them as of the background: the self-adaptive class fairness of
+  FreeMatch (Wang et al., ICLR 2023, Sec. 3.2, Eq. 6: tau_c = MaxNorm(p_c) * tau), with the
+  class's learning status measured on the batch's pixels of that class instead of an EMA over
+  the unlabelled set's class probabilities (whose pixel frequencies would set a background's
+  threshold 30x a garment's)."""
+  members = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  pixels = tuple(range(members.ndim - 1))
+  total = jnp.sum(members * confidence[..., None], axis=pixels)
+  count = jnp.sum(members, axis=pixels)
+  if axis_name is not None:
+    total, count = jax.lax.psum((total, count), axis_name)
+  status = total / jnp.maximum(count, 1.0)
+  status = status / jnp.maximum(jnp.max(status), 1e-8)
+  return jnp.where(count > 0, threshold * status, threshold)
+
+
+def pseudo_label_metrics(labels: jnp.ndarray, confident: jnp.ndarray, num_classes: int,
+                         axis_name: Optional[str] = None,
+                         truth: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
+  """What a teacher teaches, per class c (float32 scalars, over every device's pool pixels):
+    'confident_fraction/<c>': of the pixels pseudo-labelled c, the fraction confident;
+  and where the pool's true masks are known (`truth` int32 [n, *S], the hidden masks of a
+  labelled dataset; values outside [0, num_classes) do not count):
+    'pseudo_accuracy/<c>': of the confident pixels pseudo-labelled c, the fraction truly c;
+    'pseudo_coverage/<c>': of the pixels truly c, the fraction confidently labelled c;
+    'pseudo_accuracy': of all confident pixels, the fraction labelled right.
+  0 where a ratio has no pixels. labels, confident: [n, *S] from confidence_mask. Monitoring
+  only: nothing here enters a loss."""
+  predicted = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  kept = predicted * confident[..., None]
+  pixels = tuple(range(predicted.ndim - 1))
+  ratio = lambda num, den: losses.axis_mean(jnp.sum(num, axis=pixels), jnp.sum(den, axis=pixels),
+                                            axis_name)
+  values = {'confident_fraction': ratio(kept, predicted)}
+  if truth is not None:
+    true = jax.nn.one_hot(truth, num_classes, dtype=jnp.float32)  # All 0 outside the classes.
+    values['pseudo_accuracy'] = ratio(kept * true, kept * jnp.sum(true, -1, keepdims=True))
+    values['pseudo_coverage'] = ratio(kept * true, true)
+  out = {f'{name}/{c}': v[c] for name, v in values.items() for c in range(num_classes)}
+  if truth is not None:
+    right = jnp.sum(kept * jax.nn.one_hot(truth, num_classes, dtype=jnp.float32), -1)
+    known = confident * ((truth >= 0) & (truth < num_classes))
+    out['pseudo_accuracy'] = losses.axis_mean(jnp.sum(right), jnp.sum(known), axis_name)
+  return out
+
+
 def cutmix(box: jnp.ndarray, *arrays: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
   """CutMix inside pairs (swap_pairs): where box [n, h, w] is nonzero, example i takes its
   partner's values of every array ([n, h, w] or [n, h, w, c]: the strong view, the labels,

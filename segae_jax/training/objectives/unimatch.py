@@ -8,18 +8,25 @@ with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images, and the 
 encoder features and skips with half their channels dropped (feature_dropout), decoded once more
 (models.layers.SegmentationModel's encode / decode, so every segmenting model takes part).
 
-The pseudo-labels are the weak view's predictions where their confidence >= threshold: with
-ema_decay 0 (UniMatch) the student's own, from the same training-mode encoder pass as the
-perturbed stream, under stop_gradient; with ema_decay > 0 an EMA teacher's, in inference mode
-(as 'fixmatch'). Every unlabelled term goes through the registered 'seg_ce' term
-(config.loss_params.seg_ce applies) with the unconfident pixels weighted 0 and the sum divided by
-all pool pixels (UniMatch's normalisation).
+The pseudo-labels are the weak view's predictions where their confidence >= threshold
+(threshold_mode 'fixed'), or >= a class-adaptive threshold (threshold_mode 'class_adaptive':
+helpers.class_thresholds, after FreeMatch, Wang et al., ICLR 2023): with ema_decay 0 (UniMatch)
+the student's own, from the same training-mode encoder pass as the perturbed stream, under
+stop_gradient; with ema_decay > 0 an EMA teacher's, in inference mode (as 'fixmatch'). Every
+unlabelled pass is scored by unlabeled_loss, a weighted sum of registered segmentation terms
+(config.loss_params of each apply) with the unconfident pixels weighted 0 (batch
+'pixel_weight'): 'seg_ce' divides by all pool pixels (UniMatch's normalisation), 'dice' is the
+Dice of the confident pixels (UniMatch's unlabelled term on ACDC), 'balanced_ce' the mean over
+classes of each class's confident pixels' cross-entropy (losses.segmentation).
 
   loss = (L_x + w(step) * (0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp)) / 2
 
 with L_x config.loss on the labelled examples and w = unlabeled_weight * the sigmoid ramp-up
-(UniMatch: 1, no ramp-up). Metrics: 'unlabeled_ce_s1', '_s2', '_fp', 'confident_fraction',
-'unlabeled_weight'.
+(UniMatch: 1, no ramp-up). Metrics: 'unlabeled_s1', '_s2', '_fp' (each pass's unlabelled loss),
+'confident_fraction', 'unlabeled_weight', and what the teacher teaches per class
+(helpers.pseudo_label_metrics: the confident fraction, and with config.data.monitor_hidden_masks
+the pseudo-labels' accuracy and coverage against the pool's hidden masks), with 'threshold/<c>'
+under class-adaptive thresholds.
 """
 import dataclasses
 from typing import Dict
@@ -27,11 +34,13 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
-from segae_jax import batch as batch_lib
+from segae_jax import batch as batch_lib, losses
 from segae_jax.data import views as views_lib
 from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_pass, forward,
                                                 pool_rngs)
-from segae_jax.training.objectives.helpers import (channel_dropout, confidence_mask, cutmix,
+from segae_jax.errors import UserInputError
+from segae_jax.training.objectives.helpers import (channel_dropout, class_thresholds,
+                                                   confidence_mask, cutmix, pseudo_label_metrics,
                                                    sigmoid_rampup, strong_views)
 from segae_jax.training.objectives.teacher import TeacherPseudoLabels
 
@@ -39,6 +48,9 @@ STRONG = batch_lib.numbered('strong', 2)
 BOXES = batch_lib.numbered('cutmix', 2)
 # UniMatch's weights of the two strong views and the perturbed-feature stream (Sec. 3.4).
 WEIGHTS = {'s1': 0.25, 's2': 0.25, 'fp': 0.5}
+THRESHOLD_MODES = ('fixed', 'class_adaptive')
+# The key of the pool's hidden masks (config.data.monitor_hidden_masks): monitoring only.
+TRUTH = 'hidden_segmentation'
 
 
 @OBJECTIVES.register('unimatch')
@@ -46,15 +58,35 @@ class UniMatch(TeacherPseudoLabels):
   """Two strong views and a perturbed-feature stream of each pool image (module doc). Fields as
   'fixmatch''s (threshold, ema_decay, unlabeled_weight, rampup_fraction, evaluate, cutmix_*),
   at UniMatch's defaults (no EMA, no ramp-up), plus feature_dropout (the channel dropout rate of
-  the perturbed stream)."""
+  the perturbed stream), threshold_mode ('fixed' or 'class_adaptive') and unlabeled_loss
+  ({registered segmentation term: weight}: 'seg_ce', 'dice', 'balanced_ce', ...)."""
   name = 'unimatch'
   defaults = {**TeacherPseudoLabels.defaults, 'ema_decay': 0.0, 'rampup_fraction': 0.0,
-              'evaluate': 'student', 'feature_dropout': 0.5}
+              'evaluate': 'student', 'feature_dropout': 0.5, 'threshold_mode': 'fixed',
+              'unlabeled_loss': {'seg_ce': 1.0, 'dice': 0.0, 'balanced_ce': 0.0}}
+
+  def __init__(self, facts, params):
+    super().__init__(facts, params)
+    weights = {k: float(v) for k, v in dict(self.params['unlabeled_loss']).items() if v}
+    self.pseudo_label_fn = losses.make_loss_fn(
+        weights, {k: facts.loss_params.get(k, {}) for k in weights})
 
   def check(self) -> None:
     super().check()
-    views_lib.check_range('config.objective_params.feature_dropout',
-                          self.params['feature_dropout'], 0.0, 1.0, high_open=True)
+    where = 'config.objective_params'
+    views_lib.check_range(f'{where}.feature_dropout', self.params['feature_dropout'], 0.0, 1.0,
+                          high_open=True)
+    if self.params['threshold_mode'] not in THRESHOLD_MODES:
+      raise UserInputError(f'{where}.threshold_mode={self.params["threshold_mode"]!r}: expected '
+                           f'one of {", ".join(THRESHOLD_MODES)}')
+    terms = dict(self.params['unlabeled_loss'])
+    for term, weight in terms.items():
+      if term not in losses.SEGMENTATION_TERMS:
+        raise UserInputError(f'{where}.unlabeled_loss.{term}: expected a segmentation term '
+                             f'({", ".join(losses.SEGMENTATION_TERMS)})')
+      views_lib.check_range(f'{where}.unlabeled_loss.{term}', weight, 0.0, 1e6)
+    if not any(terms.values()):
+      raise UserInputError(f'{where}.unlabeled_loss={terms!r}: expected a term with weight > 0')
 
   def views(self):
     strong, box = strong_views(self.facts.strong_augment, self.params)
@@ -79,9 +111,30 @@ class UniMatch(TeacherPseudoLabels):
                               rngs=rngs)['seg_logits']
     else:  # The student labels in the same training-mode pass (UniMatch).
       logits = decode_pass(state, params, features, skips, rngs)['seg_logits']
-    labels, _, confident = confidence_mask(
-        jax.lax.stop_gradient(logits.astype(jnp.float32)), self.params['threshold'])
-    return {'labels': labels, 'confident': confident, 'fp': fp}
+    return {**self.pseudo_labels(logits, axis_name), 'fp': fp}
+
+  def pseudo_labels(self, logits: jnp.ndarray, axis_name) -> Dict[str, jnp.ndarray]:
+    """{'labels', 'confident', 'thresholds' (per class)} of the weak view's logits, confident
+    where the confidence reaches the threshold of the pixel's class (threshold_mode)."""
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    labels, confidence, _ = confidence_mask(logits, self.params['threshold'])
+    num_classes = logits.shape[-1]
+    thresholds = jnp.full((num_classes,), self.params['threshold'], jnp.float32)
+    if self.params['threshold_mode'] == 'class_adaptive':
+      thresholds = class_thresholds(labels, confidence, self.params['threshold'], num_classes,
+                                    axis_name)
+    confident = (confidence >= thresholds[labels]).astype(jnp.float32)
+    return {'labels': labels, 'confident': confident, 'thresholds': thresholds}
+
+  def monitor(self, weak, pool, axis_name) -> Dict[str, jnp.ndarray]:
+    """The per-class pseudo-label figures (helpers.pseudo_label_metrics), and the thresholds
+    under threshold_mode 'class_adaptive'."""
+    num_classes = weak['thresholds'].shape[0]
+    out = pseudo_label_metrics(weak['labels'], weak['confident'], num_classes, axis_name,
+                               pool.get(TRUTH))
+    if self.params['threshold_mode'] == 'class_adaptive':
+      out.update({f'threshold/{c}': weak['thresholds'][c] for c in range(num_classes)})
+    return out
 
   def loss(self, params, state, batch, rngs, axis_name):
     outputs, stats = forward(state, params, batch['image'], rngs)
@@ -99,9 +152,10 @@ class UniMatch(TeacherPseudoLabels):
       value, _ = self.pseudo_label_fn(
           out, {'image': pool['image'], 'segmentation': labels, 'pixel_weight': confident},
           axis_name)
-      metrics[f'unlabeled_ce_{part}'] = value
+      metrics[f'unlabeled_{part}'] = value
       unlabeled = unlabeled + WEIGHTS[part] * value
     metrics['confident_fraction'] = jnp.mean(weak['confident'])
+    metrics.update(self.monitor(weak, pool, axis_name))
     metrics['unlabeled_weight'] = (self.params['unlabeled_weight']
                                    * sigmoid_rampup(state.step, self.rampup_steps))
     metrics['loss'] = (supervised + metrics['unlabeled_weight'] * unlabeled) / 2
