@@ -16,9 +16,13 @@ SPATIAL_RANK spatial sizes, c = channels, k = classes):
                                  'noise', 'target'
   pixel_map float32 [n, *S]      a value per pixel: 'cutmix', 'mask', 'target_weight', 'confident',
                                  'pixel_weight' (scales a segmentation term's pixels: losses)
-  labels    int32   [n, *S]      class ids per pixel: 'segmentation' (ignore_label where unknown)
+  labels    int32   [n, *S]      class ids per pixel: 'segmentation' (ignore_label where unknown),
+                                 'hidden_segmentation' (a pool's hidden masks: monitoring only)
   example   float32 [n]          a value per example: 'labeled', 'valid'
   class_id  int32   [n]          an image-level class: 'label'
+  coords    float32 [n, *S, R]   a position per pixel, R = SPATIAL_RANK coordinates in pixels
+                                 of another view of the example: 'grid' (data.views.AffineGrid:
+                                 the (row, col) in 'image' each strong-view pixel is taken from)
 A view's out key of the form `<name>_<i>` (e.g. 'strong_1', 'strong_2': two strong views of one
 kind) has the kind of `<name>`.
 
@@ -43,15 +47,19 @@ KINDS = {
     'labels': ('int', 0),
     'example': ('float', None),
     'class_id': ('int', None),
+    'coords': ('float', 1),
 }
+# The kinds whose last axis has a fixed size: one coordinate per spatial axis.
+LAST_AXIS = {'coords': SPATIAL_RANK}
 KEYS = {
     'image': 'image', 'strong': 'image', 'noise': 'image', 'target': 'image',
     'clean_image': 'image',
     'cutmix': 'pixel_map', 'mask': 'pixel_map', 'target_weight': 'pixel_map',
     'confident': 'pixel_map', 'pixel_weight': 'pixel_map',
-    'segmentation': 'labels',
+    'segmentation': 'labels', 'hidden_segmentation': 'labels',
     'labeled': 'example', 'valid': 'example',
     'label': 'class_id',
+    'grid': 'coords',
 }
 
 # What check() is asked for: key names (their kinds from KEYS), or {key: kind} where a view
@@ -113,7 +121,8 @@ def _expected(kind: str) -> str:
   dtype, trailing = KINDS[kind]
   if trailing is None:
     return f'{dtype} [n]'
-  axes = ', '.join(['n'] + [f's{i}' for i in range(SPATIAL_RANK)] + ['c'] * trailing)
+  last = [str(LAST_AXIS[kind])] if kind in LAST_AXIS else ['c'] * trailing
+  axes = ', '.join(['n'] + [f's{i}' for i in range(SPATIAL_RANK)] + last)
   return f'{dtype} [{axes}]'
 
 
@@ -127,6 +136,8 @@ def _fits(value: Any, kind: str, n: Optional[int], size: Optional[Tuple[int, ...
   dtype, trailing = KINDS[kind]
   rank = 1 if trailing is None else 1 + SPATIAL_RANK + trailing
   if value.ndim != rank or (n is not None and value.shape[0] != n):
+    return False
+  if kind in LAST_AXIS and value.shape[-1] != LAST_AXIS[kind]:
     return False
   if _is_float(value.dtype) != (dtype == 'float') or (dtype == 'int' and
                                                       value.dtype.kind not in 'iub'):

@@ -30,6 +30,7 @@ def test_kinds_of_declared_numbered_and_unknown_keys():
   assert batch.kind_of('cutmix_1') == batch.kind_of('mask') == 'pixel_map'
   assert batch.kind_of('segmentation') == 'labels' and batch.kind_of('label') == 'class_id'
   assert batch.kind_of('my_own') is None and batch.kind_of('my_own_3') is None
+  assert batch.kind_of('grid') == batch.kind_of('grid_1') == batch.kind_of('grid_2') == 'coords'
   assert batch.numbered('strong', 1) == ('strong',)
   assert batch.numbered('strong', 2) == ('strong_1', 'strong_2')
   assert batch.PARTS == (batch.LABELED, batch.UNLABELED) == ('labeled', 'unlabeled')
@@ -39,10 +40,13 @@ def test_a_well_formed_training_batch_passes():
   labeled = _part(strong=np.zeros((3, 4, 5, 2), np.float32),
                   cutmix_1=np.zeros((3, 4, 5), np.float32), label=np.zeros(3, np.int64),
                   clean_image=np.zeros((3, 4, 5, 2), np.float32), filename=np.array(['a'] * 3))
-  pool = {'image': np.zeros((2, 4, 5, 2), np.float32), 'noise': np.zeros((2, 4, 5, 2))}
+  pool = {'image': np.zeros((2, 4, 5, 2), np.float32), 'noise': np.zeros((2, 4, 5, 2)),
+          'grid_1': np.zeros((2, 4, 5, batch.SPATIAL_RANK), np.float32)}
   batch.check_training_batch(dict(labeled, unlabeled=pool),
                              {'labeled': ('image', 'strong', 'cutmix_1'),
-                              'unlabeled': {'image': None, 'noise': 'image'}})
+                              'unlabeled': {'image': None, 'noise': 'image', 'grid_1': None}})
+  # A grid with as many coordinates as the image has channels is no exception.
+  batch.check(_part(c=2, grid=np.zeros((3, 4, 5, 2), np.float32)), ('grid',))
   batch.check_training_batch(labeled)  # Default: 'image' in each part present.
 
 
@@ -55,6 +59,12 @@ def test_a_well_formed_training_batch_passes():
     (_part(labeled=np.ones(2, np.float32)), (), "'labeled' is float32 [2]; expected example"),
     (_part(label=np.zeros(3, np.float32)), (), "key 'label' is float32 [3]"),
     (_part(strong_2=np.zeros((3, 4, 5, 2), np.int32)), (), "key 'strong_2' is int32"),
+    # The sampling grid: one coordinate per spatial axis, in floats, the image's size.
+    (_part(grid=np.zeros((3, 4, 5, 3), np.float32)), ('grid',),
+     "key 'grid' is float32 [3, 4, 5, 3]; expected coords float [n, s0, s1, 2]"),
+    (_part(grid_2=np.zeros((3, 4, 5), np.float32)), (), "key 'grid_2' is float32 [3, 4, 5]"),
+    (_part(grid_1=np.zeros((3, 4, 5, 2), np.int32)), (), "key 'grid_1' is int32"),
+    (_part(grid=np.zeros((3, 5, 4, 2), np.float32)), (), "key 'grid' is float32 [3, 5, 4, 2]"),
     # A view's own key, checked with the kind the view promises.
     (_part(blurred=np.zeros((3, 4, 5), np.float32)), {'blurred': 'image'},
      "key 'blurred' is float32 [3, 4, 5]; expected image"),

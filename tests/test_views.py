@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from segae_jax import batch as batch_lib
 from segae_jax import data
@@ -72,7 +73,7 @@ def test_a_view_reads_its_in_key():
     (lambda: views.with_views(None, [views.StrongView(), views.StrongView()]),
      "two views write the batch key 'strong'; give each its own outkey (e.g. 'strong_1', "
      "'strong_2')"),
-    (lambda: views.make('blur'), "unknown view 'blur'; known: cutmix_box"),
+    (lambda: views.make('blur'), "unknown view 'blur'; known: affine_grid, cutmix_box"),
     (lambda: views.make('strong', blur=1.0), "view 'strong' has no field(s) blur"),
     (lambda: views.make('patch_mask', ratio=0.5), "view 'patch_mask' needs field(s) patch_size, "
      'image_size'),
@@ -146,3 +147,150 @@ def test_the_first_batch_fails_in_one_line_when_a_view_breaks_its_promise(view, 
     next(inputs)
   assert words in str(raised.value) and '\n' not in str(raised.value)
   inputs.close()
+
+
+# Issue 36: strong views that keep a uniform empty background, and the geometric strong view.
+
+
+def _scene(n=6, channels=1):
+  """Images of an empty (0) background with a few bright squares, like the scenes."""
+  rng = np.random.default_rng(3)
+  images = np.zeros((n,) + SIZE + (channels,), np.float32)
+  for i in range(n):
+    top, left = rng.integers(0, 6, 2)
+    images[i, top:top + 5, left:left + 4] = rng.uniform(0.3, 1.0)
+  return images
+
+
+def _strong_as_before(image, rng, jitter_prob=0.8, blur_prob=0.5, noise_prob=0.5):
+  """StrongView's defaults as the code drew them before issue 36 (commit 4190062): three
+  coins, brightness / contrast / gamma, sigma, std, then the noise array if it is added."""
+  jitter, blur, noisy = (rng.random() < p for p in (jitter_prob, blur_prob, noise_prob))
+  b, c, g = (rng.uniform(1 - x, 1 + x) for x in (0.5, 0.5, 0.3))
+  sigma, std = rng.uniform(0.1, 2.0), rng.uniform(0.0, 0.1)
+  x = image
+  if jitter:
+    x = np.clip(x * b, 0.0, 1.0)
+    x = np.clip((x - x.mean()) * c + x.mean(), 0.0, 1.0) ** g
+  if blur:
+    x = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode='reflect')
+  if noisy and image.shape[-1] == 1 and std > 0:
+    x = np.clip(x + std * rng.standard_normal(x.shape, dtype=np.float32), 0.0, 1.0)
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize('probs', [{}, {'jitter_prob': 1.0, 'blur_prob': 1.0,
+                                        'noise_prob': 1.0}])
+def test_the_strong_views_defaults_draw_and_give_what_they_did_before(probs):
+  images = np.concatenate([_scene(), _images(4)])
+  got = views.StrongView(**probs)({'image': images}, _rngs(10))['strong']
+  rngs = _rngs(10)
+  want = np.stack([_strong_as_before(images[i], rngs[i], **probs) for i in range(10)])
+  assert got.tobytes() == want.tobytes()
+
+
+def _coins(jitter=0.0, blur=0.0, noise=0.0, **fields):
+  return views.StrongView(jitter_prob=jitter, blur_prob=blur, noise_prob=noise, **fields)
+
+
+def test_signal_noise_leaves_empty_pixels_empty_and_moves_bright_ones():
+  images = _scene()
+  signal = _coins(noise=1.0, noise_mode='signal')({'image': images}, _rngs(6))['strong']
+  additive = _coins(noise=1.0)({'image': images}, _rngs(6))['strong']
+  empty = images == 0
+  assert (signal[empty] == 0).all() and (additive[empty] != 0).any()
+  bright = images > 0
+  assert (signal[bright] != images[bright]).mean() > 0.9
+
+
+def test_contrast_about_zero_keeps_empty_pixels_empty():
+  images = _scene()
+  zero = _coins(jitter=1.0, contrast_center='zero')({'image': images}, _rngs(6))['strong']
+  mean = _coins(jitter=1.0)({'image': images}, _rngs(6))['strong']
+  empty = images == 0
+  assert (zero[empty] == 0).all() and (mean[empty] != 0).any()
+  assert not np.array_equal(zero[~empty], images[~empty])
+
+
+def test_blur_sigma_is_scaled_to_the_image_size():
+  """blur_sigma (0.1, 2.0) for 512-pixel images: on these min(h, w) = 10 pixel ones, sigma is
+  the same draw times 10 / 512."""
+  images = _scene()
+  view = _coins(blur=1.0, blur_sigma=(4.0, 40.0), blur_reference_size=512)
+  got = view({'image': images}, _rngs(6))['strong']
+  rngs = _rngs(6)
+  for i, rng in enumerate(rngs):
+    rng.random(6)  # The three coins, brightness, contrast and gamma.
+    sigma = rng.uniform(4.0, 40.0) * min(SIZE) / 512
+    want = ndimage.gaussian_filter(images[i], (sigma, sigma, 0), mode='reflect')
+    np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-7)
+  unscaled = _coins(blur=1.0, blur_sigma=(4.0, 40.0))({'image': images}, _rngs(6))['strong']
+  assert np.abs(got - images).max() < np.abs(unscaled - images).max()
+
+
+@pytest.mark.parametrize('fields', [
+    {'noise_mode': 'signal'}, {'contrast_center': 'zero'}, {'blur_reference_size': 512},
+    {'noise_mode': 'signal', 'contrast_center': 'zero', 'blur_reference_size': 64}])
+def test_the_modes_draw_as_many_numbers_as_the_defaults(fields):
+  """The CutMix box drawn after the strong view is the same whatever its modes."""
+  images = _scene(8)
+  made = lambda strong: views.with_views(lambda examples, rngs: dict(examples),
+                                         [strong, views.CutMixBox(prob=1.0)])
+  got = made(views.StrongView(noise_prob=1.0, **fields))({'image': images}, _rngs(8))
+  want = made(views.StrongView(noise_prob=1.0))({'image': images}, _rngs(8))
+  np.testing.assert_array_equal(got['cutmix'], want['cutmix'])
+  assert not np.array_equal(got['strong'], want['strong'])
+
+
+@pytest.mark.parametrize('fields,words', [
+    ({'noise_mode': 'multiplicative'},
+     "config.data.strong_augment.noise_mode='multiplicative': expected one of 'additive', "
+     "'signal'"),
+    ({'contrast_center': 'median'}, "config.data.strong_augment.contrast_center='median'"),
+    ({'blur_reference_size': -1}, 'config.data.strong_augment.blur_reference_size=-1'),
+    ({'blur_reference_size': 51.2}, 'config.data.strong_augment.blur_reference_size=51.2'),
+    ({'rotation': 200.0}, 'config.data.strong_geometry.rotation=200.0'),
+    ({'scale': 1.0}, 'config.data.strong_geometry.scale=1.0'),
+])
+def test_a_bad_mode_or_geometry_is_one_line(fields, words):
+  cls = views.AffineGrid if {'rotation', 'scale'} & set(fields) else views.StrongView
+  with pytest.raises(UserInputError) as raised:
+    cls.from_config(fields)
+  assert words in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_the_affine_grid_is_the_identity_when_not_applied_and_checked_as_coords():
+  images = _images(5)
+  made = views.with_views(lambda examples, rngs: dict(examples),
+                          [views.AffineGrid(prob=0.0, outkey='grid_1'),
+                           views.AffineGrid(prob=1.0, outkey='grid_2'), views.CutMixBox()])
+  got = made({'image': images}, _rngs(5))
+  own = np.stack(np.indices(SIZE), axis=-1).astype(np.float32)
+  assert got['grid_1'].dtype == np.float32 and got['grid_1'].shape == (5,) + SIZE + (2,)
+  np.testing.assert_array_equal(got['grid_1'], np.broadcast_to(own, (5,) + SIZE + (2,)))
+  assert not np.allclose(got['grid_2'], own)
+  batch_lib.check(got, {'grid_1': None, 'grid_2': None})
+  # Five draws per example whatever is applied: the box after it is the same.
+  never = views.with_views(lambda examples, rngs: dict(examples),
+                           [views.AffineGrid(prob=0.0), views.AffineGrid(prob=0.0, outkey='grid_2'),
+                            views.CutMixBox()])({'image': images}, _rngs(5))
+  np.testing.assert_array_equal(never['cutmix'], got['cutmix'])
+
+
+def test_the_affine_grid_follows_its_draws():
+  """One example by hand: the grid maps the centre moved by the shift back to the centre, and
+  is scaled and rotated as drawn."""
+  view = views.AffineGrid(prob=1.0, scale=0.3, rotation=40.0, translation=0.2)
+  rng = _rngs(1)[0]
+  grid = view.grid(*SIZE, rng)
+  rng = _rngs(1)[0]
+  rng.random()
+  factor, angle = rng.uniform(0.7, 1.3), np.deg2rad(rng.uniform(-40.0, 40.0))
+  shift = np.array([rng.uniform(-0.2, 0.2) * SIZE[0], rng.uniform(-0.2, 0.2) * SIZE[1]])
+  center = (np.array(SIZE) - 1) / 2
+  for p in [(0, 0), (3, 7), (11, 9)]:
+    v = (np.array(p) - center - shift) / factor
+    # Rotating the source back by the angle: counter-clockwise on screen is (-sin, cos) per col.
+    want = center + [v[0] * np.cos(angle) + v[1] * np.sin(angle),
+                     -v[0] * np.sin(angle) + v[1] * np.cos(angle)]
+    np.testing.assert_allclose(grid[p], want, rtol=1e-5, atol=1e-5)

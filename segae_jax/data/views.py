@@ -17,7 +17,18 @@ with another kind is refused, and the first training batch is checked against ev
       jitter_prob), a Gaussian blur (blur_prob), and Gaussian noise for grayscale images
       (noise_prob), as the strong view of FixMatch (Sohn et al., NeurIPS 2020, Sec. 2.3) and
       UniMatch (Yang et al., CVPR 2023) for segmentation: colour jitter p 0.8, blur sigma in
-      [0.1, 2] p 0.5.
+      [0.1, 2] p 0.5 (on 321 to 513 px crops). Its defaults are those photo recipes; three
+      settings keep a uniform empty background where it is (issue 36): contrast_center='zero'
+      (contrast as a factor, 0 stays 0), noise_mode='signal' (noise proportional to the pixel:
+      an empty pixel stays exactly 0) and blur_reference_size (blur_sigma given for an image of
+      that size, scaled to the actual one).
+  AffineGrid ('affine_grid', out key 'grid'): float32 [n, h, w, 2], a geometric strong view as
+      its sampling grid: for each pixel of the strong view the (row, col) it is taken from in
+      'image' (fractional; outside [0, h - 1] x [0, w - 1] where the view shows what lies
+      outside the image). A random scale, rotation and translation about the centre with
+      probability prob, else the identity (each pixel its own coordinates). The view writes
+      only the grid: the step warps the strong image, the pseudo-labels and the confidences
+      with it (training.objectives.geometry), so all three move together.
   CutMixBox ('cutmix_box', out key 'cutmix'): float32 [n, h, w], 1 inside the box where the
       example takes its partner's pixels (CutMix, Yun et al., ICCV 2019; for segmentation
       French et al., BMVC 2020), all 0 where it is not mixed (probability 1 - prob). The box
@@ -62,6 +73,10 @@ def check_range(key: str, value, low: float, high: float, low_open: bool = False
 
 
 VIEWS: Registry = Registry('view')
+
+# StrongView's choices: how its noise scales, and about what its contrast scales.
+NOISE_MODES = ('additive', 'signal')
+CONTRAST_CENTERS = ('mean', 'zero')
 
 
 def check_fields(cls: type, fields: Mapping, where: str) -> None:
@@ -112,8 +127,15 @@ class StrongView(InKeyOutKey):
   and the view's inkey and outkey (default 'strong').
 
   brightness, contrast: factors drawn from [1 - x, 1 + x]; gamma: exponent from [1 - x, 1 + x];
-  blur_sigma: (min, max) sigma in pixels; noise_std: the noise's sigma is drawn from
-  [0, noise_std] (pixel values in [0, 1]).
+  blur_sigma: (min, max) sigma in pixels of an image of blur_reference_size pixels (0: of the
+  actual image), so on an h x w image sigma is scaled by min(h, w) / blur_reference_size
+  (UniMatch's (0.1, 2.0) at 512 is (0.0125, 0.25) px at 64); noise_std: the noise's sigma is
+  drawn from [0, noise_std] (pixel values in [0, 1]), added as is (noise_mode 'additive') or
+  times each pixel's value ('signal': signal-dependent noise, 0 stays 0); contrast_center:
+  contrast scales about the image's mean ('mean') or about 0 ('zero', x * c).
+
+  Every setting draws the same numbers from the example's generator (the draws do not depend
+  on the modes), so the views after it (the CutMix box) are the same whatever the modes.
   """
   brightness: float = 0.5
   contrast: float = 0.5
@@ -123,6 +145,9 @@ class StrongView(InKeyOutKey):
   blur_sigma: Tuple[float, float] = (0.1, 2.0)
   noise_prob: float = 0.5
   noise_std: float = 0.1
+  noise_mode: str = 'additive'
+  blur_reference_size: int = 0
+  contrast_center: str = 'mean'
   outkey: str = dataclasses.field(default='strong', kw_only=True)
   kind: ClassVar[str] = 'image'
 
@@ -138,6 +163,14 @@ class StrongView(InKeyOutKey):
     if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
       raise UserInputError(f'{where}.blur_sigma={self.blur_sigma!r}: expected (min, max) with '
                            '0 < min <= max (pixels)')
+    for name, known in (('noise_mode', NOISE_MODES), ('contrast_center', CONTRAST_CENTERS)):
+      if getattr(self, name) not in known:
+        raise UserInputError(f'{where}.{name}={getattr(self, name)!r}: expected one of '
+                             f'{", ".join(map(repr, known))}')
+    size = self.blur_reference_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+      raise UserInputError(f'{where}.blur_reference_size={size!r}: expected an integer >= 0 '
+                           '(pixels; 0: blur_sigma in pixels of the actual image)')
 
   @classmethod
   def from_config(cls, fields: Mapping) -> 'StrongView':
@@ -161,19 +194,87 @@ class StrongView(InKeyOutKey):
     x = image
     if jitter:
       x = np.clip(x * b, 0.0, 1.0)
-      mean = x.mean()
-      x = np.clip((x - mean) * c + mean, 0.0, 1.0) ** g
+      center = x.mean() if self.contrast_center == 'mean' else 0.0
+      x = np.clip((x - center) * c + center, 0.0, 1.0) ** g
     if blur:
       from scipy import ndimage  # pylint: disable=import-outside-toplevel
+      sigma = sigma * self.blur_scale(batch_lib.spatial_shape(image, leading=0))
       x = ndimage.gaussian_filter(x, sigma=(sigma,) * batch_lib.SPATIAL_RANK + (0,),
                                   mode='reflect')
     if noisy and image.shape[-1] == 1 and std > 0:  # Grayscale: no colour to jitter instead.
-      x = np.clip(x + std * rng.standard_normal(x.shape, dtype=np.float32), 0.0, 1.0)
+      noise = std * rng.standard_normal(x.shape, dtype=np.float32)
+      x = np.clip(x + (noise * x if self.noise_mode == 'signal' else noise), 0.0, 1.0)
     return x.astype(np.float32)
+
+  def blur_scale(self, size: Sequence[int]) -> float:
+    """The factor blur_sigma is multiplied by on an image of spatial `size` (h, w):
+    min(size) / blur_reference_size, or 1 when blur_reference_size is 0."""
+    return min(size) / self.blur_reference_size if self.blur_reference_size else 1.0
 
   def __call__(self, batch, rngs: Rngs):
     images = batch[self.inkey]
     return self.stacked(batch, rngs, lambda i, rng: self._one(images[i], rng))
+
+
+@VIEWS.register('affine_grid')
+@dataclasses.dataclass(frozen=True)
+class AffineGrid(InKeyOutKey):
+  """The geometric strong view of each example of batch[inkey], as its sampling grid (module
+  doc); fields as config.data.strong_geometry has them, and the view's inkey and outkey
+  (default 'grid'). Not measured yet: the defaults are moderate, not a recipe's.
+
+  With probability prob the strong view is the weak one scaled by a factor from
+  [1 - scale, 1 + scale] (> 1 enlarges), rotated by an angle from [-rotation, rotation]
+  degrees (> 0 counter-clockwise as displayed, rows downwards) about the image centre, and
+  shifted by up to translation * (h, w) pixels; else it is the weak view. Five draws per
+  example whatever is applied. For an output pixel p and the centre m = ((h - 1) / 2,
+  (w - 1) / 2): source = m + R(-angle) (p - m - shift) / factor, in (row, col).
+  """
+  prob: float = 0.5
+  scale: float = 0.2
+  rotation: float = 15.0
+  translation: float = 0.1
+  outkey: str = dataclasses.field(default='grid', kw_only=True)
+  kind: ClassVar[str] = 'coords'
+
+  def __post_init__(self):
+    super().__post_init__()
+    where = 'config.data.strong_geometry'
+    check_range(f'{where}.prob', self.prob, 0.0, 1.0)
+    check_range(f'{where}.scale', self.scale, 0.0, 1.0, high_open=True)
+    check_range(f'{where}.rotation', self.rotation, 0.0, 180.0)
+    check_range(f'{where}.translation', self.translation, 0.0, 1.0, high_open=True)
+
+  @classmethod
+  def from_config(cls, fields: Mapping) -> 'AffineGrid':
+    """From config.data.strong_geometry ({} or missing fields: the defaults).
+
+    Raises:
+      UserInputError: an unknown field or a value out of range.
+    """
+    fields = dict(fields or {})
+    check_fields(cls, fields, 'config.data.strong_geometry')
+    return cls(**fields)
+
+  def grid(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [height, width, 2]: the (row, col) source of each pixel of one example."""
+    applied = rng.random() < self.prob
+    factor = rng.uniform(1 - self.scale, 1 + self.scale)
+    angle = np.deg2rad(rng.uniform(-self.rotation, self.rotation))
+    shift = np.array([rng.uniform(-self.translation, self.translation) * height,
+                      rng.uniform(-self.translation, self.translation) * width])
+    pixels = np.stack(np.indices((height, width)), axis=-1).astype(np.float64)
+    if not applied:
+      return pixels.astype(np.float32)
+    center = np.array([height - 1, width - 1]) / 2.0
+    cos, sin = np.cos(angle), np.sin(angle)
+    # The inverse of the forward rotation [[cos, -sin], [sin, cos]] on (row, col) vectors.
+    inverse = np.array([[cos, sin], [-sin, cos]]) / factor
+    return (center + (pixels - center - shift) @ inverse.T).astype(np.float32)
+
+  def __call__(self, batch, rngs: Rngs):
+    h, w = batch_lib.spatial_shape(batch[self.inkey])
+    return self.stacked(batch, rngs, lambda i, rng: self.grid(h, w, rng))
 
 
 @VIEWS.register('cutmix_box')
@@ -312,8 +413,8 @@ def promised_keys(views: Sequence[View]) -> Dict[str, Optional[str]]:
 
 
 def make(name: str, **fields) -> View:
-  """The view registered as `name` (VIEWS: 'strong', 'cutmix_box', 'patch_mask',
-  'gaussian_noise', and the user's own) built with `fields`, e.g.
+  """The view registered as `name` (VIEWS: 'strong', 'affine_grid', 'cutmix_box',
+  'patch_mask', 'gaussian_noise', and the user's own) built with `fields`, e.g.
   make('strong', outkey='strong_2', blur_prob=0.0).
 
   Raises:
