@@ -628,6 +628,29 @@ def test_unimatch_loss_weights_by_hand():
       assert float(metrics['confident_fraction']) == 1.0 and len(set(parts)) == 3
 
 
+def test_unimatch_with_a_reconstruction_term_adds_the_joint_reconstruction_of_both_parts():
+  """config.loss's reconstruction term (a SegAE) on top of the consistency: over the labelled
+  images and the pool's weak views, the pool's from its own training-mode pass. A threshold no
+  softmax reaches leaves L = (0.5 seg_ce + 0.5 rec_mse(both parts)) / 2."""
+  config = _segae_config('unimatch', {'threshold': 1.0}, loss={'seg_ce': 0.5, 'rec_mse': 0.5})
+  made = objectives.make(config, SHAPE[:2], has_pool=True)
+  state = _unimatch_state(config)
+  batch = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made))
+  rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4),
+          'examples': jax.random.PRNGKey(5)}
+  loss, metrics, _ = made.loss(state.params, state, batch, rngs, None)
+  labeled, _ = objectives.forward(state, state.params, batch['image'], rngs)
+  pool, _ = objectives.forward(state, state.params, batch['unlabeled']['image'],
+                               objectives.pool_rngs(rngs))
+  rec, _ = losses.rec_mse({'rec_logits': jnp.concatenate([labeled['rec_logits'],
+                                                          pool['rec_logits']])},
+                          {'image': jnp.concatenate([batch['image'],
+                                                     batch['unlabeled']['image']])})
+  np.testing.assert_allclose(float(metrics['rec_mse']), float(rec), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), (0.5 * float(metrics['seg_ce']) + 0.5 * float(rec)) / 2,
+                             rtol=1e-5)
+
+
 def test_class_adaptive_thresholds_by_hand():
   """Pixels predicted 0 with confidences (1.0, 0.8), predicted 1 with (0.6,), none predicted 2:
   mean confidences (0.9, 0.6), normalised by the highest (1, 2/3), times tau 0.9; class 2 keeps

@@ -4,7 +4,8 @@ CVPR 2023; reference code LiheYoung/UniMatch).
 
 Each pool image is seen three ways: its weak view (the preprocessed, augmented 'image'), two
 strong views ('strong_1', 'strong_2', data.views.StrongView drawn independently), each CutMix'ed
-with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images, and the weak view's
+with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images and both run in one
+training-mode pass (as UniMatch concatenates them), and the weak view's
 encoder features and skips with half their channels dropped (feature_dropout), decoded once more
 (models.layers.SegmentationModel's encode / decode, so every segmenting model takes part).
 
@@ -21,7 +22,9 @@ classes of each class's confident pixels' cross-entropy (losses.segmentation).
 
   loss = (L_x + w(step) * (0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp)) / 2
 
-with L_x config.loss on the labelled examples and w = unlabeled_weight * the sigmoid ramp-up
+with L_x config.loss on the labelled examples (its reconstruction terms, with a model that
+reconstructs, over the labelled examples and the pool's weak views: the SegAE's joint objective
+on top of the consistency) and w = unlabeled_weight * the sigmoid ramp-up
 (UniMatch: 1, no ramp-up). Metrics: 'unlabeled_s1', '_s2', '_fp' (each pass's unlabelled loss),
 'confident_fraction', 'unlabeled_weight', and what the teacher teaches per class
 (helpers.pseudo_label_metrics: the confident fraction, and with config.data.monitor_hidden_masks
@@ -40,7 +43,8 @@ from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_
                                                 pool_rngs)
 from segae_jax.errors import UserInputError
 from segae_jax.training.objectives.helpers import (channel_dropout, class_thresholds,
-                                                   confidence_mask, cutmix, pseudo_label_metrics,
+                                                   concat_parts, confidence_mask, cutmix,
+                                                   pseudo_label_metrics,
                                                    sigmoid_rampup, strong_views)
 from segae_jax.training.objectives.teacher import TeacherPseudoLabels
 
@@ -70,6 +74,11 @@ class UniMatch(TeacherPseudoLabels):
     weights = {k: float(v) for k, v in dict(self.params['unlabeled_loss']).items() if v}
     self.pseudo_label_fn = losses.make_loss_fn(
         weights, {k: facts.loss_params.get(k, {}) for k in weights})
+    is_seg = lambda term: term in losses.SEGMENTATION_TERMS
+    self.reconstructs = any(w for t, w in facts.loss.items() if not is_seg(t))
+    self.seg_fn = losses.make_loss_fn(facts.loss, facts.loss_params, select=is_seg)
+    self.other_fn = losses.make_loss_fn(facts.loss, facts.loss_params,
+                                        select=lambda term: not is_seg(term))
 
   def check(self) -> None:
     super().check()
@@ -98,20 +107,24 @@ class UniMatch(TeacherPseudoLabels):
 
   def weak_streams(self, params, state, pool, rngs, axis_name) -> Dict[str, jnp.ndarray]:
     """{'labels', 'confident' (the pseudo-labels of the weak view and where they count), 'fp'
-    (the student's outputs from the weak view's perturbed features)}. The channels dropped are
-    drawn per pool example from the step's 'examples' stream: the same under every strategy."""
+    (the student's outputs from the weak view's perturbed features), 'student' (its outputs
+    from the plain features; only when computed: no EMA teacher, or a reconstruction term)}.
+    The channels dropped are drawn per pool example from the step's 'examples' stream: the
+    same under every strategy."""
     features, skips = encode_pass(state, params, pool['image'], rngs)
     rate = self.params['feature_dropout']
     keys = jax.random.split(rngs['examples'], len(skips) + 1)
     drop = lambda x, key: channel_dropout(x, key, rate, axis_name)
-    fp = decode_pass(state, params, drop(features, keys[0]),
-                     [drop(s, k) for s, k in zip(skips, keys[1:])], rngs)
+    out = {'fp': decode_pass(state, params, drop(features, keys[0]),
+                             [drop(s, k) for s, k in zip(skips, keys[1:])], rngs)}
+    if self.params['ema_decay'] == 0 or self.reconstructs:
+      out['student'] = decode_pass(state, params, features, skips, rngs)
     if self.params['ema_decay'] > 0:  # The EMA teacher labels, in inference mode.
       logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
                               rngs=rngs)['seg_logits']
     else:  # The student labels in the same training-mode pass (UniMatch).
-      logits = decode_pass(state, params, features, skips, rngs)['seg_logits']
-    return {**self.pseudo_labels(logits, axis_name), 'fp': fp}
+      logits = out['student']['seg_logits']
+    return {**self.pseudo_labels(logits, axis_name), **out}
 
   def pseudo_labels(self, logits: jnp.ndarray, axis_name) -> Dict[str, jnp.ndarray]:
     """{'labels', 'confident', 'thresholds' (per class)} of the weak view's logits, confident
@@ -136,17 +149,37 @@ class UniMatch(TeacherPseudoLabels):
       out.update({f'threshold/{c}': weak['thresholds'][c] for c in range(num_classes)})
     return out
 
+  def labeled_loss(self, outputs, batch, weak, axis_name):
+    """(L_x, its metrics): config.loss's segmentation terms on the labelled examples; its other
+    terms (reconstruction, KL) over the labelled examples and the pool's weak views, the joint
+    objective of a SegAE on top of the consistency (a model with rec_logits: unet_ae, segae)."""
+    if not self.reconstructs:
+      return self.loss_fn(outputs, batch, axis_name)
+    supervised, metrics = self.seg_fn(outputs, batch, axis_name)
+    student = weak['student']
+    both = {k: jnp.concatenate([outputs[k], student[k]]) for k in set(outputs) & set(student)}
+    other, other_metrics = self.other_fn(
+        both, concat_parts([batch, {'image': batch['unlabeled']['image']}]), axis_name)
+    return supervised + other, {**metrics, **other_metrics}
+
+  def strong_passes(self, params, state, pool, weak, rngs):
+    """{'s1': (outputs, labels, confident), 's2': ...}: the two CutMix'ed strong views in one
+    training-mode pass (as UniMatch concatenates them), with the pseudo-labels mixed alike."""
+    mixed = [cutmix(pool[box], pool[strong], weak['labels'], weak['confident'])
+             for strong, box in zip(STRONG, BOXES)]
+    student, _ = forward(state, params, jnp.concatenate([m[0] for m in mixed]),
+                         pool_rngs(rngs, 2))
+    chunks = {k: jnp.split(v, len(mixed)) for k, v in student.items()}
+    return {f's{i + 1}': ({k: v[i] for k, v in chunks.items()}, labels, confident)
+            for i, (_, labels, confident) in enumerate(mixed)}
+
   def loss(self, params, state, batch, rngs, axis_name):
     outputs, stats = forward(state, params, batch['image'], rngs)
-    supervised, metrics = self.loss_fn(outputs, batch, axis_name)
     pool = batch['unlabeled']
     weak = self.weak_streams(params, state, pool, pool_rngs(rngs), axis_name)
-    passes = {'fp': (weak['fp'], weak['labels'], weak['confident'])}
-    for i, (strong_key, box_key) in enumerate(zip(STRONG, BOXES)):
-      image, labels, confident = cutmix(pool[box_key], pool[strong_key], weak['labels'],
-                                        weak['confident'])
-      student, _ = forward(state, params, image, pool_rngs(rngs, i + 2))
-      passes[f's{i + 1}'] = (student, labels, confident)
+    supervised, metrics = self.labeled_loss(outputs, batch, weak, axis_name)
+    passes = {'fp': (weak['fp'], weak['labels'], weak['confident']),
+              **self.strong_passes(params, state, pool, weak, rngs)}
     unlabeled = 0.0
     for part, (out, labels, confident) in passes.items():
       value, _ = self.pseudo_label_fn(
