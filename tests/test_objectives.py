@@ -651,6 +651,48 @@ def test_unimatch_with_a_reconstruction_term_adds_the_joint_reconstruction_of_bo
                              rtol=1e-5)
 
 
+def test_geometric_strong_views_warp_the_pseudo_labels_and_confidences_with_the_image():
+  """Pool images whose pixel values are their labels (k / 4), seen through the geometric strong
+  view alone (no photometric change, no CutMix): wherever a pixel stays confident, the warped
+  image still reads the warped pseudo-label; what came from outside the image is not confident;
+  each view has its own warp."""
+  config, made = _unimatch({'geometric': True, 'cutmix_prob': 0.0}, **{
+      'data.strong_augment': {'jitter_prob': 0.0, 'blur_prob': 0.0, 'noise_prob': 0.0},
+      'data.strong_geometry': objectives.strong_geometry(prob=1.0, rotation=30.0)})
+  rng = np.random.default_rng(4)
+  labels = np.zeros((8,) + SHAPE[:2], np.int32)
+  for i in range(8):  # Blocks of classes 1..3 on an empty background.
+    top, left = rng.integers(0, SHAPE[0] - 6, 2)
+    labels[i, top:top + 6, left:left + 4] = 1 + i % 3
+  pool = {'image': np.repeat((labels / 4.0)[..., None], SHAPE[-1], -1).astype(np.float32)}
+  generators = data.ExampleRngs(0, 1, 0, np.arange(8))
+  for view in made.views()['unlabeled']:
+    pool = view(pool, generators)
+  assert {'grid_1', 'grid_2'} <= set(pool)
+  pool = jax.tree.map(jnp.asarray, pool)
+  confident = np.ones(labels.shape, np.float32)
+  confident[:, :, :2] = 0.0  # The left columns unconfident: the mask moves with them.
+  weak = {'labels': jnp.asarray(labels), 'confident': jnp.asarray(confident)}
+  warped = [made.strong_view(pool, weak, i) for i in range(2)]
+  for (image, warped_labels, warped_confident), grid in zip(warped, ('grid_1', 'grid_2')):
+    image, warped_labels = np.asarray(image), np.asarray(warped_labels)
+    keep = np.asarray(warped_confident) > 0
+    rows, cols = np.moveaxis(np.asarray(pool[grid]), -1, 0)
+    within = (rows > 0.01) & (rows < SHAPE[0] - 1.01) & (cols < SHAPE[1] - 1.01)
+    assert not keep[cols < 1.4].any()                 # From the unconfident columns, or outside.
+    assert keep[within & (cols > 1.6)].all()          # From the confident ones, inside.
+    assert 0.3 < keep.mean() < 0.95 and not np.array_equal(warped_labels, labels)
+    # Bilinear and order 0 agree away from a block's edge: compare where the 3 x 3
+    # neighbourhood of the label is uniform.
+    uniform = np.ones_like(keep)
+    for dr in (-1, 0, 1):
+      for dc in (-1, 0, 1):
+        uniform &= warped_labels == np.roll(warped_labels, (dr, dc), axis=(1, 2))
+    sure = keep & uniform
+    np.testing.assert_allclose(image[..., 0][sure], warped_labels[sure] / 4.0, atol=1e-5)
+  assert not np.array_equal(np.asarray(warped[0][1]), np.asarray(warped[1][1]))
+
+
 def test_class_adaptive_thresholds_by_hand():
   """Pixels predicted 0 with confidences (1.0, 0.8), predicted 1 with (0.6,), none predicted 2:
   mean confidences (0.9, 0.6), normalised by the highest (1, 2/3), times tau 0.9; class 2 keeps

@@ -37,7 +37,8 @@ from segae_jax.training.objectives.helpers import (CUTMIX_DEFAULTS, channel_drop
                                                    class_thresholds, concat_parts,
                                                    confidence_mask, cutmix, ema,
                                                    pseudo_label_metrics, sigmoid_rampup,
-                                                   strong_augment, swap_pairs)
+                                                   strong_augment, strong_geometry,
+                                                   swap_pairs)
 from segae_jax.training.objectives.masked import MaskedReconstruction
 from segae_jax.training.objectives.strong import StrongSupervised, mixed_labeled
 from segae_jax.training.objectives.supervised import Supervised

@@ -102,6 +102,8 @@ class RunFacts:
   num_train_steps: int                       # (checked by training.validation)
   has_pool: bool                             # data.has_pool(config)
   strong_augment: Mapping[str, Any]          # config.data.strong_augment
+  # config.data.strong_geometry: the geometric strong view's fields (data.views.AffineGrid).
+  strong_geometry: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def segments(self) -> bool:
@@ -206,7 +208,8 @@ def run_facts(config: ml_collections.ConfigDict, image_size: Optional[Sequence[i
                   image_size=None if image_size is None else tuple(
                       int(s) for s in image_size[:2]),
                   num_train_steps=config.num_train_steps, has_pool=has_pool,
-                  strong_augment=dict(config.data.get('strong_augment') or {}))
+                  strong_augment=dict(config.data.get('strong_augment') or {}),
+                  strong_geometry=dict(config.data.get('strong_geometry') or {}))
 
 
 def plain(config: ml_collections.ConfigDict) -> Objective:

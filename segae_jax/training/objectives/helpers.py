@@ -38,6 +38,17 @@ def strong_augment(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**view_defaults(views_lib.StrongView), **overrides})
 
 
+def strong_geometry(**overrides) -> ml_collections.ConfigDict:
+  """config.data.strong_geometry: data.views.AffineGrid's defaults with `overrides` (the
+  geometric strong view of 'unimatch' with objective_params.geometric).
+
+  Raises:
+    UserInputError: a field AffineGrid does not have.
+  """
+  views_lib.check_fields(views_lib.AffineGrid, overrides, 'config.data.strong_geometry')
+  return ml_collections.ConfigDict({**view_defaults(views_lib.AffineGrid), **overrides})
+
+
 def strong_views(strong_fields: Mapping[str, Any], params: Mapping[str, Any]) -> list:
   """[the strong view of config.data.strong_augment (`strong_fields`), the CutMix box of the
   objective's cutmix_* fields (`params`)]: what the teacher's pool and the strong baseline's

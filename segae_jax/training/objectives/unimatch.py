@@ -39,9 +39,10 @@ import jax.numpy as jnp
 
 from segae_jax import batch as batch_lib, losses
 from segae_jax.data import views as views_lib
+from segae_jax.errors import UserInputError
 from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_pass, forward,
                                                 pool_rngs)
-from segae_jax.errors import UserInputError
+from segae_jax.training.objectives import geometry
 from segae_jax.training.objectives.helpers import (channel_dropout, class_thresholds,
                                                    concat_parts, confidence_mask, cutmix,
                                                    pseudo_label_metrics,
@@ -50,6 +51,7 @@ from segae_jax.training.objectives.teacher import TeacherPseudoLabels
 
 STRONG = batch_lib.numbered('strong', 2)
 BOXES = batch_lib.numbered('cutmix', 2)
+GRIDS = batch_lib.numbered('grid', 2)
 # UniMatch's weights of the two strong views and the perturbed-feature stream (Sec. 3.4).
 WEIGHTS = {'s1': 0.25, 's2': 0.25, 'fp': 0.5}
 THRESHOLD_MODES = ('fixed', 'class_adaptive')
@@ -62,11 +64,14 @@ class UniMatch(TeacherPseudoLabels):
   """Two strong views and a perturbed-feature stream of each pool image (module doc). Fields as
   'fixmatch''s (threshold, ema_decay, unlabeled_weight, rampup_fraction, evaluate, cutmix_*),
   at UniMatch's defaults (no EMA, no ramp-up), plus feature_dropout (the channel dropout rate of
-  the perturbed stream), threshold_mode ('fixed' or 'class_adaptive') and unlabeled_loss
-  ({registered segmentation term: weight}: 'seg_ce', 'dice', 'balanced_ce', ...)."""
+  the perturbed stream), threshold_mode ('fixed' or 'class_adaptive'), unlabeled_loss
+  ({registered segmentation term: weight}: 'seg_ce', 'dice', 'balanced_ce', ...) and geometric
+  (each strong view also scaled, rotated and shifted as config.data.strong_geometry says,
+  data.views.AffineGrid, its pseudo-labels and confidences warped alike: geometry.py)."""
   name = 'unimatch'
   defaults = {**TeacherPseudoLabels.defaults, 'ema_decay': 0.0, 'rampup_fraction': 0.0,
               'evaluate': 'student', 'feature_dropout': 0.5, 'threshold_mode': 'fixed',
+              'geometric': False,
               'unlabeled_loss': {'seg_ce': 1.0, 'dice': 0.0, 'balanced_ce': 0.0}}
 
   def __init__(self, facts, params):
@@ -99,10 +104,14 @@ class UniMatch(TeacherPseudoLabels):
 
   def views(self):
     strong, box = strong_views(self.facts.strong_augment, self.params)
+    grid = (views_lib.AffineGrid.from_config(self.facts.strong_geometry)
+            if self.params['geometric'] else None)
     out = []
-    for strong_key, box_key in zip(STRONG, BOXES):
+    for strong_key, box_key, grid_key in zip(STRONG, BOXES, GRIDS):
       out += [dataclasses.replace(strong, outkey=strong_key),
               dataclasses.replace(box, outkey=box_key)]
+      if grid is not None:  # After the box: the views before it draw what they drew without.
+        out.append(dataclasses.replace(grid, outkey=grid_key))
     return {'unlabeled': out}
 
   def weak_streams(self, params, state, pool, rngs, axis_name) -> Dict[str, jnp.ndarray]:
@@ -162,11 +171,22 @@ class UniMatch(TeacherPseudoLabels):
         both, concat_parts([batch, {'image': batch['unlabeled']['image']}]), axis_name)
     return supervised + other, {**metrics, **other_metrics}
 
+  def strong_view(self, pool, weak, index: int):
+    """(image, pseudo-labels, confident) of strong view `index`: warped by its grid (geometric:
+    bilinear image, order-0 labels and confidences, nothing confident that came from outside
+    the weak view), then CutMix'ed in pairs, the labels mixed alike."""
+    image, labels, confident = pool[STRONG[index]], weak['labels'], weak['confident']
+    if self.params['geometric']:
+      grid = pool[GRIDS[index]]
+      image = geometry.warp_image(image, grid)
+      labels = geometry.warp_nearest(labels, grid)
+      confident = geometry.warp_nearest(confident, grid) * geometry.inside(grid)
+    return cutmix(pool[BOXES[index]], image, labels, confident)
+
   def strong_passes(self, params, state, pool, weak, rngs):
     """{'s1': (outputs, labels, confident), 's2': ...}: the two CutMix'ed strong views in one
     training-mode pass (as UniMatch concatenates them), with the pseudo-labels mixed alike."""
-    mixed = [cutmix(pool[box], pool[strong], weak['labels'], weak['confident'])
-             for strong, box in zip(STRONG, BOXES)]
+    mixed = [self.strong_view(pool, weak, i) for i in range(len(STRONG))]
     student, _ = forward(state, params, jnp.concatenate([m[0] for m in mixed]),
                          pool_rngs(rngs, 2))
     chunks = {k: jnp.split(v, len(mixed)) for k, v in student.items()}
