@@ -65,7 +65,31 @@ ARMS: Dict[str, Tuple[str, bool, Tuple[str, ...]]] = {
     'segae_joint': ('segae_folder_semisup', True, ()),
     'rec': ('', True, ()),
     'fixmatch': ('fixmatch_folder', True, ()),
+    # The ceiling: every training scene's mask, the reference's model, steps and batch.
+    'full': ('folder', False, ('--config.loss.dice=0.0',)),
+    'unimatch': ('unimatch_folder', True, ()),
+    # UniMatch + the SegAE's joint reconstruction (one model, reconstruction on top).
+    'unimatch_rec': ('unimatch_segae_folder', True, ()),
+    # Masked-autoencoder pretraining on every training image (PRETRAIN), then UniMatch from
+    # its encoder.
+    'mae_unimatch': ('unimatch_folder', True, ()),
 }
+# Arms that start from a pretraining run of their seed: (config, overrides). It reads the
+# grid's training images without masks (image_folder over images/train) and runs PRETRAIN_STEPS.
+PRETRAIN = {'mae_unimatch': ('pretrain_folder', ())}
+PRETRAIN_STEPS = 2000
+# Arms that take another tuning group's winner (the recipe they build on).
+TUNED_AS = {'unimatch_rec': 'unimatch', 'mae_unimatch': 'unimatch'}
+# Arms whose labelled share is not the grid's fraction: one run per seed, whatever --fractions
+# holds (filed under the first), paired with every fraction's reference.
+ARM_FRACTION = {'full': 1.0}
+
+# The strong view suited to the scenes (issue 36): multiplicative brightness and gamma only,
+# noise that leaves empty pixels empty, blur_sigma scaled from a 512-pixel image.
+DATA_VIEWS = ('--config.data.strong_augment.contrast=0.0',
+              '--config.data.strong_augment.noise_mode=signal',
+              '--config.data.strong_augment.blur_reference_size=512')
+BALANCED = ('--config.objective_params.unlabeled_loss.balanced_ce=1.0',)
 
 # Tuning: group -> {candidate: (arm config, overrides)}; the first candidate of a group is the
 # config's default. Each group's best candidate sets the overrides of its arm in the grid.
@@ -81,11 +105,24 @@ TUNING: Dict[str, Dict[str, Tuple[str, Tuple[str, ...]]]] = {
                  'threshold0.8': ('fixmatch_folder', ('--config.objective_params.threshold=0.8',)),
                  'threshold0.7': ('fixmatch_folder', ('--config.objective_params.threshold=0.7',)),
                  'ema0': ('fixmatch_folder', ('--config.objective_params.ema_decay=0.0',))},
+    # UniMatch as published, then the strong view suited to the data (no contrast about the
+    # mean, noise proportional to the signal, UniMatch's blur scaled from its 512-pixel crops),
+    # then a class-balanced unlabelled term, then class-adaptive thresholds.
+    'unimatch': {'published': ('unimatch_folder', ()),
+                 'data_views': ('unimatch_folder', DATA_VIEWS),
+                 'data_views_balanced': ('unimatch_folder', DATA_VIEWS + BALANCED),
+                 'data_views_balanced_adaptive': (
+                     'unimatch_folder',
+                     DATA_VIEWS + BALANCED + ('--config.objective_params.threshold_mode='
+                                              'class_adaptive',))},
 }
 # Groups tuned at the grid's length (--steps) instead of --tune_steps: the teacher's term acts
 # only once the teacher is confident, which a 500-step run barely reaches (measured: <= 1% of
 # the pool's pixels at tau 0.95 by step 500, so its candidates could not differ).
 TUNED_AT_GRID_LENGTH = ('fixmatch',)
+# Groups tuned at --tune_steps_long: long enough for the student's own pseudo-labels to act,
+# shorter than the grid (a candidate costs about 4 supervised runs of as many steps).
+TUNED_LONG = ('unimatch',)
 
 
 def save_png(path: str, array: np.ndarray) -> None:
@@ -148,9 +185,23 @@ def run_args(paths: Mapping[str, str], tfds_dir: str, fraction: float, seed: int
           f'--config.checkpoint_every_steps={eval_every}',
           f'--config.data.tfds_dir={tfds_dir}']
   if pool:
-    return args + [f'--config.data.unlabeled_per_batch={labeled_per_step}',
+    # The pool's hidden masks ride along for the pseudo-label figures (no loss reads them).
+    return args + ['--config.data.monitor_hidden_masks=True',
+                   f'--config.data.unlabeled_per_batch={labeled_per_step}',
                    f'--config.batch_size={2 * labeled_per_step}']
   return args + ['--config.labeled_only=True', f'--config.batch_size={labeled_per_step}']
+
+
+def pretrain_args(paths: Mapping[str, str], tfds_dir: str, seed: int, steps: int,
+                  eval_every: int) -> List[str]:
+  """The overrides of a pretraining run (image_folder, no masks): the grid's training images
+  (images/train; images/test its evaluation), the weak view's flips, seed k."""
+  return [f'--config.data.images_dir={paths["images"]}', '--config.data.split=folders',
+          '--config.data.channels=1', '--config.data.image_size=(64, 64)',
+          '--config.data.augment.crop_min_scale=1.0', f'--config.seed={seed}',
+          f'--config.num_train_steps={steps}', f'--config.eval_every_steps={eval_every}',
+          f'--config.checkpoint_every_steps={eval_every}', '--config.eval_batch_size=200',
+          f'--config.data.tfds_dir={tfds_dir}']
 
 
 def train(config: str, workdir: str, overrides: Sequence[str],
@@ -228,6 +279,17 @@ def paired_interval(arm: Sequence[float], reference: Sequence[float],
           'high': float(d.mean() + half), 'pairs': n}
 
 
+def gap_closed(arm: Sequence[float], reference: Sequence[float],
+               ceiling: Sequence[float]) -> Optional[float]:
+  """The fraction of the reference's gap to the all-masks ceiling that an arm closes, over the
+  seeds all three ran: mean(arm - reference) / mean(ceiling - reference) (None without such a
+  seed, or without a gap)."""
+  if not arm:
+    return None
+  gap = float(np.mean(np.subtract(ceiling, reference)))
+  return float(np.mean(np.subtract(arm, reference))) / gap if gap > 0 else None
+
+
 def fastest(rows: Iterable[Mapping]) -> float:
   """The smallest wall time of runs that were not resumed (a killed invocation's seconds are
   not counted; NaN when every run was): the best estimate of a run's cost on idle cores
@@ -248,10 +310,12 @@ def summarise(rows: Iterable[Mapping], kind: str = 'run') -> List[Dict]:
   out = []
   order = lambda item: (list(FRACTIONS).index(item[0][0]),
                         list(ARMS).index(item[0][1]) if item[0][1] in ARMS else len(ARMS))
+  ceiling = next((seeds for (_, arm), seeds in by_arm.items() if arm in ARM_FRACTION), {})
   for (fraction, arm), seeds in sorted(by_arm.items(), key=order):
     mious = [seeds[s]['miou'] for s in sorted(seeds)]
     reference = by_arm.get((fraction, REFERENCE), {})
     paired = sorted(set(seeds) & set(reference))
+    with_ceiling = sorted(set(paired) & set(ceiling))
     out.append({
         'figure': f'{"arm" if kind == "run" else "long_arm"}/{fraction}/{arm}',
         'seeds': sorted(seeds),
@@ -259,6 +323,9 @@ def summarise(rows: Iterable[Mapping], kind: str = 'run') -> List[Dict]:
         'miou_sd': float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
         'difference_to_unet': paired_interval([seeds[s]['miou'] for s in paired],
                                               [reference[s]['miou'] for s in paired]),
+        'gap_closed': gap_closed([seeds[s]['miou'] for s in with_ceiling],
+                                 [reference[s]['miou'] for s in with_ceiling],
+                                 [ceiling[s]['miou'] for s in with_ceiling]),
         'wall_s_min': fastest(seeds.values())})
   return out
 
@@ -290,10 +357,13 @@ def arm_settings(best: Mapping[str, str]) -> Dict[str, Tuple[str, bool, Tuple[st
   """
   out = {}
   for arm, (config, pool, overrides) in ARMS.items():
-    if arm in TUNING and arm != REFERENCE:
-      if arm not in best:
+    group = TUNED_AS.get(arm, arm)
+    if group in TUNING and group != REFERENCE:
+      if group not in best:
         continue  # Not tuned in this workdir (not among --arms).
-      config, overrides = TUNING[arm][best[arm]]
+      _, tuned = TUNING[group][best[group]]
+      config = config if arm in TUNED_AS else TUNING[group][best[group]][0]
+      overrides = tuple(overrides) + tuple(tuned)
     out[arm] = (config, pool, tuple(overrides))
   return out
 
@@ -320,7 +390,8 @@ class Harness:
         continue
       for candidate, (config, overrides) in candidates.items():
         run_dir = os.path.join(a.workdir, 'tune', group, candidate)
-        steps = a.steps if group in TUNED_AT_GRID_LENGTH else a.tune_steps
+        steps = (a.steps if group in TUNED_AT_GRID_LENGTH else
+                 a.tune_steps_long if group in TUNED_LONG else a.tune_steps)
         results = self.run('tune', config, run_dir, FRACTIONS['5pct'], TUNE_SEED, steps,
                            group != REFERENCE, steps, overrides)
         rows.append(run_row(f'tune/{group}/{candidate}', run_dir, results))
@@ -330,19 +401,34 @@ class Harness:
     """(fraction, arm, seed) in the order they run: seed by seed, so that a stopped grid still
     pairs every arm; then the extra seeds of the extra arms."""
     a = self.args
-    order = [(f, arm, s) for s in a.seeds for f in a.fractions for arm in a.arms]
+    order = [(f, arm, s) for s in a.seeds for f in a.fractions for arm in a.arms
+             if arm not in ARM_FRACTION or f == a.fractions[0]]
     order += [(a.extra_fraction, arm, s) for s in a.extra_seeds for arm in a.extra_arms
               if arm in a.arms]
     return order
+
+  def pretrained(self, arm: str, seed: int) -> Tuple[str, ...]:
+    """The overrides that start `arm` from its pretraining run of `seed` (run first, or read
+    back), or () for an arm without one."""
+    if arm not in PRETRAIN:
+      return ()
+    a = self.args
+    config, overrides = PRETRAIN[arm]
+    run_dir = os.path.join(a.workdir, 'pretrain', arm, f'seed{seed}')
+    args = pretrain_args(self.layouts['grid'], os.path.join(a.workdir, 'tfds_pretrain'), seed,
+                         a.pretrain_steps, a.pretrain_steps)
+    train(config, run_dir, [*args, *overrides], self.env)
+    return (f'--config.init_from={run_dir}', '--config.init_checkpoint=latest')
 
   def grid(self, tune_rows: Sequence[Mapping]) -> List[Dict]:
     a, rows = self.args, []
     settings = arm_settings(best_candidates(tune_rows))
     for fraction, arm, seed in self.grid_runs():
       config, pool, overrides = settings[arm]
+      overrides = (*overrides, *self.pretrained(arm, seed))
       run_dir = os.path.join(a.workdir, 'runs', fraction, arm, f'seed{seed}')
-      results = self.run('grid', config, run_dir, FRACTIONS[fraction], seed, a.steps, pool,
-                         a.eval_every, overrides)
+      results = self.run('grid', config, run_dir, ARM_FRACTION.get(arm, FRACTIONS[fraction]),
+                         seed, a.steps, pool, a.eval_every, overrides)
       rows.append(run_row(f'run/{fraction}/{arm}/seed{seed}', run_dir, results))
       self.write(tune_rows, rows)
     return rows
@@ -381,19 +467,25 @@ def fmt_interval(d: Mapping[str, float]) -> str:
   return f'{100 * d["mean"]:+.1f} [{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]'
 
 
+def fmt_gap(value: Optional[float], arm: str) -> str:
+  if arm == REFERENCE or arm in ARM_FRACTION:
+    return ''
+  return '–' if value is None else f'{100 * value:.0f}%'
+
+
 def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
                    best: Mapping[str, str], rows: Sequence[Mapping] = ()) -> str:
   """The grid's table (mIoU in points: mean ± sd over seeds; the paired difference to unet
   with its 95% t interval), the tuning runs' and the longer runs' (in `rows`)."""
   lines = ['| labels | arm | test mIoU (final step) | seeds | Δ to unet, 95% interval | '
-           'wall s / run (fastest seed) |', '|---|---|---|---|---|---|']
+           'gap to 100% closed | wall s / run (fastest seed) |', '|---|---|---|---|---|---|---|']
   for row in summary:
     _, fraction, arm = row['figure'].split('/')
     sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
     lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
                  f'{len(row["seeds"])} | '
                  f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} | '
-                 f'{row["wall_s_min"]:.0f} |')
+                 f'{fmt_gap(row.get("gap_closed"), arm)} | {row["wall_s_min"]:.0f} |')
   lines += ['', '| tuning group | candidate | validation mIoU | wall s | chosen |',
             '|---|---|---|---|---|']
   for row in tune_rows:
@@ -463,6 +555,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=1000, help='Optimizer steps of a grid run.')
   parser.add_argument('--eval_every', type=int, default=200, help='Learning-curve points.')
   parser.add_argument('--tune_steps', type=int, default=500)
+  parser.add_argument('--tune_steps_long', type=int, default=1500,
+                      help='The steps of the groups in TUNED_LONG.')
+  parser.add_argument('--pretrain_steps', type=int, default=PRETRAIN_STEPS)
   parser.add_argument('--labeled_per_step', type=int, default=LABELED_PER_STEP)
   parser.add_argument('--seeds', type=ints, default=[0, 1, 2])
   parser.add_argument('--fractions', type=names, default=list(FRACTIONS))

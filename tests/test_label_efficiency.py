@@ -46,7 +46,14 @@ def test_summary_pairs_only_the_seeds_both_arms_finished():
   np.testing.assert_allclose([d['mean'], d['low'], d['high']],
                              [0.065, 0.065 - 0.190593, 0.065 + 0.190593], atol=1e-5)
   table = le.markdown_table(le.summarise(rows), [], {})
-  assert '| 5% | fixmatch | 61.7 ± 24.7 | 3 | +6.5 [-12.6, +25.6] | 0 |' in table
+  assert '| 5% | fixmatch | 61.7 ± 24.7 | 3 | +6.5 [-12.6, +25.6] | – | 0 |' in table
+  # The all-masks ceiling of seeds 0 and 1 (0.60, 0.64): the reference's gap is 0.21 on
+  # average, of which fixmatch closes 0.065 / 0.21 = 31%.
+  rows += [_row('5pct', 'full', s, m) for s, m in ((0, 0.60), (1, 0.64))]
+  summary = {r['figure']: r for r in le.summarise(rows)}
+  np.testing.assert_allclose(summary['arm/5pct/fixmatch']['gap_closed'], 0.065 / 0.21)
+  assert '| 5% | fixmatch | 61.7 ± 24.7 | 3 | +6.5 [-12.6, +25.6] | 31% | 0 |' in (
+      le.markdown_table(le.summarise(rows), [], {}))
 
 
 def test_longer_runs_are_paired_apart_from_the_grid():
@@ -75,6 +82,12 @@ def test_tuning_winners_set_the_arms_of_the_grid():
   assert settings['fixmatch'] == ('fixmatch_folder', True, ())
   assert settings['unet'] == ('folder', False, ('--config.loss.dice=0.0',))
   assert 'segae_joint' not in settings
+  # The arms built on unimatch take its winner's overrides on their own config.
+  assert 'unimatch_rec' not in settings
+  settings = le.arm_settings({**best, 'unimatch': 'data_views'})
+  assert settings['unimatch'] == ('unimatch_folder', True, le.DATA_VIEWS)
+  assert settings['unimatch_rec'] == ('unimatch_segae_folder', True, le.DATA_VIEWS)
+  assert settings['mae_unimatch'] == ('unimatch_folder', True, le.DATA_VIEWS)
 
 
 TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',
