@@ -16,6 +16,10 @@ from segae_jax.training import objectives
 
 def get_config():
   config = fixmatch_scenes.get_config()
+  config.data.strong_geometry = objectives.strong_geometry()
+  # The hidden masks of the pool's scenes ride along: the log shows, per class, how many of the
+  # pseudo-labels are confident and how many are right (no loss reads them).
+  config.data.monitor_hidden_masks = True
   config.objective = 'unimatch'
   config.objective_params = objectives.default_params('unimatch')
   return config

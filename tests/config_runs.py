@@ -73,7 +73,8 @@ def _folder_config(name: str, tmp: str):
                                         'data.masks_dir': dirs['masks']})
   else:
     fields.update({'data.images_dir': dirs['unlabeled'], 'data.channels': 3})
-  if 'semisup' in name or name in ('fixmatch_folder', 'masked_rec_folder', 'denoising_folder'):
+  if 'semisup' in name or name in ('fixmatch_folder', 'masked_rec_folder', 'denoising_folder',
+                                    'unimatch_folder', 'unimatch_segae_folder'):
     fields.update({'data.unlabeled_dir': dirs['unlabeled'], 'data.unlabeled_per_batch': 8,
                    'batch_size': 16})
   if 'patch_size' in config.get('objective_params', {}):
