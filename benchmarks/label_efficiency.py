@@ -392,8 +392,10 @@ class Harness:
         run_dir = os.path.join(a.workdir, 'tune', group, candidate)
         steps = (a.steps if group in TUNED_AT_GRID_LENGTH else
                  a.tune_steps_long if group in TUNED_LONG else a.tune_steps)
+        # Checkpointed (and validated) every --eval_every steps, so a stopped long candidate
+        # resumes; its figure is still the final step's.
         results = self.run('tune', config, run_dir, FRACTIONS['5pct'], TUNE_SEED, steps,
-                           group != REFERENCE, steps, overrides)
+                           group != REFERENCE, min(steps, a.eval_every), overrides)
         rows.append(run_row(f'tune/{group}/{candidate}', run_dir, results))
     return rows
 
