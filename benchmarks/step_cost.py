@@ -67,7 +67,7 @@ class Stepper:
     run = loop.setup(config, objective)
     self.name, self.images = name, config.batch_size
     self.strategy, self.rng = run.strategy, jax.random.PRNGKey(1)
-    self.state = run.state
+    self.state = run.strategy.replicate(run.state)  # As the loop places it (own buffers).
     self.batch = run.strategy.put_batch(next(run.train_iter))
     run.train_iter.close()
     start = time.perf_counter()

@@ -610,8 +610,8 @@ def test_the_unperturbed_feature_stream_is_the_plain_forward_pass():
 
 
 def test_with_nothing_dropped_the_perturbed_stream_is_the_plain_one():
-  """unimatch decodes the plain and the perturbed features in one pass (UniMatch's
-  torch.cat((c, dropout(c)))); at rate 0 the two halves are the same outputs, at 0.5 not."""
+  """unimatch decodes the weak view's plain features (for its pseudo-labels) and its dropped
+  ones from one encoder pass; at rate 0 the two decodes are the same outputs, at 0.5 not."""
   for rate, same in ((0.0, True), (0.5, False)):
     config, made = _unimatch({'feature_dropout': rate})
     state = _unimatch_state(config)
@@ -644,12 +644,10 @@ def test_unimatch_loss_weights_by_hand():
 
 def test_unimatch_with_a_reconstruction_term_adds_the_joint_reconstruction_of_both_parts():
   """config.loss's reconstruction term (a SegAE) on top of the consistency: over the labelled
-  images and the pool's weak views, the pool's from its own training-mode pass (nothing
-  dropped: the perturbed half of that pass is then the plain one, and its BatchNorm statistics
-  those of the pool alone). A threshold no softmax reaches leaves
+  images and the pool's weak views, the pool's from its own training-mode pass. A threshold no
+  softmax reaches leaves
   L = (0.5 seg_ce + 0.5 rec_mse(both parts)) / 2."""
-  config = _segae_config('unimatch', {'threshold': 1.0, 'feature_dropout': 0.0},
-                         loss={'seg_ce': 0.5, 'rec_mse': 0.5})
+  config = _segae_config('unimatch', {'threshold': 1.0}, loss={'seg_ce': 0.5, 'rec_mse': 0.5})
   made = objectives.make(config, SHAPE[:2], has_pool=True)
   state = _unimatch_state(config)
   batch = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made))

@@ -124,17 +124,14 @@ class UniMatch(TeacherPseudoLabels):
     rate = self.params['feature_dropout']
     keys = jax.random.split(rngs['examples'], len(skips) + 1)
     drop = lambda x, key: channel_dropout(x, key, rate, axis_name)
-    dropped = (drop(features, keys[0]), [drop(s, k) for s, k in zip(skips, keys[1:])])
+    out = {'fp': decode_pass(state, params, drop(features, keys[0]),
+                             [drop(s, k) for s, k in zip(skips, keys[1:])], rngs)}
     if self.params['ema_decay'] == 0 or self.reconstructs:
-      # The plain and the perturbed features through the decoder in one pass, as UniMatch's
-      # reference decodes torch.cat((c, dropout(c))): one BatchNorm batch, fewer convolutions.
-      both = decode_pass(state, params, jnp.concatenate([features, dropped[0]]),
-                         [jnp.concatenate([s, d]) for s, d in zip(skips, dropped[1])], rngs)
-      halves = {k: jnp.split(v, 2) for k, v in both.items()}
-      out = {'student': {k: v[0] for k, v in halves.items()},
-             'fp': {k: v[1] for k, v in halves.items()}}
-    else:
-      out = {'fp': decode_pass(state, params, *dropped, rngs)}
+      # A pass of its own rather than one concatenated with the perturbed features (UniMatch's
+      # torch.cat((c, dropout(c)))): without a reconstruction term nothing of it is
+      # differentiated, so no backward pass over it is computed at all.
+      plain = (features, skips) if self.reconstructs else jax.lax.stop_gradient((features, skips))
+      out['student'] = decode_pass(state, params, *plain, rngs)
     if self.params['ema_decay'] > 0:  # The EMA teacher labels, in inference mode.
       logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
                               rngs=rngs)['seg_logits']
