@@ -260,7 +260,29 @@ def run_row(figure: str, workdir: str, results: Mapping) -> Dict:
           'mean_dice': test['mean_dice'], 'steps': results['step'],
           'train_time_s': results['train_time_s'], 'wall_s': wall_time(workdir),
           'resumed_from_step': results.get('resumed_from_step'),
-          'curve': curve(workdir)}
+          'curve': curve(workdir), 'pseudo_labels': pseudo_labels(workdir)}
+
+
+PSEUDO = ('confident_fraction', 'pseudo_accuracy', 'pseudo_coverage')
+
+
+def pseudo_labels(workdir: str) -> Optional[Dict]:
+  """What a pseudo-labelling run's teacher taught, from its last training log line that has
+  the per-class figures (training.objectives.helpers.pseudo_label_metrics, logged as the mean
+  over the log window): {'step', <figure>: [per class], 'pseudo_accuracy_all'}; None for a run
+  without them."""
+  last = None
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for record in map(json.loads, f):
+      if 'train/pseudo_coverage/0' in record:
+        last = record
+  if last is None:
+    return None
+  out = {'step': last['step'], 'pseudo_accuracy_all': last['train/pseudo_accuracy']}
+  for name in PSEUDO:
+    count = sum(1 for k in last if k.startswith(f'train/{name}/'))
+    out[name] = [last[f'train/{name}/{c}'] for c in range(count)]
+  return out
 
 
 def paired_interval(arm: Sequence[float], reference: Sequence[float],
@@ -459,6 +481,9 @@ class Harness:
       f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
       plot_curves(rows, self.args.plot)
+      with open(self.layouts['grid']['class_names_file']) as f:
+        names = f.read().splitlines()
+      plot_pseudo_labels(rows, os.path.splitext(self.args.plot)[0] + '_pseudo_labels.png', names)
 
 
 def fmt_interval(d: Mapping[str, float]) -> str:
@@ -513,7 +538,75 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
       lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
                    f'{len(row["seeds"])} | '
                    f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} |')
+  lines += pseudo_label_table(rows)
   return '\n'.join(lines) + '\n'
+
+
+def pseudo_label_summary(rows: Sequence[Mapping]) -> Dict[Tuple[str, str], Dict[str, float]]:
+  """{(fraction, arm): the grid runs' pseudo-label figures, mean over seeds}: the confident
+  pixels' accuracy, and background (class 0) vs objects (the other classes' mean) coverage
+  and accuracy."""
+  by_arm: Dict[Tuple[str, str], List[Mapping]] = {}
+  for row in rows:
+    kind, fraction, arm, _ = row['figure'].split('/')
+    if kind == 'run' and row.get('pseudo_labels'):
+      by_arm.setdefault((fraction, arm), []).append(row['pseudo_labels'])
+  out = {}
+  for key, runs in by_arm.items():
+    mean = lambda f: float(np.mean([f(r) for r in runs]))
+    out[key] = {'accuracy': mean(lambda r: r['pseudo_accuracy_all']),
+                'background_coverage': mean(lambda r: r['pseudo_coverage'][0]),
+                'object_coverage': mean(lambda r: np.mean(r['pseudo_coverage'][1:])),
+                'object_accuracy': mean(lambda r: np.mean(r['pseudo_accuracy'][1:])),
+                'seeds': len(runs)}
+  return out
+
+
+def pseudo_label_table(rows: Sequence[Mapping]) -> List[str]:
+  """Markdown lines: what each pseudo-labelling arm's teacher taught by the end (percent)."""
+  summary = pseudo_label_summary(rows)
+  if not summary:
+    return []
+  lines = ['', '| labels | arm | seeds | confident pixels right | background covered | '
+           'objects covered (class mean) | objects right (class mean) |',
+           '|---|---|---|---|---|---|---|']
+  for (fraction, arm), v in summary.items():
+    lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {v["seeds"]} | '
+                 f'{100 * v["accuracy"]:.1f} | {100 * v["background_coverage"]:.1f} | '
+                 f'{100 * v["object_coverage"]:.1f} | {100 * v["object_accuracy"]:.1f} |')
+  return lines
+
+
+def plot_pseudo_labels(rows: Sequence[Mapping], path: str, class_names: Sequence[str]) -> None:
+  """Per class, for each pseudo-labelling arm of the grid (mean over seeds): the share of its
+  true pixels confidently labelled right (coverage) and of its confident pseudo-labels that
+  are right (accuracy)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  by_arm: Dict[str, List[Mapping]] = {}
+  for row in rows:
+    kind, fraction, arm, _ = row['figure'].split('/')
+    if kind == 'run' and row.get('pseudo_labels'):
+      by_arm.setdefault(f'{arm} ({100 * FRACTIONS[fraction]:g}%)', []).append(
+          row['pseudo_labels'])
+  if not by_arm:
+    return
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+  width = 0.8 / len(by_arm)
+  x = np.arange(len(class_names))
+  for i, (label, runs) in enumerate(by_arm.items()):
+    for ax, name in zip(axes, ('pseudo_coverage', 'pseudo_accuracy')):
+      ax.bar(x + i * width, np.mean([r[name] for r in runs], axis=0), width, label=label)
+  for ax, title in zip(axes, ('of the true pixels: confidently labelled right',
+                              'of the confident pseudo-labels: right')):
+    ax.set(title=title, ylim=(0, 1))
+    ax.set_xticks(x + 0.4 - width / 2, class_names, rotation=45, ha='right', fontsize=8)
+    ax.grid(alpha=0.3, axis='y')
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def plot_curves(rows: Sequence[Mapping], path: str) -> None:

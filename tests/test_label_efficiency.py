@@ -56,6 +56,34 @@ def test_summary_pairs_only_the_seeds_both_arms_finished():
       le.markdown_table(le.summarise(rows), [], {}))
 
 
+def test_pseudo_label_figures_come_from_the_last_log_line_that_has_them(tmp_path):
+  """A run's metrics.jsonl (two classes): the last training line with the per-class figures
+  gives the run's; the table averages the seeds and splits background from objects."""
+  lines = [{'step': 100, 'train/pseudo_accuracy': 0.1, 'train/confident_fraction/0': 0.0,
+            'train/confident_fraction/1': 0.0, 'train/pseudo_accuracy/0': 0.0,
+            'train/pseudo_accuracy/1': 0.0, 'train/pseudo_coverage/0': 0.0,
+            'train/pseudo_coverage/1': 0.0},
+           {'step': 200, 'train/pseudo_accuracy': 0.9, 'train/confident_fraction/0': 0.8,
+            'train/confident_fraction/1': 0.2, 'train/pseudo_accuracy/0': 0.95,
+            'train/pseudo_accuracy/1': 0.5, 'train/pseudo_coverage/0': 0.7,
+            'train/pseudo_coverage/1': 0.1},
+           {'step': 200, 'test/miou': 0.4}]
+  (tmp_path / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in lines))
+  got = le.pseudo_labels(str(tmp_path))
+  assert got == {'step': 200, 'pseudo_accuracy_all': 0.9, 'confident_fraction': [0.8, 0.2],
+                 'pseudo_accuracy': [0.95, 0.5], 'pseudo_coverage': [0.7, 0.1]}
+  rows = [dict(_row('5pct', 'unimatch', s, 0.5), pseudo_labels=dict(
+      got, pseudo_coverage=[0.7, 0.1 + 0.2 * s])) for s in (0, 1)]
+  rows.append(dict(_row('5pct', 'unet', 0, 0.4), pseudo_labels=None))
+  summary = le.pseudo_label_summary(rows)
+  assert list(summary) == [('5pct', 'unimatch')]
+  np.testing.assert_allclose(summary[('5pct', 'unimatch')]['object_coverage'], 0.2)
+  assert '| 5% | unimatch | 2 | 90.0 | 70.0 | 20.0 | 50.0 |' in le.pseudo_label_table(rows)
+  (tmp_path / 'no_pool').mkdir()
+  (tmp_path / 'no_pool' / 'metrics.jsonl').write_text(json.dumps(lines[-1]))
+  assert le.pseudo_labels(str(tmp_path / 'no_pool')) is None
+
+
 def test_longer_runs_are_paired_apart_from_the_grid():
   grid = [_row('5pct', 'unet', s, 0.40) for s in (0, 1)]
   long = [dict(_row('5pct', arm, s, m), figure=f'long/5pct/{arm}/seed{s}', steps=3000)
