@@ -104,7 +104,7 @@ def test_alpha_and_beta_config_references():
 
 
 def test_bad_loss_configs():
-  known = ('class_ce, class_focal, dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, '
+  known = ('balanced_ce, class_ce, class_focal, dice, focal, kl, kl_per_pixel, rec_bce, rec_mse, '
            'rec_mse_per_pixel, seg_ce, sparsity_kl, sparsity_l1')
   with pytest.raises(UserInputError, match=f"unknown loss 'kll'; known: {known}$"):
     losses.make_loss_fn({'kll': 1.0})
