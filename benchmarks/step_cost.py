@@ -35,8 +35,9 @@ VARIANTS = ('supervised_16', 'supervised_32', 'fixmatch', 'unimatch', 'unimatch_
 
 def variant_config(name: str, tfds_dir: str):
   """The training config of variant `name` (module doc)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from configs import fixmatch_scenes, unet_scenes, unimatch_scenes  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import ml_collections
+  from configs import fixmatch_scenes, unet_scenes, unimatch_scenes
   if name.startswith('supervised'):
     config = unet_scenes.get_config()
     config.labeled_fraction, config.labeled_only = 0.05, True
