@@ -122,10 +122,14 @@ def main(argv=None) -> None:
   if unknown:
     parser.error(f'--variants: unknown {", ".join(unknown)}; known: {", ".join(VARIANTS)}')
   import jax  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
   date = time.strftime('%Y-%m-%d')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                        cwd=root).stdout.strip()
   with open(args.output, 'a') as f:
     for row in measure(args.variants, args.tfds_dir, args.rounds, args.steps):
-      row = {'date': date, 'device': jax.devices()[0].device_kind, **row}
+      row = {'date': date, 'code': code, 'device': jax.devices()[0].device_kind, **row}
       print(json.dumps(row), flush=True)
       f.write(json.dumps(row) + '\n')
 
