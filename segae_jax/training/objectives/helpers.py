@@ -77,6 +77,16 @@ def concat_parts(parts: Sequence[Batch]) -> Dict[str, jnp.ndarray]:
   return out
 
 
+def split_loss(facts) -> Tuple[Any, Any, bool]:
+  """(the loss of config.loss's segmentation terms, the loss of its other terms, whether any
+  other term weighs > 0): the labelled images take the first, every image of the step the
+  second (reconstruction, KL: the SegAE's joint objective). `facts`: the run's RunFacts."""
+  is_seg = lambda term: term in losses.SEGMENTATION_TERMS
+  return (losses.make_loss_fn(facts.loss, facts.loss_params, select=is_seg),
+          losses.make_loss_fn(facts.loss, facts.loss_params, select=lambda t: not is_seg(t)),
+          any(w for t, w in facts.loss.items() if not is_seg(t)))
+
+
 def sigmoid_rampup(step, rampup_steps: int) -> jnp.ndarray:
   """exp(-5 (1 - t)^2) with t = min(step / rampup_steps, 1): 0.0067 at step 0, 1 from
   rampup_steps on (Laine & Aila, ICLR 2017, Sec. 3.1; the mean teacher's ramp-up). 1 when

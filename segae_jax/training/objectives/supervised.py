@@ -6,10 +6,9 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from segae_jax import losses
 from segae_jax.training.objectives.base import (OBJECTIVES, Batch, Objective, RunFacts, forward,
                                                 pool_rngs, reconstruction_part)
-from segae_jax.training.objectives.helpers import concat_parts
+from segae_jax.training.objectives.helpers import concat_parts, split_loss
 
 
 @OBJECTIVES.register('supervised')
@@ -19,10 +18,7 @@ class Supervised(Objective):
 
   def __init__(self, facts: RunFacts, params: Mapping[str, Any]):
     super().__init__(facts, params)
-    is_seg = lambda term: term in losses.SEGMENTATION_TERMS
-    self.seg_fn = losses.make_loss_fn(facts.loss, facts.loss_params, select=is_seg)
-    self.other_fn = losses.make_loss_fn(facts.loss, facts.loss_params,
-                                        select=lambda term: not is_seg(term))
+    self.seg_fn, self.other_fn, _ = split_loss(facts)
 
   def unlabeled_input(self, part: Batch) -> Batch:
     """The pass batch of the unlabelled images: the model input 'image' and what the losses

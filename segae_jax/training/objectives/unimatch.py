@@ -45,8 +45,8 @@ from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_
 from segae_jax.training.objectives import geometry
 from segae_jax.training.objectives.helpers import (channel_dropout, class_thresholds,
                                                    concat_parts, confidence_mask, cutmix,
-                                                   pseudo_label_metrics,
-                                                   sigmoid_rampup, strong_views)
+                                                   pseudo_label_metrics, sigmoid_rampup,
+                                                   split_loss, strong_views)
 from segae_jax.training.objectives.teacher import TeacherPseudoLabels
 
 STRONG = batch_lib.numbered('strong', 2)
@@ -79,11 +79,7 @@ class UniMatch(TeacherPseudoLabels):
     weights = {k: float(v) for k, v in dict(self.params['unlabeled_loss']).items() if v}
     self.pseudo_label_fn = losses.make_loss_fn(
         weights, {k: facts.loss_params.get(k, {}) for k in weights})
-    is_seg = lambda term: term in losses.SEGMENTATION_TERMS
-    self.reconstructs = any(w for t, w in facts.loss.items() if not is_seg(t))
-    self.seg_fn = losses.make_loss_fn(facts.loss, facts.loss_params, select=is_seg)
-    self.other_fn = losses.make_loss_fn(facts.loss, facts.loss_params,
-                                        select=lambda term: not is_seg(term))
+    self.seg_fn, self.other_fn, self.reconstructs = split_loss(facts)
 
   def check(self) -> None:
     super().check()
