@@ -101,6 +101,20 @@ class InKeyOutKey:
   inkey: str = 'image'
   outkey: str
   kind: ClassVar[str] = 'image'
+  # The config section a configured view's fields come from (its one-line errors name it).
+  config_key: ClassVar[str] = 'config'
+
+  @classmethod
+  def from_config(cls, fields: Mapping) -> 'InKeyOutKey':
+    """The view with the fields of its config section, cls.config_key ({} or missing fields:
+    the defaults).
+
+    Raises:
+      UserInputError: an unknown field or a value out of range.
+    """
+    fields = dict(fields or {})
+    check_fields(cls, fields, cls.config_key)
+    return cls(**fields)
 
   def __post_init__(self):
     view = f'{type(self).__name__}(outkey={self.outkey!r})'
@@ -150,10 +164,11 @@ class StrongView(InKeyOutKey):
   contrast_center: str = 'mean'
   outkey: str = dataclasses.field(default='strong', kw_only=True)
   kind: ClassVar[str] = 'image'
+  config_key: ClassVar[str] = 'config.data.strong_augment'
 
   def __post_init__(self):
     super().__post_init__()
-    where = 'config.data.strong_augment'
+    where = self.config_key
     for name in ('brightness', 'contrast', 'gamma'):
       check_range(f'{where}.{name}', getattr(self, name), 0.0, 1.0, high_open=True)
     for name in ('jitter_prob', 'blur_prob', 'noise_prob'):
@@ -174,16 +189,11 @@ class StrongView(InKeyOutKey):
 
   @classmethod
   def from_config(cls, fields: Mapping) -> 'StrongView':
-    """From config.data.strong_augment ({} or missing fields: the defaults).
-
-    Raises:
-      UserInputError: an unknown field or a value out of range.
-    """
+    """InKeyOutKey.from_config, blur_sigma made a tuple (a config may hold a list)."""
     fields = dict(fields or {})
-    check_fields(cls, fields, 'config.data.strong_augment')
     if 'blur_sigma' in fields:
       fields['blur_sigma'] = tuple(fields['blur_sigma'])
-    return cls(**fields)
+    return super().from_config(fields)
 
   def _one(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # A fixed number of draws, whatever is applied, then the noise array (the last draw).
@@ -236,25 +246,15 @@ class AffineGrid(InKeyOutKey):
   translation: float = 0.1
   outkey: str = dataclasses.field(default='grid', kw_only=True)
   kind: ClassVar[str] = 'coords'
+  config_key: ClassVar[str] = 'config.data.strong_geometry'
 
   def __post_init__(self):
     super().__post_init__()
-    where = 'config.data.strong_geometry'
+    where = self.config_key
     check_range(f'{where}.prob', self.prob, 0.0, 1.0)
     check_range(f'{where}.scale', self.scale, 0.0, 1.0, high_open=True)
     check_range(f'{where}.rotation', self.rotation, 0.0, 180.0)
     check_range(f'{where}.translation', self.translation, 0.0, 1.0, high_open=True)
-
-  @classmethod
-  def from_config(cls, fields: Mapping) -> 'AffineGrid':
-    """From config.data.strong_geometry ({} or missing fields: the defaults).
-
-    Raises:
-      UserInputError: an unknown field or a value out of range.
-    """
-    fields = dict(fields or {})
-    check_fields(cls, fields, 'config.data.strong_geometry')
-    return cls(**fields)
 
   def grid(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """float32 [height, width, 2]: the (row, col) source of each pixel of one example."""

@@ -27,8 +27,8 @@ A config composes terms as `config.loss = {'rec_bce': 1.0, 'kl': beta}`; `make_l
 that into one `(outputs, batch) -> (total, metrics)` function. A new loss is one function
 decorated with `@LOSSES.register(name)` in this package (or in any module that is imported), with
 no change to the train loop. Terms: reconstruction.py (reconstruction, KL, sparsity),
-segmentation.py (seg_ce, focal, dice, balanced_ce), classification.py (class_ce, class_focal), composed by
-compose.py; base.py holds the registry and the means they share.
+segmentation.py (seg_ce, focal, dice, balanced_ce), classification.py (class_ce, class_focal),
+composed by compose.py; base.py holds the registry and the means they share.
 """
 from segae_jax.losses.base import (LOSSES, LossFn, Metrics, axis_mean, batch_mean,
                                    mean_per_example, reconstruction_target, softmax_focal,

@@ -28,25 +28,26 @@ def view_defaults(view: type) -> Dict[str, Any]:
 CUTMIX_DEFAULTS = {f'cutmix_{k}': v for k, v in view_defaults(views_lib.CutMixBox).items()}
 
 
-def strong_augment(**overrides) -> ml_collections.ConfigDict:
-  """config.data.strong_augment: data.views.StrongView's defaults with `overrides`.
+def view_config(view: type, **overrides) -> ml_collections.ConfigDict:
+  """The config section (view.config_key) of a configured data.views view: its defaults with
+  `overrides`.
 
   Raises:
-    UserInputError: a field StrongView does not have.
+    UserInputError: a field the view does not have.
   """
-  views_lib.check_fields(views_lib.StrongView, overrides, 'config.data.strong_augment')
-  return ml_collections.ConfigDict({**view_defaults(views_lib.StrongView), **overrides})
+  views_lib.check_fields(view, overrides, view.config_key)
+  return ml_collections.ConfigDict({**view_defaults(view), **overrides})
+
+
+def strong_augment(**overrides) -> ml_collections.ConfigDict:
+  """config.data.strong_augment: data.views.StrongView's defaults with `overrides`."""
+  return view_config(views_lib.StrongView, **overrides)
 
 
 def strong_geometry(**overrides) -> ml_collections.ConfigDict:
   """config.data.strong_geometry: data.views.AffineGrid's defaults with `overrides` (the
-  geometric strong view of 'unimatch' with objective_params.geometric).
-
-  Raises:
-    UserInputError: a field AffineGrid does not have.
-  """
-  views_lib.check_fields(views_lib.AffineGrid, overrides, 'config.data.strong_geometry')
-  return ml_collections.ConfigDict({**view_defaults(views_lib.AffineGrid), **overrides})
+  geometric strong view of 'unimatch' with objective_params.geometric)."""
+  return view_config(views_lib.AffineGrid, **overrides)
 
 
 def strong_views(strong_fields: Mapping[str, Any], params: Mapping[str, Any]) -> list:
@@ -180,13 +181,13 @@ def pseudo_label_metrics(labels: jnp.ndarray, confident: jnp.ndarray, num_classe
   values = {'confident_fraction': ratio(kept, predicted)}
   if truth is not None:
     true = jax.nn.one_hot(truth, num_classes, dtype=jnp.float32)  # All 0 outside the classes.
-    values['pseudo_accuracy'] = ratio(kept * true, kept * jnp.sum(true, -1, keepdims=True))
+    known = jnp.sum(true, -1, keepdims=True)                       # 1 where the truth is a class.
+    values['pseudo_accuracy'] = ratio(kept * true, kept * known)
     values['pseudo_coverage'] = ratio(kept * true, true)
   out = {f'{name}/{c}': v[c] for name, v in values.items() for c in range(num_classes)}
   if truth is not None:
-    right = jnp.sum(kept * jax.nn.one_hot(truth, num_classes, dtype=jnp.float32), -1)
-    known = confident * ((truth >= 0) & (truth < num_classes))
-    out['pseudo_accuracy'] = losses.axis_mean(jnp.sum(right), jnp.sum(known), axis_name)
+    out['pseudo_accuracy'] = losses.axis_mean(jnp.sum(kept * true), jnp.sum(kept * known),
+                                              axis_name)
   return out
 
 
