@@ -94,6 +94,7 @@ def _steps_under(name, config, objective, batches):
   one device, jit), the model built as train_and_evaluate builds it for that strategy."""
   axis = None if name == 'single' else parallel.norm_axis_name(name)
   model = training.build_model(config, SHAPE, 3, norm_axis_name=axis)
+  objective.set_model(model)  # The strategy's model, as training.loop.setup gives it.
   state = objective.init_state(training.create_train_state(config, model, SHAPE,
                                                            jax.random.PRNGKey(0)))
   train_step, eval_step = training.step_functions(config, objective)
@@ -568,8 +569,9 @@ def _unimatch(params=None, **overrides):
   return config, objectives.make(config, SHAPE[:2], has_pool=True)
 
 
-def _unimatch_state(config):
+def _unimatch_state(config, made):
   model = training.build_model(config, SHAPE, 3)
+  made.set_model(model)
   return training.create_train_state(config, model, SHAPE, jax.random.PRNGKey(0))
 
 
@@ -597,8 +599,8 @@ def test_channel_dropout_drops_whole_channels_and_rate_zero_is_the_identity():
 def test_the_unperturbed_feature_stream_is_the_plain_forward_pass():
   """encode_pass then decode_pass with nothing dropped gives the model's own training-mode
   outputs: the perturbed stream changes only the features."""
-  config, _ = _unimatch()
-  state = _unimatch_state(config)
+  config, made = _unimatch()
+  state = _unimatch_state(config, made)
   images = jnp.asarray(np.random.default_rng(2).random((4,) + SHAPE, np.float32))
   rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4)}
   features, skips = objectives.encode_pass(state, state.params, images, rngs)
@@ -609,17 +611,43 @@ def test_the_unperturbed_feature_stream_is_the_plain_forward_pass():
   assert not np.allclose(zeroed['seg_logits'], plain['seg_logits'])
 
 
+def test_a_fused_pass_gives_what_separate_passes_give():
+  """fused_pass over parts (encode, then decode, each part normalised by BatchNorm with its
+  own statistics) gives each part the outputs of the model's own training-mode pass over it
+  alone, and the running statistics of the first part's pass: unimatch's streams fused into
+  one encoder and one decoder pass change nothing but the cost."""
+  config, made = _unimatch()
+  state = _unimatch_state(config, made)
+  rng = np.random.default_rng(2)
+  parts = [jnp.asarray(rng.random((n,) + SHAPE, np.float32) * (i + 1))  # Each its own spread.
+           for i, n in enumerate((4, 2, 2))]
+  rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4)}
+  encoded, stats = objectives.fused_pass(made.model, state, state.params,
+                                         [(x,) for x in parts], 'encode', rngs)
+  decoded, stats = objectives.fused_pass(made.model, state, state.params, encoded, 'decode',
+                                         rngs, stats)
+  for i, x in enumerate(parts):
+    alone, alone_stats = objectives.forward(state, state.params, x, rngs)
+    np.testing.assert_allclose(decoded[i]['seg_logits'], alone['seg_logits'], atol=2e-5)
+    if i == 0:
+      for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(alone_stats)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+  one, _ = objectives.fused_pass(made.model, state, state.params, [(jnp.concatenate(parts),)],
+                                 '__call__', rngs)
+  assert not np.allclose(one[0]['seg_logits'][:4], decoded[0]['seg_logits'], atol=1e-3)
+
+
 def test_with_nothing_dropped_the_perturbed_stream_is_the_plain_one():
   """unimatch decodes the weak view's plain features (for its pseudo-labels) and its dropped
   ones from one encoder pass; at rate 0 the two decodes are the same outputs, at 0.5 not."""
   for rate, same in ((0.0, True), (0.5, False)):
     config, made = _unimatch({'feature_dropout': rate})
-    state = _unimatch_state(config)
-    pool = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made)['unlabeled'])
+    state = _unimatch_state(config, made)
+    batch = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made))
     rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4),
             'examples': jax.random.PRNGKey(5)}
-    weak = made.weak_streams(state.params, state, pool, rngs, None)
-    plain, fp = weak['student']['seg_logits'], weak['fp']['seg_logits']
+    outputs, _ = made.passes(state.params, state, batch, rngs, None)
+    plain, fp = outputs['student']['seg_logits'], outputs['fp']['seg_logits']
     assert np.allclose(plain, fp, atol=1e-5) == same
 
 
@@ -629,7 +657,7 @@ def test_unimatch_loss_weights_by_hand():
   unlabelled terms are 0 and the loss is L_x / 2."""
   for threshold, expect_zero in ((1e-6, False), (1.0, True)):
     config, made = _unimatch({'threshold': threshold})
-    state = _unimatch_state(config)
+    state = _unimatch_state(config, made)
     batch = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made))
     rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4),
             'examples': jax.random.PRNGKey(5)}
@@ -649,7 +677,7 @@ def test_unimatch_with_a_reconstruction_term_adds_the_joint_reconstruction_of_bo
   L = (0.5 seg_ce + 0.5 rec_mse(both parts)) / 2."""
   config = _segae_config('unimatch', {'threshold': 1.0}, loss={'seg_ce': 0.5, 'rec_mse': 0.5})
   made = objectives.make(config, SHAPE[:2], has_pool=True)
-  state = _unimatch_state(config)
+  state = _unimatch_state(config, made)
   batch = jax.tree.map(jnp.asarray, _pool_batch(np.random.default_rng(1), made))
   rngs = {'dropout': jax.random.PRNGKey(3), 'reparam': jax.random.PRNGKey(4),
           'examples': jax.random.PRNGKey(5)}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from segae_jax.errors import UserInputError
 from segae_jax.models import conv_ops
+from segae_jax.models.part_norm import PartBatchNorm
 
 ACTIVATIONS = {
     'relu': nn.relu,
@@ -78,12 +79,16 @@ class Layers:
     norm_kind: 'batch' | 'group' | 'none' (config.model.norm).
     norm_axis_name: pmap axis over which BatchNorm averages its batch statistics, or None.
     group_norm_groups: number of groups for norm_kind='group'.
+    norm_parts: () or the sizes of the consecutive parts a training-mode batch is made of, each
+      normalised by BatchNorm with its own statistics (part_norm.PartBatchNorm: a step's passes
+      over several kinds of images fused into one; SegmentationModel.with_norm_parts).
   """
   conv_impl: str = 'auto'
   dtype: Optional[Any] = None
   norm_kind: str = 'none'
   norm_axis_name: Optional[str] = None
   group_norm_groups: int = 8
+  norm_parts: Tuple[int, ...] = ()
 
   def conv(self, features: int, kernel_size: Tuple[int, int], **kwargs) -> nn.Conv:
     """conv_ops.Conv(conv_impl, features, kernel_size, dtype=dtype, **kwargs) (an nn.Conv)."""
@@ -115,9 +120,13 @@ class Layers:
       name: the module name (its parameters' key).
 
     Returns:
-      nn.BatchNorm (momentum 0.9, epsilon 1e-5), nn.GroupNorm (epsilon 1e-5), or for 'none' the
+      nn.BatchNorm (momentum 0.9, epsilon 1e-5; in training mode with norm_parts, its
+      per-part form part_norm.PartBatchNorm), nn.GroupNorm (epsilon 1e-5), or for 'none' the
       identity, with no parameters.
     """
+    if self.norm_kind == 'batch' and train and self.norm_parts:
+      return PartBatchNorm(self.norm_parts, momentum=0.9, epsilon=1e-5,
+                           axis_name=self.norm_axis_name, dtype=self.dtype, name=name)
     if self.norm_kind == 'batch':
       # momentum 0.9: running = 0.9 * running + 0.1 * batch, PyTorch's default momentum of 0.1.
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -288,6 +297,14 @@ class SegmentationModel(nn.Module):
     """x: float32 [batch, height, width, channels] in [0, 1] -> decode(*encode(x))."""
     features, skips = self.encode(x, train)
     return self.decode(features, skips, train)
+
+  def with_norm_parts(self, parts: Sequence[int]) -> 'SegmentationModel':
+    """This model (the same parameters and variables) for training-mode batches made of
+    consecutive parts of sizes `parts`, each normalised by BatchNorm with its own statistics
+    and only the first updating the running ones (Layers.norm_parts): one pass over the parts
+    concatenated gives what a pass over each would. A model without BatchNorm is unchanged."""
+    layers = self.layers if self.layers is not None else layers_of(self)
+    return self.clone(layers=dataclasses.replace(layers, norm_parts=tuple(int(p) for p in parts)))
 
 
 def layers_of(model: SegmentationModel) -> Layers:

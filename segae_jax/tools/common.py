@@ -304,6 +304,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> TrainedRun:
   # objective's state (an EMA teacher) that the checkpoint holds beside it.
   model = inference_model.build_model(config, image_shape, meta.get('num_classes'))
   objective = objectives.of_config(config, image_shape)
+  objective.set_model(model)
   state = objective.init_state(training.create_train_state(config, model, image_shape,
                                                            jax.random.PRNGKey(0)))
   restored, _ = ckpt.restore(step, {'train_state': state, 'rng': jax.random.PRNGKey(0)},

@@ -209,6 +209,7 @@ def setup(config: ml_collections.ConfigDict, objective: objectives.Objective,
   model = build_model(config, dataset.image_shape, dataset.num_classes,
                       parallel.norm_axis_name(config.parallel))
   objective.set_image_size(dataset.image_shape[:2])
+  objective.set_model(model)
   strategy = parallel.make_strategy(config.parallel, *step_functions(config, objective))
   _, schedule = optimizers.make_optimizer(config)
   init_rng, run_rng = run_keys(config.seed)

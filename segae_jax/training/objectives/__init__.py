@@ -29,7 +29,7 @@ from segae_jax.training.objectives import (denoising, masked, strong, supervised
                                            unimatch)
 from segae_jax.training.objectives.base import (OBJECTIVES, Objective, RunFacts, check_params,
                                                 decode_pass, default_params, encode_pass,
-                                                forward, make, no_pool_error,
+                                                forward, fused_pass, make, no_pool_error,
                                                 of_config, plain, pool_rngs, reconstruction_part,
                                                 run_facts)
 from segae_jax.training.objectives.denoising import Denoising

@@ -14,11 +14,13 @@ labelled part, the only pass) updates the running statistics, which evaluation u
 whose terms weigh 0 changes nothing (docs/segmentation.md measures why this matters).
 """
 import dataclasses
+import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from segae_jax import data, losses, models
 from segae_jax.data import views as views_lib
@@ -76,6 +78,51 @@ def decode_pass(state: TrainState, params, features: jnp.ndarray,
                                          rngs=rngs))
 
 
+def fused_pass(model, state: TrainState, params, parts: Sequence[Sequence[Any]], method: str,
+               rngs: Mapping[str, jax.Array], batch_stats=None) -> Tuple[List[Any], Any]:
+  """One training-mode pass of the student over several parts of a step, each normalised by
+  BatchNorm with its own statistics (models.layers.SegmentationModel.with_norm_parts): the
+  outputs of separate passes over the parts at the cost of one pass over all of them.
+
+  Args:
+    model: the run's model (Objective.set_model), a SegmentationModel.
+    state, params: the student's TrainState and the parameters being differentiated.
+    parts: per part, the positional arguments of `method`, arrays (or lists of arrays) whose
+      leading axis is the part's examples: [(images,), ...] for 'encode' and '__call__',
+      [(features, skips), ...] for 'decode' (every part's pytrees alike).
+    method: 'encode', 'decode' or '__call__'.
+    rngs: the pass's keys (dropout, the VAE's latents), drawn over the whole concatenation.
+    batch_stats: the running statistics to start from (a previous fused pass's); None: the
+      state's.
+
+  Returns:
+    (per part, the method's outputs for its examples (decode's and __call__'s in float32),
+    the batch statistics after the pass, updated from the first part's only; None for a model
+    without BatchNorm).
+
+  Raises:
+    ValueError: no model (an objective whose set_model was not called).
+  """
+  if model is None:
+    raise ValueError('fused_pass needs the run\'s model: call the objective\'s set_model first')
+  sizes = [jax.tree.leaves(part)[0].shape[0] for part in parts]
+  args = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+  apply = functools.partial(model.with_norm_parts(sizes).apply, train=True, rngs=rngs,
+                            method=method)
+  if state.batch_stats:
+    stats = state.batch_stats if batch_stats is None else batch_stats
+    out, updates = apply({'params': params, 'batch_stats': stats}, *args,
+                         mutable=['batch_stats'])
+    stats = updates['batch_stats']
+  else:
+    out, stats = apply({'params': params}, *args), None
+  if method != 'encode':
+    out = float32_outputs(out)
+  ends = np.cumsum(sizes)
+  return [jax.tree.map(lambda v, a=a, b=b: v[a:b], out)
+          for a, b in zip(ends - np.asarray(sizes), ends)], stats
+
+
 def check_params(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict:
   """defaults updated with config.objective_params (`given`).
 
@@ -123,6 +170,7 @@ class Objective:
     self.facts = facts
     self.params = check_params(self.name, params, self.defaults)
     self.loss_fn = losses.make_loss_fn(facts.loss, facts.loss_params)
+    self.model = None
     self.check()
     if facts.image_size is not None:
       self.check_images()
@@ -144,6 +192,12 @@ class Objective:
     self.facts = dataclasses.replace(self.facts,
                                      image_size=tuple(int(s) for s in image_size[:2]))
     self.check_images()
+
+  def set_model(self, model) -> None:
+    """Records the run's model (models.build's, as its strategy needs it: with norm_axis_name
+    under pmap) once built, for an objective that fuses its passes (fused_pass); the others
+    run the state's apply_fn. training.loop.setup calls it."""
+    self.model = model
 
   def views(self) -> Dict[str, Sequence[views_lib.View]]:
     """{batch part ('labeled' / 'unlabeled'): the views data.inputs adds to it}."""

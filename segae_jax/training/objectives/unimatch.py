@@ -4,10 +4,15 @@ CVPR 2023; reference code LiheYoung/UniMatch).
 
 Each pool image is seen three ways: its weak view (the preprocessed, augmented 'image'), two
 strong views ('strong_1', 'strong_2', data.views.StrongView drawn independently), each CutMix'ed
-with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images and both run in one
-training-mode pass (as UniMatch concatenates them), and the weak view's
+with its own box ('cutmix_1', 'cutmix_2') between pairs of pool images, and the weak view's
 encoder features and skips with half their channels dropped (feature_dropout), decoded once more
 (models.layers.SegmentationModel's encode / decode, so every segmenting model takes part).
+
+Passes: the labelled images, the weak views and both strong views run through the encoder as
+one batch, and the labelled features, the dropped ones and the strong views' through the
+decoder as one batch (base.fused_pass), each part normalised by BatchNorm with its own
+statistics: what separate passes give, at the cost of one. The weak view's plain decode, read
+only for its pseudo-labels, is a forward pass of its own (no backward pass is computed over it).
 
 The pseudo-labels are the weak view's predictions where their confidence >= threshold
 (threshold_mode 'fixed'), or >= a class-adaptive threshold (threshold_mode 'class_adaptive':
@@ -32,7 +37,7 @@ the pseudo-labels' accuracy and coverage against the pool's hidden masks), with 
 under class-adaptive thresholds.
 """
 import dataclasses
-from typing import Dict
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +45,7 @@ import jax.numpy as jnp
 from segae_jax import batch as batch_lib, losses
 from segae_jax.data import views as views_lib
 from segae_jax.errors import UserInputError
-from segae_jax.training.objectives.base import (OBJECTIVES, decode_pass, encode_pass, forward,
-                                                pool_rngs)
+from segae_jax.training.objectives.base import OBJECTIVES, fused_pass, pool_rngs
 from segae_jax.training.objectives import geometry
 from segae_jax.training.objectives.helpers import (channel_dropout, class_thresholds,
                                                    concat_parts, confidence_mask, cutmix,
@@ -110,30 +114,51 @@ class UniMatch(TeacherPseudoLabels):
         out.append(dataclasses.replace(grid, outkey=grid_key))
     return {'unlabeled': out}
 
-  def weak_streams(self, params, state, pool, rngs, axis_name) -> Dict[str, jnp.ndarray]:
-    """{'labels', 'confident' (the pseudo-labels of the weak view and where they count), 'fp'
-    (the student's outputs from the weak view's perturbed features), 'student' (its outputs
-    from the plain features; only when computed: no EMA teacher, or a reconstruction term)}.
-    The channels dropped are drawn per pool example from the step's 'examples' stream: the
-    same under every strategy."""
-    features, skips = encode_pass(state, params, pool['image'], rngs)
-    rate = self.params['feature_dropout']
-    keys = jax.random.split(rngs['examples'], len(skips) + 1)
-    drop = lambda x, key: channel_dropout(x, key, rate, axis_name)
-    out = {'fp': decode_pass(state, params, drop(features, keys[0]),
-                             [drop(s, k) for s, k in zip(skips, keys[1:])], rngs)}
-    if self.params['ema_decay'] == 0 or self.reconstructs:
-      # A pass of its own rather than one concatenated with the perturbed features (UniMatch's
-      # torch.cat((c, dropout(c)))): without a reconstruction term nothing of it is
-      # differentiated, so no backward pass over it is computed at all.
-      plain = (features, skips) if self.reconstructs else jax.lax.stop_gradient((features, skips))
-      out['student'] = decode_pass(state, params, *plain, rngs)
-    if self.params['ema_decay'] > 0:  # The EMA teacher labels, in inference mode.
+  def passes(self, params, state, batch, rngs, axis_name) -> Tuple[Dict[str, Any], Any]:
+    """({'labeled', 'student', 'fp', 's1', 's2': the student's outputs}, the batch statistics
+    after): the streams of the step in one encoder and one decoder pass (base.fused_pass),
+    each normalised with its own statistics and the labelled one alone updating the running
+    ones, as separate passes would.
+
+    'student' (the weak view's plain decode) is there when needed: with a reconstruction term
+    as a differentiated part of the decoder pass, without an EMA teacher as a forward pass of
+    its own. 'fp' decodes the weak view's features with whole channels dropped, drawn per pool
+    example from the step's 'examples' stream (the same under every strategy). 's1', 's2' are
+    the two strong views (strong_image)."""
+    pool = batch['unlabeled']
+    images = [batch['image'], pool['image']] + [self.strong_image(pool, i)
+                                                for i in range(len(STRONG))]
+    encoded, stats = fused_pass(self.model, state, params, [(x,) for x in images], 'encode',
+                                rngs)
+    (features, skips), weak = encoded[0], encoded[1]
+    keys = jax.random.split(pool_rngs(rngs)['examples'], len(weak[1]) + 1)
+    drop = lambda x, key: channel_dropout(x, key, self.params['feature_dropout'], axis_name)
+    streams = {'labeled': (features, skips),
+               'fp': (drop(weak[0], keys[0]), [drop(s, k) for s, k in zip(weak[1], keys[1:])]),
+               's1': encoded[2], 's2': encoded[3]}
+    if self.reconstructs:  # Its reconstruction is differentiated: a part of the same pass.
+      streams['student'] = weak
+    decoded, after = fused_pass(self.model, state, params, list(streams.values()), 'decode',
+                                rngs, stats)
+    outputs = dict(zip(streams, decoded))
+    if self.params['ema_decay'] == 0 and not self.reconstructs:
+      # Only its pseudo-labels are read, under stop_gradient: a pass of its own computes no
+      # backward pass over it (a part of the pass above would: every weight gradient there
+      # runs over the whole batch). Its statistics are dropped.
+      (outputs['student'],), _ = fused_pass(self.model, state, params,
+                                            [jax.lax.stop_gradient(weak)], 'decode',
+                                            pool_rngs(rngs), stats)
+    return outputs, after
+
+  def weak_labels(self, state, pool, outputs, rngs, axis_name) -> Dict[str, jnp.ndarray]:
+    """pseudo_labels of the weak view: the EMA teacher's in inference mode (ema_decay > 0), or
+    the student's own plain decode from the step's training-mode pass (UniMatch)."""
+    if self.params['ema_decay'] > 0:
       logits = state.apply_fn(self.teacher_variables(state), pool['image'], train=False,
-                              rngs=rngs)['seg_logits']
-    else:  # The student labels in the same training-mode pass (UniMatch).
-      logits = out['student']['seg_logits']
-    return {**self.pseudo_labels(logits, axis_name), **out}
+                              rngs=pool_rngs(rngs))['seg_logits']
+    else:
+      logits = outputs['student']['seg_logits']
+    return self.pseudo_labels(logits, axis_name)
 
   def pseudo_labels(self, logits: jnp.ndarray, axis_name) -> Dict[str, jnp.ndarray]:
     """{'labels', 'confident', 'thresholds' (per class)} of the weak view's logits, confident
@@ -158,52 +183,55 @@ class UniMatch(TeacherPseudoLabels):
       out.update({f'threshold/{c}': weak['thresholds'][c] for c in range(num_classes)})
     return out
 
-  def labeled_loss(self, outputs, batch, weak, axis_name):
+  def labeled_loss(self, outputs, batch, student, axis_name):
     """(L_x, its metrics): config.loss's segmentation terms on the labelled examples; its other
     terms (reconstruction, KL) over the labelled examples and the pool's weak views, the joint
     objective of a SegAE on top of the consistency (a model with rec_logits: unet_ae, segae)."""
     if not self.reconstructs:
       return self.loss_fn(outputs, batch, axis_name)
     supervised, metrics = self.seg_fn(outputs, batch, axis_name)
-    student = weak['student']
     both = {k: jnp.concatenate([outputs[k], student[k]]) for k in set(outputs) & set(student)}
     other, other_metrics = self.other_fn(
         both, concat_parts([batch, {'image': batch['unlabeled']['image']}]), axis_name)
     return supervised + other, {**metrics, **other_metrics}
 
-  def strong_view(self, pool, weak, index: int):
-    """(image, pseudo-labels, confident) of strong view `index`: warped by its grid (geometric:
-    bilinear image, order-0 labels and confidences, nothing confident that came from outside
-    the weak view), then CutMix'ed in pairs, the labels mixed alike."""
-    image, labels, confident = pool[STRONG[index]], weak['labels'], weak['confident']
+  def strong_image(self, pool, index: int) -> jnp.ndarray:
+    """Strong view `index` of the pool images, [n, h, w, c]: warped by its grid (geometric:
+    bilinear), then CutMix'ed in pairs with its box."""
+    image = pool[STRONG[index]]
+    if self.params['geometric']:
+      image = geometry.warp_image(image, pool[GRIDS[index]])
+    return cutmix(pool[BOXES[index]], image)[0]
+
+  def strong_targets(self, pool, weak, index: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """(pseudo-labels, confident) of strong view `index`: the weak view's moved as its image
+    was (geometric: order 0, nothing confident that came from outside the weak view), then
+    CutMix'ed with the same box."""
+    labels, confident = weak['labels'], weak['confident']
     if self.params['geometric']:
       grid = pool[GRIDS[index]]
-      image = geometry.warp_image(image, grid)
       labels = geometry.warp_nearest(labels, grid)
       confident = geometry.warp_nearest(confident, grid) * geometry.inside(grid)
-    return cutmix(pool[BOXES[index]], image, labels, confident)
+    return cutmix(pool[BOXES[index]], labels, confident)
 
-  def strong_passes(self, params, state, pool, weak, rngs):
-    """{'s1': (outputs, labels, confident), 's2': ...}: the two CutMix'ed strong views in one
-    training-mode pass (as UniMatch concatenates them), with the pseudo-labels mixed alike."""
-    mixed = [self.strong_view(pool, weak, i) for i in range(len(STRONG))]
-    student, _ = forward(state, params, jnp.concatenate([m[0] for m in mixed]),
-                         pool_rngs(rngs, 2))
-    chunks = {k: jnp.split(v, len(mixed)) for k, v in student.items()}
-    return {f's{i + 1}': ({k: v[i] for k, v in chunks.items()}, labels, confident)
-            for i, (_, labels, confident) in enumerate(mixed)}
+  def strong_view(self, pool, weak, index: int):
+    """(image, pseudo-labels, confident) of strong view `index`: strong_image and
+    strong_targets."""
+    return (self.strong_image(pool, index),) + self.strong_targets(pool, weak, index)
 
   def loss(self, params, state, batch, rngs, axis_name):
-    outputs, stats = forward(state, params, batch['image'], rngs)
     pool = batch['unlabeled']
-    weak = self.weak_streams(params, state, pool, pool_rngs(rngs), axis_name)
-    supervised, metrics = self.labeled_loss(outputs, batch, weak, axis_name)
-    passes = {'fp': (weak['fp'], weak['labels'], weak['confident']),
-              **self.strong_passes(params, state, pool, weak, rngs)}
+    outputs, stats = self.passes(params, state, batch, rngs, axis_name)
+    weak = self.weak_labels(state, pool, outputs, rngs, axis_name)
+    supervised, metrics = self.labeled_loss(outputs['labeled'], batch, outputs.get('student'),
+                                            axis_name)
     unlabeled = 0.0
-    for part, (out, labels, confident) in passes.items():
+    for i, part in enumerate(('s1', 's2', 'fp')):
+      labels, confident = (self.strong_targets(pool, weak, i) if part != 'fp'
+                           else (weak['labels'], weak['confident']))
       value, _ = self.pseudo_label_fn(
-          out, {'image': pool['image'], 'segmentation': labels, 'pixel_weight': confident},
+          outputs[part],
+          {'image': pool['image'], 'segmentation': labels, 'pixel_weight': confident},
           axis_name)
       metrics[f'unlabeled_{part}'] = value
       unlabeled = unlabeled + WEIGHTS[part] * value
