@@ -37,9 +37,9 @@ def test_each_part_is_normalised_as_batchnorm_normalises_it_alone():
   y, stats = parted.apply(variables, x, mutable=['batch_stats'])
   first, first_stats = plain.apply(variables, x[:3], mutable=['batch_stats'])
   second, _ = plain.apply(variables, x[3:], mutable=['batch_stats'])
-  np.testing.assert_allclose(y, jnp.concatenate([first, second]), atol=1e-6)
+  np.testing.assert_allclose(y, jnp.concatenate([first, second]), atol=5e-5)
   for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(first_stats)):
-    np.testing.assert_allclose(a, b, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_under_pmap_each_part_pools_its_shares_over_the_devices():

@@ -15,6 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def part_index(parts: Tuple[int, ...]) -> np.ndarray:
+  """int [sum(parts)]: the part of each example of a batch of consecutive parts."""
+  return np.repeat(np.arange(len(parts)), parts)
+
+
 def part_statistics(x: jnp.ndarray, parts: Tuple[int, ...], axis_name: Optional[str]
                     ) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """(mean, var), each float32 [len(parts), channels]: per part of x [batch, ..., channels]
@@ -28,10 +33,15 @@ def part_statistics(x: jnp.ndarray, parts: Tuple[int, ...], axis_name: Optional[
   if sum(parts) != x.shape[0]:
     raise ValueError(f'norm parts {parts} do not add up to the batch of {x.shape[0]}')
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  axes = tuple(range(x.ndim - 1))
-  starts = np.cumsum((0,) + tuple(parts))
-  moments = jnp.stack([jnp.stack([x[a:b].mean(axes), jnp.square(x[a:b]).mean(axes)])
-                       for a, b in zip(starts[:-1], starts[1:])])   # [parts, 2, channels]
+  positions = tuple(range(1, x.ndim - 1))
+  # Each example's moments, then each part's mean of its examples' (a [parts, batch] matrix of
+  # 1 / size): two reductions over x, as one BatchNorm makes, whatever the number of parts
+  # (slicing x per part would cost a pass over it, and its gradient a buffer, per part).
+  per_example = jnp.stack([x.mean(positions), jnp.square(x).mean(positions)], axis=1)
+  sizes = np.asarray(parts, np.float32)
+  weights = (np.arange(len(parts))[:, None] == part_index(parts)[None]) / sizes[:, None]
+  moments = jnp.einsum('pn,nkc->pkc', jnp.asarray(weights, jnp.float32), per_example,
+                       precision=jax.lax.Precision.HIGHEST)          # [parts, 2, channels]
   if axis_name is not None:
     moments = jax.lax.pmean(moments, axis_name)
   mean, mean2 = moments[:, 0], moments[:, 1]
@@ -72,7 +82,7 @@ class PartBatchNorm(nn.Module):
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean[0]
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var[0]
     # Each example's part's statistics, [batch, 1, ..., 1, channels].
-    index = np.repeat(np.arange(len(self.parts)), self.parts)
+    index = part_index(self.parts)
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + channels
     mul = (jax.lax.rsqrt(var + self.epsilon) * scale)[index].reshape(shape)
     y = (x - mean[index].reshape(shape)) * mul + bias

@@ -12,7 +12,9 @@ Passes: the labelled images, the weak views and both strong views run through th
 one batch, and the labelled features, the dropped ones and the strong views' through the
 decoder as one batch (base.fused_pass), each part normalised by BatchNorm with its own
 statistics: what separate passes give, at the cost of one. The weak view's plain decode, read
-only for its pseudo-labels, is a forward pass of its own (no backward pass is computed over it).
+only for its pseudo-labels, is a forward pass of its own (no backward pass is computed over it);
+with a reconstruction term the decoder passes are grouped by what their losses read
+(UniMatch.decoder_passes).
 
 The pseudo-labels are the weak view's predictions where their confidence >= threshold
 (threshold_mode 'fixed'), or >= a class-adaptive threshold (threshold_mode 'class_adaptive':
@@ -37,7 +39,7 @@ the pseudo-labels' accuracy and coverage against the pool's hidden masks), with 
 under class-adaptive thresholds.
 """
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -120,11 +122,10 @@ class UniMatch(TeacherPseudoLabels):
     each normalised with its own statistics and the labelled one alone updating the running
     ones, as separate passes would.
 
-    'student' (the weak view's plain decode) is there when needed: with a reconstruction term
-    as a differentiated part of the decoder pass, without an EMA teacher as a forward pass of
-    its own. 'fp' decodes the weak view's features with whole channels dropped, drawn per pool
-    example from the step's 'examples' stream (the same under every strategy). 's1', 's2' are
-    the two strong views (strong_image)."""
+    'student' (the weak view's plain decode) is there when needed (decoder_passes): with a
+    reconstruction term, or without an EMA teacher. 'fp' decodes the weak view's features with
+    whole channels dropped, drawn per pool example from the step's 'examples' stream (the same
+    under every strategy). 's1', 's2' are the two strong views (strong_image)."""
     pool = batch['unlabeled']
     images = [batch['image'], pool['image']] + [self.strong_image(pool, i)
                                                 for i in range(len(STRONG))]
@@ -135,20 +136,27 @@ class UniMatch(TeacherPseudoLabels):
     drop = lambda x, key: channel_dropout(x, key, self.params['feature_dropout'], axis_name)
     streams = {'labeled': (features, skips),
                'fp': (drop(weak[0], keys[0]), [drop(s, k) for s, k in zip(weak[1], keys[1:])]),
-               's1': encoded[2], 's2': encoded[3]}
-    if self.reconstructs:  # Its reconstruction is differentiated: a part of the same pass.
-      streams['student'] = weak
-    decoded, after = fused_pass(self.model, state, params, list(streams.values()), 'decode',
-                                rngs, stats)
-    outputs = dict(zip(streams, decoded))
-    if self.params['ema_decay'] == 0 and not self.reconstructs:
-      # Only its pseudo-labels are read, under stop_gradient: a pass of its own computes no
-      # backward pass over it (a part of the pass above would: every weight gradient there
-      # runs over the whole batch). Its statistics are dropped.
-      (outputs['student'],), _ = fused_pass(self.model, state, params,
-                                            [jax.lax.stop_gradient(weak)], 'decode',
-                                            pool_rngs(rngs), stats)
+               's1': encoded[2], 's2': encoded[3],
+               # Differentiated only for a reconstruction term of the weak views.
+               'student': weak if self.reconstructs else jax.lax.stop_gradient(weak)}
+    outputs, after = {}, None
+    for i, group in enumerate(self.decoder_passes()):
+      decoded, group_stats = fused_pass(self.model, state, params, [streams[k] for k in group],
+                                        'decode', pool_rngs(rngs, i) if i else rngs, stats)
+      outputs.update(zip(group, decoded))
+      after = group_stats if i == 0 else after  # The labelled part's pass.
     return outputs, after
+
+  def decoder_passes(self) -> List[List[str]]:
+    """The streams each decoder pass runs, the labelled one's first. What a pass computes that
+    no loss reads is computed anyway when it shares the pass with what one reads, so: without
+    a reconstruction term, the weak view's plain decode (read for its pseudo-labels only, under
+    stop_gradient) is a forward pass of its own; with one, it joins the labelled part's pass
+    (both reconstruct) and the other streams, whose reconstruction nothing reads, run apart."""
+    if self.reconstructs:
+      return [['labeled', 'student'], ['fp', 's1', 's2']]
+    return [['labeled', 'fp', 's1', 's2']] + ([['student']] if self.params['ema_decay'] == 0
+                                              else [])
 
   def weak_labels(self, state, pool, outputs, rngs, axis_name) -> Dict[str, jnp.ndarray]:
     """pseudo_labels of the weak view: the EMA teacher's in inference mode (ema_decay > 0), or
