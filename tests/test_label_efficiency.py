@@ -116,6 +116,12 @@ def test_tuning_winners_set_the_arms_of_the_grid():
   assert settings['unimatch'] == ('unimatch_folder', True, le.DATA_VIEWS)
   assert settings['unimatch_rec'] == ('unimatch_segae_folder', True, le.DATA_VIEWS)
   assert settings['mae_unimatch'] == ('unimatch_folder', True, le.DATA_VIEWS)
+  # The reference's weak-view check is reported, never applied by itself.
+  settings = le.arm_settings({**best, 'unet_views': 'flips_scale_crop'})
+  assert settings['unet'] == ('folder', False, ('--config.loss.dice=0.0',))
+  assert le.TUNING_ARM['unet_views'] == le.REFERENCE
+  assert '--config.data.augment.crop_min_scale=0.7' in le.TUNING['unet_views'][
+      'flips_scale_crop'][1]
 
 
 TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',
@@ -159,6 +165,9 @@ def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interru
   runs = {r['figure']: r for r in rows if r['figure'].startswith('run/')}
   assert sorted(runs) == [f'run/5pct/{a}/seed{s}' for a in ('unet', 'unet_strong')
                           for s in (0, 1)]
+  # The reference's weak view, checked at the grid's length (flips, flips + scale-crop).
+  tune = {r['figure']: r['steps'] for r in rows if r['figure'].startswith('tune/unet_views/')}
+  assert tune == {'tune/unet_views/flips': 30, 'tune/unet_views/flips_scale_crop': 30}
   long = [r for r in rows if r['figure'] == 'long/5pct/unet_strong/seed0']
   assert len(long) == 1 and long[0]['steps'] == 40
   assert '| longer runs: labels |' in open(os.path.join(workdir, 'table.md')).read()
