@@ -716,7 +716,8 @@ def test_geometric_strong_views_warp_the_pseudo_labels_and_confidences_with_the_
   confident = np.ones(labels.shape, np.float32)
   confident[:, :, :2] = 0.0  # The left columns unconfident: the mask moves with them.
   weak = {'labels': jnp.asarray(labels), 'confident': jnp.asarray(confident)}
-  warped = [made.strong_view(pool, weak, i) for i in range(2)]
+  warped = [(made.strong_image(pool, i),) + made.strong_targets(pool, weak, i)
+            for i in range(2)]
   for (image, warped_labels, warped_confident), grid in zip(warped, ('grid_1', 'grid_2')):
     image, warped_labels = np.asarray(image), np.asarray(warped_labels)
     keep = np.asarray(warped_confident) > 0

@@ -222,11 +222,6 @@ class UniMatch(TeacherPseudoLabels):
       confident = geometry.warp_nearest(confident, grid) * geometry.inside(grid)
     return cutmix(pool[BOXES[index]], labels, confident)
 
-  def strong_view(self, pool, weak, index: int):
-    """(image, pseudo-labels, confident) of strong view `index`: strong_image and
-    strong_targets."""
-    return (self.strong_image(pool, index),) + self.strong_targets(pool, weak, index)
-
   def loss(self, params, state, batch, rngs, axis_name):
     pool = batch['unlabeled']
     outputs, stats = self.passes(params, state, batch, rngs, axis_name)
