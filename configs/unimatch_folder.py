@@ -14,6 +14,9 @@ unlabeled_loss, feature_dropout, geometric, ...); config.data.strong_augment eve
 photometric strong view (data.views.StrongView), config.data.strong_geometry of the geometric
 one (data.views.AffineGrid, used with objective_params.geometric=True). The class count,
 channels, normalisation and test split are inferred from the files, as in configs/folder.py.
+
+This is UniMatch as published; measured_recipe() gives the settings the label-efficiency grid
+measured best on scenes (configs/folder_semisup.py and configs/unimatch_scenes.py take them).
 """
 from configs import fixmatch_folder
 from segae_jax.training import objectives
@@ -24,4 +27,18 @@ def get_config():
   config.data.strong_geometry = objectives.strong_geometry()
   config.objective = 'unimatch'
   config.objective_params = objectives.default_params('unimatch')
+  return config
+
+
+def measured_recipe(config):
+  """`config` (a 'unimatch' config) with the settings tuned on the scenes' validation split
+  (benchmarks/label_efficiency.py, tuning group 'unimatch', candidate 'data_views_adaptive';
+  docs/results.md, issue 36): a strong view that keeps a uniform empty background empty (no
+  contrast jitter, noise proportional to the pixel, UniMatch's blur scaled from its 512-pixel
+  crops) and per-class confidence thresholds (FreeMatch, Wang et al., ICLR 2023), which let
+  the few confident object pixels teach where one threshold leaves only background."""
+  config.data.strong_augment.contrast = 0.0
+  config.data.strong_augment.noise_mode = 'signal'
+  config.data.strong_augment.blur_reference_size = 512
+  config.objective_params.threshold_mode = 'class_adaptive'
   return config

@@ -1,6 +1,7 @@
 """benchmarks/label_efficiency.py: its statistics by hand, and the harness on a tiny grid of real
 runs (paired subsets, finished runs read back, an interrupted run resumed)."""
 import argparse
+import ast
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import label_efficiency as le
+from segae_jax.tools import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,6 +124,24 @@ def test_tuning_winners_set_the_arms_of_the_grid():
   assert le.TUNING_ARM['unet_views'] == le.REFERENCE
   assert '--config.data.augment.crop_min_scale=0.7' in le.TUNING['unet_views'][
       'flips_scale_crop'][1]
+
+
+def test_the_shipped_semisup_recipe_is_the_grids_tuned_unimatch():
+  from configs import folder_semisup, unimatch_folder, unimatch_scenes
+  config, overrides = le.TUNING['unimatch']['data_views_adaptive']
+  point = {}
+  for override in overrides:
+    key, value = override.removeprefix('--').split('=', 1)
+    try:
+      point[key] = ast.literal_eval(value)
+    except ValueError:
+      point[key] = value   # A bare word: a string field.
+  assert config == 'unimatch_folder' and len(point) == 4
+  tuned = sweep.apply_overrides(unimatch_folder.get_config(), point)
+  assert folder_semisup.get_config().to_dict() == tuned.to_dict()
+  scenes = unimatch_scenes.get_config()
+  assert scenes.objective_params.to_dict() == tuned.objective_params.to_dict()
+  assert scenes.data.strong_augment.to_dict() == tuned.data.strong_augment.to_dict()
 
 
 TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_seeds=',

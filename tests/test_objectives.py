@@ -302,7 +302,7 @@ def test_defaults_are_declared_once_and_mean_teacher_is_an_alias():
   assert 'mean_teacher (= fixmatch)' in objectives.OBJECTIVES.names()
   assert fixmatch_scenes.get_config().objective_params.to_dict() == dict(teacher.defaults)
   assert folder_semisup.get_config().objective_params.to_dict() == dict(
-      objectives.default_params('fixmatch', threshold=0.8))
+      objectives.default_params('unimatch', threshold_mode='class_adaptive').to_dict())
   assert strong_folder.get_config().objective_params.to_dict() == objectives.CUTMIX_DEFAULTS
   strong = views.StrongView.from_config(fixmatch_scenes.get_config().data.strong_augment)
   assert strong == views.StrongView()   # The view's own defaults.
