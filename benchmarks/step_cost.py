@@ -8,6 +8,8 @@ batch of its own input pipeline stepped again and again (the input pipeline's ti
 the figure is the compiled step's). Variants:
   supervised_16  the labelled images alone, 16 per step (the label-efficiency reference's step);
   supervised_32  32 labelled images per step: as many images as a semi-supervised step reads;
+  supervised_64  64 per step: as many images as a unimatch step's encoder sees (the labelled
+                 images, the pool's weak view and its two strong views);
   fixmatch       16 labelled + 16 pool images (configs/fixmatch_scenes.py);
   unimatch       16 + 16 (configs/unimatch_scenes.py: the weak pass with its perturbed-feature
                  decoder, both strong views in one pass);
@@ -15,7 +17,9 @@ the figure is the compiled step's). Variants:
   unimatch_segae      the same with the SegAE and its reconstruction term on top.
 The variants are timed in turn over --rounds rounds of --steps steps each (so a drift of the
 machine falls on all alike); the figure is the median step time over the rounds, with the
-ratios to supervised_32 (the issue's "same number of images") and supervised_16.
+ratios to each supervised variant run beside it (supervised_32: the issue's "same number of
+images"): the ratio of the medians, and the paired one, the median over rounds of each round's
+ratio (which the machine's drift between rounds does not enter).
 
 One process, nothing else running: it reports wall times.
 """
@@ -29,7 +33,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS
 
-VARIANTS = ('supervised_16', 'supervised_32', 'fixmatch', 'unimatch', 'unimatch_geometric',
+VARIANTS = ('supervised_16', 'supervised_32', 'supervised_64', 'fixmatch', 'unimatch', 'unimatch_geometric',
             'unimatch_segae')
 
 
@@ -95,18 +99,26 @@ def measure(names, tfds_dir: str, rounds: int, steps: int) -> List[Dict]:
   for _ in range(rounds):
     for stepper in steppers:
       times[stepper.name].append(stepper.step(steps))
-  median = {name: float(np.median(t)) for name, t in times.items()}
   rows = []
   for stepper in steppers:
-    m = median[stepper.name]
+    m = float(np.median(times[stepper.name]))
     rows.append({'figure': f'step_cost/{stepper.name}', 'step_s_median': m,
                  'step_s_rounds': times[stepper.name], 'steps_per_s': 1.0 / m,
                  'images_per_step': stepper.images, 'compile_s': stepper.compile_s,
-                 'ratio_to_supervised_32': m / median['supervised_32']
-                 if 'supervised_32' in median else None,
-                 'ratio_to_supervised_16': m / median['supervised_16']
-                 if 'supervised_16' in median else None})
+                 **ratios(times, stepper.name)})
   return rows
+
+
+def ratios(times: Dict[str, List[float]], name: str) -> Dict[str, float]:
+  """{'ratio_to_<s>': median of `name`'s round times / median of s's, 'paired_ratio_to_<s>':
+  the median over rounds of the round's ratio} for each supervised variant s in `times`
+  ({variant: its median step time, one per round, in seconds})."""
+  out = {}
+  for ref in (v for v in VARIANTS if v.startswith('supervised') and v in times):
+    mine, theirs = np.asarray(times[name]), np.asarray(times[ref])
+    out[f'ratio_to_{ref}'] = float(np.median(mine) / np.median(theirs))
+    out[f'paired_ratio_to_{ref}'] = float(np.median(mine / theirs))
+  return out
 
 
 def main(argv=None) -> None:

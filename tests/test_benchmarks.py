@@ -129,6 +129,15 @@ def test_side_by_side_reads_finished_rounds_back_and_averages_them(tmp_path):
     side_by_side.figures('/nonexistent/python', never, rounds=2, ledger=str(ledger))
 
 
+def test_step_cost_ratios_pair_the_rounds_by_hand():
+  from benchmarks import step_cost  # pylint: disable=import-outside-toplevel
+  times = {'supervised_32': [1.0, 2.0, 4.0], 'unimatch': [2.0, 3.0, 9.0]}
+  # Medians 3 / 2 = 1.5; round ratios 2, 1.5, 2.25: their median 2 (the drift cancels).
+  assert step_cost.ratios(times, 'unimatch') == {'ratio_to_supervised_32': 1.5,
+                                                 'paired_ratio_to_supervised_32': 2.0}
+  assert step_cost.ratios(times, 'supervised_32')['paired_ratio_to_supervised_32'] == 1.0
+
+
 def test_step_bound_pool_keeps_the_forward_and_broadcasts_the_gradient():
   """The pool_free bound times the same forward; its backward writes each window's gradient to
   all four inputs (by hand: g = [[1, 2]] -> rows [1, 1, 2, 2] twice)."""
