@@ -19,14 +19,15 @@ NeurIPS 2018, Sec. 3: one implementation, one tuning budget, equal steps, the fi
           Every arm: --steps optimizer steps, 16 labelled scenes per step (+ 16 pool scenes for
           the arms with a pool), the configs' learning rate and schedule, seed k's
           initialisation and subset, the scenes configs' augmentation (flips) as the weak view.
-  tuning  before the grid, one seed (TUNE_SEED) of a separate subset on a separate split: the
-          first 9,000 training scenes are its training images, the last 1,000 its validation
-          images (never the test split), 5% of the masks; TUNING lists the candidates, run for
-          --tune_steps (the teacher's for --steps: TUNED_AT_GRID_LENGTH); the best validation
-          mIoU of each group sets the grid's settings. Its runs and their cost are reported.
-          unet_views checks the reference's weak view at --steps (flips against flips +
-          scale-crop): reported only, no arm takes it by itself.
-  figures tune/<group>/<candidate>  validation mIoU, steps, train time.
+  tuning  before the grid, one seed (TUNE_SEED; TUNE_SEEDS for more) of a separate subset on a
+          separate split: the first 9,000 training scenes are its training images, the last
+          1,000 its validation images (never the test split), 5% of the masks; TUNING lists the
+          candidates, run for --tune_steps (the teacher's for --steps: TUNED_AT_GRID_LENGTH);
+          the best validation mIoU of each group (the mean over its seeds) sets the grid's
+          settings. Its runs and their cost are reported.
+          unet_views checks the reference's weak view at --steps over 3 seeds (flips against
+          flips + scale-crop): reported only, no arm takes it by itself.
+  figures tune/<group>/<candidate>  validation mIoU, steps, train time, seed.
           run/<fraction>/<arm>/seed<k>  test mIoU at the final step, pixel accuracy, mean Dice,
           train time, and the learning curve [[step, test mIoU], ...].
           arm/<fraction>/<arm>  mean, sd over seeds; the paired difference to unet: mean and
@@ -132,6 +133,10 @@ TUNING: Dict[str, Dict[str, Tuple[str, Tuple[str, ...]]]] = {
 TUNED_AT_GRID_LENGTH = ('fixmatch', 'unet_views')
 # Groups that tune another arm than their name (run when that arm is among --arms).
 TUNING_ARM = {'unet_views': REFERENCE}
+# Groups tuned over several seeds, compared on their mean with a paired interval: the
+# reference's weak view decides every arm's, and its candidates differed by 0.9 points on one
+# seed, less than the reference's seed-to-seed sd (1.0 points at 5%).
+TUNE_SEEDS = {'unet_views': (TUNE_SEED, 1, 2)}
 # Groups tuned at --tune_steps_long: long enough for the student's own pseudo-labels to act,
 # shorter than the grid (a candidate costs about 4 supervised runs of as many steps).
 TUNED_LONG = ('unimatch',)
@@ -373,14 +378,33 @@ def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
   os.replace(path + '.tmp', path)
 
 
-def best_candidates(tune_rows: Iterable[Mapping]) -> Dict[str, str]:
-  """{group: its candidate with the highest validation mIoU}."""
-  best: Dict[str, Tuple[float, str]] = {}
+def tuning_summary(tune_rows: Iterable[Mapping]) -> Dict[str, Dict[str, Dict]]:
+  """{group: {candidate: {'miou': mean validation mIoU over the seeds every candidate of the
+  group ran, 'seeds': those seeds, 'wall_s': the candidate's runs' wall seconds, summed,
+  'difference': the paired difference to the group's first candidate with its 95% interval}}}
+  (a row without a 'seed' is TUNE_SEED's, as the ledger wrote them before TUNE_SEEDS)."""
+  runs: Dict[str, Dict[str, Dict[int, Mapping]]] = {}
   for row in tune_rows:
     _, group, candidate = row['figure'].split('/')
-    if group not in best or row['miou'] > best[group][0]:
-      best[group] = (row['miou'], candidate)
-  return {group: candidate for group, (_, candidate) in best.items()}
+    runs.setdefault(group, {}).setdefault(candidate, {})[row.get('seed', TUNE_SEED)] = row
+  out: Dict[str, Dict[str, Dict]] = {}
+  for group, candidates in runs.items():
+    seeds = sorted(set.intersection(*[set(by_seed) for by_seed in candidates.values()]))
+    first = next(iter(candidates.values()))
+    out[group] = {candidate: {
+        'miou': float(np.mean([by_seed[s]['miou'] for s in seeds])) if seeds else float('nan'),
+        'seeds': seeds, 'wall_s': float(sum(r['wall_s'] for r in by_seed.values())),
+        'difference': paired_interval([by_seed[s]['miou'] for s in seeds],
+                                      [first[s]['miou'] for s in seeds])}
+                  for candidate, by_seed in candidates.items()}
+  return out
+
+
+def best_candidates(tune_rows: Iterable[Mapping]) -> Dict[str, str]:
+  """{group: its candidate with the highest validation mIoU (the mean over the seeds every
+  candidate of the group ran)}."""
+  return {group: max(candidates, key=lambda c, cs=candidates: cs[c]['miou'])
+          for group, candidates in tuning_summary(tune_rows).items()}
 
 
 def arm_settings(best: Mapping[str, str]) -> Dict[str, Tuple[str, bool, Tuple[str, ...]]]:
@@ -423,15 +447,17 @@ class Harness:
       arm = TUNING_ARM.get(group, group)
       if arm not in a.arms:
         continue
-      for candidate, (config, overrides) in candidates.items():
-        run_dir = os.path.join(a.workdir, 'tune', group, candidate)
-        steps = (a.steps if group in TUNED_AT_GRID_LENGTH else
-                 a.tune_steps_long if group in TUNED_LONG else a.tune_steps)
-        # Checkpointed (and validated) every --eval_every steps, so a stopped long candidate
-        # resumes; its figure is still the final step's.
-        results = self.run('tune', config, run_dir, FRACTIONS['5pct'], TUNE_SEED, steps,
-                           arm != REFERENCE, min(steps, a.eval_every), overrides)
-        rows.append(run_row(f'tune/{group}/{candidate}', run_dir, results))
+      for seed in TUNE_SEEDS.get(group, (TUNE_SEED,)):
+        for candidate, (config, overrides) in candidates.items():
+          run_dir = os.path.join(a.workdir, 'tune', group, candidate if seed == TUNE_SEED
+                                 else f'{candidate}_seed{seed}')
+          steps = (a.steps if group in TUNED_AT_GRID_LENGTH else
+                   a.tune_steps_long if group in TUNED_LONG else a.tune_steps)
+          # Checkpointed (and validated) every --eval_every steps, so a stopped long candidate
+          # resumes; its figure is still the final step's.
+          results = self.run('tune', config, run_dir, FRACTIONS['5pct'], seed, steps,
+                             arm != REFERENCE, min(steps, a.eval_every), overrides)
+          rows.append({**run_row(f'tune/{group}/{candidate}', run_dir, results), 'seed': seed})
     return rows
 
   def grid_runs(self) -> List[Tuple[str, str, int]]:
@@ -526,15 +552,7 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
                  f'{len(row["seeds"])} | '
                  f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} | '
                  f'{fmt_gap(row.get("gap_closed"), arm)} | {row["wall_s_min"]:.0f} |')
-  lines += ['', '| tuning group | candidate | validation mIoU | wall s | chosen |',
-            '|---|---|---|---|---|']
-  for row in tune_rows:
-    _, group, candidate = row['figure'].split('/')
-    chosen = 'yes' if best.get(group) == candidate else ''
-    lines.append(f'| {group} | {candidate} | {100 * row["miou"]:.1f} | {row["wall_s"]:.0f} | '
-                 f'{chosen} |')
-  total = sum(r['wall_s'] for r in tune_rows)
-  lines.append(f'\nTuning: {len(tune_rows)} runs, {total / 60:.0f} min of these cores.\n')
+  lines += tuning_table(tune_rows, best)
   long = [r for r in rows if r['figure'].startswith('long/')]
   if long:
     lines += ['| longer runs: labels | arm | seed | steps | test mIoU | wall s |',
@@ -553,6 +571,22 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
                    f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} |')
   lines += pseudo_label_table(rows)
   return '\n'.join(lines) + '\n'
+
+
+def tuning_table(tune_rows: Sequence[Mapping], best: Mapping[str, str]) -> List[str]:
+  """The tuning runs' lines of the table: per candidate its mean validation mIoU, seeds, and
+  where a group ran several seeds, the paired difference to the group's first candidate."""
+  lines = ['', '| tuning group | candidate | validation mIoU | seeds | Δ to the first, 95% '
+           'interval | wall s | chosen |', '|---|---|---|---|---|---|---|']
+  for group, candidates in tuning_summary(tune_rows).items():
+    for i, (candidate, row) in enumerate(candidates.items()):
+      chosen = 'yes' if best.get(group) == candidate else ''
+      difference = fmt_interval(row['difference']) if i and len(row['seeds']) > 1 else ''
+      lines.append(f'| {group} | {candidate} | {100 * row["miou"]:.1f} | {len(row["seeds"])} | '
+                   f'{difference} | {row["wall_s"]:.0f} | {chosen} |')
+  total = sum(r['wall_s'] for r in tune_rows)
+  lines.append(f'\nTuning: {len(tune_rows)} runs, {total / 60:.0f} min of these cores.\n')
+  return lines
 
 
 def pseudo_label_summary(rows: Sequence[Mapping]) -> Dict[Tuple[str, str], Dict[str, float]]:

@@ -33,8 +33,8 @@ import numpy as np
 
 from benchmarks.common import RESULTS
 
-VARIANTS = ('supervised_16', 'supervised_32', 'supervised_64', 'fixmatch', 'unimatch', 'unimatch_geometric',
-            'unimatch_segae')
+VARIANTS = ('supervised_16', 'supervised_32', 'supervised_64', 'fixmatch', 'unimatch',
+            'unimatch_geometric', 'unimatch_segae')
 
 
 def variant_config(name: str, tfds_dir: str):
