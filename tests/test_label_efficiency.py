@@ -146,6 +146,21 @@ def test_tuning_seeds_compare_the_candidates_on_the_seeds_all_ran():
   assert '| unet_views | crop | 46.0 | 2 | +0.5 [-18.6, +19.6] | 20 | yes |' in table
 
 
+def test_every_arm_takes_scale_crop_only_past_the_margin():
+  row = lambda name, seed, miou: {'figure': f'tune/unet_views/{name}', 'miou': miou,
+                                  'wall_s': 1.0, 'seed': seed}
+  flips = [row('flips', s, m) for s, m in ((100, 0.45), (1, 0.43), (2, 0.44))]
+  crop = lambda gains: [row('flips_scale_crop', s, m + g)
+                        for (s, m), g in zip(((100, 0.45), (1, 0.43), (2, 0.44)), gains)]
+  assert le.weak_view(flips + crop((0.009, 0.026, 0.0))) == 'flips_scale_crop'  # +0.0117
+  assert le.weak_view(flips + crop((0.009, 0.011, 0.009))) == 'flips'           # +0.0097
+  assert le.weak_view(flips + crop((0.009, 0.026, 0.0)), 'flips') == 'flips'   # --weak_view
+  assert le.weak_view([]) == 'flips'
+  assert le.WEAK_VIEWS['flips_scale_crop'] == ('--config.data.augment.crop_min_scale=0.7',)
+  assert (le.runs_dir('flips'), le.runs_dir('flips_scale_crop', 'long')) == (
+      'runs', 'long_flips_scale_crop')
+
+
 def test_the_shipped_semisup_recipe_is_the_grids_tuned_unimatch():
   from configs import folder_semisup, unimatch_folder, unimatch_scenes
   config, overrides = le.TUNING['unimatch']['data_views_adaptive']
@@ -168,7 +183,7 @@ TINY = ['--arms=unet,unet_strong', '--seeds=0,1', '--fractions=5pct', '--extra_s
         '--steps=30', '--eval_every=10', '--tune_steps=2', '--num_train=100', '--num_test=20',
         '--num_validation=20', '--labeled_per_step=2', '--override=--config.model.features=(8,16)',
         '--override=--config.log_every_steps=1', '--override=--config.eval_batch_size=20',
-        '--long_steps=40', '--long_arms=unet_strong', '--long_seeds=0']
+        '--long_steps=40', '--long_arms=unet_strong', '--long_seeds=0', '--weak_view=flips']
 
 
 def _harness(workdir):
@@ -243,3 +258,14 @@ def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interru
                                                      'results.json')) for f in runs}
   assert [json.loads(line) for line in open(os.path.join(workdir, 'out.jsonl'))] == rows
 
+
+  # Scale-crop as every arm's weak view (--weak_view; auto takes it from the check): the runs
+  # apart from flips', with the view in their config.
+  crop = subprocess.run([*_harness(workdir), '--weak_view=flips_scale_crop', '--arms=unet',
+                         '--seeds=0', '--long_steps=0'], cwd=ROOT, env=cpu_env(1),
+                        capture_output=True, text=True, timeout=900)
+  assert crop.returncode == 0, crop.stderr[-3000:]
+  config = json.load(open(os.path.join(workdir, 'runs_flips_scale_crop', '5pct', 'unet', 'seed0',
+                                       'config.json')))
+  assert config['data']['augment']['crop_min_scale'] == 0.7
+  assert 'weak view: flips_scale_crop' in open(os.path.join(workdir, 'table.md')).read()
