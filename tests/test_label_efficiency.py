@@ -161,6 +161,27 @@ def test_every_arm_takes_scale_crop_only_past_the_margin():
       'runs', 'long_flips_scale_crop')
 
 
+def test_weak_views_side_by_side_by_hand(tmp_path):
+  from benchmarks import weak_views  # pylint: disable=import-outside-toplevel
+  runs = {('runs', 'unet'): (0.40, 0.42), ('runs', 'full'): (0.60, 0.62),
+          ('runs', 'unimatch'): (0.45, 0.47), ('runs_flips_scale_crop', 'unet'): (0.44,),
+          ('runs_flips_scale_crop', 'full'): (0.54,),
+          ('runs_flips_scale_crop', 'unimatch'): (0.49,)}
+  for (folder, arm), mious in runs.items():
+    for seed, miou in enumerate(mious):
+      run = tmp_path / folder / '5pct' / arm / f'seed{seed}'
+      run.mkdir(parents=True)
+      (run / 'results.json').write_text(json.dumps({'test': {'miou': miou}}))
+  table = weak_views.markdown(weak_views.compare(str(tmp_path)))
+  # Flips: +0.05 on both seeds of a 0.20 gap (25%); against the scale-crop ceiling (seed 0
+  # only: 0.54 - 0.40) 0.05 / 0.14 = 36%.
+  assert '| 5% | flips | unimatch | 0, 1 | 45.0 / 47.0 | +5.0 [+5.0, +5.0] | 25% | 36% |' in table
+  # Scale-crop, seed 0: 0.05 of 0.60 - 0.44 = 0.16 (31%), of 0.54 - 0.44 = 0.10 (50%).
+  assert ('| 5% | flips_scale_crop | unimatch | 0 | 49.0 | +5.0 (1 seed) | 31% | 50% |'
+          in table)
+  assert '| 1% |' not in table   # Nothing ran at 1%; the ceiling is shown once.
+
+
 def test_the_shipped_semisup_recipe_is_the_grids_tuned_unimatch():
   from configs import folder_semisup, unimatch_folder, unimatch_scenes
   config, overrides = le.TUNING['unimatch']['data_views_adaptive']
