@@ -11,7 +11,6 @@ the scenes: scale-crop +1.7 validation points for the reference, 4 test points l
 yardstick.
 """
 import argparse
-import json
 import os
 from typing import Dict, List, Optional
 
@@ -26,11 +25,8 @@ CEILING_FRACTION = '5pct'
 
 def test_miou(workdir: str, view: str, fraction: str, arm: str, seed: int) -> Optional[float]:
   """The final test mIoU of a finished grid run (None if it has not finished)."""
-  path = os.path.join(workdir, le.runs_dir(view), fraction, arm, f'seed{seed}', 'results.json')
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return float(json.load(f)['test']['miou'])
+  results = le.finished(os.path.join(workdir, le.runs_dir(view), fraction, arm, f'seed{seed}'))
+  return None if results is None else float(results['test']['miou'])
 
 
 def compare(workdir: str, seeds=SEEDS) -> List[Dict]:
@@ -91,10 +87,7 @@ def main(argv=None) -> None:
   rows = compare(args.workdir)
   print(markdown(rows), end='')
   if args.output:
-    with open(args.output + '.tmp', 'w') as f:
-      for row in rows:
-        f.write(json.dumps(row) + '\n')
-    os.replace(args.output + '.tmp', args.output)
+    le.write_jsonl(args.output, rows)
 
 
 if __name__ == '__main__':
