@@ -10,7 +10,7 @@ without, 3,000 steps, +5.0 test mIoU points over the same U-Net on the masks alo
 interval [+2.8, +7.2], 3 paired seeds), 46% of the gap to the same U-Net given every mask;
 the EMA teacher this config used before (fixmatch, tau 0.8) gained +2.9 [+1.3, +4.5]. Those
 arms saw flips alone; with folder.py's scale-crop as well (this config's weak view), which lifts
-the reference, the gain is +2.8 [+0.7, +4.8] on the 2 seeds run so far. A step
+the reference, the gain is +2.4 [+0.6, +4.1] (3 paired seeds), 25% of that gap. A step
 computes about twice a supervised step of 32 images (docs/results.md, the cost of a step).
 
   python train.py --config=configs/folder_semisup.py --workdir=runs/semisup_mine \\
