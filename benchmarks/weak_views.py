@@ -42,9 +42,8 @@ def compare(workdir: str, seeds=SEEDS) -> List[Dict]:
       for arm in le.ARMS:
         if arm in le.ARM_FRACTION and fraction != CEILING_FRACTION:
           continue  # One run per seed, shown once.
-        where = CEILING_FRACTION if arm in le.ARM_FRACTION else fraction
         mious = {s: m for s in seeds
-                 if (m := test_miou(workdir, view, where, arm, s)) is not None}
+                 if (m := test_miou(workdir, view, fraction, arm, s)) is not None}
         if not mious:
           continue
         paired = [s for s in mious if reference[s] is not None]
@@ -69,10 +68,9 @@ def markdown(rows: List[Dict]) -> str:
   for row in rows:
     arm = row['arm']
     mious = ' / '.join(f'{100 * m:.1f}' for m in row['miou'].values())
-    plain = arm == le.REFERENCE or arm in le.ARM_FRACTION
     difference = '(reference)' if arm == le.REFERENCE else le.fmt_interval(
         row['difference_to_unet'])
-    gaps = ['' if plain else le.fmt_gap(row['gap_closed'][v], arm) for v in views]
+    gaps = [le.fmt_gap(row['gap_closed'][v], arm) for v in views]  # '' for reference, ceiling.
     seeds = ', '.join(str(s) for s in row['miou'])
     lines.append(f'| {100 * le.FRACTIONS[row["fraction"]]:g}% | {row["view"]} | {arm} | '
                  f'{seeds} | {mious} | {difference} | ' + ' | '.join(gaps) + ' |')
