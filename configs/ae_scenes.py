@@ -16,4 +16,6 @@ def get_config():
   # Per-pixel squared error: the same reconstruction term as SegAE's at alpha = 1.
   config.loss = ml_collections.ConfigDict({'rec_mse_per_pixel': 1.0})
   config.best_metric = ''
+  # No batch carries a mask: the encoder's features are label-free (tools.unsupervised).
+  config.data.drop_masks = True
   return config

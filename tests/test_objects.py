@@ -54,3 +54,16 @@ def test_border_background_is_the_most_common_border_value():
   assert objects.border_background(image)[0] == 0.0
   fg = objects.uniform_foreground(image, 0.0)
   assert fg.sum() == 3 and fg[2, 2]
+
+
+def test_the_label_free_encoders_pipeline_has_no_mask_key(tfds_dir):
+  """configs/ae_scenes.py, whose encoder feeds tools.unsupervised: neither split nor the first
+  training batch carries 'segmentation' (data.drop_masks)."""
+  from conftest import scenes_config
+  from segae_jax.data import inputs
+  config = scenes_config(tfds_dir, 'ae_scenes')
+  dataset = inputs.run_dataset(config)
+  assert 'segmentation' not in dataset.train.__getitems__([0])
+  assert 'segmentation' not in dataset.test.__getitems__([0])
+  batch = next(iter(inputs.train_inputs(config, dataset, {'labeled': []}, 1)))
+  assert 'segmentation' not in batch and 'image' in batch

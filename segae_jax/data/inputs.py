@@ -10,11 +10,14 @@ the weak view, and the views the objective asked for} of the pool's share; see s
 import dataclasses
 from typing import ClassVar, Iterator, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from segae_jax import batch as batch_lib
 from segae_jax.batch import LABELED, PARTS, UNLABELED
 from segae_jax.data import augment
 from segae_jax.data.dataset import Dataset, build, with_labeled_fraction
 from segae_jax.data.pipeline import Batch, TrainIterator, eval_batches
+from segae_jax.data.sources import Subset
 from segae_jax.data.views import InKeyOutKey, View, promised_keys, with_views
 
 
@@ -67,12 +70,19 @@ def run_dataset(config: Mapping) -> Dataset:
   masks' images become the dataset's unlabelled pool; with config.labeled_only they are dropped
   (the run trains on the labelled images alone, e.g. a fine-tuning or a supervised baseline);
   otherwise they stay in the training split flagged 'labeled' = 0
-  (data.dataset.with_labeled_fraction).
+  (data.dataset.with_labeled_fraction). config.data.drop_masks keeps the images alone, in every
+  split.
 
   Raises:
     UserInputError: as `build`, or a labelled fraction of a dataset without masks.
   """
   dataset = build(config['data'])
+  if config['data'].get('drop_masks', False):
+    # An encoder trained for label-free segmentation: no batch of the run carries a mask, so no
+    # loss, metric or view can read one (tools.unsupervised's claim, tested).
+    dataset = dataclasses.replace(
+        dataset, train=Subset(dataset.train, np.arange(len(dataset.train)), keys=('image',)),
+        test=Subset(dataset.test, np.arange(len(dataset.test)), keys=('image',)))
   if config['labeled_fraction'] < 1.0:
     labeled_only = bool(config.get('labeled_only', False))
     dataset = with_labeled_fraction(dataset, config['labeled_fraction'], config['seed'],
