@@ -34,13 +34,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
-from scipy import optimize
-from scipy.cluster import vq
 
 from segae_jax import batch as batch_lib, cli
 from segae_jax.errors import UserInputError
 from segae_jax.inference import scoring
 from segae_jax.tools import common, outputs
+from segae_jax.tools.clusters import (Standardizer, assign, fit_kmeans, foreground_iou,
+                                      hungarian_scores)
 
 FLAGS = flags.FLAGS
 
@@ -55,55 +55,6 @@ def define_flags() -> None:
   flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised): a new or '
                       'empty folder, or a previous unsupervised output, which is replaced.')
   common.define_inference_flags()
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores.
-
-def hungarian_scores(confusion: np.ndarray) -> Dict[str, object]:
-  """Scores a clustering against ground truth after one-to-one Hungarian matching.
-
-  Args:
-    confusion: [num_classes, num_clusters] pixel counts C[true class, cluster].
-
-  Returns:
-    'assignment': [num_clusters] int, the class matched to each cluster or -1 (more clusters than
-      classes); 'miou': mean IoU over the classes present in the ground truth (a class left
-      without a cluster scores 0); 'per_class_iou': [num_classes] list; 'pixel_accuracy':
-      matched pixels / all pixels.
-  """
-  confusion = np.asarray(confusion, np.float64)
-  num_classes, num_clusters = confusion.shape
-  rows, cols = optimize.linear_sum_assignment(confusion, maximize=True)
-  assignment = np.full(num_clusters, -1, np.int64)
-  assignment[cols] = rows
-  tp = np.zeros(num_classes)
-  predicted = np.zeros(num_classes)  # Pixels given to each class through its cluster.
-  for cluster, c in enumerate(assignment):
-    if c >= 0:
-      tp[c] = confusion[c, cluster]
-      predicted[c] = confusion[:, cluster].sum()
-  truth = confusion.sum(1)
-  union = truth + predicted - tp
-  iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
-  present = truth > 0
-  return {'assignment': assignment.tolist(),
-          'miou': float(iou[present].mean()) if present.any() else 0.0,
-          'per_class_iou': iou.tolist(),
-          'pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1.0))}
-
-
-def foreground_iou(confusion: np.ndarray, background: int = 0) -> float:
-  """IoU of the foreground (every class but `background`) when each cluster is called background
-  or foreground by the majority of its pixels; confusion as in hungarian_scores."""
-  confusion = np.asarray(confusion, np.float64)
-  bg = confusion[background]
-  fg = confusion.sum(0) - bg
-  fg_cluster = fg > bg
-  tp = fg[fg_cluster].sum()
-  fp = bg[fg_cluster].sum()
-  fn = fg[~fg_cluster].sum()
-  return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +113,7 @@ class FeatureExtractor:
       self._encode = jax.jit(encode)
       self._dims = [int(run.model.features[l]) for l in self.levels]
     self.weights = {k: v for k, v in self.weights.items() if v > 0}
-    if not self.weights:
-      raise UserInputError('config: every feature weight is 0, nothing to cluster')
-    self._mean: Optional[Dict[str, np.ndarray]] = None
-    self._scale: Optional[Dict[str, np.ndarray]] = None
+    self.standardizer = Standardizer(self.weights)  # Raises when every weight is 0.
 
   def raw(self, images: np.ndarray) -> Dict[str, np.ndarray]:
     """float32 images [b, h, w, c] in [0, 1] -> {block: float32 [b, h, w, dims]}."""
@@ -191,42 +139,12 @@ class FeatureExtractor:
 
   def fit(self, blocks: Mapping[str, np.ndarray]) -> None:
     """Learns each dimension's mean and scale from {block: [n, dims]} sample pixels."""
-    self._mean, self._scale = {}, {}
-    for name, x in blocks.items():
-      x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-      std = x.std(0)
-      self._mean[name] = x.mean(0).astype(np.float32)
-      # A constant dimension (std 0) carries no information: scale 0 removes it.
-      self._scale[name] = np.where(std > 1e-8, self.weights[name] / np.sqrt(x.shape[-1]) /
-                                   np.maximum(std, 1e-8), 0.0).astype(np.float32)
+    self.standardizer.fit(dict(blocks))
 
   def transform(self, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
-    """{block: [..., dims]} -> float32 [..., total dims], standardised and weighted."""
-    if self._mean is None:
-      raise RuntimeError('FeatureExtractor.transform before fit')
-    return np.concatenate([(blocks[n] - self._mean[n]) * self._scale[n] for n in self.weights],
-                          -1).astype(np.float32)
-
-
-def fit_kmeans(features: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
-  """k-means centres float32 [k, dims] of features [n, dims] (scipy kmeans2, k-means++ init).
-
-  Raises:
-    UserInputError: k < 2 or more clusters than sample pixels.
-  """
-  if k < 2 or k > len(features):
-    raise UserInputError(f'config.num_clusters={k}: expected 2..{len(features)} (the number of '
-                         'sampled pixels)')
-  centres, _ = vq.kmeans2(features.astype(np.float64), k, iter=iterations, minit='++',
-                          rng=np.random.default_rng(seed))
-  return centres.astype(np.float32)
-
-
-def assign(features: np.ndarray, centres: np.ndarray) -> np.ndarray:
-  """Nearest centre (squared Euclidean) of each feature: [..., dims] -> int64 [...]."""
-  flat = features.reshape(-1, features.shape[-1])
-  distance = (centres ** 2).sum(1)[None, :] - 2.0 * flat @ centres.T
-  return distance.argmin(1).reshape(features.shape[:-1])
+    """{block: [..., dims]} -> float32 [..., total dims], standardised and weighted
+    (clusters.Standardizer)."""
+    return self.standardizer.transform(dict(blocks))
 
 
 class Clustering:
