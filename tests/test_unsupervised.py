@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import ROOT, scenes_config
 from segae_jax import training
 from segae_jax.inference import scoring
-from segae_jax.tools import unsupervised
+from segae_jax.tools import clusters, unsupervised
 from segae_jax.errors import UserInputError
 
 
@@ -21,7 +21,7 @@ def test_hungarian_matching_on_a_hand_built_confusion():
   confusion = np.array([[2, 50, 0, 8],
                         [30, 0, 5, 0],
                         [0, 10, 20, 0]])
-  scores = unsupervised.hungarian_scores(confusion)
+  scores = clusters.hungarian_scores(confusion)
   # Best one-to-one matching: cluster 1 -> class 0, 0 -> 1, 2 -> 2 (50 + 30 + 20 = 100 pixels);
   # cluster 3 stays unmatched.
   assert scores['assignment'] == [1, 0, 2, -1]
@@ -34,11 +34,11 @@ def test_hungarian_matching_on_a_hand_built_confusion():
 
 
 def test_fewer_clusters_than_classes_leaves_a_class_at_zero():
-  scores = unsupervised.hungarian_scores(np.array([[10, 0], [0, 10], [3, 0]]))
+  scores = clusters.hungarian_scores(np.array([[10, 0], [0, 10], [3, 0]]))
   assert scores['assignment'] == [0, 1]
   np.testing.assert_allclose(scores['per_class_iou'], [10 / 13, 1.0, 0.0])
   # A class absent from the ground truth is not averaged.
-  assert unsupervised.hungarian_scores(np.array([[10, 0], [0, 0]]))['miou'] == 1.0
+  assert clusters.hungarian_scores(np.array([[10, 0], [0, 0]]))['miou'] == 1.0
 
 
 def test_foreground_iou_by_majority_vote():
@@ -47,7 +47,7 @@ def test_foreground_iou_by_majority_vote():
                         [4, 20, 0],
                         [2, 0, 30]])
   # Foreground TP = 20 + 30, FP = 3 + 1, FN = 4 + 2.
-  assert unsupervised.foreground_iou(confusion) == pytest.approx(50 / 60)
+  assert clusters.foreground_iou(confusion) == pytest.approx(50 / 60)
 
 
 def test_confusion_counts_count_and_ignore_out_of_range_labels():
@@ -71,7 +71,7 @@ def test_kmeans_on_the_raw_pixel_baseline_separates_two_intensities():
   assert len(np.unique(regions[..., :4])) == 1 and len(np.unique(regions[..., 4:])) == 1
   assert regions[0, 0, 0] != regions[0, 0, 7]
   confusion = scoring.confusion_counts((images[..., 0] > 0).astype(int), regions, 2, 2)
-  assert unsupervised.hungarian_scores(confusion)['miou'] == 1.0
+  assert clusters.hungarian_scores(confusion)['miou'] == 1.0
 
 
 def test_position_block_is_the_pixel_grid():
@@ -105,14 +105,17 @@ def test_unsupervised_cli_scores_regions_against_real_masks(ae_workdir, tmp_path
   assert 'matched mIoU' in proc.stdout
   result = json.load(open(os.path.join(out, 'unsupervised.json')))
   assert result['model'] == 'unet_ae' and result['num_images'] == 32
-  for name in ('autoencoder', 'baseline_pixels'):
+  assert result['methods'][:2] == ['autoencoder', 'baseline_pixels']
+  assert sorted(result['methods'][2:]) == ['felzenszwalb', 'slic']  # config.partitions.
+  for name in result['methods']:
     r = result[name]
     assert 0.0 <= r['miou'] <= 1.0 and 0.0 <= r['pixel_accuracy'] <= 1.0
     assert sorted(a for a in r['assignment'] if a >= 0) == list(range(11))
   # Background is exactly 0 in these scenes: intensity alone finds most of the foreground.
   assert result['baseline_pixels']['foreground_iou'] > 0.5
   grid = np.asarray(Image.open(os.path.join(out, 'regions.png')))
-  assert grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3)  # 4 images x (image|truth|regions|baseline).
+  # 4 images x (image | truth | each of the 4 methods' regions).
+  assert grid.shape == (4 * 34 + 2, 6 * 34 + 2, 3)
   regions = np.asarray(Image.open(os.path.join(out, 'test_00000_regions.png')))
   assert regions.shape == (32, 32) and regions.max() < 11
   # Rerunning gives the same regions: everything is seeded.

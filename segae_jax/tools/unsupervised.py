@@ -38,9 +38,7 @@ from ml_collections import config_flags
 from segae_jax import batch as batch_lib, cli
 from segae_jax.errors import UserInputError
 from segae_jax.inference import scoring
-from segae_jax.tools import common, outputs
-from segae_jax.tools.clusters import (Standardizer, assign, fit_kmeans, foreground_iou,
-                                      hungarian_scores)
+from segae_jax.tools import clusters, common, outputs, partitions
 
 FLAGS = flags.FLAGS
 
@@ -113,7 +111,7 @@ class FeatureExtractor:
       self._encode = jax.jit(encode)
       self._dims = [int(run.model.features[l]) for l in self.levels]
     self.weights = {k: v for k, v in self.weights.items() if v > 0}
-    self.standardizer = Standardizer(self.weights)  # Raises when every weight is 0.
+    self.standardizer = clusters.Standardizer(self.weights)  # Raises when every weight is 0.
 
   def raw(self, images: np.ndarray) -> Dict[str, np.ndarray]:
     """float32 images [b, h, w, c] in [0, 1] -> {block: float32 [b, h, w, dims]}."""
@@ -169,12 +167,12 @@ class Clustering:
                                             .reshape(-1, x.shape[-1]))
     sample = {name: np.concatenate(parts) for name, parts in samples.items()}
     self.extractor.fit(sample)
-    self.centres = fit_kmeans(self.extractor.transform(sample), self.config.num_clusters,
+    self.centres = clusters.fit_kmeans(self.extractor.transform(sample), self.config.num_clusters,
                               self.config.kmeans_iterations, self.config.seed)
 
   def regions(self, images: np.ndarray) -> np.ndarray:
     """float32 images [b, h, w, c] -> int64 cluster ids [b, h, w]."""
-    return assign(self.extractor.transform(self.extractor.raw(images)), self.centres)
+    return clusters.assign(self.extractor.transform(self.extractor.raw(images)), self.centres)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,23 +193,33 @@ def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
   return model, baseline
 
 
-def _region_pictures(clusters: np.ndarray, assignment: Sequence[int], num_classes: int):
+def _methods(run, config) -> Dict[str, object]:
+  """The methods scored in split mode, by result name: the encoder features' k-means
+  ('autoencoder'), the raw pixels' ('baseline_pixels') and each classical partition of
+  config.partitions ({'slic': {...}, 'felzenszwalb': {...}}: scikit-image's parameters), its
+  segments clustered on the raw-pixel baseline's blocks."""
+  model, baseline = _build_clusterings(run, config)
+  methods = {'autoencoder': model, 'baseline_pixels': baseline}
+  weights = {'colour': config.baseline.colour_weight, 'position': config.baseline.position_weight}
+  for name, params in config.get('partitions', {}).items():
+    methods[name] = partitions.PartitionClustering(name, params, weights, config.num_clusters,
+                                                   config.kmeans_iterations, config.seed)
+  return methods
+
+
+def _region_pictures(cluster_ids: np.ndarray, assignment: Sequence[int], num_classes: int):
   """Cluster ids -> colours of their matched class (unmatched: palette entries past the classes)."""
   from segae_jax.training import visualise
   assignment = np.asarray(assignment)
   unmatched = num_classes + np.cumsum(assignment < 0) - 1
   as_class = np.where(assignment >= 0, assignment, unmatched)
-  return visualise.colourise(as_class[clusters]) / 255.0
+  return visualise.colourise(as_class[cluster_ids]) / 255.0
 
 
-def segment_split(run, config, output: str) -> Dict[str, object]:
-  """Fits on training images, segments the config.split images, scores against their masks."""
+def _split_images(dataset, config):
+  """(fit images, the config.split images, their masks): fit images are config.fit_images
+  training images drawn by config.seed, the split's are its first config.max_images (0: all)."""
   from segae_jax import data
-  from segae_jax.training import visualise, writers
-  dataset = data.build(run.config.data)
-  if 'segmentation' not in dataset.test.__getitems__([0]):
-    raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
-                         'for regions only')
   rng = np.random.default_rng(config.seed)
   train_source = dataset.train
   fit_index = np.sort(rng.choice(len(train_source), min(config.fit_images, len(train_source)),
@@ -222,46 +230,56 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
   count = len(source) if config.max_images <= 0 else min(config.max_images, len(source))
   examples = dataset.preprocess(source.__getitems__(np.arange(count)),
                                 data.eval_rngs(config.seed, np.arange(count)))
-  images, labels = examples['image'], examples['segmentation']
+  return fit_images, examples['image'], examples['segmentation']
 
-  model, baseline = _build_clusterings(run, config)
-  num_classes, k = dataset.num_classes, config.num_clusters
-  results = {}
-  regions = {}
-  for name, clustering in (('autoencoder', model), ('baseline_pixels', baseline)):
-    clustering.fit(_batches(fit_images, config.batch_size), np.random.default_rng(config.seed))
-    confusion = np.zeros((num_classes, k), np.int64)
-    maps = []
-    for chunk, truth in zip(_batches(images, config.batch_size),
-                            _batches(labels, config.batch_size)):
-      clusters = clustering.regions(chunk)
-      confusion += scoring.confusion_counts(truth, clusters, num_classes, k)
-      maps.append(clusters[:config.num_pictures - sum(len(m) for m in maps)])  # The first ones.
-    scores = hungarian_scores(confusion)
-    scores['per_class_iou'] = dict(zip(dataset.class_names, scores['per_class_iou']))
-    scores['foreground_iou'] = foreground_iou(confusion)
-    results[name] = scores
-    regions[name] = np.concatenate(maps)
 
-  shown = min(config.num_pictures, count)
+def _scored(method, fit_images, images, labels, class_names, config):
+  """Fits `method` on fit_images, segments `images`: (its scores, the first num_pictures maps)."""
+  num_classes, k = len(class_names), config.num_clusters
+  method.fit(_batches(fit_images, config.batch_size), np.random.default_rng(config.seed))
+  confusion = np.zeros((num_classes, k), np.int64)
+  maps = []
+  for chunk, truth in zip(_batches(images, config.batch_size), _batches(labels, config.batch_size)):
+    regions = method.regions(chunk)
+    confusion += scoring.confusion_counts(truth, regions, num_classes, k)
+    maps.append(regions[:config.num_pictures - sum(len(m) for m in maps)])  # The first ones.
+  return clusters.scores(confusion, class_names), np.concatenate(maps)
+
+
+def segment_split(run, config, output: str) -> Dict[str, object]:
+  """Fits every method on training images, segments the config.split images, scores each
+  against their masks; regions.png shows image | truth | each method's regions."""
+  from segae_jax import data
+  from segae_jax.training import visualise, writers
+  dataset = data.build(run.config.data)
+  if 'segmentation' not in dataset.test.__getitems__([0]):
+    raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
+                         'for regions only')
+  fit_images, images, labels = _split_images(dataset, config)
+  results, regions = {}, {}
+  for name, method in _methods(run, config).items():
+    results[name], regions[name] = _scored(method, fit_images, images, labels,
+                                           dataset.class_names, config)
+  shown = min(config.num_pictures, len(images))
   if shown:
     panels = [visualise.to_rgb(images[:shown]), visualise.colourise(labels[:shown]) / 255.0]
-    panels += [_region_pictures(regions[n][:shown], results[n]['assignment'], num_classes)
-               for n in ('autoencoder', 'baseline_pixels')]
+    panels += [_region_pictures(regions[n][:shown], results[n]['assignment'],
+                                dataset.num_classes) for n in results]
     tiles = np.stack(panels, 1).reshape((-1,) + panels[0].shape[1:])
-    writers.save_png(os.path.join(output, 'regions.png'), writers.image_grid(tiles, 4))
+    writers.save_png(os.path.join(output, 'regions.png'),
+                     writers.image_grid(tiles, len(panels)))
     for i in range(shown):
       _write_regions(output, f'{config.split}_{i:05d}', images[i], regions['autoencoder'][i])
-  return {'split': config.split, 'num_images': count, 'num_fit_images': len(fit_index),
-          **results}
+  return {'split': config.split, 'num_images': len(images), 'num_fit_images': len(fit_images),
+          'methods': list(results), **results}
 
 
-def _write_regions(output: str, stem: str, image: np.ndarray, clusters: np.ndarray,
+def _write_regions(output: str, stem: str, image: np.ndarray, cluster_ids: np.ndarray,
                    size: Optional[Tuple[int, int]] = None) -> None:
   """<stem>_regions.png (uint8 cluster ids) and <stem>_overlay.png, resized to `size` (w, h)."""
   from PIL import Image
   from segae_jax.training import visualise
-  regions = Image.fromarray(clusters.astype(np.uint8))
+  regions = Image.fromarray(cluster_ids.astype(np.uint8))
   rgb = visualise.to_rgb(np.asarray(image)[None])[0]
   picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
   if size is not None:
@@ -295,8 +313,8 @@ def segment_folder(run, config, input_path: str, output: str, inference: common.
                                                           enumerate(tiled) if t]
   order = resized + [i for i, t in enumerate(tiled) if t]
   model.fit(batches, np.random.default_rng(config.seed))
-  clusters = [c for b in batches for c in model.regions(b)]
-  for i, regions in zip(order, clusters):
+  maps = [c for b in batches for c in model.regions(b)]
+  for i, regions in zip(order, maps):
     stem = os.path.splitext(os.path.basename(files[i]))[0]
     h, w = pixels[i].shape[:2]
     _write_regions(output, stem, unit(pixels[i]), regions, size=(w, h))
@@ -352,7 +370,7 @@ def main() -> None:
                              inference=common.Inference.from_flags())
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
   if 'autoencoder' in results:
-    for name in ('autoencoder', 'baseline_pixels'):
+    for name in results['methods']:
       r = results[name]
       print(f'{name:>16}: matched mIoU {r["miou"]:.3f}, pixel accuracy '
             f'{r["pixel_accuracy"]:.3f}, foreground IoU {r["foreground_iou"]:.3f}')
