@@ -38,6 +38,7 @@ def get_config():
       'max_size': 0,               # > 0: store images with the long side capped at this.
       'unlabeled_dir': '',         # Images without masks (configs/segae_folder_semisup.py).
       'mask_mode': 'classes',      # or 'foreground': instance ids (any non-zero) -> class 1.
+      'ignore_label': -1,          # A mask value in [num_classes, 255] for pixels of unknown class.
       'normalize': placeholder(str),  # 'unit', 'zscore' or 'percentile'; None: unit for 8-bit
                                       # images, percentile for 16-bit and float ones.
       'unlabeled_per_batch': 0,    # How many of each batch come from unlabeled_dir.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segae_jax.data import folder, local, sources
+from segae_jax.data import fingerprint, folder, local, sources
 from segae_jax.errors import UserInputError
 
 HEIGHT, WIDTH = 20, 24  # Source files, stored at this size; the pipeline makes them 16x16.
@@ -451,6 +451,37 @@ def test_instance_masks_train_foreground_in_foreground_mode(tmp_path):
     _config(tmp_path, tmp_path, mask_mode='foreground', num_classes=3)
   with pytest.raises(UserInputError, match=r"config.data.mask_mode='instances'; expected one of"):
     _config(tmp_path, tmp_path, mask_mode='instances')
+
+
+def test_ignore_label_keeps_unknown_pixels_out_of_the_classes(tmp_path):
+  """Pseudo-masks with 255 on the pixels of unknown class: refused as a class id, stored as they
+  are with ignore_label=255 (and left out of the inferred class count); the default leaves the
+  stored settings, so the names of datasets prepared before the field, as they were."""
+  rng = np.random.default_rng(0)
+  for stem in ('a', 'b', 'c', 'd'):
+    _write(tmp_path / 'images' / f'{stem}.png', rng.integers(0, 256, (HEIGHT, WIDTH), np.uint8))
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[2:6, 3:9], mask[10:14, 12:20] = 2, 255
+    _write(tmp_path / 'masks' / f'{stem}.png', mask)
+  with pytest.raises(UserInputError, match=r'\.png: label value 255 >= config.data.num_classes'):
+    folder.prepare(_config(tmp_path / 'images', tmp_path / 'masks', channels=1, num_classes=3),
+                   str(tmp_path / 'tfds_refused'))
+  config = _config(tmp_path / 'images', tmp_path / 'masks', channels=1, num_classes=3,
+                   ignore_label=255, image_size=(HEIGHT, WIDTH))
+  builder = folder.prepare(config, str(tmp_path / 'tfds'))
+  for split in ('train', 'test'):
+    for mask in _read(builder, split)['segmentation']:
+      np.testing.assert_array_equal(np.unique(mask), [0, 2, 255])
+      assert (mask[10:14, 12:20] == 255).all()
+  fp = fingerprint.measure({'images_dir': str(tmp_path / 'images'),
+                          'masks_dir': str(tmp_path / 'masks')}, read_masks=True)
+  assert fingerprint.infer_num_classes(fp, 'classes', 255) == 3
+  assert fingerprint.infer_num_classes(fp, 'classes') == 256
+  assert 'ignore_label' not in _config(tmp_path, tmp_path).settings()
+  assert config.settings()['ignore_label'] == 255
+  for bad in (2, 256, 1.5):
+    with pytest.raises(UserInputError, match=r'config.data.ignore_label must be -1 \(none\)'):
+      _config(tmp_path, tmp_path, num_classes=3, ignore_label=bad)
 
 
 def test_bad_settings_name_the_key(tmp_path):

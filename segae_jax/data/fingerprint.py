@@ -250,15 +250,16 @@ def infer_normalize(fp: Fingerprint) -> str:
   return 'unit' if set(fp.dtypes) == {'uint8'} else 'percentile'
 
 
-def infer_num_classes(fp: Fingerprint, mask_mode: str) -> int:
-  """2 with mask_mode='foreground', else the largest mask label + 1 (at least 2).
+def infer_num_classes(fp: Fingerprint, mask_mode: str, ignore_label: int = -1) -> int:
+  """2 with mask_mode='foreground', else the largest mask label other than `ignore_label` + 1
+  (at least 2).
 
   Raises:
     UserInputError: a label of 256 or more (naming the mask).
   """
   if mask_mode == 'foreground':
     return 2
-  largest = fp.labels[-1]
+  largest = max([l for l in fp.labels if l != ignore_label], default=0)
   if largest >= MAX_CLASSES:
     raise UserInputError(f'{fp.max_label_file}: mask label {largest} is not a class id in '
                          f'[0, {MAX_CLASSES}); instance label images need '
@@ -327,7 +328,8 @@ def infer_data(data_config: Mapping, fp: Fingerprint, factor: int) -> Dict[str, 
   unset = [key for key in DATA_FIELDS if data_config.get(key) is None]
   values = {}
   if 'num_classes' in unset:
-    values['num_classes'] = infer_num_classes(fp, data_config.get('mask_mode') or 'classes')
+    values['num_classes'] = infer_num_classes(fp, data_config.get('mask_mode') or 'classes',
+                                              data_config.get('ignore_label', -1))
   if 'channels' in unset:
     values['channels'] = infer_channels(fp)
   if 'normalize' in unset:

@@ -89,6 +89,9 @@ class FolderConfig(tfds.core.BuilderConfig):
       needs num_classes=2).
     normalize: 'unit', 'zscore' or 'percentile' (data.normalize; not stored: the statistics of
       every mode are).
+    ignore_label: -1 (none), or a mask value in [num_classes, 255] that marks pixels of unknown
+      class (pseudo-labels left out, unannotated regions): stored as it is, and the losses and
+      metrics skip it as they skip every value outside [0, num_classes).
 
   `name` is set from a hash of the stored settings (`settings()`, paths made absolute first),
   whatever is passed.
@@ -111,6 +114,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   unlabeled_dir: str = ''
   mask_mode: str = 'classes'
   normalize: str = 'unit'
+  ignore_label: int = -1
 
   def __post_init__(self):
     local.check_paths(self, ('images_dir', 'masks_dir'), ('class_names_file', 'unlabeled_dir'))
@@ -129,6 +133,12 @@ class FolderConfig(tfds.core.BuilderConfig):
     if self.mask_mode == 'foreground' and self.num_classes != 2:
       raise UserInputError(f"config.data.mask_mode='foreground' makes 2 classes (background, "
                            f'foreground); config.data.num_classes is {self.num_classes}')
+    if not local.is_int(self.ignore_label) or not (
+        self.ignore_label == -1 or self.num_classes <= self.ignore_label < MAX_CLASSES):
+      raise UserInputError(f'config.data.ignore_label must be -1 (none) or in '
+                           f'[num_classes={self.num_classes}, {MAX_CLASSES - 1}], '
+                           f'got {self.ignore_label!r}')
+    self.ignore_label = int(self.ignore_label)
     self.name = local.config_name('folder', self.settings())
     if self.description is None:
       self.description = 'Images and masks from ' + json.dumps(self.settings(), sort_keys=True)
@@ -141,7 +151,8 @@ class FolderConfig(tfds.core.BuilderConfig):
             'test_fraction': self.test_fraction, 'split_seed': self.split_seed,
             'max_size': self.max_size, 'unlabeled_dir': self.unlabeled_dir,
             # Only when not the default: datasets prepared before the field keep their names.
-            **({'mask_mode': self.mask_mode} if self.mask_mode != 'classes' else {})}
+            **({'mask_mode': self.mask_mode} if self.mask_mode != 'classes' else {}),
+            **({'ignore_label': self.ignore_label} if self.ignore_label != -1 else {})}
 
 
 def read_class_names(config: FolderConfig) -> Tuple[str, ...]:
@@ -203,12 +214,13 @@ def split_files(config: FolderConfig) -> Dict[str, List[Tuple[str, str, str]]]:
 
 
 def _mask_array(labels: np.ndarray, path: str, num_classes: int,
-                mask_mode: str = 'classes') -> np.ndarray:
-  """int [height, width] label values -> uint8 class ids in [0, num_classes); with
-  mask_mode='foreground' every non-zero value is class 1."""
+                mask_mode: str = 'classes', ignore_label: int = -1) -> np.ndarray:
+  """int [height, width] label values -> uint8 class ids in [0, num_classes) (and
+  `ignore_label`, kept); with mask_mode='foreground' every non-zero value is class 1."""
   if mask_mode == 'foreground':  # Instance ids (or any non-zero label) -> foreground.
-    labels = (labels != 0).astype(np.int64)
-  low, high = int(labels.min()), int(labels.max())
+    labels = np.where(labels == ignore_label, ignore_label, labels != 0).astype(np.int64)
+  known = labels[labels != ignore_label]
+  low, high = int(known.min(initial=0)), int(known.max(initial=0))
   if low < 0:
     raise UserInputError(f'{path}: label value {low} is negative; labels must be in '
                          f'[0, {num_classes})')
@@ -237,7 +249,7 @@ def read_example(image_path: str, mask_path: str, config: FolderConfig,
   h, w = batch_lib.spatial_shape(image, leading=0)
   if mask_path:
     mask = _mask_array(read_label_image(mask_path), mask_path, config.num_classes,
-                       config.mask_mode)
+                       config.mask_mode, config.ignore_label)
     if mask.shape != (h, w):
       raise UserInputError(f'{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} '
                            f'(height x width) but its image {image_path} is {h}x{w}')
@@ -331,7 +343,7 @@ def prepare(config: FolderConfig, tfds_dir: Optional[str] = None) -> Segmentatio
 
 FIELDS = ('images_dir', 'masks_dir', 'num_classes', 'image_size', 'channels', 'class_names_file',
           'resize', 'split', 'test_fraction', 'split_seed', 'max_size', 'unlabeled_dir',
-          'mask_mode', 'normalize')
+          'mask_mode', 'normalize', 'ignore_label')
 
 
 @dataclasses.dataclass(frozen=True)
