@@ -13,6 +13,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.split = 'test'            # Images segmented and scored ('train' or 'test').
   config.max_images = 0            # 0 = the whole split.
   config.num_clusters = 11         # k; = the scenes' 11 classes, so matching is one to one.
+  # The methods scored, in the table's order (segae_jax.tools.unsupervised.METHODS; the object
+  # methods need an AE or VAE run for their codes: configs/unsup_objects.py).
+  config.methods = ('autoencoder', 'baseline_pixels', 'slic', 'felzenszwalb')
+  config.write_regions = 'autoencoder'  # Whose region maps are written per image.
   config.levels = (0, 1, 2, 3)     # Encoder levels (0 = full resolution, 3 = the bottleneck).
   # Block weights: each block (one per level, colour, position) adds weight^2 to the expected
   # squared distance between pixels, whatever its number of channels.

@@ -129,6 +129,7 @@ class ObjectCodes:
     self.config = config
     self.canvas = tuple(coder.image_shape[:2])
     self.model = None
+    self.background = None  # float32 [channels]: the median border background of the fit images.
     self.singles = []  # (pixels [h, w, c], mask [h, w], class >= 1) of the fitted singles.
 
   def find(self, images: np.ndarray) -> List[np.ndarray]:
@@ -185,8 +186,9 @@ class ObjectCodes:
       UserInputError: fewer likely single objects than clusters.
     """
     del rng  # Every object is used; the mixture is seeded by config.objects.seed.
-    found = []
+    found, backgrounds = [], []
     for images in image_batches:
+      backgrounds += [border_background(image) for image in images]
       maps = self.find(images)
       found.append((images, maps, *self.codes(self.windows(images, maps))))
     errors = np.concatenate([f[3] for f in found])
@@ -197,6 +199,7 @@ class ObjectCodes:
                            f'config.objects.num_clusters={self.config.num_clusters} needs more '
                            '(more fit images, or a lower objects.min_pixels)')
     self._cluster(codes[single])
+    self.background = np.median(np.stack(backgrounds), 0).astype(np.float32)
     self.singles = list(self._cut_singles(found, single, self.classes(codes)))
 
   @staticmethod

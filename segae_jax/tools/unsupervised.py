@@ -193,18 +193,63 @@ def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
   return model, baseline
 
 
-def _methods(run, config) -> Dict[str, object]:
-  """The methods scored in split mode, by result name: the encoder features' k-means
-  ('autoencoder'), the raw pixels' ('baseline_pixels') and each classical partition of
-  config.partitions ({'slic': {...}, 'felzenszwalb': {...}}: scikit-image's parameters), its
-  segments clustered on the raw-pixel baseline's blocks."""
+METHODS = ('autoencoder', 'baseline_pixels', 'slic', 'felzenszwalb', 'object_codes',
+           'pixel_head')
+
+
+def _object_codes(config):
+  """The objects method of config.objects (its workdir: an AE or VAE run whose codes class the
+  objects)."""
+  from segae_jax.tools import latents, objects
+  if not config.objects.workdir:
+    raise UserInputError('config.objects.workdir is not set: the object methods need an AE or '
+                         'VAE run whose codes class the objects (configs/unsup_objects.py)')
+  coder = latents.LatentModel(common.load_run(config.objects.workdir,
+                                              config.objects.checkpoint))
+  return objects.ObjectCodes(coder, config.objects)
+
+
+def _pixel_head(workdir: str, config, object_codes):
+  """The self-trained head of config.head, in config.head.workdir (default WORKDIR/pixel_head),
+  each round started from `workdir`'s weights."""
+  from segae_jax.tools import pixel_head
+  head = config.head
+  head_workdir = head.workdir or os.path.join(workdir, 'pixel_head')
+  head.workdir = head_workdir  # Recorded in unsupervised.json's config.
+  definition = {'objects': {k: v for k, v in config.objects.to_dict().items()},
+                'head': {k: v for k, v in head.to_dict().items()
+                         if k not in ('workdir', 'batch_size')},
+                'init_from': os.path.abspath(workdir)}
+  return pixel_head.PixelHead(object_codes, head, os.path.abspath(workdir), definition)
+
+
+def _methods(run, config, workdir: str) -> Dict[str, object]:
+  """The methods of config.methods scored in split mode, by result name: the encoder features'
+  k-means ('autoencoder'), the raw pixels' ('baseline_pixels'), each classical partition of
+  config.partitions ('slic', 'felzenszwalb': scikit-image's parameters), its segments clustered
+  on the raw-pixel baseline's blocks, the objects classed by their codes ('object_codes',
+  config.objects) and the head self-trained on them ('pixel_head', config.head).
+
+  Raises:
+    UserInputError: an unknown method, or a method whose block is missing or unset.
+  """
+  unknown = [m for m in config.methods if m not in METHODS]
+  if unknown:
+    raise UserInputError(f'config.methods: unknown {unknown[0]!r}; expected some of '
+                         f'{", ".join(METHODS)}')
   model, baseline = _build_clusterings(run, config)
   methods = {'autoencoder': model, 'baseline_pixels': baseline}
   weights = {'colour': config.baseline.colour_weight, 'position': config.baseline.position_weight}
-  for name, params in config.get('partitions', {}).items():
-    methods[name] = partitions.PartitionClustering(name, params, weights, config.num_clusters,
-                                                   config.kmeans_iterations, config.seed)
-  return methods
+  for name in partitions.PARTITIONS:
+    if name in config.methods:
+      methods[name] = partitions.PartitionClustering(
+          name, config.partitions[name], weights, config.num_clusters,
+          config.kmeans_iterations, config.seed)
+  if 'object_codes' in config.methods or 'pixel_head' in config.methods:
+    methods['object_codes'] = _object_codes(config)
+  if 'pixel_head' in config.methods:
+    methods['pixel_head'] = _pixel_head(workdir, config, methods['object_codes'])
+  return {name: methods[name] for name in config.methods}
 
 
 def _region_pictures(cluster_ids: np.ndarray, assignment: Sequence[int], num_classes: int):
@@ -216,26 +261,38 @@ def _region_pictures(cluster_ids: np.ndarray, assignment: Sequence[int], num_cla
   return visualise.colourise(as_class[cluster_ids]) / 255.0
 
 
-def _split_images(dataset, config):
-  """(fit images, the config.split images, their masks): fit images are config.fit_images
-  training images drawn by config.seed, the split's are its first config.max_images (0: all)."""
+def _training_images(dataset, count: int, seed: int) -> np.ndarray:
+  """`count` training images (0: all) drawn by `seed`, in index order, preprocessed for
+  evaluation (model units)."""
   from segae_jax import data
-  rng = np.random.default_rng(config.seed)
-  train_source = dataset.train
-  fit_index = np.sort(rng.choice(len(train_source), min(config.fit_images, len(train_source)),
-                                 replace=False))
-  fit_images = dataset.preprocess(train_source.__getitems__(fit_index),
-                                  data.eval_rngs(config.seed, fit_index))['image']
+  source = dataset.train
+  count = len(source) if count <= 0 else min(count, len(source))
+  index = np.sort(np.random.default_rng(seed).choice(len(source), count, replace=False))
+  return dataset.preprocess(source.__getitems__(index), data.eval_rngs(seed, index))['image']
+
+
+def _split_images(dataset, config):
+  """(the config.split images, their masks): the split's first config.max_images (0: all)."""
+  from segae_jax import data
   source = dataset.train if config.split == 'train' else dataset.test
   count = len(source) if config.max_images <= 0 else min(config.max_images, len(source))
   examples = dataset.preprocess(source.__getitems__(np.arange(count)),
                                 data.eval_rngs(config.seed, np.arange(count)))
-  return fit_images, examples['image'], examples['segmentation']
+  return examples['image'], examples['segmentation']
+
+
+def _fit_count(name: str, config) -> int:
+  """How many training images fit method `name` (0: all): the object methods take
+  config.objects.fit_images, the others config.fit_images."""
+  if name in ('object_codes', 'pixel_head'):
+    return config.objects.fit_images
+  return config.fit_images
 
 
 def _scored(method, fit_images, images, labels, class_names, config):
   """Fits `method` on fit_images, segments `images`: (its scores, the first num_pictures maps)."""
-  num_classes, k = len(class_names), config.num_clusters
+  num_classes = len(class_names)
+  k = max(config.num_clusters, num_classes)  # Object methods give a class per cluster + 0.
   method.fit(_batches(fit_images, config.batch_size), np.random.default_rng(config.seed))
   confusion = np.zeros((num_classes, k), np.int64)
   maps = []
@@ -246,7 +303,7 @@ def _scored(method, fit_images, images, labels, class_names, config):
   return clusters.scores(confusion, class_names), np.concatenate(maps)
 
 
-def segment_split(run, config, output: str) -> Dict[str, object]:
+def segment_split(run, config, output: str, workdir: str) -> Dict[str, object]:
   """Fits every method on training images, segments the config.split images, scores each
   against their masks; regions.png shows image | truth | each method's regions."""
   from segae_jax import data
@@ -255,11 +312,18 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
   if 'segmentation' not in dataset.test.__getitems__([0]):
     raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
                          'for regions only')
-  fit_images, images, labels = _split_images(dataset, config)
-  results, regions = {}, {}
-  for name, method in _methods(run, config).items():
-    results[name], regions[name] = _scored(method, fit_images, images, labels,
+  images, labels = _split_images(dataset, config)
+  written = config.write_regions  # Whose region maps are written per image.
+  if written not in config.methods:
+    raise UserInputError(f'config.write_regions={written!r} is not one of config.methods')
+  results, regions, fitted = {}, {}, {}
+  for name, method in _methods(run, config, workdir).items():
+    count = _fit_count(name, config)
+    if count not in fitted:
+      fitted[count] = _training_images(dataset, count, config.seed)
+    results[name], regions[name] = _scored(method, fitted[count], images, labels,
                                            dataset.class_names, config)
+    results[name]['num_fit_images'] = len(fitted[count])
   shown = min(config.num_pictures, len(images))
   if shown:
     panels = [visualise.to_rgb(images[:shown]), visualise.colourise(labels[:shown]) / 255.0]
@@ -269,8 +333,8 @@ def segment_split(run, config, output: str) -> Dict[str, object]:
     writers.save_png(os.path.join(output, 'regions.png'),
                      writers.image_grid(tiles, len(panels)))
     for i in range(shown):
-      _write_regions(output, f'{config.split}_{i:05d}', images[i], regions['autoencoder'][i])
-  return {'split': config.split, 'num_images': len(images), 'num_fit_images': len(fit_images),
+      _write_regions(output, f'{config.split}_{i:05d}', images[i], regions[written][i])
+  return {'split': config.split, 'num_images': len(images), 'written': written,
           'methods': list(results), **results}
 
 
@@ -357,7 +421,7 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
     if input_path:
       results = segment_folder(run, config, input_path, staging, inference, tiles)
     else:
-      results = segment_split(run, config, staging)
+      results = segment_split(run, config, staging, workdir)
     results = {**common.result_header(workdir, run, checkpoint=False),
                'config': config.to_dict(), **results}
     writers.write_json(os.path.join(staging, 'unsupervised.json'), results)
@@ -369,7 +433,7 @@ def main() -> None:
   results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output,
                              inference=common.Inference.from_flags())
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
-  if 'autoencoder' in results:
+  if 'methods' in results:
     for name in results['methods']:
       r = results[name]
       print(f'{name:>16}: matched mIoU {r["miou"]:.3f}, pixel accuracy '
