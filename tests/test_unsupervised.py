@@ -159,3 +159,59 @@ def test_unsupervised_refuses_bad_input(ae_workdir, tmp_path):
     unsupervised.run_unsupervised(ae_workdir, config, output=str(tmp_path / 'out'))
   with pytest.raises(UserInputError, match='not a training workdir'):
     unsupervised.run_unsupervised(str(tmp_path), config)
+
+
+@pytest.fixture(scope='module')
+def vae_workdir(tmp_path_factory, tfds_dir):
+  """A VAE of Fashion-MNIST images (configs/default.py, no label read): the objects' codes."""
+  from conftest import small_config
+  workdir = str(tmp_path_factory.mktemp('unsup') / 'vae')
+  training.train_and_evaluate(small_config(tfds_dir), workdir)
+  return workdir
+
+
+def _objects_config(vae_workdir, head_workdir, **fields):
+  from configs import unsup_objects
+  config = unsup_objects.get_config()
+  config.update_from_flattened_dict({
+      'fit_images': 32, 'num_pictures': 4, 'fit_pixels_per_image': 64, 'kmeans_iterations': 5,
+      'levels': (0, 1), 'objects.workdir': vae_workdir, 'head.workdir': head_workdir,
+      'head.steps': 2, 'head.composites': 16, 'head.test_composites': 4, 'head.batch_size': 16,
+      **fields})
+  # The head's rounds start from the small test AE: its model's levels, small batches.
+  config.head.overrides = (('batch_size', 8), ('eval_batch_size', 8), ('loss.dice', 0.0),
+                           ('model.features', (8, 16)), ('warmup_steps', 1),
+                           ('num_pictures', 2))
+  return config
+
+
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
+def test_object_methods_train_the_head_once_and_resume_it(ae_workdir, vae_workdir, tmp_path):
+  head = str(tmp_path / 'head')
+  config = _objects_config(vae_workdir, head)
+  result = unsupervised.run_unsupervised(ae_workdir, config, output=str(tmp_path / 'out'))
+  assert result['methods'][-2:] == ['object_codes', 'pixel_head']
+  assert result['written'] == 'pixel_head'
+  for name in ('object_codes', 'pixel_head'):
+    # The scenes' background is exactly 0: the components are the objects' pixels.
+    assert result[name]['foreground_iou'] > 0.9
+    assert result[name]['num_fit_images'] == 64  # objects.fit_images=0: the whole split.
+  for round_ in ('round1', 'round2'):
+    assert json.load(open(os.path.join(head, round_, 'results.json')))['step'] == 2
+  masks = np.stack([np.asarray(Image.open(os.path.join(head, 'round2_data', 'masks', 'train', f)))
+                    for f in sorted(os.listdir(os.path.join(head, 'round2_data', 'masks',
+                                                            'train')))])
+  assert set(np.unique(masks)) <= set(range(11)) | {255} and (masks == 0).any()
+  finished = os.path.getmtime(os.path.join(head, 'round2', 'results.json'))
+  again = unsupervised.run_unsupervised(ae_workdir, _objects_config(vae_workdir, head),
+                                        output=str(tmp_path / 'again'))
+  # The finished rounds are read back, not trained again: the same head, the same regions.
+  assert os.path.getmtime(os.path.join(head, 'round2', 'results.json')) == finished
+  assert again['pixel_head'] == result['pixel_head']
+  with pytest.raises(UserInputError, match='another definition'):
+    unsupervised.run_unsupervised(ae_workdir, _objects_config(vae_workdir, head,
+                                                              **{'objects.seed': 1}),
+                                  output=str(tmp_path / 'other'))
+  with pytest.raises(UserInputError, match='config.objects.workdir is not set'):
+    unsupervised.run_unsupervised(ae_workdir, _objects_config('', str(tmp_path / 'head2')),
+                                  output=str(tmp_path / 'none'))
