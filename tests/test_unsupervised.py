@@ -185,11 +185,20 @@ def _objects_config(vae_workdir, head_workdir, **fields):
   return config
 
 
-@pytest.mark.faults  # Longer end-to-end check: make test-faults.
-def test_object_methods_train_the_head_once_and_resume_it(ae_workdir, vae_workdir, tmp_path):
-  head = str(tmp_path / 'head')
+@pytest.fixture(scope='module')
+def objects_split(ae_workdir, vae_workdir, tmp_path_factory):
+  """The object methods on the test scenes, the head trained in its own workdir:
+  (head workdir, unsupervised.json's results)."""
+  root = tmp_path_factory.mktemp('objects')
+  head = str(root / 'head')
   config = _objects_config(vae_workdir, head)
-  result = unsupervised.run_unsupervised(ae_workdir, config, output=str(tmp_path / 'out'))
+  return head, unsupervised.run_unsupervised(ae_workdir, config, output=str(root / 'out'))
+
+
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
+def test_object_methods_train_the_head_once_and_resume_it(ae_workdir, vae_workdir, objects_split,
+                                                          tmp_path):
+  head, result = objects_split
   assert result['methods'][-2:] == ['object_codes', 'pixel_head']
   assert result['written'] == 'pixel_head'
   for name in ('object_codes', 'pixel_head'):
@@ -215,3 +224,52 @@ def test_object_methods_train_the_head_once_and_resume_it(ae_workdir, vae_workdi
   with pytest.raises(UserInputError, match='config.objects.workdir is not set'):
     unsupervised.run_unsupervised(ae_workdir, _objects_config('', str(tmp_path / 'head2')),
                                   output=str(tmp_path / 'none'))
+
+
+@pytest.mark.faults  # Longer end-to-end check: make test-faults.
+def test_every_method_on_a_folder_of_two_sizes_scored_against_its_masks(
+    ae_workdir, vae_workdir, objects_split, tfds_dir, tmp_path):
+  """--input with --masks: test scenes as PNG files, 28 at the model's 32x32 and a 64x64 mosaic
+  of four (tiled), each method's regions at the image's own size, scored per class (the object
+  classes fitted on the folder's own objects, as the k-means is)."""
+  from segae_jax import data
+  from conftest import scenes_config
+  head, _ = objects_split
+  scenes = data.build(scenes_config(tfds_dir).data).test.__getitems__(list(range(32)))
+  images = scenes['image'][..., 0]
+  labels = scenes['segmentation'].reshape(images.shape)
+  mosaic = lambda a: np.block([[a[28], a[29]], [a[30], a[31]]])
+  (tmp_path / 'images').mkdir()
+  (tmp_path / 'masks').mkdir()
+  files = [(f'small{i:02d}', images[i], labels[i]) for i in range(28)]
+  for stem, image, mask in files + [('large', mosaic(images), mosaic(labels))]:
+    Image.fromarray(image).save(tmp_path / 'images' / f'{stem}.png')
+    Image.fromarray(mask).save(tmp_path / 'masks' / f'{stem}.png')
+  out = str(tmp_path / 'out')
+  proc = _run(f'--workdir={ae_workdir}', f'--input={tmp_path / "images"}',
+              f'--masks={tmp_path / "masks"}', f'--output={out}', '--config=configs/unsup_objects.py',
+              f'--config.objects.workdir={vae_workdir}', f'--config.head.workdir={head}',
+              '--config.head.steps=2', '--config.head.composites=16',
+              '--config.head.test_composites=4', '--config.head.batch_size=16',
+              '--config.fit_pixels_per_image=64', '--config.kmeans_iterations=5',
+              '--config.levels=(0, 1)', '--config.objects.num_clusters=2',
+              '--config.num_clusters=11')
+  assert proc.returncode == 2 and 'another definition' in proc.stderr  # objects.num_clusters.
+  config = _objects_config(vae_workdir, head)
+  result = unsupervised.run_unsupervised(ae_workdir, config, input_path=str(tmp_path / 'images'),
+                                         output=out, masks_path=str(tmp_path / 'masks'))
+  assert result['num_tiled'] == 1 and result['methods'] == list(config.methods)
+  for stem, size in (('small00', (32, 32)), ('small27', (32, 32)), ('large', (64, 64))):
+    regions = np.asarray(Image.open(os.path.join(out, f'{stem}_regions.png')))
+    assert regions.shape == size and regions.max() <= 10
+    # The pixel head's regions: classes on the objects, background (0) off them (filled holes
+    # and dropped specks aside: the scenes' background is exactly 0).
+    truth = np.asarray(Image.open(tmp_path / 'masks' / f'{stem}.png'))
+    assert ((regions == 0) != (truth == 0)).mean() < 0.02
+  for name in config.methods:
+    assert 0.0 <= result['scores'][name]['miou'] <= 1.0
+  assert result['scores']['object_codes']['foreground_iou'] > 0.95
+  table = open(os.path.join(out, 'per_class.md')).read()
+  header = [cell.strip() for cell in table.splitlines()[0].split('|')[1:-1]]
+  assert header == ['class'] + list(config.methods) and (
+      'class_10' in table)

@@ -142,6 +142,7 @@ class PixelHead:
     self.workdir = outputs.check_reused_folder(head.workdir, TOOL, OWN_FILE)
     self.definition = definition
     self.run = None
+    self.inference, self.tiles = None, None  # Set by `restore`, for images of any size.
     own = os.path.join(self.workdir, OWN_FILE)
     if os.path.exists(own):
       with open(own, encoding='utf-8') as f:
@@ -185,7 +186,10 @@ class PixelHead:
 
   def fit(self, image_batches: Iterable[np.ndarray], rng: np.random.Generator) -> None:
     """Fits the object codes on the images (float32 [b, h, w, c] batches, model units) when not
-    yet, then trains the rounds (each resumed or skipped when finished)."""
+    yet, then trains the rounds (each resumed or skipped when finished); nothing once `restore`d
+    (a folder's images of any size are segmented by the head trained on the split)."""
+    if self.run is not None:
+      return
     batches = list(image_batches)
     if self.objects.model is None:
       self.objects.fit(batches, rng)
@@ -199,9 +203,38 @@ class PixelHead:
                             ignore=True)
     self.run = common.load_run(workdir, 'latest')
 
+  def restore(self, inference: common.Inference) -> None:
+    """Loads the finished head of head.workdir without training anything (the --input route,
+    images of any size: larger than the head's input tiled by `inference`, others resized).
+
+    Raises:
+      UserInputError: head.workdir holds no finished final round, or a bad tile size.
+    """
+    final = os.path.join(self.workdir, f'round{2 if self.head.rounds >= 2 else 1}')
+    if not _finished(final, self.head.steps):
+      raise UserInputError(f'{final}: no finished pixel head; train it first by running the '
+                           'command on the training split (without --input)')
+    self.run = common.load_run(final, 'latest')
+    self.inference = inference
+    self.tiles = self.run.make_tiling(inference, self.head.batch_size)
+
+  def _logits(self, image: np.ndarray) -> np.ndarray:
+    """float32 [h, w, c] of any size -> float32 logits [h, w, classes]: tiled (larger than the
+    head's input), or of the image resized to the input and resized back (bilinear)."""
+    from segae_jax.data import sizing
+    infer = lambda tiles: self.run.infer(tiles, common.seg_logits, self.head.batch_size)
+    h, w = image.shape[:2]
+    if self.run.uses_tiles(self.inference, h, w):
+      return np.asarray(self.tiles.apply(infer, image))
+    logits = infer(sizing.resize_image(image, self.run.input_size)[None])[0]
+    return sizing.resize_image(np.asarray(logits, np.float32), (h, w))
+
   def regions(self, images: np.ndarray) -> np.ndarray:
     """float32 images [b, h, w, c] -> int64 class maps [b, h, w]: the head's best object class
     on the object foreground (objects.find), 0 elsewhere."""
-    logits = self.run.infer(images, common.seg_logits, self.head.batch_size)
+    if tuple(images.shape[1:3]) == tuple(self.run.input_size):
+      logits = np.asarray(self.run.infer(images, common.seg_logits, self.head.batch_size))
+    else:
+      logits = np.stack([self._logits(image) for image in images])
     foreground = np.stack([ids > 0 for ids in self.objects.find(images)])
-    return np.where(foreground, np.asarray(logits)[..., 1:].argmax(-1) + 1, 0).astype(np.int64)
+    return np.where(foreground, logits[..., 1:].argmax(-1) + 1, 0).astype(np.int64)

@@ -49,7 +49,10 @@ def define_flags() -> None:
   common.define_run_flags('Training workdir of a U-Net-family autoencoder.')
   config_flags.DEFINE_config_file('config', None, 'Clustering config (configs/unsup_scenes.py).',
                                   lock_config=True)
-  flags.DEFINE_string('input', None, 'A folder of images (or one image): regions only, no score.')
+  flags.DEFINE_string('input', None, 'A folder of images (or one image): regions, scored only '
+                      'with --masks.')
+  flags.DEFINE_string('masks', None, 'With --input: a folder of label images of the same stems '
+                      'to score the regions against (per-class IoU table).')
   flags.DEFINE_string('output', None, 'Output folder (default WORKDIR/unsupervised): a new or '
                       'empty folder, or a previous unsupervised output, which is replaced.')
   common.define_inference_flags()
@@ -338,52 +341,120 @@ def segment_split(run, config, output: str, workdir: str) -> Dict[str, object]:
           'methods': list(results), **results}
 
 
-def _write_regions(output: str, stem: str, image: np.ndarray, cluster_ids: np.ndarray,
-                   size: Optional[Tuple[int, int]] = None) -> None:
-  """<stem>_regions.png (uint8 cluster ids) and <stem>_overlay.png, resized to `size` (w, h)."""
+def _write_regions(output: str, stem: str, image: np.ndarray, cluster_ids: np.ndarray) -> None:
+  """<stem>_regions.png (uint8 cluster ids [h, w]) and <stem>_overlay.png over `image` (model
+  units [h, w, c], the same size)."""
   from PIL import Image
   from segae_jax.training import visualise
   regions = Image.fromarray(cluster_ids.astype(np.uint8))
   rgb = visualise.to_rgb(np.asarray(image)[None])[0]
   picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
-  if size is not None:
-    regions = regions.resize(size, Image.NEAREST)
-    picture = picture.resize(size, Image.BILINEAR)
   regions.save(os.path.join(output, f'{stem}_regions.png'))
   # Cluster ids + 1 for the colours: the overlay leaves label 0 uncoloured.
   Image.fromarray(visualise.overlay(np.asarray(picture), np.asarray(regions).astype(np.int64) + 1)
                   ).save(os.path.join(output, f'{stem}_overlay.png'))
 
 
-def segment_folder(run, config, input_path: str, output: str, inference: common.Inference,
-                   tiles) -> Dict[str, object]:
-  """Regions of the user's images, each at its own size: fits on them and writes every region
-  map, no score (tiled with `tiles`, an inference.tiling.Tiling, or resized, per image as
-  run.uses_tiles says)."""
-  from segae_jax.data import images as image_files
+def _encoder_regions(run, config, native, tiled, tiles) -> List[np.ndarray]:
+  """The encoder k-means's cluster ids of each image at its own size: fitted on every image,
+  images larger than the model tiled (`tiles`) and the others resized to the input and their
+  maps back (nearest)."""
   from segae_jax.data import sizing
-  files = image_files.list_images(input_path)
   size = run.image_shape[:2]
-  pixels = [common.read_input(f, run) for f in files]  # All checked first.
-  tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
   model, _ = _build_clusterings(run, config)
   if any(tiled):
     model.extractor.tiles = tiles
-  unit = run.normalization  # The training pipeline's: stored pixels -> model inputs.
   resized = [i for i, t in enumerate(tiled) if not t]
-  stacked = np.stack([unit(sizing.resize_image(pixels[i], size)) for i in resized]) if resized \
+  stacked = np.stack([sizing.resize_image(native[i], size) for i in resized]) if resized \
       else np.zeros((0,) + tuple(run.image_shape), np.float32)
-  batches = list(_batches(stacked, config.batch_size)) + [unit(pixels[i])[None] for i, t in
+  batches = list(_batches(stacked, config.batch_size)) + [native[i][None] for i, t in
                                                           enumerate(tiled) if t]
   order = resized + [i for i, t in enumerate(tiled) if t]
   model.fit(batches, np.random.default_rng(config.seed))
-  maps = [c for b in batches for c in model.regions(b)]
-  for i, regions in zip(order, maps):
+  maps: List[Optional[np.ndarray]] = [None] * len(native)
+  for i, regions in zip(order, (c for b in batches for c in model.regions(b))):
+    maps[i] = sizing.resize_mask(regions.astype(np.uint8), native[i].shape[:2])
+  return maps
+
+
+def _folder_methods(run, config, workdir: str, inference: common.Inference):
+  """config.methods but the encoder's k-means, for images of any size: the pixel head restored
+  from its workdir (never trained here)."""
+  methods = {name: m for name, m in _methods(run, config, workdir).items()
+             if name != 'autoencoder'}
+  if 'pixel_head' in methods:
+    methods['pixel_head'].restore(inference)
+  return methods
+
+
+def _read_masks(files: Sequence[str], masks_path: str) -> List[np.ndarray]:
+  """The label image of each file's stem in masks_path, int64 [h, w] of its image's size.
+
+  Raises:
+    UserInputError: a file without a mask or back, or a mask of another size than its image.
+  """
+  from segae_jax.data.images import list_image_files, read_label_image
+  masks = list_image_files(masks_path, 'mask')
+  stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+  for f, stem in zip(files, stems):
+    if stem not in masks:
+      raise UserInputError(f'{f}: image without a mask (no {stem}.<ext> in {masks_path})')
+  return [np.asarray(read_label_image(masks[stem]), np.int64) for stem in stems]
+
+
+def _folder_scores(maps: Mapping[str, Sequence[np.ndarray]], masks: Sequence[np.ndarray],
+                   config) -> Dict[str, object]:
+  """Each method's scores against the masks at the images' own sizes (classes: the largest
+  label + 1, at least 2), and the per-class IoU table (markdown)."""
+  num_classes = max(2, int(max(m.max() for m in masks)) + 1)
+  names = [f'class_{c}' for c in range(num_classes)]
+  k = max(config.num_clusters, num_classes)
+  results = {}
+  for name, regions in maps.items():
+    confusion = sum(scoring.confusion_counts(m, r, num_classes, k) for m, r in zip(masks, regions))
+    results[name] = clusters.scores(confusion, names)
+  columns = [('class', '<10')] + [(name, '.3f') for name in maps]
+  rows = [[c] + [results[name]['per_class_iou'][c] for name in maps] for c in names]
+  return {'num_classes': num_classes, 'scores': results,
+          'per_class_table': common.format_table(columns, rows, markdown=True)}
+
+
+def segment_folder(run, config, input_path: str, output: str, inference: common.Inference,
+                   tiles, workdir: str, masks_path: Optional[str] = None) -> Dict[str, object]:
+  """Regions of the user's images, each at its own size, by every method of config.methods:
+  the encoder's k-means fitted on them (tiled with `tiles`, an inference.tiling.Tiling, or
+  resized, per image as run.uses_tiles says), the others on the images at their own size; the
+  config.write_regions method's maps written per image. With `masks_path` (label images of the
+  same stems), the methods are scored against them with a per-class IoU table."""
+  from segae_jax.data import images as image_files
+  files = image_files.list_images(input_path)
+  pixels = [common.read_input(f, run) for f in files]  # All checked first.
+  masks = _read_masks(files, masks_path) if masks_path else None
+  for f, p, m in zip(files, pixels, masks or []):
+    if m.shape != p.shape[:2]:
+      raise UserInputError(f'{masks_path}: the mask of {f} is {m.shape[0]}x{m.shape[1]}, its '
+                           f'image {p.shape[0]}x{p.shape[1]} (height x width)')
+  native = [run.normalization(p) for p in pixels]  # The training pipeline's model units.
+  tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
+  maps = {}
+  for name, method in _folder_methods(run, config, workdir, inference).items():
+    singles = [image[None] for image in native]
+    method.fit(singles, np.random.default_rng(config.seed))
+    maps[name] = [method.regions(image)[0] for image in singles]
+  if 'autoencoder' in config.methods:
+    maps['autoencoder'] = _encoder_regions(run, config, native, tiled, tiles)
+  maps = {name: maps[name] for name in config.methods}
+  for i, regions in enumerate(maps[config.write_regions]):
     stem = os.path.splitext(os.path.basename(files[i]))[0]
-    h, w = pixels[i].shape[:2]
-    _write_regions(output, stem, unit(pixels[i]), regions, size=(w, h))
-  return {'input': os.path.abspath(input_path), 'num_images': len(files),
-          'num_tiled': int(sum(tiled))}
+    _write_regions(output, stem, native[i], regions)
+  results = {'input': os.path.abspath(input_path), 'num_images': len(files),
+             'num_tiled': int(sum(tiled)), 'methods': list(maps),
+             'written': config.write_regions}
+  if masks is not None:
+    results.update(_folder_scores(maps, masks, config), masks=os.path.abspath(masks_path))
+    with open(os.path.join(output, 'per_class.md'), 'w', encoding='utf-8') as f:
+      f.write(results['per_class_table'] + '\n')
+  return results
 
 
 def validate(config) -> None:
@@ -399,8 +470,10 @@ def validate(config) -> None:
 
 def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
                      output: Optional[str] = None, checkpoint: str = 'latest',
-                     inference: Optional[common.Inference] = None) -> Dict[str, object]:
-  """Restores the run, clusters, scores (split mode) and writes unsupervised.json; returns it.
+                     inference: Optional[common.Inference] = None,
+                     masks_path: Optional[str] = None) -> Dict[str, object]:
+  """Restores the run, segments (the split, or `input_path`'s images), scores (the split, or
+  the images against `masks_path`'s label images) and writes unsupervised.json; returns it.
 
   Raises:
     UserInputError: bad config, an `output` this tool did not write or cannot write (checked
@@ -414,12 +487,15 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   output = output or os.path.join(workdir, 'unsupervised')
   outputs.check_folder(output, 'unsupervised', legacy)
   run = common.load_run(workdir, checkpoint)
+  if masks_path and not input_path:
+    raise UserInputError('--masks scores the images of --input; the split has its own masks')
   if input_path:  # A bad --tile_size fails before the output folder exists.
     inference = inference or common.Inference()
     tiles = run.make_tiling(inference, config.batch_size)
   with outputs.staged_folder(output, 'unsupervised', legacy) as staging:
     if input_path:
-      results = segment_folder(run, config, input_path, staging, inference, tiles)
+      results = segment_folder(run, config, input_path, staging, inference, tiles, workdir,
+                               masks_path)
     else:
       results = segment_split(run, config, staging, workdir)
     results = {**common.result_header(workdir, run, checkpoint=False),
@@ -431,13 +507,16 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
 def main() -> None:
   """The command, once cli.run_command has parsed the flags."""
   results = run_unsupervised(FLAGS.workdir, FLAGS.config, FLAGS.input, FLAGS.output,
-                             inference=common.Inference.from_flags())
+                             inference=common.Inference.from_flags(), masks_path=FLAGS.masks)
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'unsupervised')
-  if 'methods' in results:
-    for name in results['methods']:
-      r = results[name]
-      print(f'{name:>16}: matched mIoU {r["miou"]:.3f}, pixel accuracy '
-            f'{r["pixel_accuracy"]:.3f}, foreground IoU {r["foreground_iou"]:.3f}')
+  # The split's scores, or those of --input's images against --masks.
+  scored = results.get('scores') or (
+      {name: results[name] for name in results['methods']} if 'split' in results else {})
+  for name, r in scored.items():
+    print(f'{name:>16}: matched mIoU {r["miou"]:.3f}, pixel accuracy '
+          f'{r["pixel_accuracy"]:.3f}, foreground IoU {r["foreground_iou"]:.3f}')
+  if 'per_class_table' in results:
+    print(results['per_class_table'])
   print(f'regions of {results["num_images"]} images in {output}')
 
 
