@@ -221,6 +221,13 @@ def test_object_methods_train_the_head_once_and_resume_it(ae_workdir, vae_workdi
     unsupervised.run_unsupervised(ae_workdir, _objects_config(vae_workdir, head,
                                                               **{'objects.seed': 1}),
                                   output=str(tmp_path / 'other'))
+  for field, value, message in (('head.rounds', 3, 'must be 1 or 2, got 3'),
+                                ('objects.single_quantile', 0.0, r'must be in \(0, 1\]'),
+                                ('write_regions', 'kmeans', "'kmeans' is not one of")):
+    with pytest.raises(UserInputError, match=f'config.{field}.*{message}'):
+      unsupervised.run_unsupervised(ae_workdir, _objects_config(vae_workdir, head,
+                                                                **{field: value}),
+                                    output=str(tmp_path / 'bad'))
   with pytest.raises(UserInputError, match='config.objects.workdir is not set'):
     unsupervised.run_unsupervised(ae_workdir, _objects_config('', str(tmp_path / 'head2')),
                                   output=str(tmp_path / 'none'))
@@ -247,7 +254,8 @@ def test_every_method_on_a_folder_of_two_sizes_scored_against_its_masks(
     Image.fromarray(mask).save(tmp_path / 'masks' / f'{stem}.png')
   out = str(tmp_path / 'out')
   proc = _run(f'--workdir={ae_workdir}', f'--input={tmp_path / "images"}',
-              f'--masks={tmp_path / "masks"}', f'--output={out}', '--config=configs/unsup_objects.py',
+              f'--masks={tmp_path / "masks"}', f'--output={out}',
+              '--config=configs/unsup_objects.py',
               f'--config.objects.workdir={vae_workdir}', f'--config.head.workdir={head}',
               '--config.head.steps=2', '--config.head.composites=16',
               '--config.head.test_composites=4', '--config.head.batch_size=16',

@@ -316,9 +316,7 @@ def segment_split(run, config, output: str, workdir: str) -> Dict[str, object]:
     raise UserInputError(f'dataset {dataset.name!r} has no masks to score against; use --input '
                          'for regions only')
   images, labels = _split_images(dataset, config)
-  written = config.write_regions  # Whose region maps are written per image.
-  if written not in config.methods:
-    raise UserInputError(f'config.write_regions={written!r} is not one of config.methods')
+  written = config.write_regions  # Whose region maps are written per image (validated).
   results, regions, fitted = {}, {}, {}
   for name, method in _methods(run, config, workdir).items():
     count = _fit_count(name, config)
@@ -457,6 +455,23 @@ def segment_folder(run, config, input_path: str, output: str, inference: common.
   return results
 
 
+def _validate_objects(config) -> None:
+  """The object methods' blocks: raises UserInputError naming the first bad field."""
+  objects = config.objects
+  checks = [('objects.single_quantile', 0.0 < objects.single_quantile <= 1.0, 'in (0, 1]'),
+            ('objects.num_clusters', objects.num_clusters >= 2, '>= 2')]
+  if 'pixel_head' in config.methods:
+    head = config.head
+    checks += [('head.rounds', head.rounds in (1, 2), '1 or 2'),
+               ('head.threshold', 0.0 <= head.threshold <= 1.0, 'in [0, 1]')]
+    checks += [(f'head.{f}', head[f] >= 1, '>= 1')
+               for f in ('steps', 'composites', 'test_composites', 'max_objects', 'batch_size')]
+  for field, good, expected in checks:
+    if not good:
+      block, key = field.split('.')
+      raise UserInputError(f'config.{field} must be {expected}, got {config[block][key]!r}')
+
+
 def validate(config) -> None:
   """Raises UserInputError naming the first bad field of an unsupervised config."""
   if config.split not in ('train', 'test'):
@@ -466,6 +481,11 @@ def validate(config) -> None:
       raise UserInputError(f'config.{field} must be >= 1, got {config[field]}')
   if config.num_clusters < 2:
     raise UserInputError(f'config.num_clusters must be >= 2, got {config.num_clusters}')
+  if config.write_regions not in config.methods:
+    raise UserInputError(f'config.write_regions={config.write_regions!r} is not one of '
+                         f'config.methods {tuple(config.methods)}')
+  if 'object_codes' in config.methods or 'pixel_head' in config.methods:
+    _validate_objects(config)
 
 
 def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
