@@ -67,3 +67,25 @@ def test_the_label_free_encoders_pipeline_has_no_mask_key(tfds_dir):
   assert 'segmentation' not in dataset.test.__getitems__([0])
   batch = next(iter(inputs.train_inputs(config, dataset, {'labeled': []}, 1)))
   assert 'segmentation' not in batch and 'image' in batch
+
+
+def test_the_object_coders_pipeline_has_no_mask_key(tfds_dir):
+  """configs/default.py, the VAE whose codes class the objects: Fashion-MNIST has no masks, and
+  of what its batches carry (image, its binarised target, the class label) the loss terms read
+  the images alone."""
+  from conftest import small_config
+  from segae_jax.data import inputs
+  from segae_jax.losses import compose
+  config = small_config(tfds_dir)
+  dataset = inputs.run_dataset(config)
+  batch = next(iter(inputs.train_inputs(config, dataset, {'labeled': []}, 1)))
+  assert 'segmentation' not in batch and 'segmentation' not in dataset.train.__getitems__([0])
+  # Its loss on a batch without the class label: the same value (a term reading it would fail).
+  loss_fn = compose.make_loss_fn(dict(config.loss))
+  rng = np.random.default_rng(0)
+  outputs = {'rec_logits': rng.normal(size=batch['image'].shape).astype(np.float32),
+             'mean': rng.normal(size=(len(batch['image']), 32)).astype(np.float32),
+             'logvar': rng.normal(size=(len(batch['image']), 32)).astype(np.float32)}
+  unlabelled = {k: v for k, v in batch.items() if k != 'label'}
+  assert 'label' in batch
+  assert float(loss_fn(outputs, batch)[0]) == float(loss_fn(outputs, unlabelled)[0])
