@@ -1,32 +1,41 @@
-"""Unsupervised segmentation by clustering an autoencoder's encoder features:
+"""Label-free segmentation, scored against masks where they exist:
   python -m segae_jax.tools.unsupervised --workdir=DIR --config=configs/unsup_scenes.py
-      [--input=FOLDER]
+      [--input=FOLDER [--masks=FOLDER]]
+  (configs/unsup_objects.py with --config.objects.workdir=VAE_RUN adds the object methods)
 
-Per-pixel features are the encoder's feature maps at the chosen levels, each resized to the image
-(bilinear), optionally with the pixel's colour and (y, x) position; k-means (scipy.cluster.vq's
-kmeans2, k-means++ initialisation) fitted on pixels sampled from training images then labels every
-pixel of the evaluated images with its nearest centre. No label is read to form the regions.
+The methods of config.methods (METHODS), none of which reads a label to form its regions:
+  autoencoder      per-pixel features, the encoder's feature maps at the chosen levels each
+                   resized to the image (bilinear), optionally with the pixel's colour and (y, x)
+                   position; k-means (scipy.cluster.vq's kmeans2, k-means++ initialisation)
+                   fitted on pixels sampled from training images labels every pixel with its
+                   nearest centre.
+  baseline_pixels  the same clustering on the raw pixels (colour and position only).
+  slic, felzenszwalb  scikit-image's partitions, segments clustered (tools.partitions).
+  object_codes     connected objects classed by a mixture on an AE/VAE's codes of their windows
+                   (tools.objects).
+  pixel_head       a U-Net self-trained on those classes (tools.pixel_head), in its own workdir.
 
-Scores (only where ground-truth masks exist): the clusters are matched one-to-one to the classes
-by the Hungarian algorithm on the [classes, clusters] pixel-count matrix (scipy's
-linear_sum_assignment, maximising matched pixels; Kuhn 1955), and the matched map is scored with
-mIoU and pixel accuracy (pixels of unmatched clusters count as errors); foreground/background IoU
-assigns each cluster to background or foreground by the majority of its pixels. The same
-clustering on the raw pixels (colour and position only) is the baseline, run on the same images.
+Scores: the clusters are matched one-to-one to the classes by the Hungarian algorithm on the
+[classes, clusters] pixel-count matrix (tools.clusters), and the matched map is scored with mIoU
+and pixel accuracy (pixels of unmatched clusters count as errors); foreground/background IoU
+assigns each cluster to background or foreground by the majority of its pixels.
 
-With --input, the regions of a folder of the user's own images (no masks, no score) are written,
-each at its own resolution: images larger than the model's input get their encoder features by
-sliding-window inference (tiles of the training size, --overlap, feature maps blended;
+With --input, the regions of a folder of the user's own images are written, each at its own
+resolution, every method fitted on them (the pixel head restored, never trained there): images
+larger than the model's input get their encoder features, and the head its logits, by
+sliding-window inference (tiles of the training size, --overlap, blended;
 segae_jax.inference.tiling), the others are resized to the input (--mode=tile or resize forces
-either).
+either). With --masks (label images of the same stems) the methods are scored the same way, with
+a per-class IoU table.
 
 Outputs in --output (default WORKDIR/unsupervised): unsupervised.json, regions.png (image | truth
-| regions | baseline regions, regions coloured by their matched class) and, per image written,
-<name>_regions.png (uint8 cluster ids at the image's own size) and <name>_overlay.png. The folder
-is written beside its place and renamed into it (tools.outputs), with a marker
-(.segae_output.json) naming this tool: an existing one is replaced only when it is a previous
-unsupervised output (or empty; at the default place, one holding unsupervised.json from before
-markers); anything else is refused before the model is restored.
+| each method's regions, coloured by their matched class; split mode), per_class.md (--masks)
+and, per image, <name>_regions.png (uint8 region ids of config.write_regions's method, at the
+image's own size) and <name>_overlay.png. The folder is written beside its place and renamed into
+it (tools.outputs), with a marker (.segae_output.json) naming this tool: an existing one is
+replaced only when it is a previous unsupervised output (or empty; at the default place, one
+holding unsupervised.json from before markers); anything else is refused before the model is
+restored.
 """
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
