@@ -19,7 +19,7 @@ the last finished step of the last unfinished round.
 """
 import json
 import os
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
