@@ -110,12 +110,9 @@ def round_config(head, data_root: str, num_classes: int, image_shape: Sequence[i
 
 
 def _finished(workdir: str, steps: int) -> bool:
-  """Whether the training run in `workdir` wrote its results at `steps`."""
-  path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
-    return False
-  with open(path, encoding='utf-8') as f:
-    return json.load(f).get('step') == steps
+  """Whether the training run in `workdir` wrote its results at `steps` (tools.sweep's test)."""
+  from segae_jax.tools import sweep
+  return sweep.finished_results(workdir, steps) is not None
 
 
 class PixelHead:

@@ -396,7 +396,9 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[st
 # -------------------------------------------------------------------------------------- sweep --
 
 
-def _finished_results(workdir: str, num_train_steps: int) -> Optional[Dict[str, Any]]:
+def finished_results(workdir: str, num_train_steps: int) -> Optional[Dict[str, Any]]:
+  """The results.json of a training run that finished `num_train_steps` steps in `workdir`, or
+  None (none yet, unreadable, or of another length)."""
   path = os.path.join(workdir, 'results.json')
   try:
     with open(path) as f:
@@ -488,7 +490,7 @@ def _read_finished(workdir: str, names: List[str], configs, metric: str, log
                    ) -> Tuple[List[Optional[Dict[str, Any]]], str]:
   """(each point's results.json if it finished, else None; the metric resolved against them)."""
   results: List[Optional[Dict[str, Any]]] = [
-      _finished_results(os.path.join(workdir, n), c.num_train_steps)
+      finished_results(os.path.join(workdir, n), c.num_train_steps)
       for n, c in zip(names, configs)]
   for res in results:
     if res is not None:
