@@ -38,7 +38,7 @@ holding unsupervised.json from before markers); anything else is refused before 
 restored.
 """
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from absl import flags
@@ -197,12 +197,10 @@ def _batches(images: np.ndarray, batch_size: int):
     yield images[start:start + batch_size]
 
 
-def _build_clusterings(run, config) -> Tuple[Clustering, Clustering]:
-  model = Clustering(FeatureExtractor(run, config.levels, config.feature_weight,
-                                      config.colour_weight, config.position_weight), config)
-  baseline = Clustering(FeatureExtractor(None, (), 0.0, config.baseline.colour_weight,
-                                         config.baseline.position_weight), config)
-  return model, baseline
+def _encoder_clustering(run, config) -> Clustering:
+  """The encoder features' k-means (method 'autoencoder')."""
+  return Clustering(FeatureExtractor(run, config.levels, config.feature_weight,
+                                     config.colour_weight, config.position_weight), config)
 
 
 METHODS = ('autoencoder', 'baseline_pixels', 'slic', 'felzenszwalb', 'object_codes',
@@ -228,15 +226,15 @@ def _pixel_head(workdir: str, config, object_codes):
   head = config.head
   head_workdir = head.workdir or os.path.join(workdir, 'pixel_head')
   head.workdir = head_workdir  # Recorded in unsupervised.json's config.
-  definition = {'objects': {k: v for k, v in config.objects.to_dict().items()},
+  definition = {'objects': config.objects.to_dict(),
                 'head': {k: v for k, v in head.to_dict().items()
                          if k not in ('workdir', 'batch_size')},
                 'init_from': os.path.abspath(workdir)}
   return pixel_head.PixelHead(object_codes, head, os.path.abspath(workdir), definition)
 
 
-def _methods(run, config, workdir: str) -> Dict[str, object]:
-  """The methods of config.methods scored in split mode, by result name: the encoder features'
+def _methods(run, config, workdir: str, names: Sequence[str]) -> Dict[str, object]:
+  """The methods `names` (of config.methods), built by result name: the encoder features'
   k-means ('autoencoder'), the raw pixels' ('baseline_pixels'), each classical partition of
   config.partitions ('slic', 'felzenszwalb': scikit-image's parameters), its segments clustered
   on the raw-pixel baseline's blocks, the objects classed by their codes ('object_codes',
@@ -249,19 +247,24 @@ def _methods(run, config, workdir: str) -> Dict[str, object]:
   if unknown:
     raise UserInputError(f'config.methods: unknown {unknown[0]!r}; expected some of '
                          f'{", ".join(METHODS)}')
-  model, baseline = _build_clusterings(run, config)
-  methods = {'autoencoder': model, 'baseline_pixels': baseline}
-  weights = {'colour': config.baseline.colour_weight, 'position': config.baseline.position_weight}
-  for name in partitions.PARTITIONS:
-    if name in config.methods:
+  weights = (config.baseline.colour_weight, config.baseline.position_weight)
+  methods = {}
+  for name in names:
+    if name == 'autoencoder':
+      methods[name] = _encoder_clustering(run, config)
+    elif name == 'baseline_pixels':
+      methods[name] = Clustering(FeatureExtractor(None, (), 0.0, *weights), config)
+    elif name in partitions.PARTITIONS:
       methods[name] = partitions.PartitionClustering(
-          name, config.partitions[name], weights, config.num_clusters,
-          config.kmeans_iterations, config.seed)
-  if 'object_codes' in config.methods or 'pixel_head' in config.methods:
-    methods['object_codes'] = _object_codes(config)
-  if 'pixel_head' in config.methods:
-    methods['pixel_head'] = _pixel_head(workdir, config, methods['object_codes'])
-  return {name: methods[name] for name in config.methods}
+          name, config.partitions[name], dict(zip(('colour', 'position'), weights)),
+          config.num_clusters, config.kmeans_iterations, config.seed)
+  if 'object_codes' in names or 'pixel_head' in names:
+    object_codes = _object_codes(config)  # One fit serves both: the head learns its classes.
+    if 'object_codes' in names:
+      methods['object_codes'] = object_codes
+    if 'pixel_head' in names:
+      methods['pixel_head'] = _pixel_head(workdir, config, object_codes)
+  return {name: methods[name] for name in names}
 
 
 def _region_pictures(cluster_ids: np.ndarray, assignment: Sequence[int], num_classes: int):
@@ -327,7 +330,7 @@ def segment_split(run, config, output: str, workdir: str) -> Dict[str, object]:
   images, labels = _split_images(dataset, config)
   written = config.write_regions  # Whose region maps are written per image (validated).
   results, regions, fitted = {}, {}, {}
-  for name, method in _methods(run, config, workdir).items():
+  for name, method in _methods(run, config, workdir, config.methods).items():
     count = _fit_count(name, config)
     if count not in fitted:
       fitted[count] = _training_images(dataset, count, config.seed)
@@ -368,7 +371,7 @@ def _encoder_regions(run, config, native, tiled, tiles) -> List[np.ndarray]:
   maps back (nearest)."""
   from segae_jax.data import sizing
   size = run.image_shape[:2]
-  model, _ = _build_clusterings(run, config)
+  model = _encoder_clustering(run, config)
   if any(tiled):
     model.extractor.tiles = tiles
   resized = [i for i, t in enumerate(tiled) if not t]
@@ -387,15 +390,17 @@ def _encoder_regions(run, config, native, tiled, tiles) -> List[np.ndarray]:
 def _folder_methods(run, config, workdir: str, inference: common.Inference):
   """config.methods but the encoder's k-means, for images of any size: the pixel head restored
   from its workdir (never trained here)."""
-  methods = {name: m for name, m in _methods(run, config, workdir).items()
-             if name != 'autoencoder'}
+  methods = _methods(run, config, workdir,
+                     [name for name in config.methods if name != 'autoencoder'])
   if 'pixel_head' in methods:
     methods['pixel_head'].restore(inference)
   return methods
 
 
-def _read_masks(files: Sequence[str], masks_path: str) -> List[np.ndarray]:
-  """The label image of each file's stem in masks_path, int64 [h, w] of its image's size.
+def _read_masks(files: Sequence[str], masks_path: str,
+                pixels: Sequence[np.ndarray]) -> List[np.ndarray]:
+  """The label image of each file's stem in masks_path, int64 [h, w] of its image's size
+  (`pixels`, the files' images [h, w, c]).
 
   Raises:
     UserInputError: a file without a mask or back, or a mask of another size than its image.
@@ -406,7 +411,12 @@ def _read_masks(files: Sequence[str], masks_path: str) -> List[np.ndarray]:
   for f, stem in zip(files, stems):
     if stem not in masks:
       raise UserInputError(f'{f}: image without a mask (no {stem}.<ext> in {masks_path})')
-  return [np.asarray(read_label_image(masks[stem]), np.int64) for stem in stems]
+  out = [np.asarray(read_label_image(masks[stem]), np.int64) for stem in stems]
+  for f, p, m in zip(files, pixels, out):
+    if m.shape != p.shape[:2]:
+      raise UserInputError(f'{masks_path}: the mask of {f} is {m.shape[0]}x{m.shape[1]}, its '
+                           f'image {p.shape[0]}x{p.shape[1]} (height x width)')
+  return out
 
 
 def _folder_scores(maps: Mapping[str, Sequence[np.ndarray]], masks: Sequence[np.ndarray],
@@ -436,11 +446,7 @@ def segment_folder(run, config, input_path: str, output: str, inference: common.
   from segae_jax.data import images as image_files
   files = image_files.list_images(input_path)
   pixels = [common.read_input(f, run) for f in files]  # All checked first.
-  masks = _read_masks(files, masks_path) if masks_path else None
-  for f, p, m in zip(files, pixels, masks or []):
-    if m.shape != p.shape[:2]:
-      raise UserInputError(f'{masks_path}: the mask of {f} is {m.shape[0]}x{m.shape[1]}, its '
-                           f'image {p.shape[0]}x{p.shape[1]} (height x width)')
+  masks = _read_masks(files, masks_path, pixels) if masks_path else None
   native = [run.normalization(p) for p in pixels]  # The training pipeline's model units.
   tiled = [run.uses_tiles(inference, *p.shape[:2]) for p in pixels]
   maps = {}
@@ -511,13 +517,13 @@ def run_unsupervised(workdir: str, config, input_path: Optional[str] = None,
   """
   from segae_jax.training import writers
   validate(config)
+  if masks_path and not input_path:
+    raise UserInputError('--masks scores the images of --input; the split has its own masks')
   # Results of an earlier version at the default place are known by their unsupervised.json.
   legacy = None if output else 'unsupervised.json'
   output = output or os.path.join(workdir, 'unsupervised')
   outputs.check_folder(output, 'unsupervised', legacy)
   run = common.load_run(workdir, checkpoint)
-  if masks_path and not input_path:
-    raise UserInputError('--masks scores the images of --input; the split has its own masks')
   if input_path:  # A bad --tile_size fails before the output folder exists.
     inference = inference or common.Inference()
     tiles = run.make_tiling(inference, config.batch_size)
