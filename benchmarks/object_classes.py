@@ -12,13 +12,13 @@ was trained on (their labels read only to score). Prints one JSON line per seed;
 --output (default benchmarks/results/object_classes_<date>.jsonl).
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
 
 import numpy as np
 
+from benchmarks import label_efficiency
 from benchmarks.common import ROOT, dated_ledger, emit
 
 SCORED = (9000, 10000)  # The scenes whose objects are scored, as the baselines' parameters were.
@@ -95,9 +95,7 @@ def main(argv=None) -> None:
   sys.path.insert(0, ROOT)  # `configs` as the repository's.
   results = measure(args.coder, args.tfds_dir, [int(s) for s in args.seeds.split(',') if s])
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output + '.tmp', 'w', encoding='utf-8') as f:
-    f.writelines(json.dumps(r) + '\n' for r in results)
-  os.replace(args.output + '.tmp', args.output)
+  label_efficiency.write_jsonl(args.output, results)  # Staged and renamed, each row dated.
 
 
 if __name__ == '__main__':
