@@ -25,21 +25,23 @@ SCORED = (9000, 10000)  # The scenes whose objects are scored, as the baselines'
 
 
 def scene_objects(codes, images: np.ndarray, masks: np.ndarray):
-  """(code [n, d], reconstruction error [n], true class [n] 0..9, scene index [n]) of every
-  object the ObjectCodes `codes` finds in the scenes (images float32 [N, h, w, 1], masks
-  [N, h, w])."""
-  vectors, errors, truth, where = [], [], [], []
+  """(code [n, d], reconstruction error [n], size in pixels [n], true class [n] 0..9, scene index
+  [n]) of every object the ObjectCodes `codes` finds in the scenes (images float32 [N, h, w, 1],
+  masks [N, h, w])."""
+  vectors, errors, sizes, truth, where = [], [], [], [], []
   for start in range(0, len(images), 500):
     maps = codes.find(images[start:start + 500])
     z, e = codes.codes(codes.windows(images[start:start + 500], maps))
     vectors.append(z)
     errors.append(e)
     for k, ids in enumerate(maps):
+      sizes.append(np.bincount(ids.reshape(-1))[1:])
       for i in range(1, int(ids.max()) + 1):
         counts = np.bincount(masks[start + k][ids == i].ravel(), minlength=11)[1:]
         truth.append(int(counts.argmax()))
         where.append(start + k)
-  return np.concatenate(vectors), np.concatenate(errors), np.array(truth), np.array(where)
+  return (np.concatenate(vectors), np.concatenate(errors), np.concatenate(sizes),
+          np.array(truth), np.array(where))
 
 
 def matched(truth: np.ndarray, clusters_: np.ndarray) -> Dict[str, float]:
@@ -72,8 +74,9 @@ def measure(coder_workdir: str, tfds_dir: str, seeds: List[int]) -> List[Dict]:
     config.seed = seed
     codes = objects.ObjectCodes(coder, config)
     codes.fit([images[s:s + 500] for s in range(0, len(images), 500)], None)
-    vectors, errors, truth, where = scene_objects(codes, images, masks)
-    single = errors <= np.quantile(errors, config.single_quantile)  # The fit's singles.
+    vectors, errors, sizes, truth, where = scene_objects(codes, images, masks)
+    single = objects.likely_singles(errors, sizes, config.single_quantile,
+                                    config.single_min_pixels)  # The fit's singles.
     scored = single & (where >= SCORED[0]) & (where < SCORED[1])
     classes = codes.classes(vectors) - 1
     reference = mixture.GaussianMixture(config.num_clusters, covariance_type='full',

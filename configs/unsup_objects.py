@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
       'min_pixels': 8,            # Smaller components are background.
       'side': 28,                 # The object's longer side in its window (the VAE's images).
       # The share of components, lowest reconstruction error first, taken as single objects.
-      'single_quantile': 0.5,
+      'single_quantile': 0.3,
+      'single_min_pixels': 24,    # Smaller components (pieces cut off by dark seams) are never.
       'mixture': 'gmm',           # Full-covariance Gaussian mixture (sklearn), or 'kmeans'.
       'mixture_inits': 2,
       'iterations': 30,           # k-means only.

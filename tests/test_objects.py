@@ -47,6 +47,18 @@ def test_paint_gives_each_object_its_class():
   np.testing.assert_array_equal(objects.paint(ids, [3, 5]), [[0, 3, 3], [5, 5, 0]])
 
 
+def test_likely_singles_are_the_best_reconstructed_of_the_large_components():
+  errors = np.array([0.01, 0.50, 0.20, 0.30, 0.40, 0.02])
+  sizes = np.array([5, 100, 40, 30, 60, 9])  # The two best reconstructed are small pieces.
+  # Large: errors 0.50, 0.20, 0.30, 0.40, whose 0.5 quantile is 0.35: 0.20 and 0.30 are single.
+  single = objects.likely_singles(errors, sizes, quantile=0.5, min_pixels=10)
+  np.testing.assert_array_equal(single, [False, False, True, True, False, False])
+  # Without the floor the pieces come first (0.5 quantile of all six is 0.25).
+  np.testing.assert_array_equal(objects.likely_singles(errors, sizes, 0.5, 0),
+                                [True, False, True, False, False, True])
+  assert not objects.likely_singles(errors, sizes, 0.5, 1000).any()
+
+
 def test_border_background_is_the_most_common_border_value():
   image = np.zeros((5, 5, 1), np.float32)
   image[0, :2] = 0.7           # Two border pixels of another value.

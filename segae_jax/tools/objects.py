@@ -91,6 +91,32 @@ def paint(objects: np.ndarray, classes: Sequence[int]) -> np.ndarray:
   return table[objects]
 
 
+def likely_singles(errors: np.ndarray, sizes: np.ndarray, quantile: float,
+                   min_pixels: int) -> np.ndarray:
+  """Which components to take as single objects: among those of at least `min_pixels` pixels,
+  the ones whose reconstruction error is at most the `quantile` of theirs.
+
+  The size floor is there because dark seams inside a garment cut off small pieces of it: such a
+  piece reconstructs well (it is nearly empty) but its window carries no class, and on the
+  Fashion-MNIST scenes the pieces under 24 pixels were most of the components kept by error
+  alone (benchmarks/object_classes.py).
+
+  Args:
+    errors: float [n], each component's reconstruction error.
+    sizes: int [n], each component's size in pixels.
+    quantile: in (0, 1].
+    min_pixels: components with fewer pixels are never single.
+
+  Returns:
+    bool [n].
+  """
+  errors, sizes = np.asarray(errors), np.asarray(sizes)
+  large = sizes >= min_pixels
+  if not large.any():
+    return large
+  return large & (errors <= np.quantile(errors[large], quantile))
+
+
 def border_background(image: np.ndarray) -> np.ndarray:
   """The background value of an image: per channel, the most common value among its border
   pixels (float32 [channels]); image float32 [height, width, channels]."""
@@ -116,7 +142,8 @@ class ObjectCodes:
       `decode(codes) -> float32 [n, h, w, c]` (segae_jax.tools.latents.LatentModel of a VAE or
       AE run; the VAE's code is its posterior mean).
     config: the `objects` block of the unsupervised config: num_clusters (object classes; the
-      background is one more), tolerance, min_pixels, side, single_quantile, mixture
+      background is one more), tolerance, min_pixels, side, single_quantile,
+      single_min_pixels, mixture
       ('gmm' or 'kmeans'), iterations, seed.
 
   Raises:
@@ -192,12 +219,15 @@ class ObjectCodes:
       maps = self.find(images)
       found.append((images, maps, *self.codes(self.windows(images, maps))))
     errors = np.concatenate([f[3] for f in found])
-    single = errors <= np.quantile(errors, self.config.single_quantile) if len(errors) else errors
+    sizes = np.concatenate([np.bincount(ids.reshape(-1))[1:] for f in found for ids in f[1]]
+                           + [np.zeros(0, np.int64)])
+    single = likely_singles(errors, sizes, self.config.single_quantile,
+                            self.config.single_min_pixels)
     codes = np.concatenate([f[2] for f in found])
     if single.sum() < max(self.config.num_clusters, 2):
       raise UserInputError(f'{int(single.sum())} likely single objects found; '
                            f'config.objects.num_clusters={self.config.num_clusters} needs more '
-                           '(more fit images, or a lower objects.min_pixels)')
+                           '(more fit images, or a lower objects.single_min_pixels)')
     self._cluster(codes[single])
     self.background = np.median(np.stack(backgrounds), 0).astype(np.float32)
     self.singles = list(self._cut_singles(found, single, self.classes(codes)))

@@ -474,7 +474,8 @@ def _validate_objects(config) -> None:
   """The object methods' blocks: raises UserInputError naming the first bad field."""
   objects = config.objects
   checks = [('objects.single_quantile', 0.0 < objects.single_quantile <= 1.0, 'in (0, 1]'),
-            ('objects.num_clusters', objects.num_clusters >= 2, '>= 2')]
+            ('objects.num_clusters', objects.num_clusters >= 2, '>= 2'),
+            ('objects.single_min_pixels', objects.single_min_pixels >= 0, '>= 0')]
   if 'pixel_head' in config.methods:
     head = config.head
     checks += [('head.rounds', head.rounds in (1, 2), '1 or 2'),
