@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
       'tolerance': 0.0,           # Foreground: off the border's background by more than this.
       'min_pixels': 8,            # Smaller components are background.
       'side': 28,                 # The object's longer side in its window (the VAE's images).
-      # The share of components, lowest reconstruction error first, taken as single objects.
+      # The share of the components of >= single_min_pixels pixels, lowest reconstruction error
+      # first, taken as single objects (objects.likely_singles).
       'single_quantile': 0.3,
       'single_min_pixels': 24,    # Smaller components (pieces cut off by dark seams) are never.
       'mixture': 'gmm',           # Full-covariance Gaussian mixture (sklearn), or 'kmeans'.

@@ -205,9 +205,10 @@ class ObjectCodes:
     return self.model.predict(codes).astype(np.int64) + 1
 
   def fit(self, image_batches: Iterable[np.ndarray], rng: np.random.Generator) -> None:
-    """Finds the objects of the images (float32 [b, h, w, c] batches), keeps the
-    `single_quantile` fraction that reconstructs best as the likely single objects, and fits
-    the mixture on their codes; `self.singles` keeps them with their classes.
+    """Finds the objects of the images (float32 [b, h, w, c] batches), keeps those of at least
+    `single_min_pixels` pixels that reconstruct best (`likely_singles`, the `single_quantile`
+    fraction) as the likely single objects, and fits the mixture on their codes; `self.singles`
+    keeps them with their classes.
 
     Raises:
       UserInputError: fewer likely single objects than clusters.
