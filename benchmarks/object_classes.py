@@ -28,14 +28,15 @@ def scene_objects(codes, images: np.ndarray, masks: np.ndarray):
   """(code [n, d], reconstruction error [n], size in pixels [n], true class [n] 0..9, scene index
   [n]) of every object the ObjectCodes `codes` finds in the scenes (images float32 [N, h, w, 1],
   masks [N, h, w])."""
+  from segae_jax.tools import objects
   vectors, errors, sizes, truth, where = [], [], [], [], []
   for start in range(0, len(images), 500):
     maps = codes.find(images[start:start + 500])
     z, e = codes.codes(codes.windows(images[start:start + 500], maps))
     vectors.append(z)
     errors.append(e)
+    sizes.append(objects.object_sizes(maps))
     for k, ids in enumerate(maps):
-      sizes.append(np.bincount(ids.reshape(-1))[1:])
       for i in range(1, int(ids.max()) + 1):
         counts = np.bincount(masks[start + k][ids == i].ravel(), minlength=11)[1:]
         truth.append(int(counts.argmax()))

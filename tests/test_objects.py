@@ -47,6 +47,14 @@ def test_paint_gives_each_object_its_class():
   np.testing.assert_array_equal(objects.paint(ids, [3, 5]), [[0, 3, 3], [5, 5, 0]])
 
 
+def test_object_sizes_follow_the_windows_order():
+  first = np.array([[1, 1, 0], [2, 0, 0]])
+  second = np.array([[0, 1, 1], [1, 1, 1]])
+  np.testing.assert_array_equal(objects.object_sizes([first, np.zeros((2, 3), int), second]),
+                                [2, 1, 5])
+  assert objects.object_sizes([]).shape == (0,)
+
+
 def test_likely_singles_are_the_best_reconstructed_of_the_large_components():
   errors = np.array([0.01, 0.50, 0.20, 0.30, 0.40, 0.02])
   sizes = np.array([5, 100, 40, 30, 60, 9])  # The two best reconstructed are small pieces.

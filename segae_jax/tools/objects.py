@@ -91,6 +91,13 @@ def paint(objects: np.ndarray, classes: Sequence[int]) -> np.ndarray:
   return table[objects]
 
 
+def object_sizes(maps: Sequence[np.ndarray]) -> np.ndarray:
+  """int64 [n]: each object's size in pixels, in map then id order (the order of
+  `ObjectCodes.windows`), for object id maps int [h, w] (0 background, 1..n)."""
+  return np.concatenate([np.bincount(np.ravel(ids))[1:] for ids in maps]
+                        + [np.zeros(0, np.int64)])
+
+
 def likely_singles(errors: np.ndarray, sizes: np.ndarray, quantile: float,
                    min_pixels: int) -> np.ndarray:
   """Which components to take as single objects: among those of at least `min_pixels` pixels,
@@ -220,8 +227,7 @@ class ObjectCodes:
       maps = self.find(images)
       found.append((images, maps, *self.codes(self.windows(images, maps))))
     errors = np.concatenate([f[3] for f in found])
-    sizes = np.concatenate([np.bincount(ids.reshape(-1))[1:] for f in found for ids in f[1]]
-                           + [np.zeros(0, np.int64)])
+    sizes = object_sizes([ids for f in found for ids in f[1]])
     single = likely_singles(errors, sizes, self.config.single_quantile,
                             self.config.single_min_pixels)
     codes = np.concatenate([f[2] for f in found])
