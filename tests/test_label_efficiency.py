@@ -175,11 +175,46 @@ def test_weak_views_side_by_side_by_hand(tmp_path):
   table = weak_views.markdown(weak_views.compare(str(tmp_path)))
   # Flips: +0.05 on both seeds of a 0.20 gap (25%); against the scale-crop ceiling (seed 0
   # only: 0.54 - 0.40) 0.05 / 0.14 = 36%.
-  assert '| 5% | flips | unimatch | 0, 1 | 45.0 / 47.0 | +5.0 [+5.0, +5.0] | 25% | 36% |' in table
+  assert ('| 5% | flips | unimatch | 0, 1 | 45.0 / 47.0 | +5.0 [+5.0, +5.0] | 25% | 36% |  |'
+          in table)
   # Scale-crop, seed 0: 0.05 of 0.60 - 0.44 = 0.16 (31%), of 0.54 - 0.44 = 0.10 (50%).
-  assert ('| 5% | flips_scale_crop | unimatch | 0 | 49.0 | +5.0 (1 seed) | 31% | 50% |'
+  assert ('| 5% | flips_scale_crop | unimatch | 0 | 49.0 | +5.0 (1 seed) | 31% | 50% |  |'
           in table)
   assert '| 1% |' not in table   # Nothing ran at 1%; the ceiling is shown once.
+
+
+def test_weak_views_reads_recorded_figures_and_pairs_an_arm_with_its_base(tmp_path):
+  from benchmarks import weak_views  # pylint: disable=import-outside-toplevel
+  view, folder = 'flips_scale_crop', 'runs_flips_scale_crop'
+  # The reference and unimatch ran on another machine: only their recorded figures are left.
+  ledger = tmp_path / 'earlier.jsonl'
+  ledger.write_text('\n'.join(json.dumps(
+      {'fraction': '5pct', 'view': view, 'arm': arm, 'miou': {str(s): m for s, m in mious}})
+      for arm, mious in [('unet', [(0, 0.40), (1, 0.42), (2, 0.44)]),
+                         ('unimatch', [(0, 0.45), (1, 0.46), (2, 0.50)]),
+                         ('unimatch_rec', [(0, 0.99)])]) + '\n')
+  # unimatch_rec seed 0 recorded as 0.99, but its folder finished here: the folder wins.
+  for seed, miou in enumerate((0.46, 0.47, 0.53)):
+    run = tmp_path / 'grid' / folder / '5pct' / 'unimatch_rec' / f'seed{seed}'
+    run.mkdir(parents=True)
+    (run / 'results.json').write_text(json.dumps({'test': {'miou': miou}}))
+  rows = weak_views.compare(str(tmp_path / 'grid'),
+                            recorded=weak_views.read_recorded([str(ledger)]))
+  by_arm = {row['arm']: row for row in rows}
+  assert by_arm['unimatch']['miou'] == {0: 0.45, 1: 0.46, 2: 0.50}
+  assert 'difference_to_base' not in by_arm['unimatch']
+  rec = by_arm['unimatch_rec']
+  assert rec['miou'] == {0: 0.46, 1: 0.47, 2: 0.53}
+  # To unimatch: differences 0.01, 0.01, 0.03 (mean 0.0167, sd 0.01155, t_2 = 4.3027):
+  # half-width 4.3027 * 0.01155 / sqrt(3) = 0.0287. To unet: 0.06, 0.05, 0.09.
+  base = rec['difference_to_base']
+  assert base['arm'] == 'unimatch' and base['pairs'] == 3
+  np.testing.assert_allclose([base['mean'], base['low'], base['high']],
+                             [0.05 / 3, 0.05 / 3 - 0.02869, 0.05 / 3 + 0.02869], atol=1e-4)
+  np.testing.assert_allclose(rec['difference_to_unet']['mean'], 0.2 / 3)
+  table = weak_views.markdown(rows)
+  assert ('| 5% | flips_scale_crop | unimatch_rec | 0, 1, 2 | 46.0 / 47.0 / 53.0 | '
+          '+6.7 [+1.5, +11.8] | – | – | unimatch: +1.7 [-1.2, +4.5] |') in table
 
 
 def test_the_shipped_semisup_recipe_is_the_grids_tuned_unimatch():
