@@ -39,7 +39,10 @@ NeurIPS 2018, Sec. 3: one implementation, one tuning budget, equal steps, the fi
 
 Resumable: every run is a plain `python train.py` into its own workdir under DIR; a finished run
 (results.json) is read back, an unfinished one resumes from its last checkpoint, so the grid
-survives being stopped and started again. The JSON lines, the table and the PNG are rewritten
+survives being stopped and started again. A grid continued on a machine without the tuning
+runs' folders takes their rows from the committed ledger (--tuned_from=FILE.jsonl) and may run
+some arms alone (--arms without unet), to be paired with the runs measured before by
+benchmarks.weak_views --recorded. The JSON lines, the table and the PNG are rewritten
 from every finished run each time. One training at a time (several XLA processes on few cores are
 slower than their sum); nothing else should run while it does, as it reports wall times.
 """
@@ -385,6 +388,20 @@ def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
   os.replace(path + '.tmp', path)
 
 
+def read_tuning(path: str) -> List[Dict]:
+  """The tune/... rows of an earlier ledger of this harness (--tuned_from: a grid continued on
+  a machine that does not have the tuning runs' folders).
+
+  Raises:
+    ValueError: the file holds no tune/... row.
+  """
+  with open(path) as f:
+    rows = [row for row in map(json.loads, f) if row.get('figure', '').startswith('tune/')]
+  if not rows:
+    raise ValueError(f'{path}: no tune/<group>/<candidate> rows')
+  return rows
+
+
 def tuning_summary(tune_rows: Iterable[Mapping]) -> Dict[str, Dict[str, Dict]]:
   """{group: {candidate: {'miou': mean validation mIoU over the seeds every candidate of the
   group ran, 'seeds': those seeds, 'wall_s': the candidate's runs' wall seconds, summed,
@@ -470,6 +487,8 @@ class Harness:
 
   def tune(self) -> List[Dict]:
     rows, a = [], self.args
+    if a.tuned_from:
+      return read_tuning(a.tuned_from)
     for group, candidates in TUNING.items():
       arm = TUNING_ARM.get(group, group)
       if arm not in a.arms:
@@ -732,6 +751,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--tune_steps', type=int, default=500)
   parser.add_argument('--tune_steps_long', type=int, default=1500,
                       help='The steps of the groups in TUNED_LONG.')
+  parser.add_argument('--tuned_from', default='',
+                      help='An earlier --output: its tuning rows set the grid, no tuning runs '
+                           '(then the reference may be left out of --arms, paired later by '
+                           'benchmarks.weak_views --recorded).')
   parser.add_argument('--weak_view', choices=['auto', *WEAK_VIEWS], default='auto',
                       help="Every arm's weak view; auto: the unet_views check's (weak_view).")
   parser.add_argument('--pretrain_steps', type=int, default=PRETRAIN_STEPS)
@@ -761,9 +784,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   if unknown:
     parser.error(f'--fractions: unknown {", ".join(unknown)}; known: {", ".join(FRACTIONS)}')
   unknown = sorted(set(args.arms) - set(ARMS))
-  if unknown or REFERENCE not in args.arms:
+  if unknown or (REFERENCE not in args.arms and not args.tuned_from):
     parser.error(f'--arms: unknown {", ".join(unknown) or "none"}; known: {", ".join(ARMS)} '
-                 f'(with {REFERENCE}, the reference)')
+                 f'(with {REFERENCE}, the reference, unless --tuned_from)')
+  if args.tuned_from:
+    try:
+      read_tuning(args.tuned_from)
+    except (OSError, ValueError, AttributeError) as e:
+      parser.error(f'--tuned_from={args.tuned_from}: expected a ledger of this harness with '
+                   f'tune/... rows ({type(e).__name__}: {e})')
   later = (args.extra_arms if args.extra_seeds else []) + (args.long_arms if args.long_steps
                                                            else [])
   if set(later) - set(args.arms):

@@ -125,6 +125,24 @@ def test_tuning_winners_set_the_arms_of_the_grid():
       'flips_scale_crop'][1]
 
 
+def test_a_grid_continued_elsewhere_takes_its_tuning_from_the_committed_ledger(tmp_path):
+  ledger = os.path.join(ROOT, 'benchmarks', 'results', 'label_efficiency_unimatch.jsonl')
+  rows = le.read_tuning(ledger)
+  assert rows and all(row['figure'].startswith('tune/') for row in rows)
+  # Its winner, data_views_adaptive (validation 43.0), sets the arms built on unimatch.
+  settings = le.arm_settings(le.best_candidates(rows))
+  assert settings['unimatch_rec'] == ('unimatch_segae_folder', True, le.DATA_VIEWS + le.ADAPTIVE)
+  base = ['--workdir=/tmp/x', '--arms=unimatch_rec', '--extra_seeds=', '--long_steps=0']
+  assert le.parse_args([*base, f'--tuned_from={ledger}']).arms == ['unimatch_rec']
+  # Without it the reference stays mandatory; a ledger without tuning rows is refused.
+  with pytest.raises(SystemExit):
+    le.parse_args(base)
+  runs_only = tmp_path / 'runs_only.jsonl'
+  runs_only.write_text(json.dumps({'figure': 'run/5pct/unet/seed0', 'miou': 0.4}) + '\n')
+  with pytest.raises(SystemExit):
+    le.parse_args([*base, f'--tuned_from={runs_only}'])
+
+
 def test_tuning_seeds_compare_the_candidates_on_the_seeds_all_ran():
   row = lambda name, seed, miou: {'figure': f'tune/unet_views/{name}', 'miou': miou,
                                   'wall_s': 10.0, **({'seed': seed} if seed != 100 else {})}
