@@ -199,7 +199,8 @@ def write_layouts(workdir: str, num_train: int, num_test: int,
 def run_args(paths: Mapping[str, str], tfds_dir: str, fraction: float, seed: int, steps: int,
              pool: bool, eval_every: int, labeled_per_step: int = LABELED_PER_STEP) -> List[str]:
   """The overrides every run shares (data, subset, seed, schedule), then its batch."""
-  args = [f'--config.data.images_dir={paths["images"]}', f'--config.data.masks_dir={paths["masks"]}',
+  args = [f'--config.data.images_dir={paths["images"]}',
+          f'--config.data.masks_dir={paths["masks"]}',
           f'--config.data.class_names_file={paths["class_names_file"]}',
           '--config.data.num_classes=11', '--config.data.channels=1',
           '--config.data.image_size=(64, 64)', '--config.data.split=folders',
@@ -585,6 +586,11 @@ def fmt_interval(d: Mapping[str, float]) -> str:
   return f'{100 * d["mean"]:+.1f} [{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]'
 
 
+def fmt_difference(row: Mapping, arm: str) -> str:
+  """An arm's paired difference to the reference, or '(reference)' for the reference itself."""
+  return '(reference)' if arm == REFERENCE else fmt_interval(row['difference_to_unet'])
+
+
 def fmt_gap(value: Optional[float], arm: str) -> str:
   if arm == REFERENCE or arm in ARM_FRACTION:
     return ''
@@ -602,7 +608,7 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
     sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
     lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
                  f'{len(row["seeds"])} | '
-                 f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} | '
+                 f'{fmt_difference(row, arm)} | '
                  f'{fmt_gap(row.get("gap_closed"), arm)} | {row["wall_s_min"]:.0f} |')
   lines += tuning_table(tune_rows, best)
   long = [r for r in rows if r['figure'].startswith('long/')]
@@ -620,7 +626,7 @@ def markdown_table(summary: Sequence[Mapping], tune_rows: Sequence[Mapping],
       sd = f' ± {100 * row["miou_sd"]:.1f}' if row['miou_sd'] is not None else ''
       lines.append(f'| {100 * FRACTIONS[fraction]:g}% | {arm} | {100 * row["miou_mean"]:.1f}{sd} | '
                    f'{len(row["seeds"])} | '
-                   f'{"(reference)" if arm == REFERENCE else fmt_interval(row["difference_to_unet"])} |')
+                   f'{fmt_difference(row, arm)} |')
   lines += pseudo_label_table(rows)
   return '\n'.join(lines) + '\n'
 
@@ -778,7 +784,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--table', default=os.path.join(RESULTS, 'label_efficiency.md'))
   parser.add_argument('--plot', default=os.path.join(ROOT, 'docs', 'img',
                                                      'label_efficiency.png'))
-  args = parser.parse_args(argv)
+  return check_args(parser, parser.parse_args(argv))
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+  """args, or exit 2 with one line naming the flag and what was expected."""
   unknown = sorted(set(args.fractions + [args.extra_fraction, args.long_fraction]) -
                    set(FRACTIONS))
   if unknown:
