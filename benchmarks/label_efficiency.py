@@ -569,7 +569,8 @@ class Harness:
     write_jsonl(self.args.output, [*tune_rows, *rows, *summary, *summarise(rows, 'long')])
     with open(self.args.table, 'w') as f:
       view = weak_view(tune_rows, self.args.weak_view)
-      f.write(f'Every arm\'s weak view: {view} (unet_views, below).\n\n')
+      source = 'unet_views, below' if self.args.weak_view == 'auto' else '--weak_view'
+      f.write(f'Every arm\'s weak view: {view} ({source}).\n\n')
       f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
       plot_curves(rows, self.args.plot)
