@@ -47,6 +47,7 @@ from every finished run each time. One training at a time (several XLA processes
 slower than their sum); nothing else should run while it does, as it reports wall times.
 """
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -57,6 +58,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from benchmarks.common import RESULTS, ROOT
+from segae_jax import cli
+from segae_jax.training import writers
 
 FRACTIONS = {'5pct': 0.05, '1pct': 0.01}
 LABELED_PER_STEP = 16
@@ -381,12 +384,20 @@ def summarise(rows: Iterable[Mapping], kind: str = 'run') -> List[Dict]:
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
-  """All rows, replacing the file at once (a stopped harness leaves the previous one)."""
+  """All rows, replacing the file at once (a stopped harness leaves the previous one).
+
+  Raises:
+    writers.WriteFailed: the file could not be written (nothing half-written is left).
+  """
   date = time.strftime('%Y-%m-%d')
-  with open(path + '.tmp', 'w') as f:
-    for row in rows:
-      f.write(json.dumps({'date': date, **row}) + '\n')
-  os.replace(path + '.tmp', path)
+  writers.write_text(path, ''.join(json.dumps({'date': date, **row}) + '\n' for row in rows))
+
+
+def save_figure(fig, path: str) -> None:
+  """A matplotlib figure as PNG at `path`, written whole or not at all (writers.write_bytes)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  writers.write_bytes(path, buffer.getvalue())
 
 
 def read_tuning(path: str) -> List[Dict]:
@@ -567,11 +578,10 @@ class Harness:
     """The JSON lines, the table and the learning curves of every finished run so far."""
     summary = summarise(rows)
     write_jsonl(self.args.output, [*tune_rows, *rows, *summary, *summarise(rows, 'long')])
-    with open(self.args.table, 'w') as f:
-      view = weak_view(tune_rows, self.args.weak_view)
-      source = 'unet_views, below' if self.args.weak_view == 'auto' else '--weak_view'
-      f.write(f'Every arm\'s weak view: {view} ({source}).\n\n')
-      f.write(markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
+    view = weak_view(tune_rows, self.args.weak_view)
+    source = 'unet_views, below' if self.args.weak_view == 'auto' else '--weak_view'
+    writers.write_text(self.args.table, f'Every arm\'s weak view: {view} ({source}).\n\n' +
+                       markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
       plot_curves(rows, self.args.plot)
       with open(self.layouts['grid']['class_names_file']) as f:
@@ -711,7 +721,7 @@ def plot_pseudo_labels(rows: Sequence[Mapping], path: str, class_names: Sequence
     ax.grid(alpha=0.3, axis='y')
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -741,7 +751,7 @@ def plot_curves(rows: Sequence[Mapping], path: str) -> None:
     ax.legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -814,6 +824,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
 
 def main(argv=None, env: Optional[Mapping[str, str]] = None) -> None:
   args = parse_args(argv)
+  with cli.user_errors():  # A ledger, table or figure that cannot be written: one line, exit 2.
+    run_harness(args, env)
+
+
+def run_harness(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None) -> None:
+  """The tuning (or its ledger read back), then the grid and the longer runs; every finished
+  run rewrites the outputs."""
   harness = Harness(args, env)
   tune_rows = harness.tune()  # Read back once done: the grid's settings come from it.
   harness.write(tune_rows, [])

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import label_efficiency as le
 from segae_jax.tools import sweep
+from segae_jax.training import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -343,3 +344,37 @@ def test_tiny_grid_pairs_subsets_reads_back_finished_runs_and_resumes_an_interru
                                        'config.json')))
   assert config['data']['augment']['crop_min_scale'] == 0.7
   assert 'weak view: flips_scale_crop' in open(os.path.join(workdir, 'table.md')).read()
+
+
+def test_a_ledger_table_or_figure_that_cannot_be_written_is_one_line_and_keeps_the_old(
+    tmp_path, monkeypatch, capsys):
+  from benchmarks import weak_views  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from test_write_faults import Faults, leftovers  # pylint: disable=import-outside-toplevel
+  run = tmp_path / 'grid' / 'runs' / '5pct' / 'unet' / 'seed0'
+  run.mkdir(parents=True)
+  (run / 'results.json').write_text(json.dumps({'test': {'miou': 0.4}}))
+  ledger = tmp_path / 'out' / 'ledger.jsonl'
+  ledger.parent.mkdir()
+  ledger.write_text('{"old": 1}\n')
+  # The disk fills half-way through the ledger: one line naming it, exit 2, the old file kept.
+  Faults('ledger.jsonl', 'write', code='ENOSPC').install(monkeypatch.setattr)
+  with pytest.raises(SystemExit) as exit_:
+    weak_views.main([f'--workdir={tmp_path / "grid"}', f'--output={ledger}'])
+  monkeypatch.undo()
+  error = capsys.readouterr().err
+  assert exit_.value.code == 2 and error.count('\n') == 1
+  assert error == f'error: cannot write {ledger}: No space left on device (ENOSPC)\n'
+  assert ledger.read_text() == '{"old": 1}\n' and leftovers(tmp_path / 'out') == []
+  # A figure: written whole through a temporary file, or not at all (the last one kept).
+  figure = Figure()
+  figure.add_subplot().plot([0, 1])
+  (tmp_path / 'out' / 'curves.png').write_bytes(b'the last figure')
+  Faults('curves.png', 'write', code='ENOSPC').install(monkeypatch.setattr)
+  with pytest.raises(writers.WriteFailed, match=r'curves\.png: No space left'):
+    le.save_figure(figure, str(tmp_path / 'out' / 'curves.png'))
+  monkeypatch.undo()
+  assert (tmp_path / 'out' / 'curves.png').read_bytes() == b'the last figure'
+  assert sorted(os.listdir(tmp_path / 'out')) == ['curves.png', 'ledger.jsonl']
+  le.save_figure(figure, str(tmp_path / 'out' / 'curves.png'))
+  assert (tmp_path / 'out' / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
