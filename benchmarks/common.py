@@ -1,5 +1,5 @@
 """What the benchmark modules share: where the checkout and the result ledgers lie, printing a
-figure, and reading the JSON lines of a benchmark subprocess.
+figure, writing an output whole, and reading the JSON lines of a benchmark subprocess.
 
 It imports no other benchmark module, so the modules' imports run one way (each imports this;
 run.py's figures are imported by the modules that time its steps, never the reverse).
@@ -19,6 +19,17 @@ RESULTS = os.path.join(ROOT, 'benchmarks', 'results')
 def dated_ledger(name: str) -> str:
   """RESULTS/<name>_<today, YYYY-MM-DD>.jsonl: a benchmark's default ledger, one per day."""
   return os.path.join(RESULTS, f'{name}_{time.strftime("%Y-%m-%d")}.jsonl')
+
+
+def write_output(path: str, text: str) -> None:
+  """`text` into the benchmark's output `path`, whole or not at all (a temporary file beside it,
+  then a rename: an earlier ledger stays until the new one is complete). A write that fails
+  (a full disk, a read-only folder) is one line naming the file on stderr and exit status 2."""
+  # Imported here: the timing drivers import this module and must not pay for JAX.
+  from segae_jax import cli  # pylint: disable=import-outside-toplevel
+  from segae_jax.training import writers  # pylint: disable=import-outside-toplevel
+  with cli.user_errors():
+    writers.write_text(path, text)
 
 
 def emit(results: List[Dict], figure: Dict) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 
-from benchmarks.common import RESULTS, emit
+from benchmarks.common import RESULTS, emit, write_output
 
 VARIANTS = {'shipped': (), 'hwio_weights': ('SEGAE_ONEDNN_HWIO_WEIGHTS',),
             'no_cache': ('SEGAE_ONEDNN_NO_CACHE',), 'serial': ('SEGAE_ONEDNN_SERIAL',)}
@@ -49,8 +49,7 @@ def main(argv=None) -> None:
         emit(figures, {'figure': f'variant/{name}', 'round': round_,
                        'defines': list(VARIANTS[name]),
                        **side_by_side.reference_steps({'SEGAE_ONEDNN_LIBRARY': library})})
-  with open(args.output, 'w') as f:
-    json.dump(figures, f, indent=1)
+  write_output(args.output, json.dumps(figures, indent=1))
 
 
 if __name__ == '__main__':

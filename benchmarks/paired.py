@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from benchmarks.common import write_output
 from benchmarks.label_efficiency import paired_interval, train, wall_time
 
 
@@ -59,11 +60,9 @@ def write(output: str, data: Mapping, rows: Sequence[Mapping], summary: Sequence
   """The JSON lines (the data's row, the runs', the summary's; dated) and the table beside them
   (output's name with .md)."""
   date = time.strftime('%Y-%m-%d')
-  with open(output, 'w') as f:
-    for row in [{'figure': 'data', **data}, *rows, *summary]:
-      f.write(json.dumps({'date': date, **row}) + '\n')
-  with open(os.path.splitext(output)[0] + '.md', 'w') as f:
-    f.write(table)
+  write_output(output, ''.join(json.dumps({'date': date, **row}) + '\n'
+                               for row in [{'figure': 'data', **data}, *rows, *summary]))
+  write_output(os.path.splitext(output)[0] + '.md', table)
 
 
 def summary_rows(rows: Sequence[Mapping], arms: Sequence[str], reference: str,

@@ -30,7 +30,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import RESULTS, emit
+from benchmarks.common import RESULTS, emit, write_output
 
 # (model, layer, input shape, kernel shape, strides, padding, transposed)
 LAYERS = [
@@ -252,8 +252,7 @@ def main(argv=None) -> None:
     for name in ('vae_fmnist', 'unet64'):
       for figure in step_figures(name):
         emit(figures, figure)
-  with open(args.output, 'w') as f:
-    json.dump(figures, f, indent=1)
+  write_output(args.output, json.dumps(figures, indent=1))
 
 
 if __name__ == '__main__':

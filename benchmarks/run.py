@@ -47,7 +47,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from benchmarks.common import RESULTS, dated_ledger, emit, json_lines
+from benchmarks.common import RESULTS, dated_ledger, emit, json_lines, write_output
 
 TIMED_STEPS = 10
 WARMUP_STEPS = 3
@@ -355,8 +355,7 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
   meta = {'figure': 'machine', 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
           'backend': jax.default_backend(), 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
   emit(results, meta)
-  with open(output, 'w') as f:
-    json.dump(results, f, indent=1)
+  write_output(output, json.dumps(results, indent=1))
   return results
 
 

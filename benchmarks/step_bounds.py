@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict
 
-from benchmarks.common import RESULTS, json_lines
+from benchmarks.common import RESULTS, json_lines, write_output
 
 VARIANTS = ('base', 'pool_free', 'no_norm', 'both')
 
@@ -79,8 +79,7 @@ def main(argv=None) -> None:
       figure = {**lines[-1], 'round': round_}
       print(json.dumps(figure), flush=True)
       figures.append(figure)
-  with open(args.output, 'w') as f:
-    json.dump(figures, f, indent=1)
+  write_output(args.output, json.dumps(figures, indent=1))
 
 
 if __name__ == '__main__':

@@ -175,3 +175,18 @@ def test_every_ledger_the_docs_cite_is_there():
   missing = [path for path in sorted(cited)
              if not glob.glob(os.path.join(common.ROOT, path.replace('<date>', '*')))]
   assert not missing, missing
+
+
+def test_a_benchmark_output_is_written_whole_or_is_one_line_and_exit_2(tmp_path, monkeypatch,
+                                                                       capsys):
+  from test_write_faults import Faults, leftovers  # pylint: disable=import-outside-toplevel
+  ledger = tmp_path / 'bench.json'
+  common.write_output(str(ledger), '[{"old": 1}]')
+  Faults('bench.json', 'write', code='ENOSPC').install(monkeypatch.setattr)
+  with pytest.raises(SystemExit) as exit_:
+    common.write_output(str(ledger), '[{"new": 2}]' * 1000)
+  monkeypatch.undo()
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err == (f'error: cannot write {ledger}: No space left on device '
+                                     '(ENOSPC)\n')
+  assert json.loads(ledger.read_text()) == [{'old': 1}] and leftovers(tmp_path) == []
