@@ -283,16 +283,10 @@ ALL = ('matmul', 'reference', 'configs', 'pipeline', 'parallel', 'memory', 'side
        'threads', 'streaming')
 
 
-def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
-        torch_python: str = '', compute_dtype: str = 'float32', side_by_side_rounds: int = 4,
-        side_by_side_ledger: str = '') -> List[Dict]:
-  """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
-  ('auto' | 'xla' | 'matmul_grad' | 'onednn', segae_jax.models.conv_ops), to compare
-  implementations; with `baseline` (a checkout of other code) also the main job's images/s there
-  and here; with `torch_python` (a Python with PyTorch) the side-by-side figures, float32 and
-  bfloat16, `side_by_side_rounds` rounds, each finished round kept in `side_by_side_ledger`
-  (default benchmarks/results/side_by_side_<date>.jsonl) and read back by a re-run."""
-  results: List[Dict] = []
+def step_figures(only, results: List[Dict], conv_impl: str, compute_dtype: str) -> float:
+  """The figures of `only` that time training steps in this process (matmul peak, the reference
+  networks, the shipped configs, their input pipelines), appended to `results`; returns the
+  matmul peak in GFLOP/s (0.0 when not measured), which the step figures are set against."""
   peak = 0.0
   steps = {}
   if {'matmul', 'reference', 'configs', 'side_by_side'} & set(only):
@@ -319,6 +313,20 @@ def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
     for name in ('default_vae', 'unet_scenes'):
       emit(results, input_pipeline_figure(name, configs[name], steps.get(name, 0.0)))
       emit(results, data_wait_figure(name, configs[name]))
+  return peak
+
+
+def run(only, output: str, conv_impl: str = 'auto', baseline: str = '',
+        torch_python: str = '', compute_dtype: str = 'float32', side_by_side_rounds: int = 4,
+        side_by_side_ledger: str = '') -> List[Dict]:
+  """Runs the figures in `only`; the train-step figures build their models with `conv_impl`
+  ('auto' | 'xla' | 'matmul_grad' | 'onednn', segae_jax.models.conv_ops), to compare
+  implementations; with `baseline` (a checkout of other code) also the main job's images/s there
+  and here; with `torch_python` (a Python with PyTorch) the side-by-side figures, float32 and
+  bfloat16, `side_by_side_rounds` rounds, each finished round kept in `side_by_side_ledger`
+  (default benchmarks/results/side_by_side_<date>.jsonl) and read back by a re-run."""
+  results: List[Dict] = []
+  peak = step_figures(only, results, conv_impl, compute_dtype)
   if 'parallel' in only:
     for devices in (2, 4):
       for figure in _child(['--child=parallel', f'--devices={devices}'], devices):
