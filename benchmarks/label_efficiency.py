@@ -57,7 +57,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks.common import RESULTS, ROOT
+from benchmarks.common import RESULTS, ROOT, write_output
 from segae_jax import cli
 from segae_jax.training import writers
 
@@ -384,13 +384,10 @@ def summarise(rows: Iterable[Mapping], kind: str = 'run') -> List[Dict]:
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
-  """All rows, replacing the file at once (a stopped harness leaves the previous one).
-
-  Raises:
-    writers.WriteFailed: the file could not be written (nothing half-written is left).
-  """
+  """All rows, each dated, replacing the file at once (common.write_output: a stopped harness
+  leaves the previous one; a failed write is one line and exit 2)."""
   date = time.strftime('%Y-%m-%d')
-  writers.write_text(path, ''.join(json.dumps({'date': date, **row}) + '\n' for row in rows))
+  write_output(path, ''.join(json.dumps({'date': date, **row}) + '\n' for row in rows))
 
 
 def save_figure(fig, path: str) -> None:

@@ -4,13 +4,12 @@ its 95% t interval (label_efficiency.paired_interval), as JSON rows and a Markdo
 their data folders, written once."""
 import json
 import os
-import time
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from benchmarks.common import write_output
-from benchmarks.label_efficiency import paired_interval, train, wall_time
+from benchmarks.label_efficiency import paired_interval, train, wall_time, write_jsonl
 
 
 def write_splits_once(root: str, counts: Mapping[str, int], folders: Sequence[str],
@@ -59,9 +58,7 @@ def write(output: str, data: Mapping, rows: Sequence[Mapping], summary: Sequence
           table: str) -> None:
   """The JSON lines (the data's row, the runs', the summary's; dated) and the table beside them
   (output's name with .md)."""
-  date = time.strftime('%Y-%m-%d')
-  write_output(output, ''.join(json.dumps({'date': date, **row}) + '\n'
-                               for row in [{'figure': 'data', **data}, *rows, *summary]))
+  write_jsonl(output, [{'figure': 'data', **data}, *rows, *summary])
   write_output(os.path.splitext(output)[0] + '.md', table)
 
 
