@@ -47,7 +47,9 @@ def unet_jit_run(tmp_path_factory, tfds_dir):
   return workdir, training.train_and_evaluate(unet_run_config(tfds_dir, parallel='jit'), workdir)
 
 
-@pytest.mark.parametrize('strategy', ['pmap', 'jit'])
+# Under sharded jit the fixture trains a second run (about 12 s): in make test-faults, beside
+# the killed-run resumes; the default suite resumes the pmap run.
+@pytest.mark.parametrize('strategy', ['pmap', pytest.param('jit', marks=pytest.mark.faults)])
 def test_scenes_unet_resume_is_bit_identical(strategy, tfds_dir, tmp_path, request):
   """The 4-step U-Net run (BatchNorm, flip + crop, half the masks hidden, best checkpoint)
   against a copy that lost everything after step 2 and is re-run: the same step-4 checkpoint
