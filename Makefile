@@ -51,8 +51,8 @@ test: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist=loadfile --durations=15
 
 # Subprocess runs killed with SIGKILL/SIGTERM/SIGINT, resumed on other device counts, two
-# processes on 127.0.0.1, and the longest end-to-end checks (reduced precision, probe): about
-# 4 minutes on 2 cores.
+# processes on 127.0.0.1, the shipped configs' recorded runs, and the longest end-to-end checks
+# (reduced precision, probe): about 17 minutes on 2 cores (docs/testing.md).
 test-faults: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m faults
 
