@@ -577,8 +577,8 @@ class Harness:
     write_jsonl(self.args.output, [*tune_rows, *rows, *summary, *summarise(rows, 'long')])
     view = weak_view(tune_rows, self.args.weak_view)
     source = 'unet_views, below' if self.args.weak_view == 'auto' else '--weak_view'
-    writers.write_text(self.args.table, f'Every arm\'s weak view: {view} ({source}).\n\n' +
-                       markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
+    write_output(self.args.table, f'Every arm\'s weak view: {view} ({source}).\n\n' +
+                 markdown_table(summary, tune_rows, best_candidates(tune_rows), rows))
     if rows:
       plot_curves(rows, self.args.plot)
       with open(self.layouts['grid']['class_names_file']) as f:
